@@ -1,0 +1,175 @@
+"""Arrow IPC shards: one uncompressed file per client, memory-mapped zero-copy by trainers.
+
+Layout of a shard (one record batch, so the pixel buffer is one contiguous region of the file):
+
+=========  ==============================  ===========================================
+column     Arrow type                      meaning
+=========  ==============================  ===========================================
+id         int32                           example id, unique within the build
+image      fixed_size_binary(H*W*3)        decoded, resized RGB pixels, HWC uint8
+label      int16 (null for caption data)   index into the manifest's ``classes``
+domain     string                          source (domain) name
+path       string                          image path relative to its source root
+captions   list<string> (caption data)     the image's captions
+=========  ==============================  ===========================================
+
+The image shape is stored in the schema metadata. Because the file is uncompressed IPC,
+``Shard.images`` is a read-only ``(N, H, W, 3)`` numpy view straight onto the mapped file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fedrs.errors import ShardIntegrityError
+from fedrs.io import atomic_open
+
+SHAPE_KEY = b"fedrs.image_shape"
+
+
+def shard_schema(image_shape: tuple[int, int, int], with_captions: bool) -> pa.Schema:
+    fields = [
+        pa.field("id", pa.int32(), nullable=False),
+        pa.field("image", pa.binary(int(np.prod(image_shape))), nullable=False),
+        pa.field("label", pa.int16()),
+        pa.field("domain", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+    ]
+    if with_captions:
+        fields.append(pa.field("captions", pa.list_(pa.string()), nullable=False))
+    return pa.schema(fields, metadata={SHAPE_KEY: json.dumps(list(image_shape)).encode()})
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    images: np.ndarray,
+    ids: np.ndarray,
+    labels: np.ndarray | None,
+    domains: Sequence[str],
+    paths: Sequence[str],
+    captions: Sequence[Sequence[str]] | None = None,
+) -> dict[str, object]:
+    """Write one shard atomically; return ``{"num_examples", "bytes", "sha256"}``.
+
+    ``images`` is ``(N, H, W, 3)`` uint8 and may be a ``np.memmap``: its buffer is handed to
+    Arrow without a copy, so writing a large shard does not need its size in RAM.
+    """
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    n = images.shape[0]
+    schema = shard_schema(tuple(images.shape[1:]), captions is not None)  # type: ignore[arg-type]
+    image_arr = pa.FixedSizeBinaryArray.from_buffers(
+        schema.field("image").type, n, [None, pa.py_buffer(images)]
+    )
+    columns = [
+        pa.array(np.asarray(ids, dtype=np.int32)),
+        image_arr,
+        pa.nulls(n, pa.int16()) if labels is None else pa.array(np.asarray(labels, np.int16)),
+        pa.array(list(domains), type=pa.string()),
+        pa.array(list(paths), type=pa.string()),
+    ]
+    if captions is not None:
+        columns.append(pa.array([list(c) for c in captions], type=pa.list_(pa.string())))
+    batch = pa.RecordBatch.from_arrays(columns, schema=schema)
+    with atomic_open(path, "wb") as fh:
+        with pa.ipc.new_file(fh, schema) as writer:
+            writer.write_batch(batch)
+    return {"num_examples": n, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Shard:
+    """A memory-mapped shard. Columns are zero-copy views; nothing is decoded at read time.
+
+    Args:
+        path: the ``.arrow`` file.
+        sha256 / nbytes: what the manifest recorded; when given (and ``verify``), a truncated or
+            tampered file raises ShardIntegrityError before any of it is used.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sha256: str | None = None,
+        nbytes: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ShardIntegrityError(f"shard {self.path} is missing")
+        size = self.path.stat().st_size
+        if verify and nbytes is not None and size != nbytes:
+            kind = "truncated" if size < nbytes else "larger than recorded"
+            raise ShardIntegrityError(
+                f"shard {self.path} is {kind}: {size} bytes, the manifest says {nbytes}"
+            )
+        if verify and sha256 is not None and file_sha256(self.path) != sha256:
+            raise ShardIntegrityError(f"shard {self.path} fails its sha256 check (tampered?)")
+        try:
+            self._mmap = pa.memory_map(str(self.path), "r")
+            self.table = pa.ipc.open_file(self._mmap).read_all()
+            shape = tuple(json.loads(self.table.schema.metadata[SHAPE_KEY]))
+        except (pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError) as exc:
+            raise ShardIntegrityError(f"shard {self.path} is not a valid fedrs Arrow shard: {exc}") from None
+        self.image_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.images = self._image_view()
+        label_col = self.table.column("label")
+        self.has_labels = label_col.null_count == 0 and len(label_col) > 0
+        self.labels = (
+            label_col.to_numpy().astype(np.int64) if self.has_labels
+            else np.full(len(self.table), -1, dtype=np.int64)
+        )
+        self.ids = self.table.column("id").to_numpy()
+
+    def _image_view(self) -> np.ndarray:
+        col = self.table.column("image")
+        n = len(col)
+        if n == 0:
+            return np.empty((0, *self.image_shape), dtype=np.uint8)
+        if col.num_chunks != 1:  # fedrs writes one batch; foreign multi-batch files still load
+            col = pa.chunked_array([col.combine_chunks()])
+        arr = col.chunk(0)
+        width = arr.type.byte_width
+        if width != int(np.prod(self.image_shape)) or arr.null_count:
+            raise ShardIntegrityError(f"shard {self.path}: image column does not match its shape")
+        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * width,
+                             offset=arr.offset * width)
+        return data.reshape(n, *self.image_shape)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def domains(self) -> list[str]:
+        return self.table.column("domain").to_pylist()
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.column("path").to_pylist()
+
+    @property
+    def captions(self) -> list[list[str]]:
+        if "captions" not in self.table.schema.names:
+            return []
+        return self.table.column("captions").to_pylist()
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        if not self.has_labels:
+            return np.zeros(num_classes, dtype=np.int64)
+        return np.bincount(self.labels, minlength=num_classes)
+
+    def __repr__(self) -> str:
+        return f"Shard({self.path.name!r}, n={len(self)}, image_shape={self.image_shape})"

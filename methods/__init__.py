@@ -1,0 +1,1 @@
+"""fedrs.methods."""
