@@ -98,7 +98,9 @@ class FedDataset:
                 ClientEntry(
                     id=int(c["id"]),
                     train=ShardEntry.from_json(c, f"client {c.get('id')}"),
-                    local_test=ShardEntry.from_json(c["local_test"], f"client {c['id']} local_test"),
+                    local_test=ShardEntry.from_json(
+                        c["local_test"], f"client {c['id']} local_test"
+                    ),
                     domain_counts=dict(c.get("domain_counts", {})),
                 )
                 for c in self.manifest["clients"]
@@ -119,8 +121,9 @@ class FedDataset:
         """Memory-map a shard (verified against its manifest entry on first open)."""
         shard = self._open.get(entry.shard)
         if shard is None:
-            shard = Shard(self.root / entry.shard, sha256=entry.sha256, nbytes=entry.bytes,
-                          verify=self.verify)
+            shard = Shard(
+                self.root / entry.shard, sha256=entry.sha256, nbytes=entry.bytes, verify=self.verify
+            )
             if len(shard) != entry.num_examples:
                 raise ShardIntegrityError(
                     f"shard {entry.shard} holds {len(shard)} rows, the manifest says "

@@ -73,7 +73,9 @@ def _flwr_split(partitioner: object, labels: np.ndarray, num_clients: int) -> li
     """Run a flwr-datasets partitioner over ``labels`` and return row indices per partition."""
     import datasets  # Hugging Face datasets, as flwr-datasets expects
 
-    table = datasets.Dataset.from_dict({"label": labels.astype(np.int64), "row": np.arange(len(labels))})
+    table = datasets.Dataset.from_dict(
+        {"label": labels.astype(np.int64), "row": np.arange(len(labels))}
+    )
     partitioner.dataset = table  # type: ignore[attr-defined]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # retries and unused-class notices; we check results
@@ -183,8 +185,8 @@ def partition(
     """Split rows ``0..len(domains)-1`` into ``spec.num_clients`` index arrays.
 
     Rows in no array were dropped on purpose (long-tail subsampling, classes a pathological
-    split assigns to nobody). ``labels`` is None for caption data (only iid / domain apply). Raises PartitionError when a
-    client would get fewer than ``spec.min_examples`` rows.
+    split assigns to nobody). ``labels`` is None for caption data (only iid / domain apply).
+    Raises PartitionError when a client would get fewer than ``spec.min_examples`` rows.
     """
     n = len(domains)
     if spec.needs_labels and labels is None:
@@ -222,7 +224,9 @@ def partition(
             if alpha is None or labels is None:
                 sub = iid(len(rows), int(n_clients), spec.seed + d)
             else:
-                sub = dirichlet(labels[rows], int(n_clients), alpha, spec.seed + d, spec.min_examples)
+                sub = dirichlet(
+                    labels[rows], int(n_clients), alpha, spec.seed + d, spec.min_examples
+                )
             parts.extend(rows[s] for s in sub)
         log.info("domain partition: %s", dict(zip(names.tolist(), alloc.tolist(), strict=True)))
     for cid, p in enumerate(parts):

@@ -77,9 +77,8 @@ def write_shard(
     if captions is not None:
         columns.append(pa.array([list(c) for c in captions], type=pa.list_(pa.string())))
     batch = pa.RecordBatch.from_arrays(columns, schema=schema)
-    with atomic_open(path, "wb") as fh:
-        with pa.ipc.new_file(fh, schema) as writer:
-            writer.write_batch(batch)
+    with atomic_open(path, "wb") as fh, pa.ipc.new_file(fh, schema) as writer:
+        writer.write_batch(batch)
     return {"num_examples": n, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
@@ -123,13 +122,16 @@ class Shard:
             self.table = pa.ipc.open_file(self._mmap).read_all()
             shape = tuple(json.loads(self.table.schema.metadata[SHAPE_KEY]))
         except (pa.ArrowInvalid, OSError, KeyError, TypeError, ValueError) as exc:
-            raise ShardIntegrityError(f"shard {self.path} is not a valid fedrs Arrow shard: {exc}") from None
+            raise ShardIntegrityError(
+                f"shard {self.path} is not a valid fedrs Arrow shard: {exc}"
+            ) from None
         self.image_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.images = self._image_view()
         label_col = self.table.column("label")
         self.has_labels = label_col.null_count == 0 and len(label_col) > 0
         self.labels = (
-            label_col.to_numpy().astype(np.int64) if self.has_labels
+            label_col.to_numpy().astype(np.int64)
+            if self.has_labels
             else np.full(len(self.table), -1, dtype=np.int64)
         )
         self.ids = self.table.column("id").to_numpy()
@@ -145,8 +147,9 @@ class Shard:
         width = arr.type.byte_width
         if width != int(np.prod(self.image_shape)) or arr.null_count:
             raise ShardIntegrityError(f"shard {self.path}: image column does not match its shape")
-        data = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * width,
-                             offset=arr.offset * width)
+        data = np.frombuffer(
+            arr.buffers()[1], dtype=np.uint8, count=n * width, offset=arr.offset * width
+        )
         return data.reshape(n, *self.image_shape)
 
     def __len__(self) -> int:

@@ -32,19 +32,36 @@ def sparkline(counts: np.ndarray) -> str:
 def render_table(ds: FedDataset, console: Console) -> None:
     m = class_matrix(ds)
     part = ds.manifest["partition"]
-    title = (f"{ds.root}: {ds.num_clients} clients, {len(ds.classes)} classes, "
-             f"partition={part['scheme']}" + (f" alpha={part['alpha']}" if part.get("alpha") else ""))
-    table = Table(title=title, show_lines=False)
-    for col, just in (("client", "right"), ("train", "right"), ("local test", "right"),
-                      ("classes", "right"), ("class histogram", "left"), ("domains", "left")):
+    title = (
+        f"{ds.root}: {ds.num_clients} clients, {len(ds.classes)} classes, "
+        f"partition={part['scheme']}" + (f" alpha={part['alpha']}" if part.get("alpha") else "")
+    )
+    console.print(title)
+    table = Table(show_lines=False)
+    for col, just in (
+        ("client", "right"),
+        ("train", "right"),
+        ("local test", "right"),
+        ("classes", "right"),
+        ("class histogram", "left"),
+        ("domains", "left"),
+    ):
         table.add_column(col, justify=just)  # type: ignore[arg-type]
     for c, row in zip(ds.clients, m if m.size else [np.zeros(0)] * ds.num_clients, strict=True):
         doms = ", ".join(f"{k}:{v}" for k, v in c.domain_counts.items())
-        table.add_row(str(c.id), str(c.train.num_examples), str(c.local_test.num_examples),
-                      str(int((row > 0).sum())), sparkline(row), doms)
+        table.add_row(
+            str(c.id),
+            str(c.train.num_examples),
+            str(c.local_test.num_examples),
+            str(int((row > 0).sum())),
+            sparkline(row),
+            doms,
+        )
     console.print(table)
-    console.print(f"global test: {ds.test.num_examples} examples; classes (histogram order): "
-                  + ", ".join(ds.classes))
+    console.print(
+        f"global test: {ds.test.num_examples} examples; classes (histogram order): "
+        + ", ".join(ds.classes)
+    )
 
 
 def heatmap_png(ds: FedDataset) -> bytes:

@@ -53,8 +53,16 @@ def _coords(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
 
 
 def farmland(rng: np.random.Generator, s: int) -> np.ndarray:
-    palette = np.array([[0.45, 0.62, 0.25], [0.78, 0.72, 0.35], [0.55, 0.42, 0.25],
-                        [0.35, 0.55, 0.2], [0.85, 0.8, 0.5]], np.float32)
+    palette = np.array(
+        [
+            [0.45, 0.62, 0.25],
+            [0.78, 0.72, 0.35],
+            [0.55, 0.42, 0.25],
+            [0.35, 0.55, 0.2],
+            [0.85, 0.8, 0.5],
+        ],
+        np.float32,
+    )
     u, v = _coords(s, rng)
     n = rng.integers(2, 5)
     cell = (np.floor((u + 0.5) * n) * 7 + np.floor((v + 0.5) * n)).astype(int)
@@ -89,7 +97,9 @@ def river(rng: np.random.Generator, s: int) -> np.ndarray:
     width = rng.uniform(0.06, 0.12)
     water = np.abs(v - center) < width
     img = _land(rng, s)
-    img[water] = np.array([0.15, 0.3, 0.5], np.float32) * (0.9 + 0.2 * _noise(rng, s, 8))[water, None]
+    img[water] = (
+        np.array([0.15, 0.3, 0.5], np.float32) * (0.9 + 0.2 * _noise(rng, s, 8))[water, None]
+    )
     return img
 
 
@@ -106,8 +116,11 @@ def lake(rng: np.random.Generator, s: int) -> np.ndarray:
 def beach(rng: np.random.Generator, s: int) -> np.ndarray:
     u, v = _coords(s, rng)
     shore = v + 0.05 * np.sin(u * 20) + rng.uniform(-0.15, 0.15)
-    img = np.where((shore < 0)[..., None], _tint((0.92, 0.85, 0.62), 0.9 + 0.1 * _noise(rng, s, 8)),
-                   _tint((0.1, 0.4, 0.6), 0.85 + 0.3 * _noise(rng, s, 12)))
+    img = np.where(
+        (shore < 0)[..., None],
+        _tint((0.92, 0.85, 0.62), 0.9 + 0.1 * _noise(rng, s, 8)),
+        _tint((0.1, 0.4, 0.6), 0.85 + 0.3 * _noise(rng, s, 12)),
+    )
     surf = np.abs(shore) < 0.025
     img[surf] = 0.95
     return img
@@ -133,7 +146,10 @@ def residential(rng: np.random.Generator, s: int) -> np.ndarray:
         for bx in range(road + 1, s - 2, block):
             for _ in range(2):
                 h = int(rng.integers(2, max(3, block // 3)))
-                oy, ox = by + int(rng.integers(0, max(1, block - road - h))), bx + int(rng.integers(0, max(1, block - road - h)))
+                oy, ox = (
+                    by + int(rng.integers(0, max(1, block - road - h))),
+                    bx + int(rng.integers(0, max(1, block - road - h))),
+                )
                 img[oy : oy + h, ox : ox + h] = roofs[rng.integers(0, len(roofs))]
     return img
 
@@ -144,14 +160,22 @@ def industrial(rng: np.random.Generator, s: int) -> np.ndarray:
         h, w = rng.integers(s // 6, s // 2.5, size=2)
         oy, ox = rng.integers(0, s - h), rng.integers(0, s - w)
         img[oy : oy + h, ox : ox + w] = rng.choice([0.85, 0.75, 0.95]) * np.array(
-            [1.0, 1.0, rng.uniform(1.0, 1.2)], np.float32)
+            [1.0, 1.0, rng.uniform(1.0, 1.2)], np.float32
+        )
     return img
 
 
 SCENES: dict[str, Scene] = {
-    "farmland": farmland, "forest": forest, "river": river, "residential": residential,
-    "industrial": industrial, "lake": lake, "desert": desert, "beach": beach,
-    "highway": highway, "grassland": grassland,
+    "farmland": farmland,
+    "forest": forest,
+    "river": river,
+    "residential": residential,
+    "industrial": industrial,
+    "lake": lake,
+    "desert": desert,
+    "beach": beach,
+    "highway": highway,
+    "grassland": grassland,
 }
 
 
@@ -160,7 +184,8 @@ def apply_domain(img: np.ndarray, domain: str, rng: np.random.Generator) -> np.n
     s = img.shape[0]
     if domain == "satellite":
         small = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).resize(
-            (s // 2, s // 2), Image.Resampling.BILINEAR)
+            (s // 2, s // 2), Image.Resampling.BILINEAR
+        )
         img = np.asarray(small.resize((s, s), Image.Resampling.BILINEAR), np.float32) / 255.0
         img = np.clip(img, 0, 1) ** 1.25 * np.array([0.9, 0.97, 1.12], np.float32)
     elif domain == "hazy":
@@ -181,7 +206,9 @@ def render(class_name: str, domain: str, rng: np.random.Generator, size: int) ->
     return (apply_domain(img, domain, rng) * 255 + 0.5).astype(np.uint8)
 
 
-def write_imagefolders(out: str | os.PathLike[str], per_class: int, size: int, seed: int) -> dict[str, str]:
+def write_imagefolders(
+    out: str | os.PathLike[str], per_class: int, size: int, seed: int
+) -> dict[str, str]:
     """Write ``OUT/raw/<domain>/<class>/*.png``; return ``{domain: folder}`` for the builder.
 
     Domains get unequal sizes (1.0x, 0.75x, 0.5x ``per_class``), as real archives do.
@@ -189,7 +216,7 @@ def write_imagefolders(out: str | os.PathLike[str], per_class: int, size: int, s
     roots: dict[str, str] = {}
     for d, domain in enumerate(DOMAINS):
         root = Path(out) / "raw" / domain
-        count = max(2, int(round(per_class * (1.0, 0.75, 0.5)[d])))
+        count = max(2, round(per_class * (1.0, 0.75, 0.5)[d]))
         for c, name in enumerate(SCENES):
             folder = root / name
             folder.mkdir(parents=True, exist_ok=True)

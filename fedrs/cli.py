@@ -17,27 +17,42 @@ def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int
 
     g = p.add_argument_group("partition")
     g.add_argument("--partition", choices=SCHEMES, default=scheme)
-    g.add_argument("--alpha", type=float, default=None,
-                   help="Dirichlet concentration (dirichlet/longtail default 0.5; domain: "
-                        "Dirichlet inside each source when given)")
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="Dirichlet concentration (dirichlet/longtail default 0.5; domain: "
+        "Dirichlet inside each source when given)",
+    )
     g.add_argument("--classes-per-client", type=int, default=None, help="pathological K")
     g.add_argument("--imbalance-factor", type=float, default=None, help="longtail IF")
     g.add_argument("--num-clients", type=int, default=clients)
-    g.add_argument("--min-examples", type=int, default=10,
-                   help="smallest training shard a client may get (default 10)")
+    g.add_argument(
+        "--min-examples",
+        type=int,
+        default=10,
+        help="smallest training shard a client may get (default 10)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--test-fraction", type=float, default=0.2)
     g.add_argument("--workers", type=int, default=0, help="decode processes (0: one per core)")
-    g.add_argument("--skip-bad", action="store_true",
-                   help="drop unreadable images (counted in the manifest) instead of failing")
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop unreadable images (counted in the manifest) instead of failing",
+    )
 
 
-def _partition_spec(args: argparse.Namespace):  # noqa: ANN202
+def _partition_spec(args: argparse.Namespace):
     from fedrs.datasets.partition import PartitionSpec
 
     return PartitionSpec(
-        scheme=args.partition, num_clients=args.num_clients, seed=args.seed, alpha=args.alpha,
-        classes_per_client=args.classes_per_client, imbalance_factor=args.imbalance_factor,
+        scheme=args.partition,
+        num_clients=args.num_clients,
+        seed=args.seed,
+        alpha=args.alpha,
+        classes_per_client=args.classes_per_client,
+        imbalance_factor=args.imbalance_factor,
         min_examples=args.min_examples,
     )
 
@@ -46,25 +61,39 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
     from fedrs.datasets.builder import BuildSpec, build
 
     spec = BuildSpec.from_args(
-        args.source, args.out, partition=_partition_spec(args), test_fraction=args.test_fraction,
-        image_size=args.image_size, class_map=args.class_map, workers=args.workers,
+        args.source,
+        args.out,
+        partition=_partition_spec(args),
+        test_fraction=args.test_fraction,
+        image_size=args.image_size,
+        class_map=args.class_map,
+        workers=args.workers,
         skip_bad=args.skip_bad,
     )
     ds = build(spec)
     counts = ds.manifest["counts"]
-    print(f"built {ds.num_clients} client shards + test ({counts['train']} train, "
-          f"{counts['test']} test, {len(ds.classes)} classes) -> {ds.root}/manifest.json")
+    print(
+        f"built {ds.num_clients} client shards + test ({counts['train']} train, "
+        f"{counts['test']} test, {len(ds.classes)} classes) -> {ds.root}/manifest.json"
+    )
     return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from fedrs.datasets.synth import build_synthetic
 
-    ds = build_synthetic(args.out, per_class=args.per_class, image_size=args.image_size,
-                         partition=_partition_spec(args), test_fraction=args.test_fraction,
-                         workers=args.workers)
-    print(f"synthetic RS scenes: {len(ds.classes)} classes, {ds.num_clients} clients -> "
-          f"{ds.root}/manifest.json")
+    ds = build_synthetic(
+        args.out,
+        per_class=args.per_class,
+        image_size=args.image_size,
+        partition=_partition_spec(args),
+        test_fraction=args.test_fraction,
+        workers=args.workers,
+    )
+    print(
+        f"synthetic RS scenes: {len(ds.classes)} classes, {ds.num_clients} clients -> "
+        f"{ds.root}/manifest.json"
+    )
     return 0
 
 
@@ -73,6 +102,20 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
     png = show(args.dir)
     print(f"heatmap: {png}")
+    return 0
+
+
+BENCHMARKS = {"data-format": "fedrs.benchmarks.data_format"}
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(BENCHMARKS[args.name])
+    kwargs = {"json_path": args.json}
+    if args.data:
+        kwargs["data"] = args.data
+    module.main(**kwargs)
     return 0
 
 
@@ -85,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     b = dsub.add_parser("build", help="ImageFolder / caption datasets -> Arrow client shards")
-    b.add_argument("--source", action="append", required=True, metavar="NAME=PATH",
-                   help="an ImageFolder tree or a caption dataset (dataset.json); repeatable")
+    b.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="an ImageFolder tree or a caption dataset (dataset.json); repeatable",
+    )
     b.add_argument("--image-size", type=int, default=224)
     b.add_argument("--class-map", default=None, help='JSON {"alias": "class"} merging synonyms')
     b.add_argument("--out", required=True)
@@ -103,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh = dsub.add_parser("show", help="per-client class histograms + partition.png heatmap")
     sh.add_argument("dir")
     sh.set_defaults(func=_cmd_data_show)
+
+    bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument(
+        "--data", default=None, help="a built dataset directory (default: synthetic)"
+    )
+    bench.add_argument("--json", default=None, help="write the result JSON here")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -111,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     try:
         return int(args.func(args) or 0)

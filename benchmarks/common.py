@@ -1,0 +1,57 @@
+"""Shared benchmark plumbing: machine description, result tables, JSON output."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fedrs.io import write_json
+
+
+def machine_info() -> dict[str, Any]:
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for key in rows[0] if rows else []:
+        table.add_column(key, justify="right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row.values()))
+    Console().print(table)
+
+
+def write_result(result: dict[str, Any], json_path: str | None) -> None:
+    if json_path:
+        write_json(json_path, result)

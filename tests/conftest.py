@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny generated datasets (torchgeo-style) and the real ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FEDRS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_dataset(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test cleanly when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path}")
+    return path
+
+
+def write_image(path: Path, size: tuple[int, int], color: tuple[int, int, int], fmt: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    arr = np.clip(
+        np.array(color)[None, None, :] + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255
+    )
+    Image.fromarray(arr.astype(np.uint8)).save(path, format=fmt)
+
+
+def make_imagefolder(
+    root: Path, classes: dict[str, int], fmt: str = "PNG", size: tuple[int, int] = (40, 30)
+) -> Path:
+    """``root/<class>/<i>.<ext>`` with ``classes[name]`` images each, colour by class."""
+    ext = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif"}[fmt]
+    for c, (name, count) in enumerate(classes.items()):
+        for i in range(count):
+            write_image(
+                root / name / f"{name}{i:03d}.{ext}",
+                size,
+                (30 * c % 255, 80, 200 - 20 * c % 200),
+                fmt,
+            )
+    return root
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """Six classes x 20 PNG images of 40x30 px."""
+    return make_imagefolder(tmp_path / "src", {f"class{c}": 20 for c in range(6)})
+
+
+def make_caption_dataset(root: Path, n: int = 30, n_test: int = 6) -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(n):
+        write_image(root / "images" / f"{i + 1}.jpg", (48, 48), (10 * i % 255, 100, 50), "JPEG")
+        images.append(
+            {
+                "imgid": i,
+                "filename": f"{i + 1}.jpg",
+                "split": "test" if i >= n - n_test else "train",
+                "sentences": [
+                    {"raw": f"caption {k} of image {i} .", "tokens": []} for k in range(5)
+                ],
+            }
+        )
+    (root / "dataset.json").write_text(json.dumps({"dataset": "tiny", "images": images}))
+    return root
