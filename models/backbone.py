@@ -1,0 +1,141 @@
+"""open_clip backbones by name, loaded once per process and kept resident.
+
+``model.arch`` is any open_clip architecture (``ViT-B-32``, ``ViT-B-16``, ...) or one of the
+small configs registered here (``fedrs-tiny``: random-init tests and the offline default;
+``fedrs-small``: what ``fedrs pretrain`` trains on RS captions). ``model.pretrained`` is an
+open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``, ...; needs the network or a
+populated cache) or the path of a local checkpoint (a state dict, as ``fedrs pretrain`` and
+open_clip's training write). Empty means random initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_registered = False
+_cache: dict[tuple[str, str, str], Backbone] = {}
+_lock = threading.Lock()
+
+
+def register_configs() -> None:
+    """Make fedrs's small architectures known to open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def model_config(arch: str) -> dict[str, Any]:
+    """open_clip's architecture config for ``arch`` (no weights are built)."""
+    register_configs()
+    import open_clip
+
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ConfigError(
+            f"unknown model.arch {arch!r}; open_clip knows e.g. ViT-B-32, ViT-B-16, fedrs-tiny"
+        )
+    return cfg
+
+
+@dataclass
+class Backbone:
+    """A frozen CLIP model with its tokenizer and preprocessing constants."""
+
+    arch: str
+    pretrained: str
+    model: nn.Module
+    tokenizer: Any
+    image_size: int
+    device: torch.device
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, S, S)`` on the device."""
+        x = torch.as_tensor(np.asarray(images)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = nn.functional.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False
+            ).clamp_(0.0, 1.0)
+        mean = torch.tensor(OPENAI_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(OPENAI_STD, device=self.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @property
+    def text_width(self) -> int:
+        return int(self.model.ln_final.weight.shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        proj = self.model.text_projection
+        return int(proj.weight.shape[0] if isinstance(proj, nn.Linear) else proj.shape[1])
+
+
+def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
+    import open_clip
+
+    model_config(arch)
+    if pretrained and os.path.sep not in pretrained and not os.path.exists(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if pretrained not in tags:
+            raise ConfigError(
+                f"model.pretrained {pretrained!r} is neither a local checkpoint nor an open_clip "
+                f"tag of {arch} (tags: {', '.join(tags) or 'none'})"
+            )
+    elif pretrained and not os.path.isfile(pretrained):
+        raise ConfigError(f"model.pretrained checkpoint not found: {pretrained}")
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot load {arch} weights {pretrained!r}: {first}") from None
+
+
+def load_backbone(arch: str, pretrained: str = "", device: str | torch.device = "cpu") -> Backbone:
+    """The frozen backbone for (arch, pretrained, device); built once per process."""
+    import open_clip
+
+    device = torch.device(device)
+    key = (arch, pretrained, str(device))
+    with _lock:
+        if key not in _cache:
+            model = _create(arch, pretrained, device)
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            size = model.visual.image_size
+            _cache[key] = Backbone(
+                arch=arch, pretrained=pretrained, model=model,
+                tokenizer=open_clip.get_tokenizer(arch),
+                image_size=int(size[0] if isinstance(size, tuple | list) else size),
+                device=device,
+            )
+            log.info("loaded backbone %s (%s) on %s", arch, pretrained or "random init", device)
+        return _cache[key]
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save a state dict that ``model.pretrained=PATH`` loads (atomic write)."""
+    from fedrs.io import atomic_open
+
+    with atomic_open(path, "wb") as fh:
+        torch.save({"state_dict": model.state_dict()}, fh)

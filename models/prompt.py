@@ -1,0 +1,111 @@
+"""CoOp-style prompt learning on a frozen open_clip model: TextEncoder / PromptLearner split.
+
+A prompt for class c is ``[SOS] ctx_1 ... ctx_n {class name}. [EOS]``: the context vectors
+``ctx`` (``n_ctx x text width``) are learnable, everything else is the frozen token embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedrs.models.backbone import Backbone
+
+
+class TextEncoder(nn.Module):
+    """The frozen text tower, fed prompt *embeddings* instead of token ids."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        m = backbone.model
+        self.transformer = m.transformer
+        self.positional_embedding = m.positional_embedding
+        self.ln_final = m.ln_final
+        self.text_projection = m.text_projection
+        self.register_buffer("attn_mask", m.attn_mask, persistent=False)
+
+    def forward(self, prompts: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """``(n, L, width)`` embeddings and ``(n,)`` EOT positions -> ``(n, embed_dim)``."""
+        x = prompts + self.positional_embedding.to(prompts.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        proj = self.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+
+def class_prompts(backbone: Backbone, classnames: list[str], template: str) -> torch.Tensor:
+    """Token ids of ``template.format(name)`` for each class (``(C, L)``)."""
+    return backbone.tokenizer([template.format(c.replace("_", " ")) for c in classnames])
+
+
+class PromptLearner(nn.Module):
+    """Learnable context shared by all classes (CoOp's unified context).
+
+    Args:
+        backbone: the frozen CLIP whose token embedding fixes the prefix / class-name tokens.
+        classnames: class names in label order.
+        n_ctx: number of context vectors.
+        init_std: std of the N(0, init_std^2) initialisation (CoOp: 0.02).
+        generator: RNG for the initialisation (deterministic runs).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        classnames: list[str],
+        n_ctx: int = 4,
+        init_std: float = 0.02,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        width = backbone.text_width
+        placeholder = " ".join(["X"] * n_ctx)
+        tokens = class_prompts(backbone, classnames, placeholder + " {}.").to(backbone.device)
+        with torch.no_grad():
+            embedding = backbone.model.token_embedding(tokens)
+        ctx = torch.empty(n_ctx, width).normal_(0.0, init_std, generator=generator)
+        self.ctx = nn.Parameter(ctx.to(backbone.device))
+        self.n_ctx = n_ctx
+        self.register_buffer("token_prefix", embedding[:, :1, :].clone(), persistent=False)
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :, :].clone(), persistent=False)
+        self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)
+
+    def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """Prompt embeddings ``(C, L, width)`` built from ``ctx`` (default: own context)."""
+        ctx = self.ctx if ctx is None else ctx
+        n_cls = self.token_prefix.shape[0]
+        ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP + learnable text context: ``logits = scale * cos(f(x), g(ctx, c))``."""
+
+    def __init__(self, backbone: Backbone, prompt_learner: PromptLearner) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.text_encoder = TextEncoder(backbone)
+        self.prompt_learner = prompt_learner
+        self.logit_scale = float(backbone.model.logit_scale.exp().item())
+
+    def text_features(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        feats = self.text_encoder(self.prompt_learner(ctx), self.prompt_learner.eot_index)
+        return nn.functional.normalize(feats, dim=-1)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.backbone.model.encode_image(pixels)
+        return nn.functional.normalize(feats, dim=-1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * self.image_features(pixels) @ self.text_features().t()
+
+
+@torch.no_grad()
+def zero_shot_text_features(
+    backbone: Backbone, classnames: list[str], template: str = "a satellite photo of a {}."
+) -> torch.Tensor:
+    """Normalised text features of hand-written prompts (zero-shot CLIP's classifier)."""
+    tokens = class_prompts(backbone, classnames, template).to(backbone.device)
+    return nn.functional.normalize(backbone.model.encode_text(tokens), dim=-1)

@@ -1,0 +1,246 @@
+"""Run configuration: frozen, validated dataclasses loaded from TOML plus ``--set`` overrides.
+
+    fedrs run exp.toml --set strategy.name=fedprox --set strategy.mu=0.01
+
+Unknown sections or keys and ill-typed or out-of-range values are ConfigErrors (one line).
+The resolved configuration is written to ``RUN_DIR/config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedrs.errors import ConfigError
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What clients train and send (``methods/``)."""
+
+    name: str = "promptfl"
+    n_ctx: int = 4  # context vectors of the (shared) text prompt
+    template: str = "a satellite photo of a {}."  # zero-shot prompt
+
+    def __post_init__(self) -> None:
+        _check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
+        _check("{}" in self.template, "method.template must contain '{}' for the class name")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """How the server combines updates (``orchestrator/strategies/``)."""
+
+    name: str = "fedavg"  # fedavg | fedprox | prompt_avg
+    mu: float = 0.01  # FedProx proximal coefficient (used when name = fedprox)
+
+    def __post_init__(self) -> None:
+        _check(self.mu >= 0, f"strategy.mu must be >= 0, got {self.mu}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "fedrs-tiny"
+    pretrained: str = ""  # open_clip tag or local checkpoint path; "" = random init
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A built dataset (``data.path``) or, when empty, the synthetic default built in the run."""
+
+    path: str = ""
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    num_clients: int = 8
+    classes_per_client: int = 2
+    imbalance_factor: float = 10.0
+    per_class: int = 40  # synthetic default: images per class of the largest sensor
+    image_size: int = 64  # synthetic default: image size
+
+    def __post_init__(self) -> None:
+        _check(self.num_clients >= 1, f"data.num_clients must be >= 1, got {self.num_clients}")
+        _check(self.alpha > 0, f"data.alpha must be > 0, got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Local training on each client."""
+
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        _check(self.local_epochs >= 1, "client.local_epochs must be >= 1")
+        _check(self.batch_size >= 1, "client.batch_size must be >= 1")
+        _check(self.lr > 0, f"client.lr must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 6
+    clients_per_round: int = 4
+    seed: int = 0
+    min_clients: int = 1  # fewer successful reports than this fails the run
+    round_timeout_s: float = 600.0  # a client still running then is a dropout
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
+        _check(self.clients_per_round >= 1, "federation.clients_per_round must be >= 1")
+        _check(self.min_clients >= 1, "federation.min_clients must be >= 1")
+        _check(self.round_timeout_s > 0, "federation.round_timeout_s must be > 0")
+        _check(self.eval_every >= 1, "federation.eval_every must be >= 1")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Ray resources: one bundle per client actor in a placement group."""
+
+    num_actors: int = 2
+    num_cpus_per_client: float = 1.0
+    num_gpus_per_client: float = 0.0
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    max_actor_restarts: int = 3
+
+    def __post_init__(self) -> None:
+        _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
+        _check(self.num_cpus_per_client > 0, "resources.num_cpus_per_client must be > 0")
+        _check(
+            0 <= self.num_gpus_per_client <= 1 or float(self.num_gpus_per_client).is_integer(),
+            "resources.num_gpus_per_client must be a fraction in [0, 1] or a whole number",
+        )
+        _check(
+            self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+            f"resources.placement_strategy {self.placement_strategy!r} is not one of "
+            "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    def __post_init__(self) -> None:
+        f = self.federation
+        _check(
+            f.min_clients <= f.clients_per_round,
+            f"federation.min_clients ({f.min_clients}) exceeds clients_per_round "
+            f"({f.clients_per_round})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> RunConfig:
+        """A copy with dotted-key overrides: ``cfg.replace(**{"federation.rounds": 3})``."""
+        return from_dict(self.to_dict(), [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a TOML / CLI value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, args[0], key)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            out = float(value)
+            if out != out or out in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return out
+        if typ is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a valid {typ.__name__}") from None
+    raise ConfigError(f"{key}: unsupported field type {typ}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"unknown config key {where!r}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        where = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table of keys, got {value!r}")
+            kwargs[name] = _build(typ, value, where)  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _coerce(value, typ, where)
+    return cls(**kwargs)
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is not a section")
+    node[parts[-1]] = value.strip()
+
+
+def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    data = json.loads(json.dumps(data))  # deep copy
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    return _build(RunConfig, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a TOML file (optional) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    return from_dict(data, overrides)
