@@ -105,6 +105,20 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedrs.orchestrator.config import load_config
+    from fedrs.orchestrator.runner import run
+
+    if args.resume:
+        if args.config:
+            print("fedrs: error: give either CONFIG or --resume RUN_DIR, not both", file=sys.stderr)
+            return 2
+        run(resume=args.resume, overrides=args.set)
+    else:
+        run(load_config(args.config, args.set), out=args.out)
+    return 0
+
+
 BENCHMARKS = {"data-format": "fedrs.benchmarks.data_format"}
 
 
@@ -151,6 +165,24 @@ def build_parser() -> argparse.ArgumentParser:
     sh = dsub.add_parser("show", help="per-client class histograms + partition.png heatmap")
     sh.add_argument("dir")
     sh.set_defaults(func=_cmd_data_show)
+
+    r = sub.add_parser("run", help="run a federation (default: synthetic data, tiny CLIP)")
+    r.add_argument("config", nargs="?", default=None, help="TOML config file")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set strategy.name=fedprox",
+    )
+    r.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    r.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue a run from its last completed round",
+    )
+    r.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")
     bench.add_argument("name", choices=sorted(BENCHMARKS))

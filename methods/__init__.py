@@ -1,1 +1,19 @@
-"""fedrs.methods."""
+"""Federated methods behind one interface (``fedrs.methods.base.Method``), looked up by name."""
+
+from __future__ import annotations
+
+from fedrs.errors import ConfigError
+from fedrs.methods.base import FitOptions, FitOutput, Method
+from fedrs.methods.promptfl import PromptFL
+from fedrs.methods.zeroshot import ZeroShot
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (PromptFL, ZeroShot)}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method.name {name!r}; choose from {sorted(METHODS)}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "FitOptions", "FitOutput", "Method", "method_class"]

@@ -70,7 +70,10 @@ class Backbone:
 
     def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, S, S)`` on the device."""
-        x = torch.as_tensor(np.asarray(images)).to(self.device, non_blocking=True)
+        arr = np.asarray(images)
+        if not arr.flags.writeable:  # a view of a memory-mapped shard: copy just this batch
+            arr = arr.copy()
+        x = torch.from_numpy(arr).to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             x = nn.functional.interpolate(
@@ -124,7 +127,9 @@ def load_backbone(arch: str, pretrained: str = "", device: str | torch.device = 
                 p.requires_grad_(False)
             size = model.visual.image_size
             _cache[key] = Backbone(
-                arch=arch, pretrained=pretrained, model=model,
+                arch=arch,
+                pretrained=pretrained,
+                model=model,
                 tokenizer=open_clip.get_tokenizer(arch),
                 image_size=int(size[0] if isinstance(size, tuple | list) else size),
                 device=device,

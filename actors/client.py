@@ -1,0 +1,126 @@
+"""The client worker: a plain class, made a Ray actor at spawn time by ``ClientPool``.
+
+One worker serves many virtual clients in turn. It builds the method (and so loads the frozen
+backbone) once, memory-maps shards lazily, and reads / writes each client's private state in
+the client-state store, so any worker can train any client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrs.datasets.manifest import FedDataset
+from fedrs.methods.base import FitOptions, Method
+from fedrs.orchestrator.config import from_dict
+from fedrs.orchestrator.state_store import FileStateStore
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FitTask:
+    client_id: int
+    options: FitOptions
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """Evaluate rows ``start:stop`` of the global test shard (``kind="test"``) or a client's
+    local test shard with its private state as of the end of ``round`` (``kind="client"``)."""
+
+    kind: str
+    round: int
+    client_id: int = -1
+    start: int = 0
+    stop: int | None = None
+
+
+def _assigned_gpus() -> list[str]:
+    try:
+        import ray
+
+        return [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker
+        return []
+
+
+class ClientWorker:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        method_cls: type[Method],
+        data_path: str,
+        state_root: str,
+        index: int = 0,
+    ) -> None:
+        self.cfg = from_dict(cfg)
+        self.index = index
+        threads = max(1, int(round(self.cfg.resources.num_cpus_per_client)))
+        torch.set_num_threads(threads)
+        self.gpu_ids = _assigned_gpus()
+        # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s): the first visible one is ours.
+        self.device = "cuda:0" if self.gpu_ids and torch.cuda.is_available() else "cpu"
+        self.data = FedDataset(data_path)
+        self.method = method_cls(self.cfg, self.data.classes, self.device)
+        self.store = FileStateStore(state_root)
+        self.seed = self.cfg.federation.seed
+
+    def describe(self) -> dict[str, Any]:
+        node_id = None
+        try:
+            import ray
+
+            node_id = ray.get_runtime_context().get_node_id()
+        except Exception:
+            pass
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node_id": node_id,
+            "gpu_ids": self.gpu_ids,
+            "device": self.device,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def init_global(self, seed: int) -> Params:
+        return self.method.init_global(seed)
+
+    def _private(self, client_id: int, before_round: int) -> Params:
+        state = self.store.load(client_id, before_round)
+        return state if state is not None else self.method.init_private(client_id, self.seed)
+
+    def fit(self, params: Params, task: FitTask) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        cid, rnd = task.client_id, task.options.round
+        out = self.method.fit(params, self._private(cid, rnd), self.data.client(cid), task.options)
+        self.store.save(cid, rnd, out.private)
+        return {
+            "client_id": cid,
+            "params": out.params,
+            "num_examples": out.num_examples,
+            "metrics": out.metrics,
+            "extras": out.extras,
+            "worker": self.index,
+            "fit_s": time.perf_counter() - t0,
+        }
+
+    def evaluate(self, params: Params, task: EvalTask) -> dict[str, Any]:
+        if task.kind == "test":
+            shard, private = self.data.test_shard(), {}
+        else:
+            shard = self.data.client_test(task.client_id)
+            private = self._private(task.client_id, task.round + 1)
+        stop = len(shard) if task.stop is None else task.stop
+        out = self.method.evaluate(
+            params, private, shard.images[task.start : stop], shard.labels[task.start : stop]
+        )
+        return {"client_id": task.client_id, **out}

@@ -1,0 +1,177 @@
+"""The method interface: what a client trains, what it sends, how the server combines it.
+
+A method is one module with one ``Method`` subclass. Client side (inside a Ray actor, built once
+per actor, frozen backbone resident):
+
+* ``init_global(seed)``: the initial global tensors (only these ever travel);
+* ``init_private(client_id, seed)``: a client's private tensors (kept in the client-state store);
+* ``fit(global, private, shard, options)``: local training -> ``FitOutput``;
+* ``evaluate(global, private, images, labels)``: sums for accuracy / loss.
+
+Server side (in the driver, torch-free by default):
+
+* ``server_update(params, updates, state)``: after the strategy's aggregate (CLIP2FL's
+  federated-feature step plugs in here); default: unchanged.
+
+``global_keys`` name what the server holds and broadcasts; ``prompt_keys`` the subset that
+prompt averaging combines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from fedrs.datasets.shards import Shard
+    from fedrs.orchestrator.config import RunConfig
+    from fedrs.orchestrator.strategies import ClientUpdate
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Per-call local training options (from the config, the strategy and the round)."""
+
+    round: int
+    client_id: int
+    seed: int
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    upload_keys: tuple[str, ...] = ()
+
+    @property
+    def rng_seed(self) -> list[int]:
+        """Seed material unique to (run seed, round, client): runs replay exactly."""
+        return [self.seed, self.round, self.client_id]
+
+
+@dataclass
+class FitOutput:
+    params: Params  # the uploaded tensors (a subset of global_keys)
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    private: Params = field(default_factory=dict)  # new private state (stays client side)
+    extras: Params = field(default_factory=dict)  # extra payloads for server_update
+
+
+class Method(ABC):
+    """Base class of federated methods; subclasses set ``name`` and implement the hooks."""
+
+    name: ClassVar[str]
+    trains: ClassVar[bool] = True
+    global_keys: tuple[str, ...] = ()
+    prompt_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.classes = classes
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def init_global(self, seed: int) -> Params: ...
+
+    def init_private(self, client_id: int, seed: int) -> Params:
+        return {}
+
+    @abstractmethod
+    def fit(
+        self, global_params: Params, private: Params, shard: Shard, options: FitOptions
+    ) -> FitOutput: ...
+
+    @abstractmethod
+    def evaluate(
+        self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        """Return ``{"correct", "loss_sum", "n"}`` over the given examples."""
+
+    @staticmethod
+    def server_update(params: Params, updates: list[ClientUpdate], state: dict[str, Any]) -> Params:
+        return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers for methods' local training
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Shuffled mini-batches of row indices (sorted within a batch for sequential mmap reads)."""
+    perm = rng.permutation(n)
+    for start in range(0, n, batch_size):
+        yield np.sort(perm[start : start + batch_size])
+
+
+def to_numpy(params: dict[str, torch.Tensor]) -> Params:
+    return {k: v.detach().to("cpu", torch.float32).numpy().copy() for k, v in params.items()}
+
+
+def proximal_term(
+    params: dict[str, nn.Parameter], anchor: dict[str, torch.Tensor], mu: float
+) -> torch.Tensor:
+    """FedProx's (mu / 2) * sum ||w - w_global||^2 over the given tensors."""
+    total = sum(((params[k] - anchor[k]) ** 2).sum() for k in anchor)
+    return 0.5 * mu * total  # type: ignore[return-value]
+
+
+def local_sgd(
+    params: dict[str, nn.Parameter],
+    step_loss: Callable[[np.ndarray], tuple[torch.Tensor, int]],
+    n: int,
+    options: FitOptions,
+) -> dict[str, float]:
+    """The local training loop every method shares: SGD over shuffled batches for ``epochs``.
+
+    ``step_loss(rows)`` returns (loss, number correct) for a batch; FedProx's proximal term is
+    added when ``options.proximal_mu > 0``. Returns mean loss / accuracy of the last epoch.
+    """
+    rng = np.random.default_rng(options.rng_seed)
+    torch.manual_seed(int(rng.integers(2**31)))
+    opt = torch.optim.SGD(
+        list(params.values()),
+        lr=options.lr,
+        momentum=options.momentum,
+        weight_decay=options.weight_decay,
+    )
+    anchor = {k: p.detach().clone() for k, p in params.items()} if options.proximal_mu else {}
+    loss_sum = correct = seen = 0.0
+    for _ in range(options.epochs):
+        loss_sum = correct = seen = 0.0
+        for rows in batches(n, options.batch_size, rng):
+            loss, n_correct = step_loss(rows)
+            if anchor:
+                loss = loss + proximal_term(params, anchor, options.proximal_mu)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += float(loss.detach()) * len(rows)
+            correct += n_correct
+            seen += len(rows)
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+def batched_eval(
+    logits_fn: Callable[[np.ndarray], torch.Tensor],
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Sum correct predictions and cross-entropy over ``images`` in batches."""
+    correct = loss_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = logits_fn(images[start : start + batch_size])
+            y = torch.as_tensor(labels[start : start + batch_size], device=logits.device)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(dim=1) == y).sum())
+    return {"correct": correct, "loss_sum": loss_sum, "n": float(len(images))}

@@ -1,0 +1,77 @@
+"""PromptFL (Guo et al., 2023): federated CoOp. One learnable text context shared by all
+clients; the frozen CLIP never moves; the server averages the context (FedAvg by examples)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval, local_sgd
+from fedrs.models.backbone import load_backbone
+from fedrs.models.prompt import PromptedCLIP, PromptLearner
+
+if TYPE_CHECKING:
+    from fedrs.datasets.shards import Shard
+    from fedrs.orchestrator.config import RunConfig
+
+CTX = "prompt.ctx"
+
+
+class PromptFL(Method):
+    name = "promptfl"
+    global_keys = (CTX,)
+    prompt_keys = (CTX,)
+
+    def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+        super().__init__(cfg, classes, device)
+        self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
+        self.model = PromptedCLIP(
+            self.backbone, PromptLearner(self.backbone, classes, n_ctx=cfg.method.n_ctx)
+        )
+
+    def init_global(self, seed: int) -> Params:
+        gen = torch.Generator().manual_seed(seed)
+        ctx = torch.empty_like(self.model.prompt_learner.ctx, device="cpu").normal_(
+            0, 0.02, generator=gen
+        )
+        return {CTX: ctx.numpy()}
+
+    def _load(self, params: Params) -> nn.Parameter:
+        ctx = self.model.prompt_learner.ctx
+        with torch.no_grad():
+            ctx.copy_(torch.from_numpy(np.array(params[CTX])).to(self.device))
+        return ctx
+
+    def fit(
+        self, global_params: Params, private: Params, shard: Shard, options: FitOptions
+    ) -> FitOutput:
+        ctx = self._load(global_params)
+        model, images, labels = self.model, shard.images, shard.labels
+
+        def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
+            logits = model(self.backbone.preprocess(images[rows]))
+            y = torch.as_tensor(labels[rows], device=self.device)
+            return nn.functional.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
+
+        metrics = local_sgd({CTX: ctx}, step, len(shard), options)
+        return FitOutput(
+            params={CTX: ctx.detach().cpu().numpy().copy()},
+            num_examples=len(shard),
+            metrics=metrics,
+        )
+
+    def evaluate(
+        self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        self._load(global_params)
+        with torch.no_grad():
+            text = self.model.text_features()
+        scale = self.model.logit_scale
+        return batched_eval(
+            lambda x: scale * self.model.image_features(self.backbone.preprocess(x)) @ text.t(),
+            images,
+            labels,
+        )

@@ -1,0 +1,54 @@
+"""Round checkpoints: global tensors + server state, written atomically, newest two kept.
+
+``RUN_DIR/checkpoint/round_<r>.safetensors`` holds the tensors; ``latest.json`` (replaced
+atomically after the tensors are on disk) names the last completed round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from fedrs.errors import FedrsError
+from fedrs.io import write_bytes, write_json
+
+SERVER_PREFIX = "server/"
+
+
+def save(
+    run_dir: Path, round_: int, params: dict[str, np.ndarray], server_state: dict[str, Any]
+) -> None:
+    folder = run_dir / "checkpoint"
+    tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    tensors |= {
+        SERVER_PREFIX + k: np.ascontiguousarray(v)
+        for k, v in server_state.items()
+        if isinstance(v, np.ndarray)
+    }
+    name = f"round_{round_:05d}.safetensors"
+    write_bytes(folder / name, st_save(tensors) if tensors else st_save({}))
+    write_json(folder / "latest.json", {"round": round_, "file": name})
+    for old in sorted(folder.glob("round_*.safetensors"))[:-2]:
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+
+
+def load(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
+    """(round, params, server_state) of the last completed round, or None before round 1."""
+    latest = run_dir / "checkpoint" / "latest.json"
+    if not latest.exists():
+        return None
+    try:
+        meta = json.loads(latest.read_text())
+        tensors = dict(st_load((latest.parent / meta["file"]).read_bytes()))
+    except (OSError, ValueError, KeyError) as exc:
+        raise FedrsError(f"cannot read checkpoint in {run_dir}: {exc}") from None
+    params = {k: v for k, v in tensors.items() if not k.startswith(SERVER_PREFIX)}
+    server = {k[len(SERVER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SERVER_PREFIX)}
+    return int(meta["round"]), params, server

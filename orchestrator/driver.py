@@ -1,0 +1,337 @@
+"""The driver: global state and the round loop, in one place. Runs as a Ray actor.
+
+Each round::
+
+    sample clients from (seed, round) ─> broadcast global tensors (one object-store copy)
+    ─> clients train on the actor pool ─> validate every update (names, shapes, dtypes,
+    finite values) ─> strategy.aggregate ─> method.server_update ─> evaluate (global test split
+    and each client's local test split) ─> append metrics.jsonl ─> checkpoint
+
+A client that raises, times out or whose actor dies is a dropout for that round (counted, reason
+logged); a malformed update is rejected (counted). The run fails with RoundFailedError only when
+fewer than ``federation.min_clients`` updates are accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from fedrs.actors.client import EvalTask, FitTask
+from fedrs.actors.pool import ClientPool
+from fedrs.datasets.manifest import FedDataset
+from fedrs.errors import FedrsError
+from fedrs.io import write_json
+from fedrs.methods.base import FitOptions, Method
+from fedrs.orchestrator import checkpoint
+from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.sampling import sample_clients
+from fedrs.orchestrator.state_store import FileStateStore
+from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
+from fedrs.orchestrator.validation import spec_of, validate_update
+
+log = logging.getLogger(__name__)
+METRICS = "metrics.jsonl"
+PERSONALIZED_EVAL_MAX = 64  # evaluate every client's local split up to this many clients
+
+
+class RoundFailedError(FedrsError):
+    """Too few clients reported in a round."""
+
+
+def nbytes(params: dict[str, np.ndarray]) -> int:
+    return int(sum(v.nbytes for v in params.values()))
+
+
+def payload_bytes(payload: Any) -> int:
+    """Bytes of the arrays in an uploaded payload (0 for anything malformed)."""
+    if not isinstance(payload, dict):
+        return 0
+    return int(sum(v.nbytes for v in payload.values() if isinstance(v, np.ndarray)))
+
+
+class Driver:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str,
+        data_path: str,
+        method_cls: type[Method],
+        resume: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.method_cls = method_cls
+        self.data = FedDataset(data_path, verify=False)
+        if cfg.data.num_clients != self.data.num_clients and cfg.data.path:
+            log.info(
+                "dataset has %d clients (data.num_clients=%d ignored)",
+                self.data.num_clients,
+                cfg.data.num_clients,
+            )
+        self.store = FileStateStore(self.run_dir / "client_state")
+        self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
+        self.strategy = make_strategy(
+            cfg.strategy.name,
+            mu=cfg.strategy.mu,
+            global_keys=method_cls.global_keys,
+            prompt_keys=method_cls.prompt_keys,
+        )
+        state = checkpoint.load(self.run_dir) if resume else None
+        if state is None:
+            self.round = 0
+            self.params = self.pool.call_one("init_global", cfg.federation.seed)
+            self.server_state: dict[str, Any] = {}
+            (self.run_dir / METRICS).unlink(missing_ok=True)
+        else:
+            self.round, self.params, self.server_state = state
+            self._truncate_metrics(self.round)
+            log.info("resuming after round %d", self.round)
+        self.spec = spec_of(self.params, self.strategy.upload_keys)
+
+    # ------------------------------------------------------------------ the round loop
+    def run(self, stop_after: int | None = None) -> Iterator[dict[str, Any]]:
+        """Run the remaining rounds, yielding each round's metrics as it completes."""
+        fed = self.cfg.federation
+        if not self.method_cls.trains:
+            record = {
+                "round": 0,
+                **self.evaluate(0),
+                "clients_ok": 0,
+                "clients_failed": 0,
+                "clients_rejected": 0,
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "wall_s": 0.0,
+            }
+            self._append(record)
+            yield record
+            return
+        for rnd in range(self.round + 1, fed.rounds + 1):
+            yield self.run_round(rnd)
+            if stop_after is not None and rnd >= stop_after:
+                return
+
+    def run_round(self, rnd: int) -> dict[str, Any]:
+        fed, client = self.cfg.federation, self.cfg.client
+        t0 = time.perf_counter()
+        sampled = sample_clients(self.data.num_clients, fed.clients_per_round, fed.seed, rnd)
+        download = {k: self.params[k] for k in self.method_cls.global_keys}
+        params_ref = ray.put(download)
+        tasks = [
+            FitTask(
+                cid,
+                FitOptions(
+                    round=rnd,
+                    client_id=cid,
+                    seed=fed.seed,
+                    epochs=client.local_epochs,
+                    batch_size=client.batch_size,
+                    lr=client.lr,
+                    momentum=client.momentum,
+                    weight_decay=client.weight_decay,
+                    upload_keys=self.strategy.upload_keys,
+                    **self.strategy.client_options(),
+                ),
+            )
+            for cid in sampled
+        ]
+        results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s)
+        updates: list[ClientUpdate] = []
+        rejected: dict[int, str] = {}
+        bytes_up = 0
+        for ti, reply in sorted(results.items()):
+            cid = sampled[ti]
+            bytes_up += payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
+            reason = validate_update(reply.get("params"), reply.get("num_examples"), self.spec)
+            if reason is not None:
+                rejected[cid] = reason
+                continue
+            updates.append(
+                ClientUpdate(
+                    cid,
+                    reply["params"],
+                    int(reply["num_examples"]),
+                    reply.get("metrics", {}),
+                    reply.get("extras", {}),
+                )
+            )
+        dropped = {sampled[ti]: why for ti, why in failures.items()}
+        for cid, why in {**dropped, **rejected}.items():
+            log.warning(
+                "round %d: client %d %s: %s",
+                rnd,
+                cid,
+                "rejected" if cid in rejected else "dropped out",
+                why,
+            )
+            self.store.discard(cid, rnd)  # its private state of this round does not count
+        if len(updates) < fed.min_clients:
+            first = next(iter({**dropped, **rejected}.items()), (None, "no client sampled"))
+            raise RoundFailedError(
+                f"round {rnd}: {len(updates)} of {len(sampled)} clients reported, fewer than "
+                f"federation.min_clients={fed.min_clients} (client {first[0]}: {first[1]})"
+            )
+        fit_s = time.perf_counter() - t0
+        params = self.strategy.aggregate(self.params, updates)
+        self.params = self.method_cls.server_update(params, updates, self.server_state)
+        self.round = rnd
+        weights = np.array([u.num_examples for u in updates], dtype=float)
+        record: dict[str, Any] = {
+            "round": rnd,
+            "loss": float(
+                np.average([u.metrics.get("train_loss", np.nan) for u in updates], weights=weights)
+            ),
+            "train_accuracy": float(
+                np.average(
+                    [u.metrics.get("train_accuracy", np.nan) for u in updates], weights=weights
+                )
+            ),
+        }
+        if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+            record |= self.evaluate(rnd, sampled)
+        record |= {
+            "clients_sampled": len(sampled),
+            "clients_ok": len(updates),
+            "clients_failed": len(dropped),
+            "clients_rejected": len(rejected),
+            "failures": {str(k): v for k, v in {**dropped, **rejected}.items()},
+            "bytes_up": bytes_up,
+            "bytes_down": nbytes(download) * len(sampled),
+            "fit_s": fit_s,
+            "wall_s": time.perf_counter() - t0,
+        }
+        self._append(record)
+        checkpoint.save(self.run_dir, rnd, self.params, self.server_state)
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, rnd: int, sampled: list[int] | None = None) -> dict[str, Any]:
+        """Global accuracy on the held-out split (spread over the actors) and personalised
+        accuracy: the mean of each client's accuracy on its own local split."""
+        fed = self.cfg.federation
+        ref = ray.put({k: self.params[k] for k in self.method_cls.global_keys})
+        n_test = self.data.test.num_examples
+        step = -(-n_test // len(self.pool))
+        chunks = [
+            EvalTask("test", rnd, start=s, stop=min(s + step, n_test))
+            for s in range(0, n_test, step)
+        ]
+        clients = (
+            list(range(self.data.num_clients))
+            if self.data.num_clients <= PERSONALIZED_EVAL_MAX
+            else (sampled or [])
+        )
+        per_client = [
+            EvalTask("client", rnd, client_id=c)
+            for c in clients
+            if self.data.clients[c].local_test.num_examples > 0
+        ]
+        results, failures = self.pool.map("evaluate", ref, chunks + per_client, fed.round_timeout_s)
+        glob = [results[i] for i in range(len(chunks)) if i in results]
+        n = sum(r["n"] for r in glob)
+        pers = [r["correct"] / r["n"] for i, r in results.items() if i >= len(chunks) and r["n"]]
+        return {
+            "accuracy": sum(r["correct"] for r in glob) / n if n else float("nan"),
+            "test_loss": sum(r["loss_sum"] for r in glob) / n if n else float("nan"),
+            "personalized_accuracy": float(np.mean(pers)) if pers else float("nan"),
+            "eval_failed": len(failures),
+        }
+
+    # ------------------------------------------------------------------ files
+    def _append(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / METRICS, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def _truncate_metrics(self, last_round: int) -> None:
+        path = self.run_dir / METRICS
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+            if rec.get("round", 0) <= last_round:
+                keep.append(line)
+        from fedrs.io import write_bytes
+
+        write_bytes(path, ("\n".join(keep) + "\n").encode() if keep else b"")
+
+    def params_snapshot(self) -> dict[str, np.ndarray]:
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def describe_actors(self) -> list[dict[str, Any]]:
+        return self.pool.describe()
+
+    def finish(self) -> dict[str, Any]:
+        """Write summary.json and accuracy.png; release the actors."""
+        records = [json.loads(x) for x in (self.run_dir / METRICS).read_text().splitlines() if x]
+        accs = [r["accuracy"] for r in records if "accuracy" in r]
+        summary = {
+            "method": self.cfg.method.name,
+            "strategy": self.cfg.strategy.name,
+            "rounds_completed": self.round,
+            "final": records[-1] if records else {},
+            "best_accuracy": max(accs) if accs else None,
+            "totals": {
+                key: float(sum(r.get(key, 0) for r in records))
+                for key in (
+                    "bytes_up",
+                    "bytes_down",
+                    "wall_s",
+                    "clients_failed",
+                    "clients_rejected",
+                    "clients_ok",
+                )
+            },
+            "trainable_params_sent": int(
+                sum(v.size for k, v in self.params.items() if k in self.strategy.upload_keys)
+            ),
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        _plot(records, self.run_dir / "accuracy.png")
+        self.pool.shutdown()
+        return summary
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedrs.io import write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    rounds = [r["round"] for r in records if "accuracy" in r]
+    for key, label in (
+        ("accuracy", "global (held-out split)"),
+        ("personalized_accuracy", "personalised (local splits)"),
+    ):
+        ax.plot(
+            rounds,
+            [r.get(key, np.nan) for r in records if "accuracy" in r],
+            marker="o",
+            label=label,
+        )
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())

@@ -1,0 +1,14 @@
+"""Deterministic client sampling: a function of (seed, round) only, never of completion order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_clients(num_clients: int, per_round: int, seed: int, round_: int) -> list[int]:
+    """``min(per_round, num_clients)`` distinct client ids, sorted, drawn from (seed, round)."""
+    if num_clients < 1 or per_round < 1:
+        raise ValueError("num_clients and per_round must be >= 1")
+    rng = np.random.default_rng([seed, round_, 0x5EED])
+    k = min(per_round, num_clients)
+    return sorted(int(c) for c in rng.choice(num_clients, size=k, replace=False))

@@ -1,0 +1,43 @@
+"""The strategy interface: which tensors clients upload, what they are told, how to combine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One validated client result as the server sees it."""
+
+    client_id: int
+    params: Params
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    extras: Params = field(default_factory=dict)  # method payloads beyond params (CLIP2FL)
+
+
+class Strategy(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, upload_keys: tuple[str, ...]) -> None:
+        self.upload_keys = upload_keys
+
+    @classmethod
+    def create(
+        cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+    ) -> Strategy:
+        return cls(upload_keys=global_keys)
+
+    def client_options(self) -> dict[str, Any]:
+        """Extra local-training options the strategy needs on clients (FedProx: mu)."""
+        return {}
+
+    @abstractmethod
+    def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
+        """New global parameters from the current ones and this round's valid updates."""

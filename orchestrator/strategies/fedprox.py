@@ -1,0 +1,25 @@
+"""FedProx (Li et al., 2020): clients add (mu / 2) ||w - w_global||^2; the server is FedAvg."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedrs.orchestrator.strategies.base import Strategy
+from fedrs.orchestrator.strategies.fedavg import FedAvg
+
+
+class FedProx(FedAvg):
+    name = "fedprox"
+
+    def __init__(self, upload_keys: tuple[str, ...], mu: float) -> None:
+        super().__init__(upload_keys)
+        self.mu = mu
+
+    @classmethod
+    def create(
+        cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+    ) -> Strategy:
+        return cls(upload_keys=global_keys, mu=mu)
+
+    def client_options(self) -> dict[str, Any]:
+        return {"proximal_mu": self.mu}

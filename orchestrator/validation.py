@@ -1,0 +1,42 @@
+"""Checks on every client update before it may touch the global state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def spec_of(params: dict[str, np.ndarray], keys: tuple[str, ...]) -> Spec:
+    return {k: (tuple(params[k].shape), params[k].dtype) for k in keys}
+
+
+def validate_update(params: Any, num_examples: Any, spec: Spec) -> str | None:
+    """None when the update is well-formed, else a one-line reason for rejecting it.
+
+    Checks: a mapping with exactly the expected tensor names; each a numpy array of the expected
+    shape and dtype with only finite values; a positive integer example count.
+    """
+    if not isinstance(params, dict):
+        return f"update is a {type(params).__name__}, not a dict of tensors"
+    got, want = set(params), set(spec)
+    if got != want:
+        missing, extra = sorted(want - got), sorted(got - want)
+        return f"tensor names differ (missing {missing}, unexpected {extra})"
+    for name, (shape, dtype) in spec.items():
+        value = params[name]
+        if not isinstance(value, np.ndarray):
+            return f"{name} is a {type(value).__name__}, not an array"
+        if tuple(value.shape) != shape:
+            return f"{name} has shape {tuple(value.shape)}, expected {shape}"
+        if value.dtype != dtype:
+            return f"{name} has dtype {value.dtype}, expected {dtype}"
+        if not np.isfinite(value).all():
+            return f"{name} has non-finite values"
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int | np.integer):
+        return f"num_examples {num_examples!r} is not an integer"
+    if num_examples <= 0:
+        return f"num_examples {num_examples} is not positive"
+    return None
