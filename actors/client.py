@@ -62,7 +62,7 @@ class ClientWorker:
     ) -> None:
         self.cfg = from_dict(cfg)
         self.index = index
-        threads = max(1, int(round(self.cfg.resources.num_cpus_per_client)))
+        threads = max(1, round(self.cfg.resources.num_cpus_per_client))
         torch.set_num_threads(threads)
         self.gpu_ids = _assigned_gpus()
         # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s): the first visible one is ours.

@@ -26,6 +26,7 @@ from fedrs.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+RANDOM_INIT_SEED = 0
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -107,7 +108,11 @@ def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
     elif pretrained and not os.path.isfile(pretrained):
         raise ConfigError(f"model.pretrained checkpoint not found: {pretrained}")
     try:
-        return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
+        # Random initialisation must be identical in every actor process (all clients share one
+        # frozen backbone): build it from a fixed seed without touching the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
     except (RuntimeError, OSError, ValueError, KeyError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot load {arch} weights {pretrained!r}: {first}") from None

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from fedrs.errors import ConfigError
+from fedrs.errors import ConfigError, FedrsError
 from fedrs.io import write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
@@ -107,21 +107,31 @@ def run(
         cfg, str(run_dir.resolve()), data_path, method_cls, bool(resume)
     )
     try:
-        actors = ray.get(driver.describe_actors.remote())
-        devices = sorted({a["device"] for a in actors})
-        console.print(
-            f"[bold]fedrs[/] {cfg.method.name} + {cfg.strategy.name}: {len(actors)} client "
-            f"actors ({', '.join(devices)}), {cfg.federation.rounds} rounds x "
-            f"{cfg.federation.clients_per_round} clients -> {run_dir}"
-        )
-        for ref in driver.run.options(num_returns="streaming").remote(stop_after):
-            rec = ray.get(ref)
-            console.print(_progress_line(rec, cfg.federation.rounds))
-        if stop_after is not None:
-            return {"stopped_after": stop_after, "run_dir": str(run_dir)}
-        summary = ray.get(driver.finish.remote())
+        return _drive(driver, cfg, run_dir, stop_after, console)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, FedrsError):  # one line for the user, not a remote traceback
+            raise exc.cause from None
+        raise
     finally:
         ray.kill(driver)
+
+
+def _drive(
+    driver: Any, cfg: RunConfig, run_dir: Path, stop_after: int | None, console: Console
+) -> dict[str, Any]:
+    """Stream the driver's rounds to the console; finish the run and return its summary."""
+    actors = ray.get(driver.describe_actors.remote())
+    devices = sorted({a["device"] for a in actors})
+    console.print(
+        f"[bold]fedrs[/] {cfg.method.name} + {cfg.strategy.name}: {len(actors)} client "
+        f"actors ({', '.join(devices)}), {cfg.federation.rounds} rounds x "
+        f"{cfg.federation.clients_per_round} clients -> {run_dir}"
+    )
+    for ref in driver.run.options(num_returns="streaming").remote(stop_after):
+        console.print(_progress_line(ray.get(ref), cfg.federation.rounds))
+    if stop_after is not None:
+        return {"stopped_after": stop_after, "run_dir": str(run_dir)}
+    summary = ray.get(driver.finish.remote())
     summary["run_dir"] = str(run_dir)
     console.print(
         f"done: accuracy {summary['final'].get('accuracy', float('nan')):.3f} "

@@ -71,3 +71,46 @@ def make_caption_dataset(root: Path, n: int = 30, n_test: int = 6) -> Path:
         )
     (root / "dataset.json").write_text(json.dumps({"dataset": "tiny", "images": images}))
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray instance for the whole session: a 2-node local cluster with logical GPUs
+    (head: 8 CPUs + 2 GPUs, worker: 8 CPUs + 2 GPUs), so scheduling tests see 4 GPUs and two
+    nodes on a CPU-only machine."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 8,
+            "num_gpus": 2,
+            "object_store_memory": 200 * 2**20,
+            "include_dashboard": False,
+        },
+    )
+    cluster.add_node(num_cpus=8, num_gpus=2, object_store_memory=200 * 2**20)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic federated dataset: 10 classes, 3 sensors, 6 clients, 32 px."""
+    from fedrs.datasets.partition import PartitionSpec
+    from fedrs.datasets.synth import build_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    build_synthetic(
+        out,
+        per_class=8,
+        image_size=32,
+        partition=PartitionSpec(scheme="iid", num_clients=6, min_examples=2),
+    )
+    return out

@@ -1,0 +1,176 @@
+"""Strategy maths, sampling, config, validation, client-state store: no Ray needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrs.errors import ConfigError
+from fedrs.orchestrator import checkpoint
+from fedrs.orchestrator.config import RunConfig, from_dict, load_config
+from fedrs.orchestrator.sampling import sample_clients
+from fedrs.orchestrator.state_store import FileStateStore
+from fedrs.orchestrator.strategies import (
+    ClientUpdate,
+    FedAvg,
+    FedProx,
+    PromptAveraging,
+    make_strategy,
+    weighted_average,
+)
+from fedrs.orchestrator.validation import spec_of, validate_update
+
+
+def _u(cid: int, n: int, **params: list[float]) -> ClientUpdate:
+    return ClientUpdate(cid, {k: np.array(v, dtype=np.float32) for k, v in params.items()}, n)
+
+
+def test_fedavg_weights_by_examples_hand_computed() -> None:
+    current = {"w": np.zeros(2, np.float32), "b": np.zeros(1, np.float32)}
+    ups = [_u(0, 10, w=[1.0, 2.0], b=[1.0]), _u(1, 30, w=[5.0, -2.0], b=[3.0])]
+    out = FedAvg(upload_keys=("w", "b")).aggregate(current, ups)
+    # w = (10*[1,2] + 30*[5,-2]) / 40 = [4, -1]; b = (10*1 + 30*3) / 40 = 2.5
+    np.testing.assert_allclose(out["w"], [4.0, -1.0])
+    np.testing.assert_allclose(out["b"], [2.5])
+    assert out["w"].dtype == np.float32
+    # completion order does not matter
+    again = FedAvg(upload_keys=("w", "b")).aggregate(current, ups[::-1])
+    assert np.array_equal(again["w"], out["w"])
+
+
+def test_fedprox_is_fedavg_on_server_and_sends_mu() -> None:
+    strat = make_strategy("fedprox", mu=0.1, global_keys=("w",), prompt_keys=())
+    assert isinstance(strat, FedProx) and strat.client_options() == {"proximal_mu": 0.1}
+    out = strat.aggregate({"w": np.zeros(1, np.float32)}, [_u(0, 1, w=[2.0]), _u(1, 3, w=[6.0])])
+    np.testing.assert_allclose(out["w"], [5.0])
+
+
+def test_prompt_averaging_touches_only_shared_prompts() -> None:
+    strat = make_strategy(
+        "prompt_avg", mu=0, global_keys=("shared", "head"), prompt_keys=("shared",)
+    )
+    assert isinstance(strat, PromptAveraging) and strat.upload_keys == ("shared",)
+    current = {"shared": np.zeros(2, np.float32), "head": np.full(2, 7.0, np.float32)}
+    out = strat.aggregate(current, [_u(0, 1, shared=[1, 1]), _u(1, 1, shared=[3, 5])])
+    np.testing.assert_allclose(out["shared"], [2.0, 3.0])
+    np.testing.assert_allclose(out["head"], [7.0, 7.0])
+    with pytest.raises(ConfigError, match="shared prompt"):
+        make_strategy("prompt_avg", mu=0, global_keys=("w",), prompt_keys=())
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        make_strategy("fedsgd", mu=0, global_keys=("w",), prompt_keys=())
+
+
+def test_weighted_average_rejects_bad_weights() -> None:
+    with pytest.raises(ValueError):
+        weighted_average([np.ones(1)], [0.0])
+    with pytest.raises(ValueError):
+        weighted_average([], [])
+
+
+def test_sampling_depends_only_on_seed_and_round() -> None:
+    a = sample_clients(100, 10, seed=3, round_=5)
+    assert a == sample_clients(100, 10, seed=3, round_=5)
+    assert a != sample_clients(100, 10, seed=3, round_=6)
+    assert a != sample_clients(100, 10, seed=4, round_=5)
+    assert len(set(a)) == 10 and a == sorted(a) and all(0 <= c < 100 for c in a)
+    assert sample_clients(5, 10, 0, 1) == [0, 1, 2, 3, 4]
+    big = sample_clients(100_000, 10, 0, 1)
+    assert len(set(big)) == 10 and max(big) < 100_000
+
+
+def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
+    toml = tmp_path / "exp.toml"
+    toml.write_text('[strategy]\nname = "fedprox"\nmu = 0.05\n[federation]\nrounds = 3\n')
+    cfg = load_config(
+        toml, ["federation.rounds=7", "resources.num_gpus_per_client=0.25", "data.path=/x"]
+    )
+    assert cfg.strategy.name == "fedprox" and cfg.strategy.mu == 0.05
+    assert cfg.federation.rounds == 7 and cfg.resources.num_gpus_per_client == 0.25
+    assert cfg.data.path == "/x" and cfg.method.name == "promptfl"
+    for key in (
+        "method.name",
+        "strategy.name",
+        "strategy.mu",
+        "model.arch",
+        "model.pretrained",
+        "data.path",
+        "data.partition",
+        "data.alpha",
+        "data.num_clients",
+        "federation.rounds",
+        "federation.clients_per_round",
+        "federation.seed",
+        "resources.num_cpus_per_client",
+        "resources.num_gpus_per_client",
+        "resources.num_actors",
+    ):
+        section, name = key.split(".")
+        assert name in getattr(cfg, section).__dataclass_fields__
+    with pytest.raises(ConfigError, match="unknown config key 'federation.roundz'"):
+        load_config(None, ["federation.roundz=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'optim'"):
+        from_dict({"optim": {"lr": 1}})
+    with pytest.raises(ConfigError, match="federation.rounds: 'many' is not a valid int"):
+        load_config(None, ["federation.rounds=many"])
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        load_config(None, ["federation.rounds=0"])
+    with pytest.raises(ConfigError, match="placement_strategy"):
+        load_config(None, ["resources.placement_strategy=RANDOM"])
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        (tmp_path / "bad.toml").write_text("[x\n")
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(None, ["federation.rounds"])
+    with pytest.raises(ConfigError, match="not a valid float"):
+        load_config(None, ["client.lr=nan"])
+    assert RunConfig().replace(**{"federation.rounds": 2}).federation.rounds == 2
+
+
+def test_validate_update_catches_malformed_and_non_finite() -> None:
+    spec = spec_of({"w": np.zeros((2, 3), np.float32)}, ("w",))
+    ok = {"w": np.ones((2, 3), np.float32)}
+    assert validate_update(ok, 5, spec) is None
+    assert "names differ" in validate_update({"v": ok["w"]}, 5, spec)
+    assert "shape" in validate_update({"w": np.ones((3, 2), np.float32)}, 5, spec)
+    assert "dtype" in validate_update({"w": np.ones((2, 3), np.float64)}, 5, spec)
+    bad = ok["w"].copy()
+    bad[1, 1] = np.nan
+    assert "non-finite" in validate_update({"w": bad}, 5, spec)
+    bad[1, 1] = np.inf
+    assert "non-finite" in validate_update({"w": bad}, 5, spec)
+    assert "not an array" in validate_update({"w": [[1.0] * 3] * 2}, 5, spec)
+    assert "not a dict" in validate_update([ok["w"]], 5, spec)
+    assert "not positive" in validate_update(ok, 0, spec)
+    assert "not an integer" in validate_update(ok, 2.5, spec)
+
+
+def test_state_store_versions_and_discard(tmp_path: Path) -> None:
+    store = FileStateStore(tmp_path, keep=2)
+    assert store.load(7, before_round=5) is None
+    store.save(7, 1, {"p": np.array([1.0], np.float32)})
+    store.save(7, 3, {"p": np.array([3.0], np.float32)})
+    assert store.load(7, before_round=3)["p"][0] == 1.0  # only versions from earlier rounds
+    assert store.load(7, before_round=4)["p"][0] == 3.0
+    store.save(7, 4, {"p": np.array([4.0], np.float32)})
+    assert store.versions(7) == [3, 4]  # pruned to the newest two
+    store.discard(7, 4)
+    assert store.load(7, before_round=9)["p"][0] == 3.0
+    store.save(123_456, 1, {"p": np.zeros(1, np.float32)})
+    assert (tmp_path / "0123" / "123456" / "r1.safetensors").is_file()
+
+
+def test_checkpoint_roundtrip(tmp_path: Path) -> None:
+    assert checkpoint.load(tmp_path) is None
+    for r in (1, 2, 3):
+        checkpoint.save(
+            tmp_path,
+            r,
+            {"w": np.full(2, r, np.float32)},
+            {"features": np.ones((2, 2), np.float32), "note": "not a tensor"},
+        )
+    rnd, params, server = checkpoint.load(tmp_path)
+    assert rnd == 3 and params["w"].tolist() == [3.0, 3.0]
+    assert server["features"].shape == (2, 2) and "note" not in server
+    assert len(list((tmp_path / "checkpoint").glob("round_*.safetensors"))) == 2
