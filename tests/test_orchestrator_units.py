@@ -108,11 +108,11 @@ def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
     ):
         section, name = key.split(".")
         assert name in getattr(cfg, section).__dataclass_fields__
-    with pytest.raises(ConfigError, match="unknown config key 'federation.roundz'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'federation\.roundz'"):
         load_config(None, ["federation.roundz=3"])
     with pytest.raises(ConfigError, match="unknown config key 'optim'"):
         from_dict({"optim": {"lr": 1}})
-    with pytest.raises(ConfigError, match="federation.rounds: 'many' is not a valid int"):
+    with pytest.raises(ConfigError, match=r"federation\.rounds: 'many' is not a valid int"):
         load_config(None, ["federation.rounds=many"])
     with pytest.raises(ConfigError, match="must be >= 1"):
         load_config(None, ["federation.rounds=0"])
@@ -121,7 +121,7 @@ def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         (tmp_path / "bad.toml").write_text("[x\n")
         load_config(tmp_path / "bad.toml")
-    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"expected dotted\.key=value"):
         load_config(None, ["federation.rounds"])
     with pytest.raises(ConfigError, match="not a valid float"):
         load_config(None, ["client.lr=nan"])

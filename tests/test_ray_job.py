@@ -1,0 +1,75 @@
+"""`ray job submit` of `fedrs run` against a Ray head the test starts on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # the dashboard answered (401 until the request carries the token)
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
+    bindir = Path(sys.executable).parent
+    port, dash = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job client must send it
+    log = open(tmp_path / "head.log", "w")  # noqa: SIM115
+    head = subprocess.Popen(
+        [str(bindir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    run_dir = tmp_path / "run"
+    try:
+        _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120)
+        job = subprocess.run(
+            [str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+             "--", str(bindir / "fedrs"), "run", "--out", str(run_dir),
+             "--set", f"data.path={synth_data}", "--set", "federation.rounds=2",
+             "--set", "federation.clients_per_round=3", "--set", "client.local_epochs=1"],
+            capture_output=True, text=True, timeout=400, env=env,
+        )
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "round   2/2" in job.stdout
+        assert "succeeded" in job.stdout.lower()
+        rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert rounds == [1, 2]
+        assert (run_dir / "summary.json").is_file()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+    assert head.returncode is not None
