@@ -63,13 +63,21 @@ def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
 
 
 def connect_ray() -> None:
-    """Join ``RAY_ADDRESS``'s cluster if set, else start a local one (once per process)."""
+    """Join ``RAY_ADDRESS``'s cluster if set, else start a local one on loopback (once per
+    process)."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # "local": always a fresh instance. A bare ray.init() would instead follow
+        # /tmp/ray/ray_current_cluster to whatever `ray start` ran last, even a dead cluster.
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            log_to_driver=True,
+        )
 
 
 def run(

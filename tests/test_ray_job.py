@@ -43,25 +43,60 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
     env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job client must send it
     log = open(tmp_path / "head.log", "w")  # noqa: SIM115
     head = subprocess.Popen(
-        [str(bindir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true", "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            str(bindir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     run_dir = tmp_path / "run"
     try:
         _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120)
         job = subprocess.run(
-            [str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--", str(bindir / "fedrs"), "run", "--out", str(run_dir),
-             "--set", f"data.path={synth_data}", "--set", "federation.rounds=2",
-             "--set", "federation.clients_per_round=3", "--set", "client.local_epochs=1"],
-            capture_output=True, text=True, timeout=400, env=env,
+            [
+                str(bindir / "ray"),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{dash}",
+                "--",
+                str(bindir / "fedrs"),
+                "run",
+                "--out",
+                str(run_dir),
+                "--set",
+                f"data.path={synth_data}",
+                "--set",
+                "federation.rounds=2",
+                "--set",
+                "federation.clients_per_round=3",
+                "--set",
+                "client.local_epochs=1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
         )
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "round   2/2" in job.stdout
         assert "succeeded" in job.stdout.lower()
-        rounds = [json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rounds = [
+            json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+        ]
         assert rounds == [1, 2]
         assert (run_dir / "summary.json").is_file()
     finally:
