@@ -58,7 +58,7 @@ class ClientPool:
         self.pg = placement_group(
             [dict(bundle) for _ in range(res.num_actors)], strategy=res.placement_strategy
         )
-        if not self.pg.wait(timeout_seconds=pg_timeout_s):
+        if not self.pg.wait(timeout_seconds=res.placement_timeout_s):
             remove_placement_group(self.pg)
             raise SchedulingError(
                 f"cannot place {res.num_actors} client actors of {bundle} with "

@@ -113,7 +113,7 @@ def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # torch.load / open_clip raise many types for bad files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"cannot load {arch} weights {pretrained!r}: {first}") from None
 

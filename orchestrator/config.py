@@ -115,10 +115,12 @@ class ResourcesConfig:
     num_gpus_per_client: float = 0.0
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_actor_restarts: int = 3
+    placement_timeout_s: float = 120.0  # a placement group not placed by then is an error
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
         _check(self.num_cpus_per_client > 0, "resources.num_cpus_per_client must be > 0")
+        _check(self.placement_timeout_s > 0, "resources.placement_timeout_s must be > 0")
         _check(
             0 <= self.num_gpus_per_client <= 1 or float(self.num_gpus_per_client).is_integer(),
             "resources.num_gpus_per_client must be a fraction in [0, 1] or a whole number",

@@ -83,6 +83,14 @@ def test_placement_strategy_across_nodes(
     assert len(nodes) == distinct_nodes
 
 
+def test_unplaceable_pool_is_a_clear_error(synth_data: Path, tmp_path: Path) -> None:
+    from fedrs.actors.pool import SchedulingError
+
+    cfg = _cfg(synth_data, **{"resources.num_actors": 40, "resources.placement_timeout_s": 2})
+    with pytest.raises(SchedulingError, match="cannot place 40 client actors"):
+        ClientPool(cfg, PromptFL, str(synth_data), str(tmp_path))
+
+
 def test_raising_dying_and_malformed_clients_are_counted(synth_data: Path, tmp_path: Path) -> None:
     class Faulty(PromptFL):
         def fit(self, global_params: Any, private: Any, shard: Any, options: Any) -> FitOutput:

@@ -1,0 +1,94 @@
+"""Backbones (open_clip by name, tags, local checkpoints), the CoOp prompt learner, PromptFL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedrs.datasets.manifest import FedDataset
+from fedrs.errors import ConfigError
+from fedrs.methods.base import FitOptions
+from fedrs.methods.promptfl import CTX, PromptFL
+from fedrs.models.backbone import load_backbone, model_config, save_checkpoint
+from fedrs.models.prompt import PromptLearner
+from fedrs.orchestrator.config import RunConfig
+
+CHECKSUM = (
+    "from fedrs.models.backbone import load_backbone; "
+    "m = load_backbone('fedrs-tiny').model; "
+    "print(repr(float(sum(p.double().sum() for p in m.parameters()))))"
+)
+
+
+def test_random_init_is_identical_in_every_process() -> None:
+    here = float(sum(p.double().sum() for p in load_backbone("fedrs-tiny").model.parameters()))
+    there = subprocess.run([sys.executable, "-c", CHECKSUM], capture_output=True, text=True,
+                           check=True).stdout.strip().splitlines()[-1]
+    assert float(there) == here
+
+
+def test_local_checkpoint_round_trip(tmp_path: Path) -> None:
+    import open_clip
+
+    model = open_clip.create_model("fedrs-tiny")
+    with torch.no_grad():
+        model.logit_scale.fill_(1.2345)
+        model.text_projection.add_(0.5)
+    path = tmp_path / "ckpt" / "tiny.pt"
+    save_checkpoint(model, path)
+    loaded = load_backbone("fedrs-tiny", str(path)).model
+    assert float(loaded.logit_scale) == pytest.approx(1.2345)
+    assert torch.equal(loaded.text_projection, model.text_projection)
+    assert not any(p.requires_grad for p in loaded.parameters())  # frozen
+
+
+def test_backbone_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown model.arch 'ViT-Nope'"):
+        model_config("ViT-Nope")
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        load_backbone("fedrs-tiny", str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match=r"neither a local checkpoint nor an open_clip tag.*openai"):
+        load_backbone("ViT-B-32", "not-a-tag")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot load fedrs-tiny weights"):
+        load_backbone("fedrs-tiny", str(bad))
+    assert model_config("ViT-B-16")["text_cfg"]["width"] == 512  # real configs, no weights
+
+
+def test_prompt_learner_shapes() -> None:
+    bb = load_backbone("fedrs-tiny")
+    pl = PromptLearner(bb, ["forest", "parking lot", "river"], n_ctx=4)
+    assert pl.ctx.shape == (4, bb.text_width)
+    prompts = pl()
+    assert prompts.shape == (3, 32, bb.text_width)  # fedrs-tiny context length 32
+    # EOT sits after SOS + 4 context tokens + the class tokens + "."
+    tokens = [len(bb.tokenizer.encode(c)) for c in ["forest", "parking lot", "river"]]
+    assert pl.eot_index.tolist() == [1 + 4 + t + 1 for t in tokens]
+    assert torch.equal(prompts[:, 1:5], pl.ctx.unsqueeze(0).expand(3, -1, -1))
+
+
+def test_promptfl_sends_only_the_context_and_fedprox_pulls_back(synth_data: Path) -> None:
+    ds = FedDataset(synth_data)
+    method = PromptFL(RunConfig(), ds.classes)
+    start = method.init_global(seed=0)
+    assert list(start) == [CTX] and start[CTX].shape == (4, 64)
+
+    def fit(mu: float) -> np.ndarray:
+        opts = FitOptions(round=1, client_id=0, seed=0, epochs=3, batch_size=8, lr=0.05,
+                          proximal_mu=mu)
+        out = method.fit(start, {}, ds.client(0), opts)
+        assert list(out.params) == [CTX] and out.num_examples == len(ds.client(0))
+        return out.params[CTX]
+
+    free, prox = fit(0.0), fit(50.0)
+    assert not np.allclose(free, start[CTX])
+    assert np.linalg.norm(prox - start[CTX]) < 0.5 * np.linalg.norm(free - start[CTX])
+    assert np.array_equal(fit(0.0), free)  # deterministic in (seed, round, client)
+    ev = method.evaluate({CTX: free}, {}, ds.test_shard().images, ds.test_shard().labels)
+    assert ev["n"] == len(ds.test_shard()) and 0 <= ev["correct"] <= ev["n"]
