@@ -109,7 +109,7 @@ class ClientWorker:
             "num_examples": out.num_examples,
             "metrics": out.metrics,
             "extras": out.extras,
-            "worker": self.index,
+            "worker": f"{self.index}:{os.getpid()}",
             "fit_s": time.perf_counter() - t0,
         }
 

@@ -109,6 +109,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from fedrs.orchestrator.config import load_config
     from fedrs.orchestrator.runner import run
 
+    if args.dry_run:
+        from fedrs.io import write_json
+        from fedrs.orchestrator.plan import plan, render
+
+        p = plan(load_config(args.config, args.set))
+        print(render(p))
+        if args.json:
+            write_json(args.json, p)
+        return 0
     if args.resume:
         if args.config:
             print("fedrs: error: give either CONFIG or --resume RUN_DIR, not both", file=sys.stderr)
@@ -182,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue a run from its last completed round",
     )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (actors, parameters, bytes per client) without training",
+    )
+    r.add_argument("--json", default=None, help="with --dry-run: write the plan as JSON here")
     r.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")

@@ -79,6 +79,14 @@ class Method(ABC):
         self.classes = classes
         self.device = torch.device(device)
 
+    @classmethod
+    def tensor_shapes(
+        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
+    ) -> dict[str, dict[str, tuple[int, ...]]]:
+        """``{"global": {name: shape}, "private": {...}}`` from the architecture config alone,
+        without building a model (``fedrs run --dry-run``)."""
+        raise NotImplementedError(f"{cls.name} does not describe its tensors")
+
     @abstractmethod
     def init_global(self, seed: int) -> Params: ...
 
@@ -143,7 +151,12 @@ def local_sgd(
         momentum=options.momentum,
         weight_decay=options.weight_decay,
     )
-    anchor = {k: p.detach().clone() for k, p in params.items()} if options.proximal_mu else {}
+    # FedProx anchors only the tensors that are global (sent), never private ones.
+    anchor = (
+        {k: p.detach().clone() for k, p in params.items() if k in options.upload_keys}
+        if options.proximal_mu
+        else {}
+    )
     loss_sum = correct = seen = 0.0
     for _ in range(options.epochs):
         loss_sum = correct = seen = 0.0

@@ -3,7 +3,7 @@ clients; the frozen CLIP never moves; the server averages the context (FedAvg by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,12 @@ class PromptFL(Method):
         self.model = PromptedCLIP(
             self.backbone, PromptLearner(self.backbone, classes, n_ctx=cfg.method.n_ctx)
         )
+
+    @classmethod
+    def tensor_shapes(
+        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
+    ) -> dict[str, dict[str, tuple[int, ...]]]:
+        return {"global": {CTX: (cfg.method.n_ctx, model_cfg["text_cfg"]["width"])}, "private": {}}
 
     def init_global(self, seed: int) -> Params:
         gen = torch.Generator().manual_seed(seed)

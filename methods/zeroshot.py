@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -25,6 +25,12 @@ class ZeroShot(Method):
         self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
         self.text = zero_shot_text_features(self.backbone, classes, cfg.method.template)
         self.scale = float(self.backbone.model.logit_scale.exp())
+
+    @classmethod
+    def tensor_shapes(
+        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
+    ) -> dict[str, dict[str, tuple[int, ...]]]:
+        return {"global": {}, "private": {}}
 
     def init_global(self, seed: int) -> Params:
         return {}

@@ -109,3 +109,33 @@ def zero_shot_text_features(
     """Normalised text features of hand-written prompts (zero-shot CLIP's classifier)."""
     tokens = class_prompts(backbone, classnames, template).to(backbone.device)
     return nn.functional.normalize(backbone.model.encode_text(tokens), dim=-1)
+
+
+def encode_image_prompted(
+    backbone: Backbone, pixels: torch.Tensor, visual_prompts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Image features with VPT-shallow prompts: ``(n_vis, width)`` learnable tokens inserted
+    after the CLS token, right after the image encoder's ``ln_pre``; CLS pooling as usual.
+
+    With ``visual_prompts=None`` this equals ``model.encode_image`` (a test guards that, since
+    it relies on open_clip's ``VisionTransformer._embeds`` / ``_pool``).
+    """
+    visual = backbone.model.visual
+    x = visual._embeds(pixels)  # (B, 1 + patches, width), after ln_pre
+    if visual_prompts is not None:
+        prompts = visual_prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
+    x = visual.transformer(x)
+    pooled, _ = visual._pool(x)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """CLIP's loss between row-aligned L2-normalised ``a`` and ``b``: the mean of the two
+    cross-entropies of ``scale * a @ b.T`` against the diagonal."""
+    logits = scale * a @ b.t()
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (
+        nn.functional.cross_entropy(logits, target)
+        + nn.functional.cross_entropy(logits.t(), target)
+    )

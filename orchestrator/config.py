@@ -32,9 +32,21 @@ class MethodConfig:
     name: str = "promptfl"
     n_ctx: int = 4  # context vectors of the (shared) text prompt
     template: str = "a satellite photo of a {}."  # zero-shot prompt
+    # FedRSCLIP (METHODS.md section 1, standard reading)
+    private_prompts: bool = True  # private text context + private visual prompts per client
+    n_ctx_private: int = 4  # private text context vectors
+    n_vis: int = 4  # private VPT-shallow visual prompt tokens
+    lambda_dpa: float = 1.0  # l1: Dual Prompt Alignment
+    lambda_cmfa: float = 0.5  # l2: Cross-Modal Feature Alignment
 
     def __post_init__(self) -> None:
         _check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
+        _check(self.n_ctx_private >= 1, "method.n_ctx_private must be >= 1")
+        _check(self.n_vis >= 1, f"method.n_vis must be >= 1, got {self.n_vis}")
+        _check(
+            self.lambda_dpa >= 0 and self.lambda_cmfa >= 0,
+            "method.lambda_dpa and method.lambda_cmfa must be >= 0",
+        )
         _check("{}" in self.template, "method.template must contain '{}' for the class name")
 
 

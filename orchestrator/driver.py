@@ -203,6 +203,15 @@ class Driver:
             "clients_failed": len(dropped),
             "clients_rejected": len(rejected),
             "failures": {str(k): v for k, v in {**dropped, **rejected}.items()},
+            "clients": {
+                str(sampled[ti]): {
+                    "worker": r.get("worker"),
+                    "num_examples": r.get("num_examples"),
+                    "fit_s": r.get("fit_s"),
+                    **(r.get("metrics") or {}),
+                }
+                for ti, r in sorted(results.items())
+            },
             "bytes_up": bytes_up,
             "bytes_down": nbytes(download) * len(sampled),
             "fit_s": fit_s,

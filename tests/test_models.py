@@ -27,8 +27,11 @@ CHECKSUM = (
 
 def test_random_init_is_identical_in_every_process() -> None:
     here = float(sum(p.double().sum() for p in load_backbone("fedrs-tiny").model.parameters()))
-    there = subprocess.run([sys.executable, "-c", CHECKSUM], capture_output=True, text=True,
-                           check=True).stdout.strip().splitlines()[-1]
+    there = (
+        subprocess.run([sys.executable, "-c", CHECKSUM], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert float(there) == here
 
 
@@ -52,7 +55,9 @@ def test_backbone_errors_are_one_line(tmp_path: Path) -> None:
         model_config("ViT-Nope")
     with pytest.raises(ConfigError, match="checkpoint not found"):
         load_backbone("fedrs-tiny", str(tmp_path / "missing.pt"))
-    with pytest.raises(ConfigError, match=r"neither a local checkpoint nor an open_clip tag.*openai"):
+    with pytest.raises(
+        ConfigError, match=r"neither a local checkpoint nor an open_clip tag.*openai"
+    ):
         load_backbone("ViT-B-32", "not-a-tag")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -80,8 +85,9 @@ def test_promptfl_sends_only_the_context_and_fedprox_pulls_back(synth_data: Path
     assert list(start) == [CTX] and start[CTX].shape == (4, 64)
 
     def fit(mu: float) -> np.ndarray:
-        opts = FitOptions(round=1, client_id=0, seed=0, epochs=3, batch_size=8, lr=0.05,
-                          proximal_mu=mu)
+        opts = FitOptions(
+            round=1, client_id=0, seed=0, epochs=3, batch_size=8, lr=0.05, proximal_mu=mu
+        )
         out = method.fit(start, {}, ds.client(0), opts)
         assert list(out.params) == [CTX] and out.num_examples == len(ds.client(0))
         return out.params[CTX]

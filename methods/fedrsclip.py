@@ -1,0 +1,200 @@
+"""FedRSCLIP (arXiv 2501.02461): dual shared / private prompts on a frozen CLIP.
+
+Implemented as ../shared/METHODS.md section 1 gives the standard reading of the paper:
+
+* shared text context P_s (``n_ctx x text width``; 4 x 512 = 2,048 numbers for ViT-B/16 and
+  ViT-B/32): prompt ``[SOS] P_s {class}. [EOS]``; the only tensor a client sends;
+* per client k, a private text context P_p^k and private VPT-shallow visual prompt tokens V^k
+  (``n_vis x vision width``, inserted after ``ln_pre``); they never leave the client (the
+  client-state store keeps them between rounds);
+* z_s = s * cos(f(x; V^k), g(P_s, c)), z_p likewise with P_p^k; prediction (z_s + z_p) / 2;
+* L = CE(z_s) + CE(z_p) + l1 * L_DPA + l2 * L_CMFA with
+  L_DPA = mean_c [1 - cos(g(P_s, c), g(P_p^k, c))] (Dual Prompt Alignment) and
+  L_CMFA = symmetric InfoNCE between f(x_i; V^k) and g(P_s, y_i) over a batch (Cross-Modal
+  Feature Alignment; the shared prompt's class features are the text side);
+* server: prompt averaging of P_s, P_s <- sum_k (n_k / n) P_s^k (strategy ``prompt_avg``).
+
+Ablations by config: ``method.lambda_dpa=0``, ``method.lambda_cmfa=0``,
+``method.private_prompts=false`` (no private context, no visual prompts: shared prompt + CMFA).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval, local_sgd
+from fedrs.models.backbone import load_backbone
+from fedrs.models.prompt import (
+    PromptLearner,
+    TextEncoder,
+    encode_image_prompted,
+    symmetric_info_nce,
+)
+
+if TYPE_CHECKING:
+    from fedrs.datasets.shards import Shard
+    from fedrs.orchestrator.config import RunConfig
+
+SHARED = "prompt.shared_ctx"
+PRIVATE = "prompt.private_ctx"
+VISUAL = "prompt.visual"
+
+
+def fedrsclip_loss(
+    image: torch.Tensor,
+    text_shared: torch.Tensor,
+    text_private: torch.Tensor | None,
+    labels: torch.Tensor,
+    scale: float,
+    lambda_dpa: float,
+    lambda_cmfa: float,
+) -> dict[str, torch.Tensor]:
+    """All loss terms from L2-normalised features.
+
+    Args:
+        image: ``(B, D)`` prompted image features f(x; V^k).
+        text_shared / text_private: ``(C, D)`` class features g(P_s, c) / g(P_p^k, c)
+            (``text_private=None`` when the client has no private prompts).
+        labels: ``(B,)`` class indices.
+    Returns ``{"loss", "ce_shared", "ce_private", "dpa", "cmfa", "logits"}``.
+    """
+    z_s = scale * image @ text_shared.t()
+    ce_s = nn.functional.cross_entropy(z_s, labels)
+    zero = z_s.new_zeros(())
+    if text_private is not None:
+        z_p = scale * image @ text_private.t()
+        ce_p = nn.functional.cross_entropy(z_p, labels)
+        dpa = (1.0 - (text_shared * text_private).sum(dim=-1)).mean()
+        logits = 0.5 * (z_s + z_p)
+    else:
+        ce_p, dpa, logits = zero, zero, z_s
+    cmfa = symmetric_info_nce(image, text_shared[labels], scale) if lambda_cmfa else zero
+    loss = ce_s + ce_p + lambda_dpa * dpa + lambda_cmfa * cmfa
+    return {
+        "loss": loss,
+        "ce_shared": ce_s,
+        "ce_private": ce_p,
+        "dpa": dpa,
+        "cmfa": cmfa,
+        "logits": logits,
+    }
+
+
+def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.ndarray:
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+    return torch.empty(shape).normal_(0.0, std, generator=gen).numpy()
+
+
+class FedRSCLIP(Method):
+    name = "fedrsclip"
+    global_keys = (SHARED,)
+    prompt_keys = (SHARED,)
+
+    def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+        super().__init__(cfg, classes, device)
+        m = cfg.method
+        self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
+        self.text_encoder = TextEncoder(self.backbone)
+        self.shared = PromptLearner(self.backbone, classes, n_ctx=m.n_ctx)
+        self.private = (
+            PromptLearner(self.backbone, classes, n_ctx=m.n_ctx_private)
+            if m.private_prompts
+            else None
+        )
+        self.scale = float(self.backbone.model.logit_scale.exp())
+
+    @classmethod
+    def tensor_shapes(
+        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
+    ) -> dict[str, dict[str, tuple[int, ...]]]:
+        text_w, vis_w = model_cfg["text_cfg"]["width"], model_cfg["vision_cfg"]["width"]
+        m = cfg.method
+        private = {PRIVATE: (m.n_ctx_private, text_w), VISUAL: (m.n_vis, vis_w)}
+        return {
+            "global": {SHARED: (m.n_ctx, text_w)},
+            "private": private if m.private_prompts else {},
+        }
+
+    def _shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+        from fedrs.models.backbone import model_config
+
+        return self.tensor_shapes(self.cfg, model_config(self.cfg.model.arch), len(self.classes))
+
+    def init_global(self, seed: int) -> Params:
+        shape = self._shapes()["global"][SHARED]
+        return {SHARED: _normal(shape, [seed, 0])}
+
+    def init_private(self, client_id: int, seed: int) -> Params:
+        return {
+            k: _normal(s, [seed, 1, client_id, i])
+            for i, (k, s) in enumerate(sorted(self._shapes()["private"].items()))
+        }
+
+    def _text(self, learner: PromptLearner, ctx: torch.Tensor) -> torch.Tensor:
+        feats = self.text_encoder(learner(ctx), learner.eot_index)
+        return nn.functional.normalize(feats, dim=-1)
+
+    def _image(self, images: np.ndarray, visual: torch.Tensor | None) -> torch.Tensor:
+        feats = encode_image_prompted(self.backbone, self.backbone.preprocess(images), visual)
+        return nn.functional.normalize(feats, dim=-1)
+
+    def _tensor(self, value: np.ndarray, train: bool) -> torch.Tensor:
+        t = torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device)
+        return nn.Parameter(t) if train else t
+
+    def fit(
+        self, global_params: Params, private: Params, shard: Shard, options: FitOptions
+    ) -> FitOutput:
+        m = self.cfg.method
+        params = {SHARED: self._tensor(global_params[SHARED], True)}
+        if self.private is not None:
+            params[PRIVATE] = self._tensor(private[PRIVATE], True)
+            params[VISUAL] = self._tensor(private[VISUAL], True)
+        images, labels = shard.images, shard.labels
+
+        def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
+            y = torch.as_tensor(labels[rows], device=self.device)
+            out = fedrsclip_loss(
+                self._image(images[rows], params.get(VISUAL)),
+                self._text(self.shared, params[SHARED]),
+                self._text(self.private, params[PRIVATE]) if self.private is not None else None,
+                y,
+                self.scale,
+                m.lambda_dpa,
+                m.lambda_cmfa,
+            )
+            return out["loss"], int((out["logits"].argmax(1) == y).sum())
+
+        metrics = local_sgd(params, step, len(shard), options)
+        arrays = {k: v.detach().cpu().numpy().copy() for k, v in params.items()}
+        return FitOutput(
+            params={SHARED: arrays.pop(SHARED)},  # only the shared prompt leaves the client
+            num_examples=len(shard),
+            metrics=metrics,
+            private=arrays,
+        )
+
+    def evaluate(
+        self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
+    ) -> dict[str, float]:
+        """With a client's private prompts: (z_s + z_p) / 2; without (global test): z_s."""
+        with torch.no_grad():
+            text_s = self._text(self.shared, self._tensor(global_params[SHARED], False))
+            personal = bool(private) and self.private is not None
+            text_p = (
+                self._text(self.private, self._tensor(private[PRIVATE], False))
+                if personal
+                else None
+            )
+            visual = self._tensor(private[VISUAL], False) if personal else None
+
+        def logits(x: np.ndarray) -> torch.Tensor:
+            f = self._image(x, visual)
+            z = self.scale * f @ text_s.t()
+            return z if text_p is None else 0.5 * (z + self.scale * f @ text_p.t())
+
+        return batched_eval(logits, images, labels)

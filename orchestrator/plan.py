@@ -1,0 +1,107 @@
+"""``fedrs run --dry-run``: the plan of a run, computed without training or building weights.
+
+Actors and resources, trainable parameters, what each client sends and receives per round, and
+totals per run, from the method's tensor shapes and open_clip's architecture config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fedrs.methods import method_class
+from fedrs.models.backbone import model_config
+from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.strategies import make_strategy
+
+BYTES_PER_PARAM = 4  # float32 on the wire
+
+
+def _num_classes(cfg: RunConfig) -> int:
+    if cfg.data.path:
+        from fedrs.datasets.manifest import FedDataset
+
+        return FedDataset(cfg.data.path, verify=False).num_classes
+    from fedrs.datasets.synth import SCENES
+
+    return len(SCENES)
+
+
+def _num_clients(cfg: RunConfig) -> int:
+    if cfg.data.path:
+        from fedrs.datasets.manifest import FedDataset
+
+        return FedDataset(cfg.data.path, verify=False).num_clients
+    return cfg.data.num_clients
+
+
+def plan(cfg: RunConfig) -> dict[str, Any]:
+    method = method_class(cfg.method.name)
+    mcfg = model_config(cfg.model.arch)
+    shapes = method.tensor_shapes(cfg, mcfg, _num_classes(cfg))
+    strategy = make_strategy(
+        cfg.strategy.name,
+        mu=cfg.strategy.mu,
+        global_keys=method.global_keys,
+        prompt_keys=method.prompt_keys,
+    )
+    size = {k: math.prod(s) for k, s in (shapes["global"] | shapes["private"]).items()}
+    sent = sum(size[k] for k in strategy.upload_keys if k in size)
+    received = sum(size[k] for k in method.global_keys if k in size)
+    private = sum(size[k] for k in shapes["private"])
+    fed, res = cfg.federation, cfg.resources
+    num_clients = _num_clients(cfg)
+    per_round = min(fed.clients_per_round, num_clients)
+    rounds = fed.rounds if method.trains else 0
+    return {
+        "method": method.name,
+        "strategy": strategy.name,
+        "model": {
+            "arch": cfg.model.arch,
+            "pretrained": cfg.model.pretrained or None,
+            "text_width": mcfg["text_cfg"]["width"],
+            "vision_width": mcfg["vision_cfg"]["width"],
+        },
+        "actors": {
+            "num_actors": res.num_actors,
+            "per_actor": {"CPU": res.num_cpus_per_client, "GPU": res.num_gpus_per_client},
+            "total": {
+                "CPU": res.num_actors * res.num_cpus_per_client,
+                "GPU": res.num_actors * res.num_gpus_per_client,
+            },
+            "placement_strategy": res.placement_strategy,
+        },
+        "clients": {"registered": num_clients, "per_round": per_round, "rounds": rounds},
+        "tensors": {
+            scope: {k: list(s) for k, s in shapes[scope].items()} for scope in ("global", "private")
+        },
+        "trainable_params": sent + private if method.trains else 0,
+        "private_params_per_client": private,
+        "params_sent_per_client": sent,
+        "params_received_per_client": received,
+        "bytes_sent_per_client": sent * BYTES_PER_PARAM,
+        "bytes_received_per_client": received * BYTES_PER_PARAM,
+        "bytes_up_per_run": sent * BYTES_PER_PARAM * per_round * rounds,
+        "bytes_down_per_run": received * BYTES_PER_PARAM * per_round * rounds,
+    }
+
+
+def render(p: dict[str, Any]) -> str:
+    a = p["actors"]
+    lines = [
+        f"method {p['method']} + strategy {p['strategy']} on {p['model']['arch']}",
+        f"actors: {a['num_actors']} x {a['per_actor']} ({a['placement_strategy']}), "
+        f"total {a['total']}",
+        f"clients: {p['clients']['registered']} registered, {p['clients']['per_round']} per "
+        f"round, {p['clients']['rounds']} rounds",
+        f"trainable parameters per client: {p['trainable_params']:,} "
+        f"({p['private_params_per_client']:,} private, never sent)",
+        f"per client per round: sends {p['params_sent_per_client']:,} params "
+        f"({p['bytes_sent_per_client']:,} B), receives {p['params_received_per_client']:,} "
+        f"({p['bytes_received_per_client']:,} B)",
+        f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down",
+    ]
+    for scope in ("global", "private"):
+        for name, shape in p["tensors"][scope].items():
+            lines.append(f"  {scope:7} {name:24} {'x'.join(map(str, shape))}")
+    return "\n".join(lines)

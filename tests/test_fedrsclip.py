@@ -1,0 +1,167 @@
+"""FedRSCLIP: loss terms by hand, VPT insertion, payload privacy, state following the client."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from fedrs.datasets.manifest import FedDataset
+from fedrs.methods.base import FitOptions, FitOutput
+from fedrs.methods.fedrsclip import PRIVATE, SHARED, VISUAL, FedRSCLIP, fedrsclip_loss
+from fedrs.models.backbone import load_backbone
+from fedrs.models.prompt import encode_image_prompted, symmetric_info_nce
+from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.state_store import FileStateStore
+
+
+def _unit(*rows: list[float]) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_loss_terms_by_hand() -> None:
+    img = _unit([1, 0], [0, 1])
+    ts = _unit([1, 0], [0, 1])  # shared class features
+    tp = _unit([1, 0], [1, 0])  # private: class 0 agrees with shared, class 1 is orthogonal
+    y = torch.tensor([0, 1])
+    s = 2.0
+    out = fedrsclip_loss(img, ts, tp, y, s, lambda_dpa=0.3, lambda_cmfa=0.7)
+    # DPA: mean_c (1 - cos) = (0 + 1) / 2
+    assert float(out["dpa"]) == pytest.approx(0.5)
+    # CE(z_s): each image's logits [2, 0] towards its class -> log(1 + e^-2)
+    ce = math.log(1 + math.exp(-2))
+    assert float(out["ce_shared"]) == pytest.approx(ce, rel=1e-5)
+    # CE(z_p): image 0 -> [2, 2] vs class 0 (log 2); image 1 -> [0, 0] vs class 1 (log 2)
+    assert float(out["ce_private"]) == pytest.approx(math.log(2), rel=1e-5)
+    # CMFA: texts g(P_s, y_i) = ts, logits s * I -> both directions log(1 + e^-2)
+    assert float(out["cmfa"]) == pytest.approx(ce, rel=1e-5)
+    total = ce + math.log(2) + 0.3 * 0.5 + 0.7 * ce
+    assert float(out["loss"]) == pytest.approx(total, rel=1e-5)
+    # logits used for prediction are the mean of z_s and z_p
+    assert torch.allclose(out["logits"], 0.5 * (s * img @ ts.t() + s * img @ tp.t()))
+    # ablations: no private prompts -> no CE_p, no DPA; lambda 0 -> term not in the loss
+    none = fedrsclip_loss(img, ts, None, y, s, 0.3, 0.0)
+    assert float(none["loss"]) == pytest.approx(ce, rel=1e-5)
+
+
+def test_symmetric_info_nce_matches_formula() -> None:
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    logits = 3.0 * a @ b.t()
+    i2t = -torch.log_softmax(logits, 1).diag().mean()
+    t2i = -torch.log_softmax(logits.t(), 1).diag().mean()
+    assert float(symmetric_info_nce(a, b, 3.0)) == pytest.approx(float((i2t + t2i) / 2), rel=1e-5)
+
+
+def test_visual_prompts_insert_after_ln_pre() -> None:
+    bb = load_backbone("fedrs-tiny")
+    x = bb.preprocess(np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        plain = encode_image_prompted(bb, x, None)
+        assert torch.allclose(plain, bb.model.encode_image(x), atol=1e-5)
+        prompted = encode_image_prompted(bb, x, torch.randn(4, 64))
+    assert prompted.shape == plain.shape and not torch.allclose(prompted, plain)
+
+
+def test_shapes_and_2048_shared_params_at_vit_b_sizes(tmp_path: Path) -> None:
+    for arch in ("ViT-B-16", "ViT-B-32"):
+        out = tmp_path / f"{arch}.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fedrs.cli",
+                "run",
+                "--dry-run",
+                "--set",
+                f"model.arch={arch}",
+                "--set",
+                "method.name=fedrsclip",
+                "--set",
+                "strategy.name=prompt_avg",
+                "--json",
+                str(out),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        plan = json.loads(out.read_text())
+        assert plan["params_sent_per_client"] == 2048 == 4 * 512
+        assert plan["bytes_sent_per_client"] == 8192
+        assert plan["tensors"]["private"] == {PRIVATE: [4, 512], VISUAL: [4, 768]}
+        assert plan["trainable_params"] == 2048 + 2048 + 4 * 768
+    no_private = RunConfig().replace(
+        **{"method.name": "fedrsclip", "method.private_prompts": "false"}
+    )
+    from fedrs.orchestrator.plan import plan as make_plan
+
+    assert make_plan(no_private)["private_params_per_client"] == 0
+
+
+def test_fit_sends_only_the_shared_prompt(synth_data: Path) -> None:
+    ds = FedDataset(synth_data)
+    method = FedRSCLIP(RunConfig(), ds.classes)
+    g = method.init_global(0)
+    priv = method.init_private(3, 0)
+    assert set(priv) == {PRIVATE, VISUAL} and priv[VISUAL].shape == (4, 64)
+    assert not np.array_equal(priv[PRIVATE], method.init_private(4, 0)[PRIVATE])
+    opts = FitOptions(
+        round=1, client_id=3, seed=0, epochs=1, batch_size=16, lr=0.01, upload_keys=(SHARED,)
+    )
+    out = method.fit(g, priv, ds.client(3), opts)
+    assert list(out.params) == [SHARED]  # the payload: shared context only
+    assert set(out.private) == {PRIVATE, VISUAL}
+    assert not np.array_equal(out.private[VISUAL], priv[VISUAL])  # private prompts trained
+    assert not np.array_equal(out.params[SHARED], g[SHARED])
+    pers = method.evaluate(
+        out.params, out.private, ds.client_test(3).images, ds.client_test(3).labels
+    )
+    glob = method.evaluate(out.params, {}, ds.test_shard().images, ds.test_shard().labels)
+    assert pers["n"] == len(ds.client_test(3)) and glob["n"] == len(ds.test_shard())
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_path: Path) -> None:
+    from fedrs.orchestrator.runner import run
+
+    class Recording(FedRSCLIP):
+        def fit(self, global_params: Any, private: Any, shard: Any, options: Any) -> FitOutput:
+            out = super().fit(global_params, private, shard, options)
+            out.metrics["received_private"] = float(np.abs(private[PRIVATE]).sum())
+            return out
+
+    cfg = RunConfig().replace(
+        **{
+            "method.name": "fedrsclip",
+            "strategy.name": "prompt_avg",
+            "data.path": str(synth_data),
+            "federation.rounds": 2,
+            "federation.clients_per_round": 6,
+            "client.local_epochs": 1,
+            "resources.num_actors": 2,
+        }
+    )
+    quiet = Console(file=io.StringIO())
+    run_dir = tmp_path / "r"
+    run(cfg, out=str(run_dir), method_cls=Recording, stop_after=1, console=quiet)
+    store = FileStateStore(run_dir / "client_state")
+    trained_r1 = {c: float(np.abs(store.load(c, 2)[PRIVATE]).sum()) for c in range(6)}
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    run(resume=str(run_dir), method_cls=Recording, console=quiet)  # new actor processes
+    second = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[1])
+    assert second["round"] == 2 and second["bytes_up"] == 6 * 4 * 64 * 4
+    for c in range(6):
+        rec1, rec2 = first["clients"][str(c)], second["clients"][str(c)]
+        assert rec1["worker"] != rec2["worker"]  # trained by another actor process
+        assert rec2["received_private"] == pytest.approx(trained_r1[c], rel=1e-6)
+    assert len({round(v, 3) for v in trained_r1.values()}) == 6  # each client its own state
