@@ -128,6 +128,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from fedrs.models.pretrain import PretrainConfig, pretrain
+
+    report = pretrain(
+        PretrainConfig(
+            data=args.data,
+            out=args.out,
+            arch=args.arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+        )
+    )
+    print(
+        f"checkpoint {args.out}: test image->text R@1 {report['test']['i2t_r1']:.3f}, "
+        f"R@5 {report['test']['i2t_r5']:.3f} ({report['seconds']:.0f}s)"
+    )
+    return 0
+
+
 BENCHMARKS = {"data-format": "fedrs.benchmarks.data_format"}
 
 
@@ -198,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--json", default=None, help="with --dry-run: write the plan as JSON here")
     r.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("pretrain", help="contrastive pretraining of a small CLIP on captions")
+    p.add_argument("--data", required=True, help="a caption build (fedrs data build)")
+    p.add_argument("--out", required=True, help="checkpoint path (loads as model.pretrained)")
+    p.add_argument("--arch", default="fedrs-small")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_pretrain)
 
     bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")
     bench.add_argument("name", choices=sorted(BENCHMARKS))

@@ -51,7 +51,7 @@ def test_local_checkpoint_round_trip(tmp_path: Path) -> None:
 
 
 def test_backbone_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown model.arch 'ViT-Nope'"):
+    with pytest.raises(ConfigError, match=r"unknown model\.arch 'ViT-Nope'"):
         model_config("ViT-Nope")
     with pytest.raises(ConfigError, match="checkpoint not found"):
         load_backbone("fedrs-tiny", str(tmp_path / "missing.pt"))

@@ -1,0 +1,72 @@
+"""`fedrs pretrain` on a generated caption dataset, and loading its checkpoint back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_caption_dataset
+
+from fedrs.datasets.builder import BuildSpec, build
+from fedrs.datasets.partition import PartitionSpec
+from fedrs.errors import DataError
+from fedrs.models.backbone import load_backbone
+from fedrs.models.pretrain import PretrainConfig, clip_loss, pretrain
+
+
+def test_clip_loss_is_low_for_aligned_pairs() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 16)
+    scale = torch.tensor(np.log(50.0))
+    assert float(clip_loss(x, x, scale)) < 0.05
+    assert float(clip_loss(x, torch.randn(6, 16), scale)) > 1.0
+
+
+def test_pretrain_checkpoint_loads_as_model_pretrained(tmp_path: Path) -> None:
+    caps = make_caption_dataset(tmp_path / "caps", n=24, n_test=6)
+    build(
+        BuildSpec(
+            sources=(("caps", str(caps)),),
+            out=str(tmp_path / "shards"),
+            partition=PartitionSpec(scheme="iid", num_clients=1, min_examples=1),
+            image_size=32,
+            workers=1,
+        )
+    )
+    out = tmp_path / "ckpt" / "tiny.pt"
+    report = pretrain(
+        PretrainConfig(
+            data=str(tmp_path / "shards"),
+            out=str(out),
+            arch="fedrs-tiny",
+            epochs=3,
+            batch_size=8,
+            warmup_steps=1,
+        )
+    )
+    assert len(report["history"]) == 3 and report["train_images"] == 18
+    assert 0.0 <= report["test"]["i2t_r1"] <= report["test"]["i2t_r5"] <= 1.0
+    assert json.loads(out.with_suffix(".json").read_text())["train_images"] == 18
+    trained = torch.load(out, weights_only=True)["state_dict"]
+    loaded = load_backbone("fedrs-tiny", str(out)).model.state_dict()
+    random = load_backbone("fedrs-tiny").model.state_dict()
+    for name in ("text_projection", "visual.proj", "logit_scale"):
+        assert torch.equal(loaded[name], trained[name])
+    assert not torch.equal(loaded["visual.proj"], random["visual.proj"])  # it did train
+
+
+def test_pretrain_needs_caption_shards(tmp_path: Path, tiny_folder: Path) -> None:
+    build(
+        BuildSpec(
+            sources=(("a", str(tiny_folder)),),
+            out=str(tmp_path / "cls"),
+            partition=PartitionSpec(scheme="iid", num_clients=1, min_examples=1),
+            image_size=16,
+            workers=1,
+        )
+    )
+    with pytest.raises(DataError, match="needs caption shards"):
+        pretrain(PretrainConfig(data=str(tmp_path / "cls"), out=str(tmp_path / "x.pt")))
