@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_caption_dataset
 
+from conftest import make_caption_dataset
 from fedrs.datasets.builder import BuildSpec, build
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import DataError
