@@ -5,10 +5,11 @@ from __future__ import annotations
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.fedrsclip import FedRSCLIP
+from fedrs.methods.fullft import FullFedAvg
 from fedrs.methods.promptfl import PromptFL
 from fedrs.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (PromptFL, FedRSCLIP, ZeroShot)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot)}
 
 
 def method_class(name: str) -> type[Method]:

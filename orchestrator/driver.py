@@ -78,12 +78,6 @@ class Driver:
             )
         self.store = FileStateStore(self.run_dir / "client_state")
         self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
-        self.strategy = make_strategy(
-            cfg.strategy.name,
-            mu=cfg.strategy.mu,
-            global_keys=method_cls.global_keys,
-            prompt_keys=method_cls.prompt_keys,
-        )
         state = checkpoint.load(self.run_dir) if resume else None
         if state is None:
             self.round = 0
@@ -94,6 +88,14 @@ class Driver:
             self.round, self.params, self.server_state = state
             self._truncate_metrics(self.round)
             log.info("resuming after round %d", self.round)
+        # What the server holds and broadcasts: the method's initial global tensors.
+        self.global_keys = tuple(self.params)
+        self.strategy = make_strategy(
+            cfg.strategy.name,
+            mu=cfg.strategy.mu,
+            global_keys=self.global_keys,
+            prompt_keys=method_cls.prompt_keys,
+        )
         self.spec = spec_of(self.params, self.strategy.upload_keys)
 
     # ------------------------------------------------------------------ the round loop
@@ -123,7 +125,7 @@ class Driver:
         fed, client = self.cfg.federation, self.cfg.client
         t0 = time.perf_counter()
         sampled = sample_clients(self.data.num_clients, fed.clients_per_round, fed.seed, rnd)
-        download = {k: self.params[k] for k in self.method_cls.global_keys}
+        download = {k: self.params[k] for k in self.global_keys}
         params_ref = ray.put(download)
         tasks = [
             FitTask(
@@ -226,7 +228,7 @@ class Driver:
         """Global accuracy on the held-out split (spread over the actors) and personalised
         accuracy: the mean of each client's accuracy on its own local split."""
         fed = self.cfg.federation
-        ref = ray.put({k: self.params[k] for k in self.method_cls.global_keys})
+        ref = ray.put({k: self.params[k] for k in self.global_keys})
         n_test = self.data.test.num_examples
         step = -(-n_test // len(self.pool))
         chunks = [

@@ -42,12 +42,12 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
     strategy = make_strategy(
         cfg.strategy.name,
         mu=cfg.strategy.mu,
-        global_keys=method.global_keys,
+        global_keys=tuple(shapes["global"]),
         prompt_keys=method.prompt_keys,
     )
     size = {k: math.prod(s) for k, s in (shapes["global"] | shapes["private"]).items()}
     sent = sum(size[k] for k in strategy.upload_keys if k in size)
-    received = sum(size[k] for k in method.global_keys if k in size)
+    received = sum(size[k] for k in shapes["global"])
     private = sum(size[k] for k in shapes["private"])
     fed, res = cfg.federation, cfg.resources
     num_clients = _num_clients(cfg)
