@@ -168,11 +168,7 @@ def test_zero_shot_evaluates_once(synth_data: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_default_run_end_to_end(tmp_path: Path) -> None:
     """`fedrs run` with no config: synthetic data, tiny CLIP, 20 rounds; accuracy rises."""
-    import time
-
-    t0 = time.perf_counter()
     summary = run(RunConfig(), out=str(tmp_path / "default"), console=QUIET)
-    elapsed = time.perf_counter() - t0
     run_dir = tmp_path / "default"
     for name in (
         "config.json",
@@ -200,4 +196,3 @@ def test_default_run_end_to_end(tmp_path: Path) -> None:
     first, last = np.mean([r["accuracy"] for r in m[:2]]), np.mean([r["accuracy"] for r in m[-3:]])
     assert last > first + 0.1, (first, last)
     assert summary["rounds_completed"] == 20
-    assert elapsed < 180
