@@ -149,7 +149,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"data-format": "fedrs.benchmarks.data_format"}
+BENCHMARKS = {
+    "data-format": "fedrs.benchmarks.data_format",
+    "quality": "fedrs.benchmarks.quality",
+}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -157,8 +160,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(BENCHMARKS[args.name])
     kwargs = {"json_path": args.json}
-    if args.data:
-        kwargs["data"] = args.data
+    for key in ("data", "captions", "cache", "rounds"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
     module.main(**kwargs)
     return 0
 
@@ -236,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="a built dataset directory (default: synthetic)"
     )
     bench.add_argument("--json", default=None, help="write the result JSON here")
+    bench.add_argument("--captions", default=None, help="quality: caption dataset to pretrain on")
+    bench.add_argument("--cache", default=None, help="quality: where builds/checkpoints are cached")
+    bench.add_argument("--rounds", type=int, default=None, help="quality: federated rounds")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
