@@ -156,7 +156,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         history.append(
             {
                 "epoch": epoch + 1,
