@@ -20,7 +20,7 @@ prompt averaging combines.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -132,16 +132,32 @@ def proximal_term(
     return 0.5 * mu * total  # type: ignore[return-value]
 
 
+def cross_entropy_step(
+    logits_fn: Callable[[np.ndarray], torch.Tensor], images: np.ndarray, labels: np.ndarray
+) -> Callable[[np.ndarray], tuple[torch.Tensor, int]]:
+    """A ``local_sgd`` step for plain classification: CE of ``logits_fn(images[rows])``."""
+
+    def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
+        logits = logits_fn(images[rows])
+        y = torch.as_tensor(labels[rows], device=logits.device)
+        return nn.functional.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
+
+    return step
+
+
 def local_sgd(
     params: dict[str, nn.Parameter],
     step_loss: Callable[[np.ndarray], tuple[torch.Tensor, int]],
     n: int,
     options: FitOptions,
+    global_keys: Collection[str],
 ) -> dict[str, float]:
     """The local training loop every method shares: SGD over shuffled batches for ``epochs``.
 
-    ``step_loss(rows)`` returns (loss, number correct) for a batch; FedProx's proximal term is
-    added when ``options.proximal_mu > 0``. Returns mean loss / accuracy of the last epoch.
+    ``step_loss(rows)`` returns (loss, number correct) for a batch. With
+    ``options.proximal_mu > 0`` FedProx's (mu / 2) ||w - w_global||^2 is added for the tensors
+    named in ``global_keys`` (the ones received from the server; private tensors are never
+    anchored). Returns mean loss / accuracy of the last epoch.
     """
     rng = np.random.default_rng(options.rng_seed)
     torch.manual_seed(int(rng.integers(2**31)))
@@ -151,9 +167,8 @@ def local_sgd(
         momentum=options.momentum,
         weight_decay=options.weight_decay,
     )
-    # FedProx anchors only the tensors that are global (sent), never private ones.
     anchor = (
-        {k: p.detach().clone() for k, p in params.items() if k in options.upload_keys}
+        {k: p.detach().clone() for k, p in params.items() if k in global_keys}
         if options.proximal_mu
         else {}
     )

@@ -169,7 +169,7 @@ class FedRSCLIP(Method):
             )
             return out["loss"], int((out["logits"].argmax(1) == y).sum())
 
-        metrics = local_sgd(params, step, len(shard), options)
+        metrics = local_sgd(params, step, len(shard), options, global_params.keys())
         arrays = {k: v.detach().cpu().numpy().copy() for k, v in params.items()}
         return FitOutput(
             params={SHARED: arrays.pop(SHARED)},  # only the shared prompt leaves the client

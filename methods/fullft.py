@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval, local_sgd
+from fedrs.methods.base import (
+    FitOptions,
+    FitOutput,
+    Method,
+    Params,
+    batched_eval,
+    cross_entropy_step,
+    local_sgd,
+)
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import class_prompts
 
@@ -67,12 +75,8 @@ class FullFedAvg(Method):
         images, labels = shard.images, shard.labels
         self.model.train()
 
-        def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
-            logits = self._logits(images[rows])
-            y = torch.as_tensor(labels[rows], device=self.device)
-            return nn.functional.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
-
-        metrics = local_sgd(params, step, len(shard), options)
+        step = cross_entropy_step(self._logits, images, labels)
+        metrics = local_sgd(params, step, len(shard), options, global_params.keys())
         self.model.eval()
         return FitOutput(
             params={n: p.detach().cpu().numpy().copy() for n, p in params.items()},

@@ -9,7 +9,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval, local_sgd
+from fedrs.methods.base import (
+    FitOptions,
+    FitOutput,
+    Method,
+    Params,
+    batched_eval,
+    cross_entropy_step,
+    local_sgd,
+)
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import PromptedCLIP, PromptLearner
 
@@ -57,12 +65,8 @@ class PromptFL(Method):
         ctx = self._load(global_params)
         model, images, labels = self.model, shard.images, shard.labels
 
-        def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
-            logits = model(self.backbone.preprocess(images[rows]))
-            y = torch.as_tensor(labels[rows], device=self.device)
-            return nn.functional.cross_entropy(logits, y), int((logits.argmax(1) == y).sum())
-
-        metrics = local_sgd({CTX: ctx}, step, len(shard), options)
+        step = cross_entropy_step(lambda x: model(self.backbone.preprocess(x)), images, labels)
+        metrics = local_sgd({CTX: ctx}, step, len(shard), options, global_params.keys())
         return FitOutput(
             params={CTX: ctx.detach().cpu().numpy().copy()},
             num_examples=len(shard),

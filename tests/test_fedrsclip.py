@@ -165,3 +165,23 @@ def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_pa
         assert rec1["worker"] != rec2["worker"]  # trained by another actor process
         assert rec2["received_private"] == pytest.approx(trained_r1[c], rel=1e-6)
     assert len({round(v, 3) for v in trained_r1.values()}) == 6  # each client its own state
+
+
+def test_fedprox_anchors_the_shared_prompt_not_the_private_ones(synth_data: Path) -> None:
+    ds = FedDataset(synth_data)
+    method = FedRSCLIP(RunConfig(), ds.classes)
+    g, priv = method.init_global(0), method.init_private(0, 0)
+
+    def moved(mu: float) -> tuple[float, float]:
+        opts = FitOptions(
+            round=1, client_id=0, seed=0, epochs=2, batch_size=16, lr=0.05, proximal_mu=mu
+        )
+        out = method.fit(g, priv, ds.client(0), opts)
+        return (
+            float(np.linalg.norm(out.params[SHARED] - g[SHARED])),
+            float(np.linalg.norm(out.private[VISUAL] - priv[VISUAL])),
+        )
+
+    (free_shared, free_vis), (prox_shared, prox_vis) = moved(0.0), moved(5.0)
+    assert prox_shared < 0.5 * free_shared  # pulled back towards the global prompt
+    assert prox_vis > 0.5 * free_vis  # private visual prompts are not anchored

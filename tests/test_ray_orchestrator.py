@@ -198,13 +198,21 @@ def test_default_run_end_to_end(tmp_path: Path) -> None:
     assert summary["rounds_completed"] == 20
 
 
-def test_full_fedavg_sends_the_whole_model_and_bytes_are_counted(synth_data: Path,
-                                                                  tmp_path: Path) -> None:
+def test_full_fedavg_sends_the_whole_model_and_bytes_are_counted(
+    synth_data: Path, tmp_path: Path
+) -> None:
     import open_clip
 
     n_params = sum(p.numel() for p in open_clip.create_model("fedrs-tiny").parameters())
-    cfg = _cfg(synth_data, **{"method.name": "fullft", "federation.rounds": 1,
-                              "federation.clients_per_round": 2, "client.lr": 1e-3})
+    cfg = _cfg(
+        synth_data,
+        **{
+            "method.name": "fullft",
+            "federation.rounds": 1,
+            "federation.clients_per_round": 2,
+            "client.lr": 1e-3,
+        },
+    )
     summary = run(cfg, out=str(tmp_path / "ff"), console=QUIET)
     assert summary["totals"]["bytes_up"] == 2 * n_params * 4
     assert summary["totals"]["bytes_down"] == 2 * n_params * 4
