@@ -19,12 +19,13 @@ from fedrs.errors import FedrsError
 from fedrs.io import write_bytes, write_json
 
 SERVER_PREFIX = "server/"
+DIR = "checkpoint"
 
 
 def save(
     run_dir: Path, round_: int, params: dict[str, np.ndarray], server_state: dict[str, Any]
 ) -> None:
-    folder = run_dir / "checkpoint"
+    folder = run_dir / DIR
     tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
     tensors |= {
         SERVER_PREFIX + k: np.ascontiguousarray(v)
@@ -41,7 +42,7 @@ def save(
 
 def load(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
     """(round, params, server_state) of the last completed round, or None before round 1."""
-    latest = run_dir / "checkpoint" / "latest.json"
+    latest = run_dir / DIR / "latest.json"
     if not latest.exists():
         return None
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ from fedrs.orchestrator.validation import spec_of, validate_update
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
+STATE_DIR = "client_state"
 PERSONALIZED_EVAL_MAX = 64  # evaluate every client's local split up to this many clients
 
 
@@ -76,14 +78,17 @@ class Driver:
                 self.data.num_clients,
                 cfg.data.num_clients,
             )
-        self.store = FileStateStore(self.run_dir / "client_state")
-        self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
         state = checkpoint.load(self.run_dir) if resume else None
+        if state is None:  # a fresh start: nothing an earlier run left in this directory counts
+            for stale in (STATE_DIR, checkpoint.DIR):
+                shutil.rmtree(self.run_dir / stale, ignore_errors=True)
+            (self.run_dir / METRICS).unlink(missing_ok=True)
+        self.store = FileStateStore(self.run_dir / STATE_DIR)
+        self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
         if state is None:
             self.round = 0
             self.params = self.pool.call_one("init_global", cfg.federation.seed)
             self.server_state: dict[str, Any] = {}
-            (self.run_dir / METRICS).unlink(missing_ok=True)
         else:
             self.round, self.params, self.server_state = state
             self._truncate_metrics(self.round)

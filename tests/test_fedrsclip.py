@@ -166,6 +166,25 @@ def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_pa
         assert rec2["received_private"] == pytest.approx(trained_r1[c], rel=1e-6)
     assert len({round(v, 3) for v in trained_r1.values()}) == 6  # each client its own state
 
+    # A fresh run into the same directory must ignore what an earlier run left there: plant a
+    # newer stale version (as a longer earlier run would leave) for every client.
+    for c in range(6):
+        store.save(
+            c,
+            9,
+            {PRIVATE: np.full((4, 64), 7.0, np.float32), VISUAL: np.full((4, 64), 7.0, np.float32)},
+        )
+    run(cfg, out=str(run_dir), method_cls=Recording, console=quiet)
+    fresh = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    local = FedRSCLIP(cfg, FedDataset(synth_data).classes)
+    for c in range(6):
+        init = float(np.abs(local.init_private(c, 0)[PRIVATE]).sum())
+        assert fresh[0]["clients"][str(c)]["received_private"] == pytest.approx(init, rel=1e-6)
+        trained = float(np.abs(store.load(c, 2)[PRIVATE]).sum())  # what round 1 trained
+        assert fresh[1]["clients"][str(c)]["received_private"] == pytest.approx(trained, rel=1e-6)
+        assert trained != pytest.approx(init, rel=1e-3)
+    assert store.versions(0) == [1, 2]
+
 
 def test_fedprox_anchors_the_shared_prompt_not_the_private_ones(synth_data: Path) -> None:
     ds = FedDataset(synth_data)
