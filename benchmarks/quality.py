@@ -230,8 +230,16 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(
-    data: str, captions: str, json_path: str | None = None, cache: str | None = None, **kwargs: Any
+    data: str | None = None,
+    captions: str | None = None,
+    json_path: str | None = None,
+    cache: str | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
+    if not data or not captions:
+        from fedrs.errors import ConfigError
+
+        raise ConfigError("bench quality needs --data IMAGEFOLDER and --captions CAPTION_DATASET")
     result = run(data, captions, cache, **kwargs)
     print_table("quality (RSSCN7, fedrs-rs pretrained on UCM-Captions)", result["rows"])
     print(markdown(result))

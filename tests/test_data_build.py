@@ -334,3 +334,13 @@ def test_cli_errors_are_single_lines(tmp_path: Path, tiny_folder: Path) -> None:
         main(["data", "build", "--source", f"a={tmp_path}/missing", "--out", str(tmp_path / "o")])
         == 2
     )
+
+
+def test_bench_quality_without_inputs_is_a_one_line_error() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "fedrs.cli", "bench", "quality"], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "fedrs: error: bench quality needs --data IMAGEFOLDER and --captions CAPTION_DATASET"
+    )
