@@ -65,32 +65,37 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     try:
         _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120)
-        job = subprocess.run(
-            [
-                str(bindir / "ray"),
-                "job",
-                "submit",
-                "--address",
-                f"http://127.0.0.1:{dash}",
-                "--",
-                str(bindir / "fedrs"),
-                "run",
-                "--out",
-                str(run_dir),
-                "--set",
-                f"data.path={synth_data}",
-                "--set",
-                "federation.rounds=2",
-                "--set",
-                "federation.clients_per_round=3",
-                "--set",
-                "client.local_epochs=1",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=400,
-            env=env,
-        )
+        submit = [
+            str(bindir / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--",
+            str(bindir / "fedrs"),
+            "run",
+            "--out",
+            str(run_dir),
+            "--set",
+            f"data.path={synth_data}",
+            "--set",
+            "federation.rounds=2",
+            "--set",
+            "federation.clients_per_round=3",
+            "--set",
+            "client.local_epochs=1",
+        ]
+        for _ in range(12):  # the dashboard can answer before the head's job agent registers
+            job = subprocess.run(
+                submit,
+                capture_output=True,
+                text=True,
+                timeout=400,
+                env=env,
+            )
+            if job.returncode == 0 or "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(5)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "round   2/2" in job.stdout
         assert "succeeded" in job.stdout.lower()
