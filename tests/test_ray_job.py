@@ -52,6 +52,18 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
             f"--port={port}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Every port explicit and free: the session's own test cluster already holds Ray's
+            # defaults (dashboard agent 52365, client server 10001, ...).
+            *(
+                f"--{flag}={_free_port()}"
+                for flag in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                    "ray-client-server-port",
+                )
+            ),
             "--num-cpus=2",
             "--num-gpus=0",
             "--include-dashboard=true",
