@@ -6,8 +6,9 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from fedrs.errors import FedrsError
+from fedrs.errors import ConfigError, FedrsError
 
 log = logging.getLogger("fedrs")
 
@@ -152,7 +153,26 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 BENCHMARKS = {
     "data-format": "fedrs.benchmarks.data_format",
     "quality": "fedrs.benchmarks.quality",
+    "vs-flower": "fedrs.benchmarks.vs_flower",
+    "vs-sequential": "fedrs.benchmarks.vs_sequential",
+    "scale-clients": "fedrs.benchmarks.scale_clients",
+    "packing": "fedrs.benchmarks.packing",
+    "flops": "fedrs.benchmarks.flops",
 }
+
+
+def _literal(text: str) -> Any:
+    """``"3"`` -> 3, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"a,b"`` -> ["a", "b"], else text."""
+    if "," in text:
+        return [_literal(t) for t in text.split(",") if t]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -163,7 +183,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for key in ("data", "captions", "cache", "rounds"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
-    module.main(**kwargs)
+    for assignment in args.set or []:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"--set {assignment!r}: expected name=value")
+        kwargs[key.strip()] = _literal(value.strip())
+    try:
+        module.main(**kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" in str(exc):
+            raise ConfigError(f"bench {args.name}: {exc}") from None
+        raise
     return 0
 
 
@@ -242,7 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, help="write the result JSON here")
     bench.add_argument("--captions", default=None, help="quality: caption dataset to pretrain on")
     bench.add_argument("--cache", default=None, help="quality: where builds/checkpoints are cached")
-    bench.add_argument("--rounds", type=int, default=None, help="quality: federated rounds")
+    bench.add_argument("--rounds", type=int, default=None, help="federated rounds")
+    bench.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a benchmark-specific option (see the benchmark's docstring), e.g. --set clients=20",
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 

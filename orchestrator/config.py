@@ -79,6 +79,9 @@ class DataConfig:
     imbalance_factor: float = 10.0
     per_class: int = 40  # synthetic default: images per class of the largest sensor
     image_size: int = 64  # synthetic default: image size
+    # Frozen-feature cache: for methods that never change the image encoder (PromptFL,
+    # zero-shot), image embeddings are computed once per shard and stored beside it.
+    feature_cache: bool = True
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, f"data.num_clients must be >= 1, got {self.num_clients}")
@@ -105,6 +108,9 @@ class ClientConfig:
 class FederationConfig:
     rounds: int = 20
     clients_per_round: int = 6
+    # Registered (virtual) clients. 0: one per data partition. N > partitions: client c trains
+    # on partition c mod P, with its own private state (scale benchmarks: 100k clients).
+    num_clients: int = 0
     seed: int = 0
     min_clients: int = 1  # fewer successful reports than this fails the run
     round_timeout_s: float = 600.0  # a client still running then is a dropout
@@ -113,6 +119,7 @@ class FederationConfig:
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
         _check(self.clients_per_round >= 1, "federation.clients_per_round must be >= 1")
+        _check(self.num_clients >= 0, "federation.num_clients must be >= 0")
         _check(self.min_clients >= 1, "federation.min_clients must be >= 1")
         _check(self.round_timeout_s > 0, "federation.round_timeout_s must be > 0")
         _check(self.eval_every >= 1, "federation.eval_every must be >= 1")
