@@ -94,6 +94,11 @@ class ClientWorker:
     def init_global(self, seed: int) -> Params:
         return self.method.init_global(seed)
 
+    def partition(self, client_id: int) -> int:
+        """The data partition a registered client trains on (``federation.num_clients`` may
+        register more clients than the data has partitions: client c uses c mod P)."""
+        return client_id % self.data.num_clients
+
     def _private(self, client_id: int, before_round: int) -> Params:
         state = self.store.load(client_id, before_round)
         return state if state is not None else self.method.init_private(client_id, self.seed)
@@ -101,7 +106,9 @@ class ClientWorker:
     def fit(self, params: Params, task: FitTask) -> dict[str, Any]:
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
-        out = self.method.fit(params, self._private(cid, rnd), self.data.client(cid), task.options)
+        out = self.method.fit(
+            params, self._private(cid, rnd), self.data.client(self.partition(cid)), task.options
+        )
         self.store.save(cid, rnd, out.private)
         return {
             "client_id": cid,
@@ -117,7 +124,7 @@ class ClientWorker:
         if task.kind == "test":
             shard, private = self.data.test_shard(), {}
         else:
-            shard = self.data.client_test(task.client_id)
+            shard = self.data.client_test(self.partition(task.client_id))
             private = self._private(task.client_id, task.round + 1)
         stop = len(shard) if task.stop is None else task.stop
         out = self.method.evaluate(
