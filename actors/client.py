@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrs.datasets.manifest import FedDataset
+from fedrs.datasets.features import FeatureCache, FeatureShard, feature_key
+from fedrs.datasets.manifest import FedDataset, ShardEntry
+from fedrs.datasets.shards import Shard
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator.config import from_dict
 from fedrs.orchestrator.state_store import FileStateStore
@@ -71,6 +73,16 @@ class ClientWorker:
         self.method = method_cls(self.cfg, self.data.classes, self.device)
         self.store = FileStateStore(state_root)
         self.seed = self.cfg.federation.seed
+        self.features: FeatureCache | None = None
+        if self.cfg.data.feature_cache and self.method.frozen_image_encoder:
+            key = feature_key(self.method.feature_identity())
+            self.features = FeatureCache(self.data, key, self.method.encode_images)
+
+    def _view(self, entry: ShardEntry) -> Shard | FeatureShard:
+        """A shard as the method sees it: pixels, or cached embeddings when the cache is on."""
+        if self.features is not None:
+            return self.features.view(entry)
+        return self.data.open_shard(entry)
 
     def describe(self) -> dict[str, Any]:
         node_id = None
@@ -106,9 +118,8 @@ class ClientWorker:
     def fit(self, params: Params, task: FitTask) -> dict[str, Any]:
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
-        out = self.method.fit(
-            params, self._private(cid, rnd), self.data.client(self.partition(cid)), task.options
-        )
+        shard = self._view(self.data.clients[self.partition(cid)].train)
+        out = self.method.fit(params, self._private(cid, rnd), shard, task.options)
         self.store.save(cid, rnd, out.private)
         return {
             "client_id": cid,
@@ -122,12 +133,12 @@ class ClientWorker:
 
     def evaluate(self, params: Params, task: EvalTask) -> dict[str, Any]:
         if task.kind == "test":
-            shard, private = self.data.test_shard(), {}
+            shard, private = self._view(self.data.test), {}
         else:
-            shard = self.data.client_test(self.partition(task.client_id))
+            shard = self._view(self.data.clients[self.partition(task.client_id)].local_test)
             private = self._private(task.client_id, task.round + 1)
         stop = len(shard) if task.stop is None else task.stop
         out = self.method.evaluate(
-            params, private, shard.images[task.start : stop], shard.labels[task.start : stop]
+            params, private, shard.inputs[task.start : stop], shard.labels[task.start : stop]
         )
         return {"client_id": task.client_id, **out}

@@ -156,6 +156,11 @@ class Shard:
         return len(self.table)
 
     @property
+    def inputs(self) -> np.ndarray:
+        """What a method trains on: the pixels (``FeatureShard.inputs`` are embeddings)."""
+        return self.images
+
+    @property
     def domains(self) -> list[str]:
         return self.table.column("domain").to_pylist()
 

@@ -30,6 +30,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fedrs.datasets.shards import Shard
+    from fedrs.models.backbone import Backbone
     from fedrs.orchestrator.config import RunConfig
     from fedrs.orchestrator.strategies import ClientUpdate
 
@@ -71,6 +72,11 @@ class Method(ABC):
 
     name: ClassVar[str]
     trains: ClassVar[bool] = True
+    # The image encoder never changes and nothing is inserted into it: image embeddings can be
+    # computed once per shard (frozen-feature cache) and fed to ``fit`` / ``evaluate`` as
+    # ``(N, D)`` float32 ``inputs`` in place of ``(N, H, W, 3)`` uint8 pixels.
+    frozen_image_encoder: ClassVar[bool] = False
+    backbone: Backbone
     global_keys: tuple[str, ...] = ()
     prompt_keys: tuple[str, ...] = ()
 
@@ -103,6 +109,22 @@ class Method(ABC):
         self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
     ) -> dict[str, float]:
         """Return ``{"correct", "loss_sum", "n"}`` over the given examples."""
+
+    def feature_identity(self) -> dict[str, Any]:
+        """What cached image embeddings depend on (the cache key)."""
+        return self.backbone.identity()
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """Frozen, L2-normalised image embeddings ``(n, D)`` of uint8 pixels (the cache fills
+        itself with these)."""
+        return self.backbone.image_embeddings(self.backbone.preprocess(images)).cpu().numpy()
+
+    def image_features(self, inputs: np.ndarray) -> torch.Tensor:
+        """Normalised image features of a batch of ``inputs``: pixels go through the frozen
+        encoder; cached embeddings (2-D float) are used as they are."""
+        if inputs.ndim == 2:
+            return torch.from_numpy(np.array(inputs, dtype=np.float32)).to(self.device)
+        return self.backbone.image_embeddings(self.backbone.preprocess(inputs))
 
     @staticmethod
     def server_update(params: Params, updates: list[ClientUpdate], state: dict[str, Any]) -> Params:

@@ -30,6 +30,7 @@ CTX = "prompt.ctx"
 
 class PromptFL(Method):
     name = "promptfl"
+    frozen_image_encoder = True
     global_keys = (CTX,)
     prompt_keys = (CTX,)
 
@@ -63,9 +64,10 @@ class PromptFL(Method):
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput:
         ctx = self._load(global_params)
-        model, images, labels = self.model, shard.images, shard.labels
-
-        step = cross_entropy_step(lambda x: model(self.backbone.preprocess(x)), images, labels)
+        model = self.model
+        step = cross_entropy_step(
+            lambda x: model.logits(self.image_features(x)), shard.inputs, shard.labels
+        )
         metrics = local_sgd({CTX: ctx}, step, len(shard), options, global_params.keys())
         return FitOutput(
             params={CTX: ctx.detach().cpu().numpy().copy()},
@@ -81,7 +83,7 @@ class PromptFL(Method):
             text = self.model.text_features()
         scale = self.model.logit_scale
         return batched_eval(
-            lambda x: scale * self.model.image_features(self.backbone.preprocess(x)) @ text.t(),
+            lambda x: scale * self.image_features(x) @ text.t(),
             images,
             labels,
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
 
 from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval
 from fedrs.models.backbone import load_backbone
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
 class ZeroShot(Method):
     name = "zeroshot"
     trains = False
+    frozen_image_encoder = True
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
@@ -43,10 +43,6 @@ class ZeroShot(Method):
     def evaluate(
         self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
     ) -> dict[str, float]:
-        model = self.backbone.model
-
-        def logits(x: np.ndarray):
-            feats = nn.functional.normalize(model.encode_image(self.backbone.preprocess(x)), dim=-1)
-            return self.scale * feats @ self.text.t()
-
-        return batched_eval(logits, images, labels)
+        return batched_eval(
+            lambda x: self.scale * self.image_features(x) @ self.text.t(), images, labels
+        )

@@ -84,6 +84,44 @@ class Backbone:
         std = torch.tensor(OPENAI_STD, device=self.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
+    def identity(self) -> dict[str, Any]:
+        """What this backbone's image embeddings depend on besides the pixels (the key of the
+        frozen-feature cache): architecture config, weights, preprocessing."""
+        import open_clip
+
+        if not self.pretrained:
+            weights: dict[str, Any] = {
+                "random_init_seed": RANDOM_INIT_SEED,
+                "torch": torch.__version__,
+            }
+        elif os.path.isfile(self.pretrained):
+            stat = os.stat(self.pretrained)
+            weights = {
+                "checkpoint": os.path.abspath(self.pretrained),
+                "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+            }
+        else:
+            weights = {"tag": self.pretrained}
+        return {
+            "arch": self.arch,
+            "model_cfg": model_config(self.arch),
+            "weights": weights,
+            "open_clip": open_clip.__version__,
+            "preprocess": {
+                "size": self.image_size,
+                "mean": OPENAI_MEAN,
+                "std": OPENAI_STD,
+                "interpolation": "bicubic",
+                "dtype": "float32",
+            },
+        }
+
+    @torch.no_grad()
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised ``encode_image`` of preprocessed pixels (the frozen image side)."""
+        return nn.functional.normalize(self.model.encode_image(pixels), dim=-1)
+
     @property
     def text_width(self) -> int:
         return int(self.model.ln_final.weight.shape[0])

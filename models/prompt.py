@@ -94,12 +94,14 @@ class PromptedCLIP(nn.Module):
         return nn.functional.normalize(feats, dim=-1)
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            feats = self.backbone.model.encode_image(pixels)
-        return nn.functional.normalize(feats, dim=-1)
+        return self.backbone.image_embeddings(pixels)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        """``scale * cos`` of (normalised) image features against the prompted text features."""
+        return self.logit_scale * image_features @ self.text_features().t()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.image_features(pixels) @ self.text_features().t()
+        return self.logits(self.image_features(pixels))
 
 
 @torch.no_grad()
