@@ -23,11 +23,25 @@ class TextEncoder(nn.Module):
         self.ln_final = m.ln_final
         self.text_projection = m.text_projection
         self.register_buffer("attn_mask", m.attn_mask, persistent=False)
+        mask = m.attn_mask
+        # With CLIP's causal mask, position p only sees positions <= p, so the tokens after the
+        # last EOT cannot change any EOT feature: the tower can stop there (a class prompt is
+        # ~10 of 77 tokens; exact up to float summation order).
+        self.causal = mask is not None and bool(
+            torch.equal(
+                torch.isinf(mask) & (mask < 0),
+                torch.ones_like(mask, dtype=torch.bool).triu(1),
+            )
+        )
 
     def forward(self, prompts: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """``(n, L, width)`` embeddings and ``(n,)`` EOT positions -> ``(n, embed_dim)``."""
-        x = prompts + self.positional_embedding.to(prompts.dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
+        mask = self.attn_mask
+        if self.causal:
+            length = int(eot_index.max()) + 1
+            prompts, mask = prompts[:, :length], mask[:length, :length]
+        x = prompts + self.positional_embedding[: prompts.shape[1]].to(prompts.dtype)
+        x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = self.text_projection

@@ -98,3 +98,32 @@ def test_promptfl_sends_only_the_context_and_fedprox_pulls_back(synth_data: Path
     assert np.array_equal(fit(0.0), free)  # deterministic in (seed, round, client)
     ev = method.evaluate({CTX: free}, {}, ds.test_shard().images, ds.test_shard().labels)
     assert ev["n"] == len(ds.test_shard()) and 0 <= ev["correct"] <= ev["n"]
+
+
+def test_text_tower_stops_at_the_last_eot_and_matches_the_full_sequence() -> None:
+    from fedrs.models.prompt import PromptedCLIP
+
+    backbone = load_backbone("fedrs-tiny")
+    model = PromptedCLIP(backbone, PromptLearner(backbone, ["a", "bb b", "ccc c c c"], n_ctx=4))
+    assert model.text_encoder.causal
+    seen: list[int] = []
+    hook = backbone.model.transformer.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].shape[1])
+    )
+    try:
+        short = model.text_features()
+        model.text_encoder.causal = False
+        full = model.text_features()
+    finally:
+        hook.remove()
+    context = backbone.model.positional_embedding.shape[0]
+    assert seen == [int(model.prompt_learner.eot_index.max()) + 1, context]
+    assert seen[0] < context
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=0)
+    # tokens after a prompt's EOT are padding: the masked sequence equals CLIP's own encode_text
+    tokens = backbone.tokenizer(["a satellite photo of a forest."])
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(backbone.model.encode_text(tokens), dim=-1)
+        emb = backbone.model.token_embedding(tokens)
+        mine = model.text_encoder(emb, tokens.argmax(dim=-1))
+    torch.testing.assert_close(torch.nn.functional.normalize(mine, dim=-1), ref, atol=1e-5, rtol=0)
