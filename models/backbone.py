@@ -181,6 +181,12 @@ def load_backbone(arch: str, pretrained: str = "", device: str | torch.device = 
         return _cache[key]
 
 
+def clear_cache() -> None:
+    """Forget the backbones built in this process (the next load builds afresh)."""
+    with _lock:
+        _cache.clear()
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Save a state dict that ``model.pretrained=PATH`` loads (atomic write)."""
     from fedrs.io import atomic_open

@@ -1,0 +1,392 @@
+"""vs-flower: fedrs against Flower's simulation engine, same client work, same resources.
+
+    fedrs bench vs-flower --json vs_flower.json [--rounds 4] [--set clients=10 --set arch=...]
+
+Both sides run the *same client code* (``fedrs.methods``: ``Method.fit`` on the same Arrow
+partitions, same ``FitOptions``) on the same number of Ray workers with 1 CPU each:
+
+* **fedrs**: ``fedrs.orchestrator.runner.run``: actors built once with the frozen backbone
+  resident, the frozen-feature cache on (it applies to PromptFL; FedRSCLIP's visual prompts
+  change the image features, so it is compute-bound and uncached), private state in the
+  client-state store. The cache starts cold: round 1 pays for embedding every shard.
+* **flower**: a ``ClientApp`` / ``ServerApp`` under ``flwr.simulation.run_simulation`` (Ray
+  backend, ``client_resources={"num_cpus": 1}``), written as Flower's guides write a client:
+  every message loads the node's partition and builds the model (``flower``); FedRSCLIP's
+  private prompts live in ``context.state``; Flower's ``FedAvg`` aggregates. A second Flower
+  variant keeps the backbone in a module-level cache of each Ray worker across messages
+  (``flower-warm``: the best a careful Flower user can do without a feature cache).
+
+Each side runs in its own fresh process (its own Ray instance). Timed: the training rounds
+(round start to aggregated result); Ray start and actor spawn are reported separately as
+``startup_s`` and in ``total_s``. ``ratio`` is client updates per second, fedrs over ``flower``,
+for each workload; the headline ``ratio`` is the text-prompt workload (PromptFL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
+
+DEFAULTS: dict[str, Any] = {
+    "arch": "fedrs-small",
+    "image_size": 128,
+    "per_class": 24,  # synthetic images per class of the largest sensor
+    "clients": 10,  # partitions = clients per round (every client trains every round)
+    "rounds": 4,
+    "epochs": 1,
+    "batch_size": 16,
+    "workers": 2,
+    "methods": ["promptfl", "fedrsclip"],
+    "systems": ["fedrs", "flower", "flower-warm"],
+}
+TARGETS = {"promptfl": 10.0, "fedrsclip": 2.0}
+STRATEGY = {"promptfl": "fedavg", "fedrsclip": "prompt_avg", "fullft": "fedavg"}
+
+
+def _run_config(opts: dict[str, Any], method: str, data: str) -> dict[str, Any]:
+    from fedrs.orchestrator.config import RunConfig
+
+    cfg = RunConfig().replace(
+        **{
+            "model.arch": opts["arch"],
+            "method.name": method,
+            "strategy.name": STRATEGY.get(method, "fedavg"),
+            "data.path": data,
+            "client.local_epochs": opts["epochs"],
+            "client.batch_size": opts["batch_size"],
+            "client.lr": 0.002,
+            "federation.clients_per_round": opts["clients"],
+            # one extra round that evaluates; only rounds 1..R are timed (Flower does not eval)
+            "federation.rounds": opts["rounds"] + 1,
+            "federation.eval_every": opts["rounds"] + 1,
+            "resources.num_actors": opts["workers"],
+            "resources.num_cpus_per_client": 1,
+        }
+    )
+    return cfg.to_dict()
+
+
+# ---------------------------------------------------------------------------------- fedrs side
+def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
+    import io
+
+    import ray
+    from rich.console import Console
+
+    from fedrs.orchestrator.config import from_dict
+    from fedrs.orchestrator.runner import run
+
+    t0 = time.perf_counter()
+    cfg = from_dict(cfg_dict)
+    run(cfg, out=out, console=Console(file=io.StringIO()))
+    total = time.perf_counter() - t0
+    ray.shutdown()
+    records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    timed = records[: cfg.federation.rounds - 1]
+    round_s = [r["wall_s"] for r in timed]
+    fit_s = [c["fit_s"] for r in timed for c in r["clients"].values()]
+    return {
+        "round_s": round_s,
+        "client_fit_s": fit_s,
+        "updates": sum(r["clients_ok"] for r in timed),
+        "total_s": total,
+        "startup_s": total - sum(r["wall_s"] for r in records),
+        "bytes_up": sum(r["bytes_up"] for r in timed),
+    }
+
+
+# --------------------------------------------------------------------------------- Flower side
+def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> tuple[Any, Any]:
+    """A ClientApp and a ServerApp running fedrs's client code the way Flower's guides do."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedrs.orchestrator.config import from_dict
+
+    client_app = ClientApp()
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        import torch
+
+        from fedrs.datasets.manifest import FedDataset
+        from fedrs.methods import method_class
+        from fedrs.methods.base import FitOptions
+        from fedrs.models import backbone
+
+        t0 = time.perf_counter()
+        cfg = from_dict(cfg_dict)
+        pid = int(context.node_config["partition-id"])
+        if not warm:
+            backbone.clear_cache()  # the model is built inside the ClientApp, per message
+        dataset = FedDataset(data)  # ... and the node's partition loaded per message
+        method = method_class(cfg.method.name)(cfg, dataset.classes)
+        arrays = msg.content["arrays"]
+        params = {k: arrays[k].numpy() for k in arrays}
+        if "private" in context.state:
+            private = {k: v.numpy() for k, v in context.state["private"].items()}
+        else:
+            private = method.init_private(pid, cfg.federation.seed)
+        rnd = int(msg.content["config"]["server-round"])
+        c = cfg.client
+        out = method.fit(
+            params,
+            private,
+            dataset.client(pid),
+            FitOptions(
+                round=rnd,
+                client_id=pid,
+                seed=cfg.federation.seed,
+                epochs=c.local_epochs,
+                batch_size=c.batch_size,
+                lr=c.lr,
+                momentum=c.momentum,
+                weight_decay=c.weight_decay,
+            ),
+        )
+        if out.private:
+            context.state["private"] = ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in out.private.items()}
+            )
+        metrics = {
+            "num-examples": out.num_examples,
+            "fit_s": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(),
+        }
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in out.params.items()}),
+                "metrics": MetricRecord(metrics),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    server_app = ServerApp()
+
+    class TimedFedAvg(FedAvg):
+        """FedAvg that timestamps the end of each round's aggregation."""
+
+        marks: ClassVar[list[float]] = []
+        fit_s: ClassVar[list[float]] = []
+
+        def aggregate_train(self, server_round: int, replies: Any) -> Any:
+            replies = list(replies)
+            for r in replies:
+                if not r.has_error():
+                    self.fit_s.append(float(r.content["metrics"]["fit_s"]))
+            out = super().aggregate_train(server_round, replies)
+            self.marks.append(time.perf_counter())
+            return out
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedrs.datasets.manifest import FedDataset
+        from fedrs.methods import method_class
+
+        cfg = from_dict(cfg_dict)
+        n = cfg.federation.clients_per_round
+        method = method_class(cfg.method.name)(cfg, FedDataset(data).classes)
+        initial = ArrayRecord({k: Array(v) for k, v in method.init_global(0).items()})
+        strategy = TimedFedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=n,
+            min_available_nodes=n,
+        )
+        TimedFedAvg.marks.append(time.perf_counter())
+        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
+
+    return client_app, server_app, TimedFedAvg
+
+
+def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dict[str, Any]:
+    from flwr.simulation import run_simulation
+
+    client_app, server_app, timed = _flower_apps(cfg_dict, data, warm, rounds)
+    workers = int(cfg_dict["resources"]["num_actors"])
+    t0 = time.perf_counter()
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=int(cfg_dict["federation"]["clients_per_round"]),
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {
+                "address": "local",
+                "num_cpus": workers,
+                "_node_ip_address": "127.0.0.1",
+                "include_dashboard": False,
+            },
+        },
+    )
+    total = time.perf_counter() - t0
+    marks = timed.marks
+    if len(marks) != rounds + 1:
+        raise RuntimeError(f"Flower completed {len(marks) - 1} of {rounds} rounds")
+    round_s = [b - a for a, b in itertools.pairwise(marks)]
+    return {
+        "round_s": round_s,
+        "client_fit_s": timed.fit_s,
+        "updates": len(timed.fit_s),
+        "total_s": total,
+        "startup_s": total - sum(round_s),
+    }
+
+
+# ------------------------------------------------------------------------------------- driver
+def _child(spec_path: str) -> None:
+    """Run one measurement in this (fresh) process and write its JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    if spec["system"] == "fedrs":
+        result = _fedrs(spec["cfg"], spec["out"])
+    else:
+        result = _flower(spec["cfg"], spec["data"], spec["system"] == "flower-warm", spec["rounds"])
+    from fedrs.io import write_json
+
+    write_json(spec["result"], result)
+
+
+def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Path) -> dict:
+    name = f"{system}-{cfg['method']['name']}"
+    spec = {
+        "system": system,
+        "cfg": cfg,
+        "data": data,
+        "rounds": rounds,
+        "out": str(work / name),
+        "result": str(work / f"{name}.json"),
+    }
+    spec_path = work / f"{name}.spec.json"
+    spec_path.write_text(json.dumps(spec))
+    if system == "fedrs":  # the cache starts cold: its cost is part of the measured rounds
+        for stale in Path(data).glob("shards-*/features-*"):
+            shutil.rmtree(stale)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedrs.benchmarks.vs_flower", str(spec_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
+        raise RuntimeError(f"{name} failed:\n{tail}")
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict:
+    from fedrs.benchmarks.common import (
+        machine_info,
+        new_figure,
+        plot_path,
+        print_table,
+        save_figure,
+        write_result,
+    )
+
+    unknown = set(options) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    opts = {**DEFAULTS, **options}
+    for key in ("methods", "systems"):
+        if isinstance(opts[key], str):
+            opts[key] = [opts[key]]
+    work = Path(tempfile.mkdtemp(prefix="fedrs-vs-flower-"))
+    try:
+        if data is None:
+            data = str(_synthetic(work / "data", opts))
+        rows: list[dict[str, Any]] = []
+        raw: dict[str, dict[str, Any]] = {}
+        for method in opts["methods"]:
+            cfg = _run_config(opts, method, data)
+            for system in opts["systems"]:
+                log.info("vs-flower: %s / %s", system, method)
+                res = _measure(system, cfg, data, opts["rounds"], work)
+                raw[f"{system}/{method}"] = res
+                res["updates_per_s"] = res["updates"] / sum(res["round_s"])
+                rows.append(
+                    {
+                        "method": method,
+                        "system": system,
+                        "updates": res["updates"],
+                        "round1 s": res["round_s"][0],
+                        "round s": sorted(res["round_s"])[len(res["round_s"]) // 2],
+                        "fit s": sum(res["client_fit_s"]) / max(len(res["client_fit_s"]), 1),
+                        "upd/s": res["updates_per_s"],
+                        "start s": res["startup_s"],
+                        "total s": res["total_s"],
+                    }
+                )
+        ratios: dict[str, dict[str, float]] = {}
+        for method in opts["methods"]:
+            mine = raw.get(f"fedrs/{method}")
+            if mine is None:
+                continue
+            ratios[method] = {
+                f"vs {s}": mine["updates_per_s"] / raw[f"{s}/{method}"]["updates_per_s"]
+                for s in opts["systems"]
+                if s != "fedrs" and f"{s}/{method}" in raw
+            }
+            ratios[method] |= {
+                f"vs {s} (total incl. startup)": raw[f"{s}/{method}"]["total_s"] / mine["total_s"]
+                for s in opts["systems"]
+                if s != "fedrs" and f"{s}/{method}" in raw
+            }
+        for row in rows:
+            row["ratio"] = ratios.get(row["method"], {}).get("vs flower", float("nan"))
+        print_table("fedrs vs Flower simulation (client updates per second)", rows)
+        head = opts["methods"][0]
+        result = {
+            "benchmark": "vs-flower",
+            "ratio": ratios.get(head, {}).get("vs flower"),
+            "ratio_method": head,
+            "target": TARGETS.get(head),
+            "ratios": ratios,
+            "targets": TARGETS,
+            "options": opts,
+            "rows": rows,
+            "raw": raw,
+            "machine": machine_info(),
+        }
+        write_result(result, json_path)
+        fig, ax = new_figure(7, 3.5)
+        labels = [f"{r['method']}\n{r['system']}" for r in rows]
+        ax.bar(labels, [r["upd/s"] for r in rows], color=["C0", "C1", "C2"] * len(rows))
+        ax.set_ylabel("client updates / s")
+        ax.set_title("fedrs vs Flower simulation, same client work")
+        save_figure(fig, plot_path(json_path, "vs_flower"))
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _synthetic(out: Path, opts: dict[str, Any]) -> Path:
+    from fedrs.datasets.partition import PartitionSpec
+    from fedrs.datasets.synth import build_synthetic
+
+    build_synthetic(
+        out,
+        per_class=opts["per_class"],
+        image_size=opts["image_size"],
+        partition=PartitionSpec(scheme="iid", num_clients=opts["clients"], seed=0),
+    )
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    _child(sys.argv[1])
