@@ -1,0 +1,726 @@
+"""Parallel efficiency of fedrs against the sequential single-process loop of prompt-FL research
+code (PromptFL, FedOTP, FedPGP: one process, build the method once, train the round's clients
+one after another, aggregate).
+
+    fedrs bench vs-sequential [--data DIR] [--rounds N] [--set name=value ...] --json out.json
+
+Both sides run the same client code (``fedrs.methods``), the same data, the same sampled clients
+(``orchestrator.sampling.sample_clients``), the same ``FitOptions`` and the same strategy
+(``orchestrator.strategies.make_strategy``), so they compute the same global tensors (checked:
+``max_abs_diff`` of the final tensors). The sequential loop runs with ``torch.set_num_threads(1)``
+per worker-equivalent; fedrs runs ``resources.num_actors=workers`` actors with one CPU (one torch
+thread) each.
+
+    efficiency = sequential time / (fedrs time x workers)          (1.0 = perfect scaling)
+
+Per round both sides time the same span: sample -> train every sampled client -> aggregate; fedrs's
+round time is the interval between successive round records reaching ``runner.run``'s console,
+so it also counts dispatch, object-store transfers, validation, the metrics line and the
+checkpoint. Only the last round evaluates (``federation.eval_every`` > rounds), on both sides
+identically (global test split + every client's local split). Steady state = rounds 2..R-1 (no
+first-round warm-up, no evaluation); fixed costs (Ray start, driver and actor spawn, first round,
+evaluation round, finish) are reported separately and included in the totals.
+
+A control, ``ceiling``: the same steady-state clients split statically over ``workers`` plain
+processes (no Ray, no orchestrator, a barrier per round) - what this machine itself gives for
+``workers`` concurrent one-thread trainers (shared caches and memory bandwidth, vCPUs, other
+load). ``efficiency_vs_ceiling`` = fedrs's efficiency / the ceiling's.
+
+Options (``--set``): ``method`` (fedrsclip), ``strategy`` (prompt_avg), ``arch`` (fedrs-tiny;
+fedrs-small is ~17x the work per client), ``image_size`` (64), ``clients`` (14 data clients),
+``per_class`` (40: ~51 training examples per IID client), ``clients_per_round`` (10),
+``local_epochs`` (2), ``batch_size`` (32), ``workers`` (2), ``rounds`` (8), ``noniid`` (true:
+also a Dirichlet row), ``alpha`` (0.5), ``seed`` (0), ``feature_cache`` (false), ``ceiling``
+(true), ``keep`` (a folder to keep the run directories in).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrs.benchmarks.common import (
+    machine_info,
+    new_figure,
+    plot_path,
+    print_table,
+    save_figure,
+    write_result,
+)
+
+log = logging.getLogger(__name__)
+TARGET = 0.85
+_ROUND_LINE = re.compile(r"^\s*round\s+(\d+)/")
+
+
+# ---------------------------------------------------------------------------------------------
+# data and config
+
+
+def build_data(
+    out: Path, partition: str, num_clients: int, per_class: int, image_size: int, seed: int, alpha
+) -> str:
+    """The synthetic RS scenes, partitioned ``iid`` (equal clients) or ``dirichlet``."""
+    from fedrs.datasets.manifest import MANIFEST
+    from fedrs.datasets.partition import PartitionSpec
+    from fedrs.datasets.synth import build_synthetic
+
+    if not (out / MANIFEST).is_file():
+        spec = PartitionSpec(
+            scheme=partition, num_clients=num_clients, seed=seed, alpha=alpha, min_examples=5
+        )
+        build_synthetic(out, per_class=per_class, image_size=image_size, partition=spec)
+    return str(out.resolve())
+
+
+def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
+    """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client."""
+    from fedrs.methods.base import FitOptions
+
+    fed, client = cfg.federation, cfg.client
+    return FitOptions(
+        round=rnd,
+        client_id=cid,
+        seed=fed.seed,
+        epochs=client.local_epochs,
+        batch_size=client.batch_size,
+        lr=client.lr,
+        momentum=client.momentum,
+        weight_decay=client.weight_decay,
+        upload_keys=strategy.upload_keys,
+        **strategy.client_options(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the sequential baseline
+
+
+def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
+    """One process, one torch thread: for each round, for each sampled client, ``method.fit``
+    one after another; then aggregate. Private client state stays in a dict in memory."""
+    import torch
+
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.sampling import sample_clients
+    from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fed = cfg.federation
+        t0 = time.perf_counter()
+        data = FedDataset(data_path)
+        method_cls = method_class(cfg.method.name)
+        method = method_cls(cfg, data.classes, "cpu")
+        params = method.init_global(fed.seed)
+        global_keys = tuple(params)
+        strategy = make_strategy(
+            cfg.strategy.name,
+            mu=cfg.strategy.mu,
+            global_keys=global_keys,
+            prompt_keys=method_cls.prompt_keys,
+        )
+        registered = fed.num_clients or data.num_clients
+        private: dict[int, dict[str, np.ndarray]] = {}
+        server_state: dict[str, Any] = {}
+        build_s = time.perf_counter() - t0
+        rounds = []
+        for rnd in range(1, fed.rounds + 1):
+            t, cpu = time.perf_counter(), time.process_time()
+            sampled = sample_clients(registered, fed.clients_per_round, fed.seed, rnd)
+            download = {k: params[k] for k in global_keys}
+            updates, client_s = [], {}
+            for cid in sampled:
+                tc = time.perf_counter()
+                state = private.get(cid) or method.init_private(cid, fed.seed)
+                out = method.fit(
+                    download,
+                    state,
+                    data.client(cid % data.num_clients),
+                    fit_options(cfg, strategy, rnd, cid),
+                )
+                if out.private:
+                    private[cid] = out.private
+                updates.append(
+                    ClientUpdate(cid, out.params, out.num_examples, out.metrics, out.extras)
+                )
+                client_s[str(cid)] = time.perf_counter() - tc
+            fit_s = time.perf_counter() - t
+            params = strategy.aggregate(params, updates)
+            params = method_cls.server_update(params, updates, server_state)
+            train_s = time.perf_counter() - t
+            rec = {"round": rnd, "fit_s": fit_s, "train_s": train_s, "clients": client_s}
+            if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+                te = time.perf_counter()
+                rec |= _evaluate(method, data, {k: params[k] for k in global_keys}, private)
+                rec["eval_s"] = time.perf_counter() - te
+            rec["round_s"] = time.perf_counter() - t
+            rec["cpu_s"] = time.process_time() - cpu  # < round_s: the machine was busy
+            rounds.append(rec)
+        return {"build_s": build_s, "rounds": rounds, "params": params, "threads": 1}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, float]:
+    """The driver's evaluation, in one process: the global test split with the global tensors
+    alone, and every client's local split with its private state."""
+    from fedrs.orchestrator.driver import PERSONALIZED_EVAL_MAX
+
+    test = data.test_shard()
+    glob = method.evaluate(params, {}, test.images, test.labels)
+    pers = []
+    if data.num_clients <= PERSONALIZED_EVAL_MAX:
+        for c in range(data.num_clients):
+            if data.clients[c].local_test.num_examples == 0:
+                continue
+            shard = data.client_test(c)
+            state = private.get(c) or method.init_private(c, method.cfg.federation.seed)
+            r = method.evaluate(params, state, shard.images, shard.labels)
+            if r["n"]:
+                pers.append(r["correct"] / r["n"])
+    n = glob["n"]
+    return {
+        "accuracy": glob["correct"] / n if n else float("nan"),
+        "personalized_accuracy": float(np.mean(pers)) if pers else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine's own ceiling: the same clients in plain processes, no orchestrator
+
+
+def _ceiling_worker(
+    cfg_dict: dict[str, Any],
+    data_path: str,
+    plan: list[list[int]],
+    barrier: Any,
+    queue: Any,
+    rank: int,
+) -> None:
+    import torch
+
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.config import from_dict
+    from fedrs.orchestrator.strategies import make_strategy
+
+    torch.set_num_threads(1)
+    cfg = from_dict(cfg_dict)
+    data = FedDataset(data_path)
+    method_cls = method_class(cfg.method.name)
+    method = method_cls(cfg, data.classes, "cpu")
+    params = method.init_global(cfg.federation.seed)
+    strategy = make_strategy(
+        cfg.strategy.name,
+        mu=cfg.strategy.mu,
+        global_keys=tuple(params),
+        prompt_keys=method_cls.prompt_keys,
+    )
+    times = []
+    for rnd, clients in plan:
+        barrier.wait()
+        t = time.perf_counter()
+        for cid in clients:
+            method.fit(
+                params,
+                method.init_private(cid, cfg.federation.seed),
+                data.client(cid % data.num_clients),
+                fit_options(cfg, strategy, rnd, cid),
+            )
+        times.append(time.perf_counter() - t)
+    queue.put((rank, times))
+
+
+def run_ceiling(cfg: Any, data_path: str, rounds: list[int], workers: int) -> dict[str, Any]:
+    """The steady-state rounds' clients split statically over ``workers`` plain processes (one
+    torch thread each, started together at a barrier every round): what this machine gives for
+    ``workers`` concurrent trainers with no orchestration at all."""
+    import multiprocessing as mp
+
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.orchestrator.sampling import sample_clients
+
+    fed = cfg.federation
+    registered = fed.num_clients or FedDataset(data_path, verify=False).num_clients
+    sampled = {r: sample_clients(registered, fed.clients_per_round, fed.seed, r) for r in rounds}
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_ceiling_worker,
+            args=(
+                cfg.to_dict(),
+                data_path,
+                [(r, sampled[r][k::workers]) for r in rounds],
+                barrier,
+                queue,
+                k,
+            ),
+        )
+        for k in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    got = dict(queue.get(timeout=3600) for _ in procs)
+    for proc in procs:
+        proc.join()
+    per_round = [max(got[k][i] for k in got) for i in range(len(rounds))]
+    return {"rounds": rounds, "round_s": per_round, "per_process_s": [got[k] for k in sorted(got)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# fedrs, timed from outside
+
+
+class _Clock(io.TextIOBase):
+    """A console file that timestamps every line written to it."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self._buf = ""
+
+    def write(self, text: str) -> int:
+        now = time.perf_counter()
+        self._buf += text
+        *done, self._buf = self._buf.split("\n")
+        self.lines.extend((now, line) for line in done)
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    from fedrs.orchestrator.driver import METRICS
+
+    text = (run_dir / METRICS).read_text()
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """``runner.run`` as ``fedrs run`` calls it; per-round periods from the times its round lines
+    reach the console (round 1 counts from the header line, printed once the actors are up)."""
+    from rich.console import Console
+
+    from fedrs.orchestrator import checkpoint
+    from fedrs.orchestrator.runner import run as run_federation
+
+    clock = _Clock()
+    console = Console(file=clock, width=240, color_system=None, force_terminal=False)
+    t0 = time.perf_counter()
+    summary = run_federation(cfg, out=str(run_dir), console=console)
+    t_end = time.perf_counter()
+    header = next((t for t, line in clock.lines if "client actors" in line), None)
+    ends = {int(m.group(1)): t for t, line in clock.lines if (m := _ROUND_LINE.match(line))}
+    records = read_metrics(run_dir)
+    if header is None or len(ends) != len(records):
+        raise RuntimeError("could not time fedrs's rounds from its console lines")
+    periods, prev = [], header
+    for rec in records:
+        periods.append(ends[rec["round"]] - prev)
+        prev = ends[rec["round"]]
+    saved = checkpoint.load(run_dir)
+    return {
+        "spawn_s": header - t0,  # data check, driver actor, placement group, actors, init_global
+        "finish_s": t_end - prev,  # summary, plot, actors released
+        "periods": periods,
+        "records": records,
+        "summary": summary,
+        "params": saved[1] if saved else {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# comparison
+
+
+def _steady(rounds: int) -> list[int]:
+    """Round indices (0-based) of the steady state: no first round, no final evaluation round."""
+    idx = list(range(1, rounds - 1)) if rounds >= 3 else list(range(1, rounds))
+    return idx or [0]
+
+
+def _worker_busy(rec: dict[str, Any]) -> dict[str, float]:
+    busy: dict[str, float] = {}
+    for c in rec.get("clients", {}).values():
+        busy[str(c.get("worker"))] = busy.get(str(c.get("worker")), 0.0) + float(c["fit_s"] or 0)
+    return busy
+
+
+def compare(
+    seq: dict[str, Any], fr: dict[str, Any], workers: int, ray_start_s: float
+) -> dict[str, Any]:
+    """Efficiencies, fixed costs and where fedrs's steady-state round goes."""
+    s_rounds, f_recs, periods = seq["rounds"], fr["records"], fr["periods"]
+    steady = _steady(len(s_rounds))
+    s_round = [r["round_s"] for r in s_rounds]
+    seq_steady = float(np.mean([s_round[i] for i in steady]))
+    fed_steady = float(np.mean([periods[i] for i in steady]))
+    seq_total = seq["build_s"] + sum(s_round)
+    fed_total = ray_start_s + fr["spawn_s"] + sum(periods) + fr["finish_s"]
+
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values))
+
+    seq_client = mean([sum(s_rounds[i]["clients"].values()) for i in steady])
+    fed_client = mean(
+        [sum(float(c["fit_s"] or 0) for c in f_recs[i]["clients"].values()) for i in steady]
+    )
+    makespan = mean([max(_worker_busy(f_recs[i]).values()) for i in steady])
+    fit_s = mean([f_recs[i]["fit_s"] for i in steady])
+    wall_s = mean([f_recs[i]["wall_s"] for i in steady])
+    profile = {
+        # what the clients themselves cost inside the actors vs in one process
+        "client_fit_sum_s": {"sequential": seq_client, "fedrs_actors": fed_client},
+        "compute_inflation": fed_client / seq_client,
+        # ideal round with fedrs's own client times spread evenly over the workers
+        "ideal_round_s": fed_client / workers,
+        "busiest_worker_s": makespan,  # minus ideal: load imbalance (whole clients per worker)
+        "load_imbalance_s": makespan - fed_client / workers,
+        # driver's fit span minus the busiest worker: put/get, dispatch, pool.map, validation
+        "dispatch_collect_s": fit_s - makespan,
+        "aggregate_record_s": wall_s - fit_s,  # aggregate, server_update, the metrics record
+        # metrics.jsonl append, checkpoint, streaming the record back to runner.run
+        "after_round_s": fed_steady - wall_s,
+        "round_s": fed_steady,
+    }
+    return {
+        "efficiency_steady": seq_steady / (workers * fed_steady),
+        "efficiency_total": seq_total / (workers * fed_total),
+        "efficiency_driver_wall": seq_steady / (workers * wall_s),
+        "speedup_steady": seq_steady / fed_steady,
+        "seq_steady_round_s": seq_steady,
+        "fedrs_steady_round_s": fed_steady,
+        "seq_total_s": seq_total,
+        "fedrs_total_s": fed_total,
+        "steady_rounds": [i + 1 for i in steady],
+        "fixed_costs_s": {
+            "fedrs_ray_start": ray_start_s,
+            "fedrs_spawn": fr["spawn_s"],
+            "fedrs_first_round": periods[0],
+            "fedrs_eval_round": periods[-1],
+            "fedrs_finish": fr["finish_s"],
+            "seq_build": seq["build_s"],
+            "seq_first_round": s_round[0],
+            "seq_eval_round": s_round[-1],
+            "seq_eval_only": s_rounds[-1].get("eval_s", 0.0),
+        },
+        "profile_steady_per_round": profile,
+    }
+
+
+def state_store_cost(params: dict[str, np.ndarray], repeats: int = 20) -> float:
+    """Seconds per save + load of one client's private tensors in the file state store (the part
+    of an actor's client time that the in-memory sequential loop does not pay)."""
+    from fedrs.orchestrator.state_store import FileStateStore
+
+    if not params:
+        return 0.0
+    with tempfile.TemporaryDirectory(prefix="fedrs-store-") as tmp:
+        store = FileStateStore(tmp)
+        t0 = time.perf_counter()
+        for r in range(1, repeats + 1):
+            store.save(0, r, params)
+            store.load(0, r + 1)
+        return (time.perf_counter() - t0) / repeats
+
+
+def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    if set(a) != set(b):
+        return float("inf")
+    return max((float(np.max(np.abs(a[k] - b[k]))) for k in a), default=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(
+    data: str | None = None,
+    rounds: int = 8,
+    method: str = "fedrsclip",
+    strategy: str = "prompt_avg",
+    arch: str = "fedrs-tiny",
+    image_size: int = 64,
+    clients: int = 14,
+    per_class: int = 40,
+    clients_per_round: int = 10,
+    local_epochs: int = 2,
+    batch_size: int = 32,
+    workers: int = 2,
+    noniid: bool = True,
+    alpha: float = 0.5,
+    seed: int = 0,
+    feature_cache: bool = False,
+    keep: str | None = None,
+    ceiling: bool = True,
+) -> dict[str, Any]:
+    import ray
+
+    from fedrs.orchestrator.config import RunConfig
+    from fedrs.orchestrator.runner import connect_ray
+
+    t_start = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="fedrs-vsseq-")
+    root = Path(keep) if keep else Path(tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
+    if data:
+        datasets = [("given", str(Path(data).resolve()))]
+    else:
+        parts = [("iid", None)] + ([("dirichlet", alpha)] if noniid else [])
+        datasets = [
+            (
+                p if a is None else f"dirichlet({a})",
+                build_data(root / f"data-{p}", p, clients, per_class, image_size, seed, a),
+            )
+            for p, a in parts
+        ]
+    base = {
+        "method.name": method,
+        "strategy.name": strategy,
+        "model.arch": arch,
+        "data.feature_cache": feature_cache,
+        "client.local_epochs": local_epochs,
+        "client.batch_size": batch_size,
+        "federation.rounds": rounds,
+        "federation.clients_per_round": clients_per_round,
+        "federation.eval_every": rounds + 1,  # only the final round evaluates
+        "federation.seed": seed,
+        "resources.num_actors": workers,
+        "resources.num_cpus_per_client": 1.0,
+    }
+    started_ray = not ray.is_initialized()
+    rows, details = [], []
+    ray_start_s = store_s = 0.0
+    try:
+        for i, (label, path) in enumerate(datasets):
+            cfg = RunConfig().replace(**base, **{"data.path": path})
+            load = {"before_sequential": os.getloadavg()[0]}
+            log.info("%s: sequential loop (1 torch thread)", label)
+            seq = run_sequential(cfg, path)
+            steady = [j + 1 for j in _steady(rounds)]
+            load["before_ceiling"] = os.getloadavg()[0]
+            ceil = run_ceiling(cfg, path, steady, workers) if ceiling else None
+            load["before_fedrs"] = os.getloadavg()[0]
+            if i == 0:  # after the first sequential loop: it ran without Ray's processes around
+                t = time.perf_counter()
+                connect_ray()
+                ray_start_s = time.perf_counter() - t
+            log.info("%s: fedrs (%d actors x 1 CPU)", label, workers)
+            fr = run_fedrs(cfg, root / f"run-{label}")
+            load["after_fedrs"] = os.getloadavg()[0]
+            cmp_ = compare(seq, fr, workers, ray_start_s if i == 0 else 0.0)
+            if ceil is not None:
+                seq_fit = np.mean([seq["rounds"][r - 1]["fit_s"] for r in ceil["rounds"]])
+                ceil["efficiency"] = float(seq_fit / (workers * np.mean(ceil["round_s"])))
+                cmp_["ceiling"] = ceil
+                # fedrs against what plain processes get from this machine
+                cmp_["efficiency_vs_ceiling"] = cmp_["efficiency_steady"] / ceil["efficiency"]
+            diff = max_abs_diff(seq["params"], fr["params"])
+            sizes = [
+                int(c["num_examples"] or 0) for r in fr["records"] for c in r["clients"].values()
+            ]
+            rows.append(
+                {
+                    "partition": label,
+                    "seq_s_per_round": round(cmp_["seq_steady_round_s"], 3),
+                    "fedrs_s_per_round": round(cmp_["fedrs_steady_round_s"], 3),
+                    "efficiency_steady": round(cmp_["efficiency_steady"], 3),
+                    "ceiling_efficiency": round(ceil["efficiency"], 3) if ceil else None,
+                    "seq_total_s": round(cmp_["seq_total_s"], 1),
+                    "fedrs_total_s": round(cmp_["fedrs_total_s"], 1),
+                    "efficiency_total": round(cmp_["efficiency_total"], 3),
+                    "examples_per_client": f"{min(sizes)}-{max(sizes)}",
+                    "max_abs_diff": diff,
+                }
+            )
+            details.append(
+                {
+                    "partition": label,
+                    "data": path,
+                    **cmp_,
+                    "seq_rounds": seq["rounds"],
+                    "fedrs_periods_s": fr["periods"],
+                    "fedrs_records": [
+                        {
+                            k: r.get(k)
+                            for k in ("round", "fit_s", "wall_s", "clients", "accuracy")
+                            if k in r
+                        }
+                        for r in fr["records"]
+                    ],
+                    "accuracy": {
+                        "sequential": seq["rounds"][-1].get("accuracy"),
+                        "fedrs": fr["records"][-1].get("accuracy"),
+                    },
+                    "final_params_max_abs_diff": diff,
+                    # other processes on the machine: 1-minute load average, and the share of
+                    # a core the sequential loop got in its steady rounds (1.0 = undisturbed)
+                    "load_1min": load,
+                    "seq_cpu_share": sum(seq["rounds"][r - 1]["cpu_s"] for r in steady)
+                    / sum(seq["rounds"][r - 1]["round_s"] for r in steady),
+                }
+            )
+            if i == 0:
+                store_s = state_store_cost(
+                    _private_example(cfg, path) if method == "fedrsclip" else {}
+                )
+    finally:
+        if started_ray and ray.is_initialized():
+            t = time.perf_counter()
+            ray.shutdown()
+            shutdown_s = time.perf_counter() - t
+        else:
+            shutdown_s = 0.0
+        tmp.cleanup()
+    head = details[0]
+    result = {
+        "benchmark": "vs-sequential",
+        "ratio": round(head["efficiency_steady"], 3),
+        "ratio_meaning": (
+            f"parallel efficiency, steady state ({rows[0]['partition']}): sequential time / "
+            f"(fedrs time x {workers} workers); 1.0 = perfect"
+        ),
+        "target": TARGET,
+        "efficiency_total": round(head["efficiency_total"], 3),
+        "rows": rows,
+        "details": details,
+        "state_store_save_load_s_per_client": store_s,
+        "ray_shutdown_s": shutdown_s,
+        "setup": {
+            "method": method,
+            "strategy": strategy,
+            "arch": arch,
+            "image_size": image_size,
+            "data_clients": clients,
+            "per_class": per_class,
+            "clients_per_round": clients_per_round,
+            "local_epochs": local_epochs,
+            "batch_size": batch_size,
+            "rounds": rounds,
+            "workers": workers,
+            "sequential_torch_threads": 1,
+            "fedrs_resources": {"num_actors": workers, "num_cpus_per_client": 1.0},
+            "feature_cache": feature_cache,
+            "evaluation": "final round only, both sides (global split + every local split)",
+            "seed": seed,
+        },
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "machine": machine_info(),
+    }
+    return result
+
+
+def _private_example(cfg: Any, data_path: str) -> dict[str, np.ndarray]:
+    """One client's private tensors, to time the state store with the real sizes."""
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.methods import method_class
+
+    m = method_class(cfg.method.name)
+    shapes = m.tensor_shapes(cfg, _model_cfg(cfg.model.arch), FedDataset(data_path).num_classes)
+    return {k: np.zeros(s, np.float32) for k, s in shapes["private"].items()}
+
+
+def _model_cfg(arch: str) -> dict[str, Any]:
+    from fedrs.models.backbone import model_config
+
+    return model_config(arch)
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    fig, ax = new_figure(7.0, 3.8)
+    w = result["setup"]["workers"]
+    for d, style in zip(result["details"], ("-", ":"), strict=False):
+        rounds = [r["round"] for r in d["seq_rounds"]]
+        seq = [r["round_s"] for r in d["seq_rounds"]]
+        ax.plot(rounds, seq, "s" + style, color="tab:gray", label=f"sequential ({d['partition']})")
+        ax.plot(
+            rounds,
+            [s / w for s in seq],
+            style,
+            color="tab:gray",
+            alpha=0.5,
+            label=f"sequential / {w} ({d['partition']})",
+        )
+        ax.plot(
+            rounds,
+            d["fedrs_periods_s"],
+            "o" + style,
+            color="tab:blue",
+            label=f"fedrs, {w} actors ({d['partition']})",
+        )
+    ax.set_xlabel("round (last: evaluation on both sides)")
+    ax.set_ylabel("seconds per round")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"fedrs vs sequential loop: efficiency {result['ratio']:.2f} (steady state)")
+    save_figure(fig, path)
+
+
+PROFILE_NOTES = {
+    "client_fit_sum_s": "clients' time: sequential / in actors",
+    "compute_inflation": "in actors / sequential",
+    "ideal_round_s": "actors' client time / workers",
+    "busiest_worker_s": "busiest actor's client time",
+    "load_imbalance_s": "busiest actor - ideal",
+    "dispatch_collect_s": "driver fit span - busiest actor",
+    "aggregate_record_s": "aggregate, server_update, record",
+    "after_round_s": "jsonl, checkpoint, stream to runner",
+    "round_s": "fedrs round seen by runner.run",
+}
+
+
+def transpose_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One row per figure, one column per ``key`` value (tables that fit 80 columns)."""
+    names = [k for k in rows[0] if k != key]
+    return [{"figure": n, **{str(r[key]): r[n] for r in rows}} for n in names]
+
+
+def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
+    result = run(data=data, **options)
+    setup = result["setup"]
+    print_table(
+        f"vs sequential: {setup['method']}, {setup['arch']}, {setup['workers']} workers "
+        f"(steady state = rounds {result['details'][0]['steady_rounds']})",
+        transpose_rows(result["rows"], "partition"),
+    )
+    for d in result["details"]:
+        prof = d["profile_steady_per_round"]
+        rows = []
+        for k, note in PROFILE_NOTES.items():
+            v = prof[k]
+            value = (
+                f"{v['sequential']:.3f} / {v['fedrs_actors']:.3f}"
+                if isinstance(v, dict)
+                else round(v, 4)
+            )
+            rows.append({"item": k, "value": value, "what": note})
+        print_table(f"where a steady-state fedrs round goes, s ({d['partition']})", rows)
+        print_table(
+            f"fixed costs, s ({d['partition']}; counted in the totals)",
+            [{"cost": k, "s": round(v, 3)} for k, v in d["fixed_costs_s"].items()],
+        )
+    path = plot_path(json_path, "vs_sequential")
+    plot(result, path)
+    result["plot"] = path
+    log.info(
+        "efficiency %.3f steady state (target %.2f), %.3f total; plot %s",
+        result["ratio"],
+        TARGET,
+        result["efficiency_total"],
+        path,
+    )
+    write_result(result, json_path)
+    return result

@@ -1,0 +1,81 @@
+"""The vs-sequential and packing benchmarks: the sequential baseline does exactly fedrs's work,
+and fractional GPUs pack as asked (tiny sizes; no wall-clock assertions)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from fedrs.benchmarks import packing, vs_sequential
+
+TINY = {
+    "arch": "fedrs-tiny",
+    "clients_per_round": 4,
+    "local_epochs": 1,
+    "batch_size": 16,
+    "workers": 2,
+    "noniid": False,
+    "ceiling": False,
+}
+
+
+def test_clock_timestamps_each_line() -> None:
+    clock = vs_sequential._Clock()
+    clock.write("header: 2 client actors\nround   1/3")
+    clock.write("  ok 4\nround   2/3  ok 4\n")
+    lines = [line for _, line in clock.lines]
+    assert lines == ["header: 2 client actors", "round   1/3  ok 4", "round   2/3  ok 4"]
+    assert vs_sequential._ROUND_LINE.match(lines[2]).group(1) == "2"
+
+
+def test_steady_rounds_skip_warmup_and_evaluation() -> None:
+    assert vs_sequential._steady(5) == [1, 2, 3]
+    assert vs_sequential._steady(2) == [1]
+    assert vs_sequential._steady(1) == [0]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_sequential_loop_computes_what_fedrs_computes(synth_data: Path) -> None:
+    result = vs_sequential.run(data=str(synth_data), rounds=3, method="fedrsclip", **TINY)
+    (detail,) = result["details"]
+    # same sampled clients, options, data and strategy: the same global tensors, bit for bit
+    assert detail["final_params_max_abs_diff"] == 0.0
+    assert detail["accuracy"]["sequential"] == detail["accuracy"]["fedrs"]
+    assert len(detail["fedrs_periods_s"]) == len(detail["seq_rounds"]) == 3
+    assert [r["round"] for r in detail["fedrs_records"]] == [1, 2, 3]
+    assert all(len(r["clients"]) == 4 for r in detail["seq_rounds"])
+    assert "eval_s" in detail["seq_rounds"][-1] and "eval_s" not in detail["seq_rounds"][0]
+    assert detail["steady_rounds"] == [2]
+    for key in ("efficiency_steady", "efficiency_total", "speedup_steady"):
+        assert math.isfinite(detail[key]) and detail[key] > 0
+    assert result["ratio"] == round(detail["efficiency_steady"], 3)
+    assert result["target"] == vs_sequential.TARGET
+    prof = detail["profile_steady_per_round"]
+    parts = ("ideal_round_s", "load_imbalance_s", "dispatch_collect_s", "aggregate_record_s")
+    assert sum(prof[k] for k in parts) + prof["after_round_s"] == pytest.approx(prof["round_s"])
+    assert result["state_store_save_load_s_per_client"] > 0  # fedrsclip has private state
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_half_gpu_clients_share_one_logical_gpu(synth_data: Path) -> None:
+    result = packing.run(
+        data=str(synth_data),
+        rounds=3,
+        fractions=[0.5],
+        gpus=1,
+        arch="fedrs-tiny",
+        clients_per_round=4,
+        local_epochs=1,
+        batch_size=16,
+    )
+    (row,) = result["rows"]
+    (detail,) = result["details"]
+    assert row["actors"] == 2 and row["gpus_used"] == 1 and row["actors_per_gpu"] == 2
+    assert detail["packed_as_asked"]
+    assert len({(a["node_id"], tuple(a["gpu_ids"])) for a in detail["actors"]}) == 1
+    assert all(len(a["gpu_ids"]) == 1 for a in detail["actors"])
+    assert detail["clients_ok"] == [4, 4, 4]
+    assert row["updates_per_s"] > 0 and result["ratio"] == 1.0
+    assert not result["real_gpus"] or result["gpus_are"].startswith("real")
