@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ from fedrs.datasets.shards import Shard
 from fedrs.errors import ShardIntegrityError
 
 MANIFEST = "manifest.json"
+MAX_OPEN_SHARDS = 256  # shards a FedDataset keeps memory-mapped (least recently used dropped)
 FORMAT = "fedrs.shards/1"
 _ENTRY_KEYS = ("shard", "num_examples", "bytes", "sha256")
 
@@ -70,11 +72,22 @@ class ClientEntry:
 
 
 class FedDataset:
-    """A built federated dataset: manifest plus lazily opened, verified, memory-mapped shards."""
+    """A built federated dataset: manifest plus lazily opened, verified, memory-mapped shards.
 
-    def __init__(self, root: str | os.PathLike[str], verify: bool = True) -> None:
+    At most ``max_open`` shards stay mapped (least recently used first out), so an actor that
+    serves many clients in turn does not accumulate maps; a dropped shard is unmapped once no
+    array view of it is left, and reopening it checks its size only (its sha256 was checked on
+    first open).
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], verify: bool = True, max_open: int = MAX_OPEN_SHARDS
+    ) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.root = Path(root)
         self.verify = verify
+        self.max_open = max_open
         path = self.root / MANIFEST
         try:
             self.manifest: dict[str, Any] = json.loads(path.read_text())
@@ -107,7 +120,8 @@ class FedDataset:
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise ShardIntegrityError(f"{path} is malformed: missing or bad {exc}") from None
-        self._open: dict[str, Shard] = {}
+        self._open: OrderedDict[str, Shard] = OrderedDict()
+        self._verified: set[str] = set()  # shards whose sha256 matched once
 
     @property
     def num_clients(self) -> int:
@@ -117,19 +131,33 @@ class FedDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def open_shards(self) -> int:
+        """How many shards are mapped (through this dataset) right now."""
+        return len(self._open)
+
     def open_shard(self, entry: ShardEntry) -> Shard:
         """Memory-map a shard (verified against its manifest entry on first open)."""
         shard = self._open.get(entry.shard)
-        if shard is None:
-            shard = Shard(
-                self.root / entry.shard, sha256=entry.sha256, nbytes=entry.bytes, verify=self.verify
+        if shard is not None:
+            self._open.move_to_end(entry.shard)
+            return shard
+        shard = Shard(
+            self.root / entry.shard,
+            sha256=None if entry.shard in self._verified else entry.sha256,
+            nbytes=entry.bytes,
+            verify=self.verify,
+        )
+        if len(shard) != entry.num_examples:
+            raise ShardIntegrityError(
+                f"shard {entry.shard} holds {len(shard)} rows, the manifest says "
+                f"{entry.num_examples}"
             )
-            if len(shard) != entry.num_examples:
-                raise ShardIntegrityError(
-                    f"shard {entry.shard} holds {len(shard)} rows, the manifest says "
-                    f"{entry.num_examples}"
-                )
-            self._open[entry.shard] = shard
+        if self.verify:
+            self._verified.add(entry.shard)
+        self._open[entry.shard] = shard
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
         return shard
 
     def client(self, cid: int) -> Shard:

@@ -10,6 +10,11 @@ Each round::
 A client that raises, times out or whose actor dies is a dropout for that round (counted, reason
 logged); a malformed update is rejected (counted). The run fails with RoundFailedError only when
 fewer than ``federation.min_clients`` updates are accepted.
+
+Registered clients: ``federation.num_clients`` (0: one per data partition) virtual clients are
+sampled from; client c trains on partition c mod P and keeps its own private state in the
+client-state store. The driver holds nothing per registered client (sampling is O(clients per
+round)), so 100,000 registered clients cost it no more memory than 100.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import ray
 from fedrs.actors.client import EvalTask, FitTask
 from fedrs.actors.pool import ClientPool
 from fedrs.datasets.manifest import FedDataset
-from fedrs.errors import FedrsError
+from fedrs.errors import ConfigError, FedrsError
 from fedrs.io import write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
@@ -46,6 +51,25 @@ PERSONALIZED_EVAL_MAX = 64  # evaluate every client's local split up to this man
 
 class RoundFailedError(FedrsError):
     """Too few clients reported in a round."""
+
+
+def registered_clients(cfg: RunConfig, partitions: int) -> int:
+    """How many clients are registered: ``federation.num_clients``, or one per data partition
+    when it is 0. Fewer than the partitions would leave data no client ever trains on."""
+    n = cfg.federation.num_clients or partitions
+    if n < partitions:
+        raise ConfigError(
+            f"federation.num_clients={n} is below the dataset's {partitions} partitions: use 0 "
+            f"(one client per partition) or at least {partitions}"
+        )
+    return n
+
+
+def process_memory() -> dict[str, float]:
+    """This process's resident memory in MiB: ``rss_mb`` (VmRSS) and ``peak_rss_mb`` (VmHWM)."""
+    from fedrs.benchmarks.common import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def nbytes(params: dict[str, np.ndarray]) -> int:
@@ -78,6 +102,8 @@ class Driver:
                 self.data.num_clients,
                 cfg.data.num_clients,
             )
+        # Registered clients: client c trains on partition c % P (ClientWorker.partition).
+        self.num_registered = registered_clients(cfg, self.data.num_clients)
         state = checkpoint.load(self.run_dir) if resume else None
         if state is None:  # a fresh start: nothing an earlier run left in this directory counts
             for stale in (STATE_DIR, checkpoint.DIR):
@@ -129,7 +155,7 @@ class Driver:
     def run_round(self, rnd: int) -> dict[str, Any]:
         fed, client = self.cfg.federation, self.cfg.client
         t0 = time.perf_counter()
-        sampled = sample_clients(self.data.num_clients, fed.clients_per_round, fed.seed, rnd)
+        sampled = sample_clients(self.num_registered, fed.clients_per_round, fed.seed, rnd)
         download = {k: self.params[k] for k in self.global_keys}
         params_ref = ray.put(download)
         tasks = [
@@ -223,6 +249,7 @@ class Driver:
             "bytes_down": nbytes(download) * len(sampled),
             "fit_s": fit_s,
             "wall_s": time.perf_counter() - t0,
+            "driver_rss_mb": process_memory().get("rss_mb"),
         }
         self._append(record)
         checkpoint.save(self.run_dir, rnd, self.params, self.server_state)
@@ -240,15 +267,13 @@ class Driver:
             EvalTask("test", rnd, start=s, stop=min(s + step, n_test))
             for s in range(0, n_test, step)
         ]
-        clients = (
-            list(range(self.data.num_clients))
-            if self.data.num_clients <= PERSONALIZED_EVAL_MAX
-            else (sampled or [])
-        )
+        n = self.num_registered
+        clients = list(range(n)) if n <= PERSONALIZED_EVAL_MAX else (sampled or [])
+        parts = self.data.num_clients  # registered client c evaluates on partition c % parts
         per_client = [
             EvalTask("client", rnd, client_id=c)
             for c in clients
-            if self.data.clients[c].local_test.num_examples > 0
+            if self.data.clients[c % parts].local_test.num_examples > 0
         ]
         results, failures = self.pool.map("evaluate", ref, chunks + per_client, fed.round_timeout_s)
         glob = [results[i] for i in range(len(chunks)) if i in results]
@@ -286,6 +311,10 @@ class Driver:
     def params_snapshot(self) -> dict[str, np.ndarray]:
         return {k: v.copy() for k, v in self.params.items()}
 
+    def memory(self) -> dict[str, float]:
+        """The driver process's resident memory (MiB): ``rss_mb`` now, ``peak_rss_mb`` so far."""
+        return process_memory()
+
     def describe_actors(self) -> list[dict[str, Any]]:
         return self.pool.describe()
 
@@ -310,6 +339,8 @@ class Driver:
                     "clients_ok",
                 )
             },
+            "registered_clients": self.num_registered,
+            "driver_memory": process_memory(),
             "trainable_params_sent": int(
                 sum(v.size for k, v in self.params.items() if k in self.strategy.upload_keys)
             ),

@@ -1,4 +1,10 @@
-"""Deterministic client sampling: a function of (seed, round) only, never of completion order."""
+"""Deterministic client sampling: a function of (seed, round) only, never of completion order.
+
+The cost is O(k) in time and memory for k sampled out of N registered clients, whatever N
+(100,000 or 10**12): numpy's ``Generator.choice(N, k, replace=False)`` uses Floyd's algorithm
+(a hash set of k entries) unless N > 10,000 and k > N / 50, where it shuffles an arange(N) -
+at most 50 k entries then. No permutation of all N clients is ever built.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import numpy as np
 
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round_: int) -> list[int]:
-    """``min(per_round, num_clients)`` distinct client ids, sorted, drawn from (seed, round)."""
+    """``min(per_round, num_clients)`` distinct client ids in ``[0, num_clients)``, sorted,
+    drawn from (seed, round)."""
     if num_clients < 1 or per_round < 1:
         raise ValueError("num_clients and per_round must be >= 1")
     rng = np.random.default_rng([seed, round_, 0x5EED])
