@@ -1,0 +1,857 @@
+"""How close does local training get to the machine's matmul peak? Achieved fp32 GFLOP/s of a
+client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch thread count.
+
+    fedrs bench flops [--data DIR] [--set name=value ...] --json out.json
+
+1. **Peak**: fp32 ``torch.mm`` of square ``n x n`` matrices (``sizes``, default 512, 1024, 2048;
+   ``2 n^3`` FLOPs each) with ``torch.set_num_threads(t)`` for every thread count the rows use.
+   One warm-up call, then timed calls (at least ``peak_repeats``, and at least ~1 s per size);
+   per size the *median* call time (``stat=best``: the fastest); the peak is the best size's.
+   The peak is measured before the rows and again right before each row; a row's peak is the
+   highest of the run's measurements at its thread count (noise can only lower the ratio).
+2. **Achieved**: the method is built exactly as a client actor builds it
+   (``method_class(name)(cfg, classes)`` with a ``RunConfig``, ``torch.set_num_threads`` =
+   ``resources.num_cpus_per_client``), and ``method.fit`` runs on a real ``Shard`` cut from a
+   client shard (``FedDataset(path).client(i)``; the first ``steps x batch`` rows written as a
+   shard file of their own, so every step is a full batch). FLOPs of one local step are counted
+   with ``torch.utils.flop_counter.FlopCounterMode`` around a one-step ``fit`` (forward and
+   backward: the backward share is counted separately, by timing what ``torch.autograd.backward``
+   executes, and must be non-zero). After a one-step warm-up ``fit``, ``repeats`` timed ``fit``
+   calls over ``steps`` steps; the *median* time (``stat=best``: the fastest) gives
+   ``gflops = flops_per_step x steps / seconds``, against the peak at the row's thread count.
+   The timed span is the whole ``fit`` call (parameter load, optimizer, the SGD steps, the
+   returned arrays): what a client actor spends on local training.
+3. **Profile** of the headline row: one step under ``torch.profiler`` (self CPU time per aten op,
+   grouped: matmul, attention, convolution, norm / activation, copies, other elementwise,
+   preprocessing), with the counted FLOPs per group, so the shortfall splits into "time not in
+   matmuls" and "matmuls below peak".
+4. **Experiments** (before / after, interleaved on the headline row): ``attention``:
+   open_clip's blocks call ``nn.MultiheadAttention(batch_first=True)``, which transposes its
+   input to ``(L, N, E)``; the packed in-projection on that non-contiguous view runs as ``bmm``
+   against an expanded weight instead of one ``addmm``. The experiment swaps in the same
+   attention computed batch-first (in-projection ``F.linear`` -> ``scaled_dot_product_attention``
+   -> out-projection: the same weights, checked equal to ``1e-4``) for the timed calls only.
+   ``batch``: the headline at ``batch x 2``.
+
+Headline ``ratio``: ``fedrsclip`` (shared + private text prompts and visual prompts: forward and
+backward through both towers every step) on ``ViT-B-32`` (random init, built offline; 224 px),
+batch 32, one torch thread (a client actor's default). Rows: every method in ``methods`` on every
+arch in ``archs`` at ``threads[0]``; the first method also at the other thread counts.
+
+Options (``--set``): ``methods`` (fedrsclip,fullft,promptfl: PromptFL runs uncached, pixels
+through the frozen encoder each step), ``archs`` (ViT-B-32,fedrs-rs), ``batch`` (32),
+``threads`` (1,all), ``sizes`` (512,1024,2048), ``peak_repeats`` (5), ``repeats`` (3),
+``min_steps`` (1), ``min_fit_s`` (3.0: more steps for fast rows), ``profile`` (true),
+``experiments`` (attention; also ``batch``), ``per_class`` (16, synthetic images per class),
+``stat`` (median | best: the same statistic for the peak and the fits), ``seed`` (0).
+``--data DIR``: a built dataset instead of the synthetic one (its image size may differ from
+the model's; then the bicubic resize in ``Backbone.preprocess`` is part of every step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrs.benchmarks.common import (
+    machine_info,
+    new_figure,
+    plot_path,
+    print_table,
+    save_figure,
+    write_result,
+)
+
+log = logging.getLogger(__name__)
+
+TARGET = 0.6
+IMAGE_SIZE = {"fedrs-tiny": 64, "fedrs-rs": 96, "fedrs-small": 128}  # open_clip archs: 224
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
+ATTENTION_OPS = ("_scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")
+NORM_ACT_OPS = ("layer_norm", "gelu", "sigmoid", "silu", "tanh")
+COPY_OPS = ("copy_", "clone", "cat", "contiguous", "_to_copy", "fill_", "zero_", "index", "stack")
+CONV_OPS = ("conv",)
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOP counting
+
+
+@dataclass
+class FlopCount:
+    """FLOPs ``FlopCounterMode`` saw, split into forward and backward (inside autograd)."""
+
+    total: int = 0
+    backward: int = 0
+    by_op: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def forward(self) -> int:
+        return self.total - self.backward
+
+
+def _op_name(op: Any) -> str:
+    """``aten.mm`` / ``aten.mm.default`` -> ``mm``."""
+    name = str(op)
+    name = name.split(".", 1)[1] if name.startswith("aten.") else name
+    return name.split(".")[0]
+
+
+@contextlib.contextmanager
+def count_flops() -> Iterator[FlopCount]:
+    """Count the FLOPs of everything run inside (matmuls, convolutions, attention: the ops
+    ``torch.utils.flop_counter`` knows; elementwise ops count zero). The FLOPs executed while
+    ``torch.autograd.backward`` runs (``loss.backward()`` calls it) are the backward share."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    result = FlopCount()
+    counter = FlopCounterMode(display=False)
+    original = torch.autograd.backward
+
+    def backward(*args: Any, **kwargs: Any) -> Any:
+        before = counter.get_total_flops()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            result.backward += counter.get_total_flops() - before
+
+    torch.autograd.backward = backward  # type: ignore[assignment]
+    try:
+        with counter:
+            yield result
+    finally:
+        torch.autograd.backward = original  # type: ignore[assignment]
+        result.total = counter.get_total_flops()
+        for op, flops in counter.get_flop_counts().get("Global", {}).items():
+            name = _op_name(op)
+            result.by_op[name] = result.by_op.get(name, 0) + int(flops)
+
+
+def matmul_flops(n: int) -> int:
+    """FLOPs of one ``n x n`` by ``n x n`` matrix product (a multiply and an add per term)."""
+    return 2 * n**3
+
+
+# ---------------------------------------------------------------------------------------------
+# peak
+
+
+def measure_peak(
+    threads: int, sizes: tuple[int, ...], repeats: int = 5, min_s: float = 1.0
+) -> dict[str, Any]:
+    """fp32 ``torch.mm`` GFLOP/s with ``threads`` torch threads, after one warm-up call per size:
+    ``median_gflops`` (``best_gflops``) is the best size's median (fastest) call."""
+    torch.set_num_threads(threads)
+    per_size = []
+    gen = torch.Generator().manual_seed(0)
+    for n in sizes:
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        t0 = time.perf_counter()
+        torch.mm(a, b)  # warm-up: MKL / oneDNN dispatch, page faults of the output
+        est = max(time.perf_counter() - t0, 1e-6)
+        reps = max(repeats, math.ceil(min_s / est))
+        times = []
+        c0 = time.process_time()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        cpu_share = (time.process_time() - c0) / sum(times) / threads
+        flops = matmul_flops(n)
+        per_size.append(
+            {
+                "n": n,
+                "repeats": reps,
+                "median_gflops": flops / statistics.median(times) / 1e9,
+                "best_gflops": flops / min(times) / 1e9,
+                "cpu_share": cpu_share,
+            }
+        )
+    return {
+        "threads": threads,
+        "median_gflops": max(r["median_gflops"] for r in per_size),
+        "best_gflops": max(r["best_gflops"] for r in per_size),
+        "sizes": per_size,
+    }
+
+
+def summarize(times: list[float], stat: str) -> float:
+    """The time a set of repeats stands for: their median, or their best (shortest)."""
+    return statistics.median(times) if stat == "median" else min(times)
+
+
+class Peaks:
+    """Every peak measurement of a run, per thread count. A row's peak is the highest any
+    measurement at its thread count reached (so machine noise can only lower the ratio)."""
+
+    def __init__(self, sizes: tuple[int, ...], repeats: int, stat: str) -> None:
+        self.sizes, self.repeats, self.stat = sizes, repeats, stat
+        self.runs: dict[int, list[dict[str, Any]]] = {}
+
+    def measure(self, threads: int) -> float:
+        run = measure_peak(threads, self.sizes, self.repeats)
+        self.runs.setdefault(threads, []).append(run)
+        return float(run[f"{self.stat}_gflops"])
+
+    def peak(self, threads: int) -> float:
+        return max(float(r[f"{self.stat}_gflops"]) for r in self.runs[threads])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            str(t): {
+                "threads": t,
+                "peak_gflops": self.peak(t),
+                "measurements": [r[f"{self.stat}_gflops"] for r in runs],
+                "runs": runs,
+            }
+            for t, runs in self.runs.items()
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _synthetic(root: Path, image_size: int, per_class: int, seed: int) -> str:
+    from fedrs.datasets.manifest import MANIFEST
+    from fedrs.datasets.partition import PartitionSpec
+    from fedrs.datasets.synth import build_synthetic
+
+    out = root / f"synth-{image_size}"
+    if not (out / MANIFEST).is_file():
+        log.info("building synthetic scenes at %d px in %s", image_size, out)
+        spec = PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1)
+        build_synthetic(out, per_class=per_class, image_size=image_size, partition=spec)
+    return str(out)
+
+
+class ClientData:
+    """A client's shard of a built dataset, and real shard files cut from its first rows."""
+
+    def __init__(self, path: str, scratch: Path) -> None:
+        from fedrs.datasets.manifest import FedDataset
+
+        self.dataset = FedDataset(path)
+        sizes = [c.train.num_examples for c in self.dataset.clients]
+        self.client_id = int(np.argmax(sizes))
+        self.shard = self.dataset.client(self.client_id)
+        self.scratch = scratch
+        self._cuts: dict[int, Any] = {}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.dataset.classes
+
+    def rows(self, n: int) -> Any:
+        """A ``Shard`` of the client's first ``n`` rows (its own Arrow file)."""
+        from fedrs.datasets.shards import Shard, write_shard
+
+        if n > len(self.shard):
+            raise ValueError(f"client shard has {len(self.shard)} rows, {n} asked")
+        if n not in self._cuts:
+            s = self.shard
+            path = self.scratch / f"client{self.client_id}-{s.image_shape[0]}px-{n}.arrow"
+            write_shard(path, s.images[:n], s.ids[:n], s.labels[:n], s.domains[:n], s.paths[:n])
+            self._cuts[n] = Shard(path)
+        return self._cuts[n]
+
+
+# ---------------------------------------------------------------------------------------------
+# local training
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    method: str
+    arch: str
+    batch: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.arch} / b{self.batch} / {self.threads}t"
+
+
+class Client:
+    """One method built as a client actor builds it, with its initial global / private state."""
+
+    def __init__(self, spec: RowSpec, classes: list[str], seed: int) -> None:
+        from fedrs.methods import method_class
+        from fedrs.orchestrator.config import RunConfig
+
+        self.spec = spec
+        self.cfg = RunConfig().replace(
+            **{
+                "method.name": spec.method,
+                "model.arch": spec.arch,
+                "client.batch_size": spec.batch,
+                "resources.num_cpus_per_client": float(spec.threads),
+                "data.feature_cache": False,
+                "federation.seed": seed,
+            }
+        )
+        torch.set_num_threads(max(1, round(self.cfg.resources.num_cpus_per_client)))
+        self.method = method_class(spec.method)(self.cfg, classes)
+        self.global_params = self.method.init_global(seed)
+        self.private = self.method.init_private(0, seed)
+        self.seed = seed
+
+    def options(self, batch: int | None = None) -> Any:
+        from fedrs.methods.base import FitOptions
+
+        c = self.cfg.client
+        return FitOptions(
+            round=0,
+            client_id=0,
+            seed=self.seed,
+            epochs=1,
+            batch_size=batch or self.spec.batch,
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+        )
+
+    def fit(self, shard: Any, batch: int | None = None) -> Any:
+        return self.method.fit(self.global_params, self.private, shard, self.options(batch))
+
+    def timed_fit(self, shard: Any, batch: int | None = None) -> tuple[float, float]:
+        """Wall seconds and process CPU seconds of one ``fit`` call."""
+        c0, t0 = time.process_time(), time.perf_counter()
+        self.fit(shard, batch)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def count_step(client: Client, data: ClientData, batch: int) -> tuple[FlopCount, Any]:
+    """FLOPs of one local step (a one-step ``fit``, checked to include a backward pass) and
+    that ``fit``'s output."""
+    with count_flops() as count:
+        out = client.fit(data.rows(batch), batch)
+    if count.total <= 0 or count.backward <= 0:
+        raise RuntimeError(
+            f"{client.spec.label}: FlopCounterMode saw {count.total} FLOPs, "
+            f"{count.backward} in backward; expected both > 0"
+        )
+    return count, out
+
+
+def choose_steps(step_s: float, max_steps: int, min_steps: int, min_fit_s: float) -> int:
+    """Steps per timed ``fit``: at least ``min_steps`` and ~``min_fit_s`` seconds, at most
+    what the shard holds."""
+    want = max(min_steps, math.ceil(min_fit_s / max(step_s, 1e-6)))
+    return max(1, min(want, max_steps))
+
+
+def measure_row(
+    client: Client,
+    data: ClientData,
+    repeats: int,
+    min_steps: int,
+    min_fit_s: float,
+    stat: str = "median",
+    batch: int | None = None,
+) -> dict[str, Any]:
+    """Achieved GFLOP/s of ``fit`` (``peak_gflops`` / ``ratio`` are filled in by the caller)."""
+    spec = client.spec
+    batch = batch or spec.batch
+    torch.set_num_threads(spec.threads)
+    warm_s, _ = client.timed_fit(data.rows(batch), batch)  # warm-up (allocator, oneDNN)
+    count, _ = count_step(client, data, batch)
+    steps = choose_steps(warm_s, len(data.shard) // batch, min_steps, min_fit_s)
+    shard = data.rows(steps * batch)
+    timed = [client.timed_fit(shard, batch) for _ in range(repeats)]
+    times, cpu = [w for w, _ in timed], [c for _, c in timed]
+    seconds = summarize(times, stat)
+    return {
+        "method": spec.method,
+        "arch": spec.arch,
+        "batch": batch,
+        "threads": spec.threads,
+        "flops_per_step": count.total,
+        "forward_flops_per_step": count.forward,
+        "backward_flops_per_step": count.backward,
+        "flops_by_op": dict(sorted(count.by_op.items(), key=lambda kv: -kv[1])),
+        "steps": steps,
+        "seconds": seconds,
+        "seconds_all": times,
+        # CPU seconds the process got per wall second per thread: ~1 on a quiet machine
+        # (1 thread); well below 1 means other processes took the cores during the timing.
+        "cpu_share": sum(cpu) / sum(times) / spec.threads,
+        "gflops": count.total * steps / seconds / 1e9,
+        "median_gflops": count.total * steps / statistics.median(times) / 1e9,
+        "best_gflops": count.total * steps / min(times) / 1e9,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# profile
+
+
+def _category(op: str) -> str:
+    name = op.removeprefix("aten::")
+    if name in MATMUL_OPS:
+        return "matmul"
+    if any(k in name for k in ATTENTION_OPS):
+        return "attention"
+    if any(k in name for k in CONV_OPS):
+        return "convolution"
+    if any(k in name for k in NORM_ACT_OPS):
+        return "norm / activation"
+    if any(name == k or name.startswith(k) for k in COPY_OPS):
+        return "copies / layout"
+    return "other aten"
+
+
+def _flop_category(op: str) -> str:
+    if op in MATMUL_OPS:
+        return "matmul"
+    if any(k in op for k in ATTENTION_OPS):
+        return "attention"
+    if "conv" in op:
+        return "convolution"
+    return "other aten"
+
+
+@contextlib.contextmanager
+def _labelled_preprocess(client: Client) -> Iterator[None]:
+    """Mark ``Backbone.preprocess`` calls in the profile (this instance, for this block only)."""
+    backbone = getattr(client.method, "backbone", None)
+    if backbone is None:
+        yield
+        return
+    original = backbone.preprocess
+
+    def preprocess(images: Any) -> torch.Tensor:
+        with torch.profiler.record_function("fedrs.preprocess"):
+            return original(images)
+
+    backbone.preprocess = preprocess  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del backbone.preprocess  # back to the class's method
+
+
+def profile_step(client: Client, data: ClientData, count: FlopCount) -> dict[str, Any]:
+    """One local step under ``torch.profiler``: self CPU time per op group, with FLOPs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = client.spec
+    torch.set_num_threads(spec.threads)
+    shard = data.rows(spec.batch)
+    client.fit(shard)
+    with _labelled_preprocess(client), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        client.fit(shard)
+        wall = time.perf_counter() - t0
+    groups: dict[str, float] = {}
+    ops: list[tuple[str, float, int]] = []
+    preprocess_s = 0.0
+    for ev in prof.key_averages():
+        if ev.key == "fedrs.preprocess":
+            preprocess_s = ev.cpu_time_total / 1e6
+            continue
+        if not ev.key.startswith("aten::"):
+            continue
+        s = ev.self_cpu_time_total / 1e6
+        groups[_category(ev.key)] = groups.get(_category(ev.key), 0.0) + s
+        ops.append((ev.key, s, ev.count))
+    flops: dict[str, int] = {}
+    for op, f in count.by_op.items():
+        flops[_flop_category(op)] = flops.get(_flop_category(op), 0) + f
+    aten_s = sum(groups.values())
+    table = [
+        {
+            "group": g,
+            "seconds": s,
+            "share": s / wall,
+            "gflop": flops.get(g, 0) / 1e9,
+            "gflops": flops.get(g, 0) / s / 1e9 if s > 0 else 0.0,
+        }
+        for g, s in sorted(groups.items(), key=lambda kv: -kv[1])
+    ]
+    table.append(
+        {
+            "group": "outside aten ops",
+            "seconds": wall - aten_s,
+            "share": (wall - aten_s) / wall,
+            "gflop": 0.0,
+            "gflops": 0.0,
+        }
+    )
+    ops.sort(key=lambda o: -o[1])
+    return {
+        **_preprocess_cost(client, spec.batch),
+        "row": spec.label,
+        "wall_s": wall,
+        "flops": count.total,
+        "gflops_under_profiler": count.total / wall / 1e9,
+        "groups": table,
+        "preprocess_s": preprocess_s,
+        "top_ops": [{"op": k, "seconds": s, "calls": c} for k, s, c in ops[:12]],
+    }
+
+
+def _preprocess_cost(client: Client, batch: int, repeats: int = 5) -> dict[str, Any]:
+    """Seconds ``Backbone.preprocess`` takes for one batch stored at the model's size and for
+    one stored at half of it (bicubic upsampling: a dataset built smaller than the model)."""
+    backbone = getattr(client.method, "backbone", None)
+    if backbone is None:
+        return {}
+    size = backbone.image_size
+    rng = np.random.default_rng(0)
+    out = {}
+    for stored in (size, size // 2):
+        images = rng.integers(0, 256, (batch, stored, stored, 3), dtype=np.uint8)
+        backbone.preprocess(images)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            backbone.preprocess(images)
+            times.append(time.perf_counter() - t0)
+        key = "at_model_size" if stored == size else f"from_{stored}px"
+        out[key] = statistics.median(times)
+    return {"preprocess_batch_s": out}
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments
+
+
+def _batch_first_attention(
+    self: Any,
+    q_x: torch.Tensor,
+    k_x: torch.Tensor | None = None,
+    v_x: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """open_clip ``ResidualAttentionBlock.attention`` without MHA's ``(L, N, E)`` transpose:
+    the packed in-projection runs on the contiguous ``(N, L, E)`` input as one ``addmm``."""
+    mha = self.attn
+    if k_x is not None or v_x is not None or not mha.batch_first or mha.in_proj_weight is None:
+        return _ORIGINAL_ATTENTION[0](self, q_x, k_x, v_x, attn_mask)
+    n, length, width = q_x.shape
+    heads = mha.num_heads
+    qkv = torch.nn.functional.linear(q_x, mha.in_proj_weight, mha.in_proj_bias)
+    q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(n, length, width)
+    return mha.out_proj(out)
+
+
+_ORIGINAL_ATTENTION: list[Callable[..., torch.Tensor]] = []
+
+
+@contextlib.contextmanager
+def batch_first_attention() -> Iterator[None]:
+    """Swap open_clip's block attention for ``_batch_first_attention`` inside the block."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    _ORIGINAL_ATTENTION[:] = [ResidualAttentionBlock.attention]
+    ResidualAttentionBlock.attention = _batch_first_attention  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ResidualAttentionBlock.attention = _ORIGINAL_ATTENTION[0]  # type: ignore[method-assign]
+
+
+def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in a) if a else 0.0
+
+
+def attention_experiment(
+    client: Client, data: ClientData, base_count: FlopCount, repeats: int, steps: int, stat: str
+) -> dict[str, Any]:
+    """Before / after the batch-first attention: one-step outputs compared, FLOPs recounted,
+    timed calls interleaved (before, after, before, ...)."""
+    spec = client.spec
+    torch.set_num_threads(spec.threads)
+    one, shard = data.rows(spec.batch), data.rows(steps * spec.batch)
+    base_out = client.fit(one)
+    with batch_first_attention():
+        new_count, new_out = count_step(client, data, spec.batch)
+    diff = max(
+        _max_abs_diff(base_out.params, new_out.params),
+        _max_abs_diff(base_out.private, new_out.private),
+    )
+    before, after = [], []
+    for _ in range(repeats):
+        before.append(client.timed_fit(shard))
+        with batch_first_attention():
+            after.append(client.timed_fit(shard))
+    out: dict[str, Any] = {"name": "attention", "row": spec.label, "steps": steps}
+    for key, timed, count in (("before", before, base_count), ("after", after, new_count)):
+        times = [w for w, _ in timed]
+        s = summarize(times, stat)
+        out[key] = {
+            "seconds": s,
+            "seconds_all": times,
+            "cpu_seconds_all": [c for _, c in timed],
+            "flops_per_step": count.total,
+            "flops_by_op": count.by_op,
+            "gflops": count.total * steps / s / 1e9,
+        }
+    out["speedup"] = out["before"]["seconds"] / out["after"]["seconds"]
+    # process CPU seconds (1 thread: immune to other processes taking the core)
+    out["cpu_speedup"] = summarize(out["before"]["cpu_seconds_all"], stat) / summarize(
+        out["after"]["cpu_seconds_all"], stat
+    )
+    out["max_abs_param_diff"] = diff
+    if diff > 1e-4:
+        raise RuntimeError(f"batch-first attention changed the trained tensors by {diff:.2e}")
+    return out
+
+
+def batch_experiment(
+    client: Client, data: ClientData, repeats: int, min_fit_s: float, stat: str
+) -> dict[str, Any]:
+    """The headline at twice its batch size (fewer, larger steps)."""
+    big = 2 * client.spec.batch
+    if len(data.shard) < 2 * big:
+        return {"name": "batch", "skipped": f"client shard has {len(data.shard)} rows"}
+    row = measure_row(client, data, repeats, 1, min_fit_s, stat, batch=big)
+    return {"name": "batch", "row": client.spec.label, "batch": big, "result": row}
+
+
+# ---------------------------------------------------------------------------------------------
+# driver
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    if value is None or value == "":
+        return ()
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
+def _threads(value: Any) -> tuple[int, ...]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = []
+    for t in _as_tuple(value):
+        n = int(cores or 1) if str(t).lower() == "all" else int(t)
+        if n < 1:
+            raise ValueError(f"threads must be >= 1 or 'all', got {t!r}")
+        if n not in out:
+            out.append(n)
+    return tuple(out)
+
+
+def image_size(arch: str) -> int:
+    if arch in IMAGE_SIZE:
+        return IMAGE_SIZE[arch]
+    from fedrs.models.backbone import model_config
+
+    return int(model_config(arch)["vision_cfg"]["image_size"])
+
+
+def run(
+    data: str | None = None,
+    methods: Any = ("fedrsclip", "fullft", "promptfl"),
+    archs: Any = ("ViT-B-32", "fedrs-rs"),
+    batch: int = 32,
+    threads: Any = (1, "all"),
+    sizes: Any = (512, 1024, 2048),
+    peak_repeats: int = 5,
+    repeats: int = 3,
+    min_steps: int = 1,
+    min_fit_s: float = 3.0,
+    profile: bool = True,
+    experiments: Any = ("attention",),
+    per_class: int = 16,
+    stat: str = "median",
+    seed: int = 0,
+) -> dict[str, Any]:
+    if stat not in ("median", "best"):
+        raise ValueError(f"stat must be median or best, got {stat!r}")
+    t_start = time.perf_counter()
+    methods, archs = _as_tuple(methods), _as_tuple(archs)
+    thread_counts, sizes = _threads(threads), tuple(int(n) for n in _as_tuple(sizes))
+    experiments = _as_tuple(experiments)
+    unknown = set(experiments) - {"attention", "batch"}
+    if unknown:
+        raise ValueError(f"unknown experiments {sorted(unknown)}; choose from attention, batch")
+    specs = [
+        RowSpec(m, a, int(batch), t)
+        for a in archs
+        for i, m in enumerate(methods)
+        for t in (thread_counts if i == 0 else thread_counts[:1])
+    ]
+    headline = specs[0]
+    saved_threads = torch.get_num_threads()
+    scratch = tempfile.TemporaryDirectory(prefix="fedrs-flops-")
+    try:
+        peaks = Peaks(sizes, peak_repeats, stat)
+        for t in thread_counts:
+            log.info("torch.mm peak, %d thread(s): %.1f GFLOP/s", t, peaks.measure(t))
+        rows: list[dict[str, Any]] = []
+        extra: dict[str, Any] = {}
+        root = Path(scratch.name)
+        by_arch: dict[str, ClientData] = {}
+        for spec in specs:
+            if spec.arch not in by_arch:
+                path = data or _synthetic(root, image_size(spec.arch), per_class, seed)
+                by_arch[spec.arch] = ClientData(path, root)
+            cdata = by_arch[spec.arch]
+            client = Client(spec, cdata.classes, seed)
+            # the peak right before the row too: the row's peak is the run's best at its threads
+            row = {"adjacent_peak_gflops": peaks.measure(spec.threads)}
+            row.update(measure_row(client, cdata, repeats, min_steps, min_fit_s, stat))
+            log.info(
+                "%s: %.1f GFLOP/s (adjacent peak %.1f)",
+                spec.label,
+                row["gflops"],
+                row["adjacent_peak_gflops"],
+            )
+            rows.append(row)
+            if spec == headline:
+                count = FlopCount(
+                    row["flops_per_step"], row["backward_flops_per_step"], row["flops_by_op"]
+                )
+                if profile:
+                    extra["profile"] = profile_step(client, cdata, count)
+                found = []
+                if "attention" in experiments:
+                    found.append(
+                        attention_experiment(client, cdata, count, repeats, row["steps"], stat)
+                    )
+                if "batch" in experiments:
+                    found.append(batch_experiment(client, cdata, repeats, min_fit_s, stat))
+                extra["experiments"] = found
+            del client
+    finally:
+        torch.set_num_threads(saved_threads)
+        scratch.cleanup()
+    for row in rows:
+        row["peak_gflops"] = peaks.peak(row["threads"])
+        row["ratio"] = row["gflops"] / row["peak_gflops"]
+    peak = peaks.peak(headline.threads)
+    for exp in extra.get("experiments", []):
+        for part in (exp.get("before"), exp.get("after"), exp.get("result")):
+            if part:
+                part["peak_gflops"] = peak
+                part["ratio"] = part["gflops"] / peak
+    if "profile" in extra:
+        for group in extra["profile"]["groups"]:
+            group["of_peak"] = group["gflops"] / peak
+    head = rows[0]
+    return {
+        "benchmark": "flops",
+        "ratio": head["ratio"],
+        "target": TARGET,
+        "headline": headline.label,
+        "statistic": f"{stat} (peak: the best size's {stat} mm call, the highest of the run's "
+        f"peak measurements at the thread count; achieved: the {stat} of the timed fit calls)",
+        "device": "cpu",
+        "peaks": peaks.summary(),
+        "rows": rows,
+        **extra,
+        "data": data or f"synthetic, {per_class} images per class per sensor, model image size",
+        "wall_s": time.perf_counter() - t_start,
+        "machine": machine_info(),
+    }
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Achieved GFLOP/s of each row beside the matmul peak at its thread count."""
+    rows = result["rows"]
+    fig, ax = new_figure(max(6.0, 1.1 * len(rows) + 2), 4.0)
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["peak_gflops"] for r in rows], 0.4, label="torch.mm peak", color="#bbb")
+    ax.bar(x + 0.2, [r["gflops"] for r in rows], 0.4, label="local training", color="#3a7")
+    for i, r in enumerate(rows):
+        ax.text(i + 0.2, r["gflops"], f"{r['ratio']:.2f}", ha="center", va="bottom", fontsize=8)
+    labels = [f"{r['method']}\n{r['arch']}\nb{r['batch']} {r['threads']}t" for r in rows]
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("fp32 GFLOP/s")
+    ax.set_title(f"achieved / peak (headline {result['ratio']:.2f}, target {TARGET})")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
+    result = run(data=data, **options)
+    print_table(
+        "torch.mm peak (best size; highest of the run's measurements)",
+        [
+            {
+                "threads": p["threads"],
+                "GFLOP/s": p["peak_gflops"],
+                "measurements": " ".join(f"{g:.0f}" for g in p["measurements"]),
+            }
+            for p in result["peaks"].values()
+        ],
+    )
+    print_table(
+        "local training: achieved fp32 GFLOP/s vs torch.mm peak",
+        [
+            {
+                "method": r["method"],
+                "arch": r["arch"],
+                "b": r["batch"],
+                "t": r["threads"],
+                "GF/step": r["flops_per_step"] / 1e9,
+                "bwd": r["backward_flops_per_step"] / r["flops_per_step"],
+                "steps": r["steps"],
+                "s": r["seconds"],
+                "cpu": r["cpu_share"],
+                "GF/s": r["gflops"],
+                "peak": r["peak_gflops"],
+                "ratio": r["ratio"],
+            }
+            for r in result["rows"]
+        ],
+    )
+    if "profile" in result:
+        prof = result["profile"]
+        print_table(
+            f"profile, one step of {prof['row']} ({prof['wall_s']:.2f} s under the profiler)",
+            [
+                {
+                    "group": g["group"],
+                    "s": g["seconds"],
+                    "share": g["share"],
+                    "GFLOP": g["gflop"],
+                    "GFLOP/s": g["gflops"],
+                }
+                for g in prof["groups"]
+            ],
+        )
+        pre = prof.get("preprocess_batch_s", {})
+        log.info(
+            "preprocess in the profiled step: %.3f s; one batch: %s",
+            prof["preprocess_s"],
+            ", ".join(f"{k} {v:.3f} s" for k, v in pre.items()),
+        )
+    for exp in result.get("experiments", []):
+        if exp["name"] == "attention":
+            b, a = exp["before"], exp["after"]
+            log.info(
+                "attention experiment: %.2f s -> %.2f s per fit (x%.2f wall, x%.2f CPU), "
+                "ratio %.3f -> %.3f",
+                b["seconds"],
+                a["seconds"],
+                exp["speedup"],
+                exp["cpu_speedup"],
+                b["ratio"],
+                a["ratio"],
+            )
+        elif "result" in exp:
+            r = exp["result"]
+            log.info("batch %d: %.1f GFLOP/s, ratio %.3f", r["batch"], r["gflops"], r["ratio"])
+    print(f"headline {result['headline']}: ratio {result['ratio']:.3f} (target {TARGET})")
+    png = plot_path(json_path, "flops")
+    plot(result, png)
+    result["plot"] = png
+    write_result(result, json_path)
+    return result

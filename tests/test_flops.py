@@ -1,0 +1,95 @@
+"""The FLOP-counting helpers of ``fedrs bench flops`` (no Ray, no timing assertions)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedrs.benchmarks.flops import (
+    FlopCount,
+    _batch_first_attention,
+    batch_first_attention,
+    choose_steps,
+    count_flops,
+    matmul_flops,
+    summarize,
+)
+
+
+def test_matmul_flops() -> None:
+    assert matmul_flops(2) == 16
+    assert matmul_flops(1024) == 2 * 1024**3
+
+
+def test_count_flops_splits_forward_and_backward() -> None:
+    layer = nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64, requires_grad=True)
+    with count_flops() as count:
+        layer(x).sum().backward()
+    mm = 2 * 8 * 64 * 32
+    assert count.forward == mm
+    assert count.backward == 2 * mm  # grad of the weight and grad of the input
+    assert count.total == 3 * mm
+    assert count.by_op == {"mm": 3 * mm}
+    assert torch.autograd.backward.__name__ == "backward"  # restored
+    assert torch.autograd.backward.__module__ == "torch.autograd"
+
+
+def test_count_flops_frozen_weights_count_only_what_runs() -> None:
+    """A frozen layer with a trainable input: the backward computes the input grad only."""
+    layer = nn.Linear(16, 16, bias=True).requires_grad_(False)
+    x = torch.randn(4, 16, requires_grad=True)
+    with count_flops() as count:
+        layer(x).sum().backward()
+    mm = 2 * 4 * 16 * 16
+    assert (count.forward, count.backward) == (mm, mm)
+    with count_flops() as count, torch.no_grad():
+        layer(x)
+    assert isinstance(count, FlopCount)
+    assert (count.forward, count.backward) == (mm, 0)
+
+
+def test_choose_steps_and_summarize() -> None:
+    assert choose_steps(step_s=0.1, max_steps=100, min_steps=2, min_fit_s=3.0) == 30
+    assert choose_steps(step_s=10.0, max_steps=100, min_steps=2, min_fit_s=3.0) == 2
+    assert choose_steps(step_s=0.1, max_steps=4, min_steps=2, min_fit_s=3.0) == 4
+    assert summarize([3.0, 1.0, 2.0], "median") == 2.0
+    assert summarize([3.0, 1.0, 2.0], "best") == 1.0
+
+
+def test_batch_first_attention_matches_open_clip() -> None:
+    """The experiment's attention is open_clip's (same weights, causal mask too)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(32, 4).eval()
+    x = torch.randn(3, 7, 32)
+    mask = torch.full((7, 7), float("-inf")).triu_(1)
+    for m in (None, mask):
+        ref = block(x, attn_mask=m)
+        with batch_first_attention():
+            assert ResidualAttentionBlock.attention is _batch_first_attention
+            got = block(x, attn_mask=m)
+        assert ResidualAttentionBlock.attention is not _batch_first_attention
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    with count_flops() as before:
+        block(x)
+    with batch_first_attention(), count_flops() as after:
+        block(x)
+    assert after.total == before.total
+    assert "bmm" not in after.by_op
+
+
+@pytest.mark.parametrize("threads", [1])
+def test_measure_peak_shape(threads: int) -> None:
+    from fedrs.benchmarks.flops import measure_peak
+
+    saved = torch.get_num_threads()
+    try:
+        p = measure_peak(threads, (32, 64), repeats=2, min_s=0.0)
+    finally:
+        torch.set_num_threads(saved)
+    assert p["threads"] == threads
+    assert [s["n"] for s in p["sizes"]] == [32, 64]
+    assert p["best_gflops"] >= p["median_gflops"] > 0
