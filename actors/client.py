@@ -73,16 +73,17 @@ class ClientWorker:
         self.method = method_cls(self.cfg, self.data.classes, self.device)
         self.store = FileStateStore(state_root)
         self.seed = self.cfg.federation.seed
-        self.features: FeatureCache | None = None
-        if self.cfg.data.feature_cache and self.method.frozen_image_encoder:
-            key = feature_key(self.method.feature_identity())
-            self.features = FeatureCache(self.data, key, self.method.encode_images)
+        self.use_cache = self.cfg.data.feature_cache and self.method.frozen_image_encoder
+        self.features: FeatureCache | None = None  # opened on first use
 
     def _view(self, entry: ShardEntry) -> Shard | FeatureShard:
         """A shard as the method sees it: pixels, or cached embeddings when the cache is on."""
-        if self.features is not None:
-            return self.features.view(entry)
-        return self.data.open_shard(entry)
+        if not self.use_cache:
+            return self.data.open_shard(entry)
+        if self.features is None:
+            key = feature_key(self.method.feature_identity())
+            self.features = FeatureCache(self.data, key, self.method.encode_images)
+        return self.features.view(entry)
 
     def describe(self) -> dict[str, Any]:
         node_id = None

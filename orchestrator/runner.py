@@ -106,6 +106,10 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     method_cls = method_cls or method_class(cfg.method.name)
     data_path = ensure_data(cfg, run_dir)
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.orchestrator.driver import registered_clients
+
+    registered_clients(cfg, FedDataset(data_path, verify=False).num_clients)  # one-line errors
     write_json(run_dir / "config.json", cfg.to_dict())
 
     connect_ray()

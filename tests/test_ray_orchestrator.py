@@ -203,6 +203,9 @@ def test_full_fedavg_sends_the_whole_model_and_bytes_are_counted(
 ) -> None:
     import open_clip
 
+    from fedrs.models.backbone import register_configs
+
+    register_configs()
     n_params = sum(p.numel() for p in open_clip.create_model("fedrs-tiny").parameters())
     cfg = _cfg(
         synth_data,
