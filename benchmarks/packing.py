@@ -19,6 +19,11 @@ throughput: Ray starts with the visible GPUs and each actor trains on ``cuda:0``
 
 ratio = updates/s at the best fraction / updates/s at one GPU per client.
 
+On a shared machine, more actors (more runnable threads) also win a larger share of the cores
+from other users' processes, since the kernel's scheduler is fair per thread: ``other_cores``
+(cores other users took meanwhile) and ``updates_per_actor_cpu_s`` (updates per CPU second the
+client actors got) show it.
+
 The driver actor is created here as ``runner.run`` creates it (so that ``describe_actors`` can
 be asked where the actors landed); Ray is started here, with the logical GPUs, before it.
 
@@ -49,7 +54,13 @@ from fedrs.benchmarks.common import (
     save_figure,
     write_result,
 )
-from fedrs.benchmarks.vs_sequential import build_data, transpose_rows
+from fedrs.benchmarks.vs_sequential import (
+    build_data,
+    cpu_between,
+    cpu_snapshot,
+    steady_index,
+    transpose_rows,
+)
 
 log = logging.getLogger(__name__)
 TARGET = 1.0  # packing should at least not lose throughput
@@ -95,15 +106,19 @@ def drive(cfg: Any, run_dir: Path, data_path: str) -> dict[str, Any]:
     try:
         actors = ray.get(driver.describe_actors.remote())
         ready = time.perf_counter()
-        records, ends = [], []
+        records, ends, cpu = [], [], [cpu_snapshot()]
         for ref in driver.run.options(num_returns="streaming").remote(None):
             records.append(ray.get(ref))
             ends.append(time.perf_counter())
+            cpu.append(cpu_snapshot())
         summary = ray.get(driver.finish.remote())
     finally:
         ray.kill(driver)
     periods = list(np.diff([ready, *ends]))
+    steady = steady_index(len(records))  # snapshot k was taken as round k's record arrived
+    window = cpu_between(cpu[steady[0]], cpu[steady[-1] + 1], {a["pid"] for a in actors})
     return {
+        "cpu_steady": window,
         "spawn_s": ready - t0,
         "finish_s": time.perf_counter() - ends[-1],
         "actors": actors,
@@ -193,11 +208,12 @@ def run(
             log.info("%g GPU per client: %d actors x %.3g CPU", f, n_actors[f], cpu_each)
             out = drive(cfg, root / f"run-{f:g}", path)
             recs, periods = out["records"], out["periods"]
-            steady = list(range(1, rounds - 1)) if rounds >= 3 else list(range(len(recs)))
+            steady = steady_index(len(recs))
             done = sum(recs[i]["clients_ok"] for i in steady)
             span = sum(periods[i] for i in steady)
             place = placement(out["actors"])
             per_gpu = list(place["actors_per_gpu"].values())
+            actor_cores = out["cpu_steady"].get("client_actors_cores", 0.0)
             rows.append(
                 {
                     "gpu_per_client": f,
@@ -206,7 +222,14 @@ def run(
                     "gpus_used": len(per_gpu),
                     "updates_per_s": done / span,
                     "s_per_round": span / len(steady),
+                    # per CPU second the client actors got: packing's own cost on the cores,
+                    # whatever share of the machine other users left
+                    "updates_per_actor_cpu_s": done / (actor_cores * span)
+                    if actor_cores > 0
+                    else float("nan"),
                     "spawn_s": out["spawn_s"],
+                    # cores other users' processes took meanwhile (noise; 0 when quiet)
+                    "other_cores": round(out["cpu_steady"].get("other_users_cores", -1), 2),
                     "device": ",".join(place["devices"]),
                 }
             )
@@ -232,6 +255,7 @@ def run(
                     "client_fit_s_mean": float(
                         np.mean([c["fit_s"] for i in steady for c in recs[i]["clients"].values()])
                     ),
+                    "cpu_steady": out["cpu_steady"],
                     "accuracy": recs[-1].get("accuracy"),
                     "actors": out["actors"],
                 }
@@ -290,6 +314,7 @@ def plot(result: dict[str, Any], path: str) -> None:
     ax.set_xlabel("GPU per client actor")
     ax.set_ylabel("client updates / s (steady state)")
     ax.set_title(f"fractional GPU packing ({result['gpus']} {kind})")
+    ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 

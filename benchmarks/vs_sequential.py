@@ -21,6 +21,11 @@ identically (global test split + every client's local split). Steady state = rou
 first-round warm-up, no evaluation); fixed costs (Ray start, driver and actor spawn, first round,
 evaluation round, finish) are reported separately and included in the totals.
 
+The machine is shared in development, so the JSON also says who used the cores (from /proc):
+``other_cores_*`` is what other users' processes took while each side ran (0 on a quiet
+machine), and ``cpu_efficiency`` = the sequential loop's CPU seconds / fedrs's (client actors +
+Ray's daemons + driver) per steady round, which other users' load does not move.
+
 A control, ``ceiling``: the same steady-state clients split statically over ``workers`` plain
 processes (no Ray, no orchestrator, a barrier per round) - what this machine itself gives for
 ``workers`` concurrent one-thread trainers (shared caches and memory bandwidth, vCPUs, other
@@ -102,6 +107,82 @@ def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# CPU accounting from /proc (Linux): who used the cores while a phase ran
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_cpu() -> dict[str, float]:
+    """Cumulative CPU seconds of the whole machine: busy (all processes) and steal (VM)."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:9]]
+    except OSError:
+        return {}
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return {"busy": (user + nice + system + irq + softirq) / _TICK, "steal": steal / _TICK}
+
+
+def tree_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """{pid: (name, cumulative CPU s)} of ``root`` (this process) and all its descendants: with
+    a local Ray instance, GCS, raylet, agents, the driver actor and the client actors."""
+    root = root or os.getpid()
+    procs: dict[int, tuple[int, str, float]] = {}
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        rest = text[text.rindex(")") + 2 :].split()
+        procs[pid] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / _TICK)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs:
+            out[pid] = (procs[pid][1], procs[pid][2])
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def cpu_snapshot() -> dict[str, Any]:
+    return {"t": time.perf_counter(), "machine": machine_cpu(), "tree": tree_cpu()}
+
+
+def cpu_between(a: dict[str, Any], b: dict[str, Any], actors: set[int]) -> dict[str, Any]:
+    """Cores used between two snapshots: by the client actors, by the rest of this process
+    tree (Ray's daemons, the driver actor, idle workers, this process), and by everything else
+    on the machine (other users) - CPU seconds per wall second."""
+    wall = b["t"] - a["t"]
+    if wall <= 0 or not a["machine"] or not b["machine"]:
+        return {}
+    used: dict[str, float] = {}
+    for pid, (name, cpu) in b["tree"].items():
+        if pid in a["tree"]:
+            key = "client_actors" if pid in actors else name
+            used[key] = used.get(key, 0.0) + cpu - a["tree"][pid][1]
+    ours = sum(used.values())
+    busy = b["machine"]["busy"] - a["machine"]["busy"]
+    rest = {k: v / wall for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
+    return {
+        "wall_s": wall,
+        "client_actors_cores": rest.pop("client_actors", 0.0),
+        "orchestration_cores": sum(rest.values()),
+        "orchestration_by_process": {k: round(v, 4) for k, v in rest.items() if v >= 0.001},
+        "other_users_cores": max(0.0, busy - ours) / wall,
+        "steal_cores": (b["machine"]["steal"] - a["machine"]["steal"]) / wall,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # the sequential baseline
 
 
@@ -134,10 +215,11 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
         registered = fed.num_clients or data.num_clients
         private: dict[int, dict[str, np.ndarray]] = {}
         server_state: dict[str, Any] = {}
+        shard_of = _shard_source(cfg, data, method)
         build_s = time.perf_counter() - t0
         rounds = []
         for rnd in range(1, fed.rounds + 1):
-            t, cpu = time.perf_counter(), time.process_time()
+            t, cpu, busy = time.perf_counter(), time.process_time(), machine_cpu().get("busy", 0)
             sampled = sample_clients(registered, fed.clients_per_round, fed.seed, rnd)
             download = {k: params[k] for k in global_keys}
             updates, client_s = [], {}
@@ -147,7 +229,7 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
                 out = method.fit(
                     download,
                     state,
-                    data.client(cid % data.num_clients),
+                    shard_of(cid % data.num_clients),
                     fit_options(cfg, strategy, rnd, cid),
                 )
                 if out.private:
@@ -167,10 +249,25 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
                 rec["eval_s"] = time.perf_counter() - te
             rec["round_s"] = time.perf_counter() - t
             rec["cpu_s"] = time.process_time() - cpu  # < round_s: the machine was busy
+            # cores used meanwhile by every other process on the machine
+            rec["other_cores"] = (
+                max(0.0, machine_cpu().get("busy", 0) - busy - rec["cpu_s"]) / rec["round_s"]
+            )
             rounds.append(rec)
         return {"build_s": build_s, "rounds": rounds, "params": params, "threads": 1}
     finally:
         torch.set_num_threads(threads)
+
+
+def _shard_source(cfg: Any, data: Any, method: Any) -> Any:
+    """What ``method.fit`` trains on, as the worker builds it: pixels, or the frozen-feature
+    cache (``data.feature_cache``, methods whose image encoder never changes)."""
+    if cfg.data.feature_cache and getattr(method, "frozen_image_encoder", False):
+        from fedrs.datasets.features import FeatureCache, feature_key
+
+        cache = FeatureCache(data, feature_key(method.feature_identity()), method.encode_images)
+        return lambda p: cache.view(data.clients[p].train)
+    return data.client
 
 
 def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, float]:
@@ -228,6 +325,14 @@ def _ceiling_worker(
         global_keys=tuple(params),
         prompt_keys=method_cls.prompt_keys,
     )
+    shard_of = _shard_source(cfg, data, method)
+    warm = next((c for _, cs in plan for c in cs), 0)  # first-call costs, as round 1 pays them
+    method.fit(
+        params,
+        method.init_private(warm, cfg.federation.seed),
+        shard_of(warm % data.num_clients),
+        fit_options(cfg, strategy, 0, warm),
+    )
     times = []
     for rnd, clients in plan:
         barrier.wait()
@@ -236,7 +341,7 @@ def _ceiling_worker(
             method.fit(
                 params,
                 method.init_private(cid, cfg.federation.seed),
-                data.client(cid % data.num_clients),
+                shard_of(cid % data.num_clients),
                 fit_options(cfg, strategy, rnd, cid),
             )
         times.append(time.perf_counter() - t)
@@ -291,11 +396,16 @@ class _Clock(io.TextIOBase):
         self.lines: list[tuple[float, str]] = []
         self._buf = ""
 
+        self.cpu: dict[int, dict[str, Any]] = {}  # round -> snapshot as its line arrived
+
     def write(self, text: str) -> int:
         now = time.perf_counter()
         self._buf += text
         *done, self._buf = self._buf.split("\n")
         self.lines.extend((now, line) for line in done)
+        for line in done:
+            if m := _ROUND_LINE.match(line):
+                self.cpu[int(m.group(1))] = cpu_snapshot()
         return len(text)
 
     def writable(self) -> bool:
@@ -332,7 +442,20 @@ def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
         periods.append(ends[rec["round"]] - prev)
         prev = ends[rec["round"]]
     saved = checkpoint.load(run_dir)
+    actors = {
+        int(str(c.get("worker", ":")).split(":")[-1] or 0)
+        for rec in records
+        for c in rec["clients"].values()
+    }
+    steady = [i + 1 for i in steady_index(len(records))]
+    first, last = steady[0] - 1, steady[-1]  # from the end of the round before the window
+    cpu = (
+        cpu_between(clock.cpu[first], clock.cpu[last], actors)
+        if first in clock.cpu and last in clock.cpu
+        else {}
+    )
     return {
+        "cpu_steady": cpu,
         "spawn_s": header - t0,  # data check, driver actor, placement group, actors, init_global
         "finish_s": t_end - prev,  # summary, plot, actors released
         "periods": periods,
@@ -346,7 +469,7 @@ def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
 # comparison
 
 
-def _steady(rounds: int) -> list[int]:
+def steady_index(rounds: int) -> list[int]:
     """Round indices (0-based) of the steady state: no first round, no final evaluation round."""
     idx = list(range(1, rounds - 1)) if rounds >= 3 else list(range(1, rounds))
     return idx or [0]
@@ -364,7 +487,7 @@ def compare(
 ) -> dict[str, Any]:
     """Efficiencies, fixed costs and where fedrs's steady-state round goes."""
     s_rounds, f_recs, periods = seq["rounds"], fr["records"], fr["periods"]
-    steady = _steady(len(s_rounds))
+    steady = steady_index(len(s_rounds))
     s_round = [r["round_s"] for r in s_rounds]
     seq_steady = float(np.mean([s_round[i] for i in steady]))
     fed_steady = float(np.mean([periods[i] for i in steady]))
@@ -396,8 +519,21 @@ def compare(
         "after_round_s": fed_steady - wall_s,
         "round_s": fed_steady,
     }
+    phases: dict[str, float] = {}
+    for i in steady:  # the actors' own split of a client's time, when the driver records it
+        for c in f_recs[i]["clients"].values():
+            for k, v in (c.get("phases") or {}).items():
+                phases[k] = phases.get(k, 0.0) + float(v) / len(steady)
+    if phases:
+        profile["actor_phases_s"] = phases
+    # CPU seconds per round instead of wall seconds: what fedrs spends (client actors + Ray's
+    # daemons + driver) for the sequential loop's work; insensitive to other users' load
+    cpu = fr.get("cpu_steady") or {}
+    seq_cpu = mean([s_rounds[i]["cpu_s"] for i in steady])
+    fed_cpu = (cpu.get("client_actors_cores", 0) + cpu.get("orchestration_cores", 0)) * fed_steady
     return {
         "efficiency_steady": seq_steady / (workers * fed_steady),
+        "cpu_efficiency_steady": seq_cpu / fed_cpu if fed_cpu > 0 else float("nan"),
         "efficiency_total": seq_total / (workers * fed_total),
         "efficiency_driver_wall": seq_steady / (workers * wall_s),
         "speedup_steady": seq_steady / fed_steady,
@@ -509,7 +645,7 @@ def run(
             load = {"before_sequential": os.getloadavg()[0]}
             log.info("%s: sequential loop (1 torch thread)", label)
             seq = run_sequential(cfg, path)
-            steady = [j + 1 for j in _steady(rounds)]
+            steady = [j + 1 for j in steady_index(rounds)]
             load["before_ceiling"] = os.getloadavg()[0]
             ceil = run_ceiling(cfg, path, steady, workers) if ceiling else None
             load["before_fedrs"] = os.getloadavg()[0]
@@ -537,10 +673,17 @@ def run(
                     "seq_s_per_round": round(cmp_["seq_steady_round_s"], 3),
                     "fedrs_s_per_round": round(cmp_["fedrs_steady_round_s"], 3),
                     "efficiency_steady": round(cmp_["efficiency_steady"], 3),
+                    "cpu_efficiency": round(cmp_["cpu_efficiency_steady"], 3),
                     "ceiling_efficiency": round(ceil["efficiency"], 3) if ceil else None,
                     "seq_total_s": round(cmp_["seq_total_s"], 1),
                     "fedrs_total_s": round(cmp_["fedrs_total_s"], 1),
                     "efficiency_total": round(cmp_["efficiency_total"], 3),
+                    # cores other users' processes took meanwhile (noise; 0 on a quiet machine)
+                    "other_cores_seq": round(
+                        float(np.mean([seq["rounds"][r - 1]["other_cores"] for r in steady])), 2
+                    ),
+                    "other_cores_fedrs": round(fr["cpu_steady"].get("other_users_cores", -1), 2),
+                    "ray_daemons_cores": round(fr["cpu_steady"].get("orchestration_cores", -1), 3),
                     "examples_per_client": f"{min(sizes)}-{max(sizes)}",
                     "max_abs_diff": diff,
                 }
@@ -565,6 +708,10 @@ def run(
                         "fedrs": fr["records"][-1].get("accuracy"),
                     },
                     "final_params_max_abs_diff": diff,
+                    # steady state, fedrs: cores used by the client actors, by the rest of this
+                    # process tree (Ray's GCS/raylet/agents, driver actor, this process) and by
+                    # other users' processes
+                    "fedrs_cpu_steady": fr["cpu_steady"],
                     # other processes on the machine: 1-minute load average, and the share of
                     # a core the sequential loop got in its steady rounds (1.0 = undisturbed)
                     "load_1min": load,
@@ -639,7 +786,7 @@ def _model_cfg(arch: str) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    fig, ax = new_figure(7.0, 3.8)
+    fig, ax = new_figure(9.0, 3.8)
     w = result["setup"]["workers"]
     for d, style in zip(result["details"], ("-", ":"), strict=False):
         rounds = [r["round"] for r in d["seq_rounds"]]
@@ -664,8 +811,11 @@ def plot(result: dict[str, Any], path: str) -> None:
     ax.set_ylabel("seconds per round")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(f"fedrs vs sequential loop: efficiency {result['ratio']:.2f} (steady state)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(
+        f"fedrs vs sequential loop: efficiency {result['ratio']:.2f} "
+        f"(steady state, {result['rows'][0]['partition']})"
+    )
     save_figure(fig, path)
 
 
@@ -707,6 +857,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 else round(v, 4)
             )
             rows.append({"item": k, "value": value, "what": note})
+        for k, v in prof.get("actor_phases_s", {}).items():
+            rows.append({"item": f"  {k}", "value": round(v, 4), "what": "actors, per round"})
         print_table(f"where a steady-state fedrs round goes, s ({d['partition']})", rows)
         print_table(
             f"fixed costs, s ({d['partition']}; counted in the totals)",

@@ -31,9 +31,9 @@ def test_clock_timestamps_each_line() -> None:
 
 
 def test_steady_rounds_skip_warmup_and_evaluation() -> None:
-    assert vs_sequential._steady(5) == [1, 2, 3]
-    assert vs_sequential._steady(2) == [1]
-    assert vs_sequential._steady(1) == [0]
+    assert vs_sequential.steady_index(5) == [1, 2, 3]
+    assert vs_sequential.steady_index(2) == [1]
+    assert vs_sequential.steady_index(1) == [0]
 
 
 @pytest.mark.usefixtures("ray_cluster")
