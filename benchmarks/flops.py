@@ -5,7 +5,7 @@ client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch
 
 1. **Peak**: fp32 ``torch.mm`` of square ``n x n`` matrices (``sizes``, default 512, 1024, 2048;
    ``2 n^3`` FLOPs each) with ``torch.set_num_threads(t)`` for every thread count the rows use.
-   One warm-up call, then timed calls (at least ``peak_repeats``, and at least ~1 s per size);
+   One warm-up call, then timed calls (at least ``peak_repeats``, and ``peak_min_s`` per size);
    per size the *median* call time (``stat=best``: the fastest); the peak is the best size's.
    The peak is measured before the rows and again right before each row; a row's peak is the
    highest of the run's measurements at its thread count (noise can only lower the ratio).
@@ -15,9 +15,9 @@ client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch
    client shard (``FedDataset(path).client(i)``; the first ``steps x batch`` rows written as a
    shard file of their own, so every step is a full batch). FLOPs of one local step are counted
    with ``torch.utils.flop_counter.FlopCounterMode`` around a one-step ``fit`` (forward and
-   backward: the backward share is counted separately, by timing what ``torch.autograd.backward``
-   executes, and must be non-zero). After a one-step warm-up ``fit``, ``repeats`` timed ``fit``
-   calls over ``steps`` steps; the *median* time (``stat=best``: the fastest) gives
+   backward: the FLOPs the counter sees while ``torch.autograd.backward`` runs are the backward
+   share, which must be non-zero); that counted call is also the warm-up. Then ``repeats``
+   timed ``fit`` calls over ``steps`` steps; the *median* time (``stat=best``: the fastest) gives
    ``gflops = flops_per_step x steps / seconds``, against the peak at the row's thread count.
    The timed span is the whole ``fit`` call (parameter load, optimizer, the SGD steps, the
    returned arrays): what a client actor spends on local training.
@@ -40,8 +40,9 @@ arch in ``archs`` at ``threads[0]``; the first method also at the other thread c
 
 Options (``--set``): ``methods`` (fedrsclip,fullft,promptfl: PromptFL runs uncached, pixels
 through the frozen encoder each step), ``archs`` (ViT-B-32,fedrs-rs), ``batch`` (32),
-``threads`` (1,all), ``sizes`` (512,1024,2048), ``peak_repeats`` (5), ``repeats`` (3),
-``min_steps`` (1), ``min_fit_s`` (3.0: more steps for fast rows), ``profile`` (true),
+``threads`` (1,all), ``sizes`` (512,1024,2048), ``peak_repeats`` (5), ``peak_min_s`` (0.5),
+``repeats`` (3), ``min_steps`` (1), ``min_fit_s`` (3.0: more steps for fast rows), ``profile``
+(true),
 ``experiments`` (attention; also ``batch``), ``per_class`` (16, synthetic images per class),
 ``stat`` (median | best: the same statistic for the peak and the fits), ``seed`` (0).
 ``--data DIR``: a built dataset instead of the synthetic one (its image size may differ from
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 
 TARGET = 0.6
 IMAGE_SIZE = {"fedrs-tiny": 64, "fedrs-rs": 96, "fedrs-small": 128}  # open_clip archs: 224
+BUSY_CPU_SHARE = 0.9  # a row whose process got less CPU than this was timed on a busy machine
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
 ATTENTION_OPS = ("_scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")
 NORM_ACT_OPS = ("layer_norm", "gelu", "sigmoid", "silu", "tanh")
@@ -109,15 +111,39 @@ def _op_name(op: Any) -> str:
     return name.split(".")[0]
 
 
+def _native_mha_flops(
+    query: tuple[int, ...],
+    key: tuple[int, ...],
+    value: tuple[int, ...],
+    embed_dim: int,
+    *args: Any,
+    out_shape: Any = None,
+    **kwargs: Any,
+) -> int:
+    """FLOPs of ``aten._native_multi_head_attention``, the fused kernel
+    ``nn.MultiheadAttention`` runs without autograd (``torch.no_grad`` + ``eval``: a frozen
+    encoder's forward). ``FlopCounterMode`` has no formula for it and would count zero: the
+    q / k / v and output projections plus ``Q K^T`` and ``A V``, as for the unfused path."""
+    batch = math.prod(query[:-2]) if len(query) > 2 else 1
+    length, source = query[-2], key[-2]
+    e = embed_dim
+    projections = 2 * batch * (length + 2 * source) * e * e + 2 * batch * length * e * e
+    return projections + 4 * batch * length * source * e
+
+
 @contextlib.contextmanager
 def count_flops() -> Iterator[FlopCount]:
     """Count the FLOPs of everything run inside (matmuls, convolutions, attention: the ops
-    ``torch.utils.flop_counter`` knows; elementwise ops count zero). The FLOPs executed while
-    ``torch.autograd.backward`` runs (``loss.backward()`` calls it) are the backward share."""
+    ``torch.utils.flop_counter`` knows, plus the fused no-grad ``nn.MultiheadAttention``
+    kernel; elementwise ops count zero). The FLOPs executed while ``torch.autograd.backward``
+    runs (``loss.backward()`` calls it) are the backward share."""
     from torch.utils.flop_counter import FlopCounterMode
 
     result = FlopCount()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(
+        display=False,
+        custom_mapping={torch.ops.aten._native_multi_head_attention: _native_mha_flops},
+    )
     original = torch.autograd.backward
 
     def backward(*args: Any, **kwargs: Any) -> Any:
@@ -196,12 +222,12 @@ class Peaks:
     """Every peak measurement of a run, per thread count. A row's peak is the highest any
     measurement at its thread count reached (so machine noise can only lower the ratio)."""
 
-    def __init__(self, sizes: tuple[int, ...], repeats: int, stat: str) -> None:
-        self.sizes, self.repeats, self.stat = sizes, repeats, stat
+    def __init__(self, sizes: tuple[int, ...], repeats: int, stat: str, min_s: float) -> None:
+        self.sizes, self.repeats, self.stat, self.min_s = sizes, repeats, stat, min_s
         self.runs: dict[int, list[dict[str, Any]]] = {}
 
     def measure(self, threads: int) -> float:
-        run = measure_peak(threads, self.sizes, self.repeats)
+        run = measure_peak(threads, self.sizes, self.repeats, self.min_s)
         self.runs.setdefault(threads, []).append(run)
         return float(run[f"{self.stat}_gflops"])
 
@@ -361,19 +387,22 @@ def measure_row(
     min_fit_s: float,
     stat: str = "median",
     batch: int | None = None,
-) -> dict[str, Any]:
-    """Achieved GFLOP/s of ``fit`` (``peak_gflops`` / ``ratio`` are filled in by the caller)."""
+) -> tuple[dict[str, Any], FlopCount, Any]:
+    """Achieved GFLOP/s of ``fit`` (``peak_gflops`` / ``ratio`` are filled in by the caller),
+    the FLOPs of one step and the one-step ``fit`` output. The counted one-step ``fit`` is also
+    the warm-up (first-call costs: allocator growth, oneDNN primitives)."""
     spec = client.spec
     batch = batch or spec.batch
     torch.set_num_threads(spec.threads)
-    warm_s, _ = client.timed_fit(data.rows(batch), batch)  # warm-up (allocator, oneDNN)
-    count, _ = count_step(client, data, batch)
-    steps = choose_steps(warm_s, len(data.shard) // batch, min_steps, min_fit_s)
+    t0 = time.perf_counter()
+    count, out = count_step(client, data, batch)
+    step_s = time.perf_counter() - t0  # an over-estimate (counter overhead): fewer steps
+    steps = choose_steps(step_s, len(data.shard) // batch, min_steps, min_fit_s)
     shard = data.rows(steps * batch)
     timed = [client.timed_fit(shard, batch) for _ in range(repeats)]
     times, cpu = [w for w, _ in timed], [c for _, c in timed]
     seconds = summarize(times, stat)
-    return {
+    row = {
         "method": spec.method,
         "arch": spec.arch,
         "batch": batch,
@@ -388,10 +417,12 @@ def measure_row(
         # CPU seconds the process got per wall second per thread: ~1 on a quiet machine
         # (1 thread); well below 1 means other processes took the cores during the timing.
         "cpu_share": sum(cpu) / sum(times) / spec.threads,
+        "busy": sum(cpu) / sum(times) / spec.threads < BUSY_CPU_SHARE,
         "gflops": count.total * steps / seconds / 1e9,
         "median_gflops": count.total * steps / statistics.median(times) / 1e9,
         "best_gflops": count.total * steps / min(times) / 1e9,
     }
+    return row, count, out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,8 +480,7 @@ def profile_step(client: Client, data: ClientData, count: FlopCount) -> dict[str
 
     spec = client.spec
     torch.set_num_threads(spec.threads)
-    shard = data.rows(spec.batch)
-    client.fit(shard)
+    shard = data.rows(spec.batch)  # the row has warmed the method up
     with _labelled_preprocess(client), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         client.fit(shard)
@@ -572,14 +602,19 @@ def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 
 
 def attention_experiment(
-    client: Client, data: ClientData, base_count: FlopCount, repeats: int, steps: int, stat: str
+    client: Client,
+    data: ClientData,
+    base_count: FlopCount,
+    base_out: Any,
+    repeats: int,
+    steps: int,
+    stat: str,
 ) -> dict[str, Any]:
-    """Before / after the batch-first attention: one-step outputs compared, FLOPs recounted,
-    timed calls interleaved (before, after, before, ...)."""
+    """Before / after the batch-first attention: the one-step ``fit`` outputs compared (the
+    unpatched one is the row's counted step), FLOPs recounted, timed calls interleaved."""
     spec = client.spec
     torch.set_num_threads(spec.threads)
-    one, shard = data.rows(spec.batch), data.rows(steps * spec.batch)
-    base_out = client.fit(one)
+    shard = data.rows(steps * spec.batch)
     with batch_first_attention():
         new_count, new_out = count_step(client, data, spec.batch)
     diff = max(
@@ -621,7 +656,7 @@ def batch_experiment(
     big = 2 * client.spec.batch
     if len(data.shard) < 2 * big:
         return {"name": "batch", "skipped": f"client shard has {len(data.shard)} rows"}
-    row = measure_row(client, data, repeats, 1, min_fit_s, stat, batch=big)
+    row, _, _ = measure_row(client, data, repeats, 1, min_fit_s, stat, batch=big)
     return {"name": "batch", "row": client.spec.label, "batch": big, "result": row}
 
 
@@ -663,6 +698,7 @@ def run(
     threads: Any = (1, "all"),
     sizes: Any = (512, 1024, 2048),
     peak_repeats: int = 5,
+    peak_min_s: float = 0.5,
     repeats: int = 3,
     min_steps: int = 1,
     min_fit_s: float = 3.0,
@@ -691,7 +727,7 @@ def run(
     saved_threads = torch.get_num_threads()
     scratch = tempfile.TemporaryDirectory(prefix="fedrs-flops-")
     try:
-        peaks = Peaks(sizes, peak_repeats, stat)
+        peaks = Peaks(sizes, peak_repeats, stat, peak_min_s)
         for t in thread_counts:
             log.info("torch.mm peak, %d thread(s): %.1f GFLOP/s", t, peaks.measure(t))
         rows: list[dict[str, Any]] = []
@@ -706,7 +742,10 @@ def run(
             client = Client(spec, cdata.classes, seed)
             # the peak right before the row too: the row's peak is the run's best at its threads
             row = {"adjacent_peak_gflops": peaks.measure(spec.threads)}
-            row.update(measure_row(client, cdata, repeats, min_steps, min_fit_s, stat))
+            measured, count, one_step = measure_row(
+                client, cdata, repeats, min_steps, min_fit_s, stat
+            )
+            row.update(measured)
             log.info(
                 "%s: %.1f GFLOP/s (adjacent peak %.1f)",
                 spec.label,
@@ -715,15 +754,14 @@ def run(
             )
             rows.append(row)
             if spec == headline:
-                count = FlopCount(
-                    row["flops_per_step"], row["backward_flops_per_step"], row["flops_by_op"]
-                )
                 if profile:
                     extra["profile"] = profile_step(client, cdata, count)
                 found = []
                 if "attention" in experiments:
                     found.append(
-                        attention_experiment(client, cdata, count, repeats, row["steps"], stat)
+                        attention_experiment(
+                            client, cdata, count, one_step, repeats, row["steps"], stat
+                        )
                     )
                 if "batch" in experiments:
                     found.append(batch_experiment(client, cdata, repeats, min_fit_s, stat))
@@ -763,15 +801,32 @@ def run(
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    """Achieved GFLOP/s of each row beside the matmul peak at its thread count."""
-    rows = result["rows"]
-    fig, ax = new_figure(max(6.0, 1.1 * len(rows) + 2), 4.0)
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["peak_gflops"] for r in rows], 0.4, label="torch.mm peak", color="#bbb")
-    ax.bar(x + 0.2, [r["gflops"] for r in rows], 0.4, label="local training", color="#3a7")
-    for i, r in enumerate(rows):
+    """Achieved GFLOP/s of each row beside the matmul peak at its thread count (and the
+    headline with the attention experiment's change, hatched)."""
+    bars = [
+        (f"{r['method']}\n{r['arch']}\nb{r['batch']} {r['threads']}t", r, "")
+        + (("\n(busy)",) if r["busy"] else ("",))
+        for r in result["rows"]
+    ]
+    for exp in result.get("experiments", []):
+        if exp["name"] == "attention":
+            head = result["rows"][0]
+            after = {**head, **exp["after"]}
+            bars.append((bars[0][0] + "\n+batch-first attn", after, "//", ""))
+    fig, ax = new_figure(max(6.0, 1.1 * len(bars) + 2), 4.2)
+    x = np.arange(len(bars))
+    ax.bar(x - 0.2, [b[1]["peak_gflops"] for b in bars], 0.4, label="torch.mm peak", color="#bbb")
+    ax.bar(
+        x + 0.2,
+        [b[1]["gflops"] for b in bars],
+        0.4,
+        label="local training",
+        color="#3a7",
+        hatch=[b[2] for b in bars],
+    )
+    for i, (_, r, _, _) in enumerate(bars):
         ax.text(i + 0.2, r["gflops"], f"{r['ratio']:.2f}", ha="center", va="bottom", fontsize=8)
-    labels = [f"{r['method']}\n{r['arch']}\nb{r['batch']} {r['threads']}t" for r in rows]
+    labels = [label + busy for label, _, _, busy in bars]
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylabel("fp32 GFLOP/s")
     ax.set_title(f"achieved / peak (headline {result['ratio']:.2f}, target {TARGET})")
@@ -849,6 +904,14 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         elif "result" in exp:
             r = exp["result"]
             log.info("batch %d: %.1f GFLOP/s, ratio %.3f", r["batch"], r["gflops"], r["ratio"])
+    busy = [f"{r['method']}/{r['arch']}/{r['threads']}t" for r in result["rows"] if r["busy"]]
+    if busy:
+        log.warning(
+            "timed while other processes took the CPU (cpu share < %.1f): %s; re-run on an "
+            "idle machine",
+            BUSY_CPU_SHARE,
+            ", ".join(busy),
+        )
     print(f"headline {result['headline']}: ratio {result['ratio']:.3f} (target {TARGET})")
     png = plot_path(json_path, "flops")
     plot(result, png)

@@ -93,3 +93,18 @@ def test_measure_peak_shape(threads: int) -> None:
     assert p["threads"] == threads
     assert [s["n"] for s in p["sizes"]] == [32, 64]
     assert p["best_gflops"] >= p["median_gflops"] > 0
+
+
+def test_count_flops_sees_the_fused_no_grad_attention() -> None:
+    """``nn.MultiheadAttention`` in eval under no_grad runs one fused kernel (no FLOP formula in
+    torch); its FLOPs must equal the unfused path's forward."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x = torch.randn(3, 7, 32)
+    with count_flops() as slow:  # grad enabled: the unfused path
+        mha(x, x, x, need_weights=False)
+    with count_flops() as fused, torch.no_grad():
+        mha(x, x, x, need_weights=False)
+    assert "_native_multi_head_attention" in fused.by_op
+    assert "_native_multi_head_attention" not in slow.by_op
+    assert fused.total == slow.forward > 0
