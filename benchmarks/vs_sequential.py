@@ -345,7 +345,7 @@ def _ceiling_worker(
                 fit_options(cfg, strategy, rnd, cid),
             )
         times.append(time.perf_counter() - t)
-    queue.put((rank, times))
+    queue.put((rank, times, time.process_time()))
 
 
 def run_ceiling(cfg: Any, data_path: str, rounds: list[int], workers: int) -> dict[str, Any]:
@@ -376,13 +376,23 @@ def run_ceiling(cfg: Any, data_path: str, rounds: list[int], workers: int) -> di
         )
         for k in range(workers)
     ]
+    t0, busy0, own0 = time.perf_counter(), machine_cpu().get("busy", 0.0), time.process_time()
     for proc in procs:
         proc.start()
-    got = dict(queue.get(timeout=3600) for _ in procs)
+    replies = [queue.get(timeout=3600) for _ in procs]
     for proc in procs:
         proc.join()
+    wall = time.perf_counter() - t0
+    ours = sum(r[2] for r in replies) + time.process_time() - own0
+    got = {r[0]: r[1] for r in replies}
     per_round = [max(got[k][i] for k in got) for i in range(len(rounds))]
-    return {"rounds": rounds, "round_s": per_round, "per_process_s": [got[k] for k in sorted(got)]}
+    return {
+        "rounds": rounds,
+        "round_s": per_round,
+        "per_process_s": [got[k] for k in sorted(got)],
+        # cores other users' processes took during the whole phase (start-up included)
+        "other_cores": max(0.0, machine_cpu().get("busy", 0.0) - busy0 - ours) / wall,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,6 +692,7 @@ def run(
                     "other_cores_seq": round(
                         float(np.mean([seq["rounds"][r - 1]["other_cores"] for r in steady])), 2
                     ),
+                    "other_cores_ceiling": round(ceil["other_cores"], 2) if ceil else None,
                     "other_cores_fedrs": round(fr["cpu_steady"].get("other_users_cores", -1), 2),
                     "ray_daemons_cores": round(fr["cpu_steady"].get("orchestration_cores", -1), 3),
                     "examples_per_client": f"{min(sizes)}-{max(sizes)}",
