@@ -241,6 +241,7 @@ class Driver:
                     "worker": r.get("worker"),
                     "num_examples": r.get("num_examples"),
                     "fit_s": r.get("fit_s"),
+                    "phases": r.get("phases"),
                     **(r.get("metrics") or {}),
                 }
                 for ti, r in sorted(results.items())
