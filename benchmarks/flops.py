@@ -31,7 +31,10 @@ client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch
    against an expanded weight instead of one ``addmm``. The experiment swaps in the same
    attention computed batch-first (in-projection ``F.linear`` -> ``scaled_dot_product_attention``
    -> out-projection: the same weights, checked equal to ``1e-4``) for the timed calls only.
-   ``batch``: the headline at ``batch x 2``.
+   ``batch``: the headline at ``batch x 2``. ``fullft_text`` (on the first fullft row):
+   ``FullFedAvg`` runs open_clip's ``encode_text`` over all 77 (40) positions; with the causal
+   mask the positions after the last EOT cannot change the pooled features, so the text tower
+   can stop there (as fedrs's prompt ``TextEncoder`` already does): fewer FLOPs, less time.
 
 Headline ``ratio``: ``fedrsclip`` (shared + private text prompts and visual prompts: forward and
 backward through both towers every step) on ``ViT-B-32`` (random init, built offline; 224 px),
@@ -43,7 +46,8 @@ through the frozen encoder each step), ``archs`` (ViT-B-32,fedrs-rs), ``batch`` 
 ``threads`` (1,all), ``sizes`` (512,1024,2048), ``peak_repeats`` (5), ``peak_min_s`` (0.5),
 ``repeats`` (3), ``min_steps`` (1), ``min_fit_s`` (3.0: more steps for fast rows), ``profile``
 (true),
-``experiments`` (attention; also ``batch``), ``per_class`` (16, synthetic images per class),
+``experiments`` (attention; also ``batch``, ``fullft_text``), ``per_class`` (16, synthetic
+images per class),
 ``stat`` (median | best: the same statistic for the peak and the fits), ``seed`` (0).
 ``--data DIR``: a built dataset instead of the synthetic one (its image size may differ from
 the model's; then the bicubic resize in ``Backbone.preprocess`` is part of every step).
@@ -601,7 +605,49 @@ def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) for k in a) if a else 0.0
 
 
-def attention_experiment(
+def _encode_text_to_eot(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip ``encode_text`` over the first ``max(EOT) + 1`` positions only: the causal
+    mask keeps later (padding) positions from reaching the EOT features, so the result is the
+    same while the text tower runs ~10 of 77 positions."""
+    eot = tokens.argmax(dim=-1)
+    n = int(eot.max()) + 1
+    x = model.token_embedding(tokens[:, :n]) + model.positional_embedding[:n]
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)[torch.arange(tokens.shape[0], device=tokens.device), eot]
+    proj = model.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+@contextlib.contextmanager
+def fullft_text_to_eot() -> Iterator[None]:
+    """Inside the block ``FullFedAvg`` encodes its class prompts with ``_encode_text_to_eot``."""
+    from torch import nn
+
+    from fedrs.methods.fullft import FullFedAvg
+
+    original = FullFedAvg._logits
+
+    def logits(self: Any, images: np.ndarray) -> torch.Tensor:
+        img = self.model.encode_image(self.backbone.preprocess(images))
+        txt = _encode_text_to_eot(self.model, self.tokens)
+        img, txt = nn.functional.normalize(img, dim=-1), nn.functional.normalize(txt, dim=-1)
+        return self.model.logit_scale.exp().clamp(max=100) * img @ txt.t()
+
+    FullFedAvg._logits = logits  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FullFedAvg._logits = original  # type: ignore[method-assign]
+
+
+PATCHES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager[None]], str]] = {
+    "attention": (batch_first_attention, "open_clip attention computed batch-first"),
+    "fullft_text": (fullft_text_to_eot, "fullft text tower stopped at the last EOT"),
+}
+
+
+def patch_experiment(
+    name: str,
     client: Client,
     data: ClientData,
     base_count: FlopCount,
@@ -610,27 +656,32 @@ def attention_experiment(
     steps: int,
     stat: str,
 ) -> dict[str, Any]:
-    """Before / after the batch-first attention: the one-step ``fit`` outputs compared (the
-    unpatched one is the row's counted step), FLOPs recounted, timed calls interleaved."""
+    """Before / after a code change (``PATCHES[name]``, applied for the "after" calls only):
+    the one-step ``fit`` outputs compared (the unpatched one is the row's counted step), FLOPs
+    recounted, timed calls interleaved (before, after, before, ...)."""
+    patch, what = PATCHES[name]
     spec = client.spec
     torch.set_num_threads(spec.threads)
     shard = data.rows(steps * spec.batch)
-    with batch_first_attention():
+    with patch():
         new_count, new_out = count_step(client, data, spec.batch)
     diff = max(
         _max_abs_diff(base_out.params, new_out.params),
         _max_abs_diff(base_out.private, new_out.private),
     )
+    if diff > 1e-4:
+        raise RuntimeError(f"experiment {name} changed the trained tensors by {diff:.2e}")
     before, after = [], []
     for _ in range(repeats):
         before.append(client.timed_fit(shard))
-        with batch_first_attention():
+        with patch():
             after.append(client.timed_fit(shard))
-    out: dict[str, Any] = {"name": "attention", "row": spec.label, "steps": steps}
+    out: dict[str, Any] = {"name": name, "change": what, "row": spec.label, "steps": steps}
     for key, timed, count in (("before", before, base_count), ("after", after, new_count)):
         times = [w for w, _ in timed]
         s = summarize(times, stat)
         out[key] = {
+            "threads": spec.threads,
             "seconds": s,
             "seconds_all": times,
             "cpu_seconds_all": [c for _, c in timed],
@@ -644,8 +695,6 @@ def attention_experiment(
         out["after"]["cpu_seconds_all"], stat
     )
     out["max_abs_param_diff"] = diff
-    if diff > 1e-4:
-        raise RuntimeError(f"batch-first attention changed the trained tensors by {diff:.2e}")
     return out
 
 
@@ -714,9 +763,10 @@ def run(
     methods, archs = _as_tuple(methods), _as_tuple(archs)
     thread_counts, sizes = _threads(threads), tuple(int(n) for n in _as_tuple(sizes))
     experiments = _as_tuple(experiments)
-    unknown = set(experiments) - {"attention", "batch"}
+    known = {*PATCHES, "batch"}
+    unknown = set(experiments) - known
     if unknown:
-        raise ValueError(f"unknown experiments {sorted(unknown)}; choose from attention, batch")
+        raise ValueError(f"unknown experiments {sorted(unknown)}; choose from {sorted(known)}")
     specs = [
         RowSpec(m, a, int(batch), t)
         for a in archs
@@ -732,6 +782,7 @@ def run(
             log.info("torch.mm peak, %d thread(s): %.1f GFLOP/s", t, peaks.measure(t))
         rows: list[dict[str, Any]] = []
         extra: dict[str, Any] = {}
+        found: list[dict[str, Any]] = []
         root = Path(scratch.name)
         by_arch: dict[str, ClientData] = {}
         for spec in specs:
@@ -753,19 +804,23 @@ def run(
                 row["adjacent_peak_gflops"],
             )
             rows.append(row)
-            if spec == headline:
-                if profile:
-                    extra["profile"] = profile_step(client, cdata, count)
-                found = []
-                if "attention" in experiments:
-                    found.append(
-                        attention_experiment(
-                            client, cdata, count, one_step, repeats, row["steps"], stat
-                        )
+            if spec == headline and profile:
+                extra["profile"] = profile_step(client, cdata, count)
+            # experiments: on the headline row; fullft_text on the first fullft row
+            for name in experiments:
+                if name == "fullft_text":
+                    wanted = spec.method == "fullft" and not any(e["name"] == name for e in found)
+                else:
+                    wanted = spec == headline
+                if not wanted:
+                    continue
+                if name == "batch":
+                    exp = batch_experiment(client, cdata, repeats, min_fit_s, stat)
+                else:
+                    exp = patch_experiment(
+                        name, client, cdata, count, one_step, repeats, row["steps"], stat
                     )
-                if "batch" in experiments:
-                    found.append(batch_experiment(client, cdata, repeats, min_fit_s, stat))
-                extra["experiments"] = found
+                found.append({**exp, "row_index": len(rows) - 1})
             del client
     finally:
         torch.set_num_threads(saved_threads)
@@ -774,11 +829,13 @@ def run(
         row["peak_gflops"] = peaks.peak(row["threads"])
         row["ratio"] = row["gflops"] / row["peak_gflops"]
     peak = peaks.peak(headline.threads)
-    for exp in extra.get("experiments", []):
+    for exp in found:
         for part in (exp.get("before"), exp.get("after"), exp.get("result")):
             if part:
-                part["peak_gflops"] = peak
-                part["ratio"] = part["gflops"] / peak
+                part["peak_gflops"] = peaks.peak(part["threads"])
+                part["ratio"] = part["gflops"] / part["peak_gflops"]
+    if experiments:
+        extra["experiments"] = found
     if "profile" in extra:
         for group in extra["profile"]["groups"]:
             group["of_peak"] = group["gflops"] / peak
@@ -801,18 +858,17 @@ def run(
 
 
 def plot(result: dict[str, Any], path: str) -> None:
-    """Achieved GFLOP/s of each row beside the matmul peak at its thread count (and the
-    headline with the attention experiment's change, hatched)."""
+    """Achieved GFLOP/s of each row beside the matmul peak at its thread count, and each
+    experiment's "after" (hatched) beside its row."""
     bars = [
         (f"{r['method']}\n{r['arch']}\nb{r['batch']} {r['threads']}t", r, "")
         + (("\n(busy)",) if r["busy"] else ("",))
         for r in result["rows"]
     ]
     for exp in result.get("experiments", []):
-        if exp["name"] == "attention":
-            head = result["rows"][0]
-            after = {**head, **exp["after"]}
-            bars.append((bars[0][0] + "\n+batch-first attn", after, "//", ""))
+        if "after" in exp:
+            label, row = bars[exp["row_index"]][:2]
+            bars.append((f"{label}\n+{exp['name']}", {**row, **exp["after"]}, "//", ""))
     fig, ax = new_figure(max(6.0, 1.1 * len(bars) + 2), 4.2)
     x = np.arange(len(bars))
     ax.bar(x - 0.2, [b[1]["peak_gflops"] for b in bars], 0.4, label="torch.mm peak", color="#bbb")
@@ -847,24 +903,22 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             for p in result["peaks"].values()
         ],
     )
+    rows = result["rows"]
     print_table(
-        "local training: achieved fp32 GFLOP/s vs torch.mm peak",
+        f"local training (batch {rows[0]['batch']}): achieved fp32 GFLOP/s vs torch.mm peak",
         [
             {
                 "method": r["method"],
                 "arch": r["arch"],
-                "b": r["batch"],
                 "t": r["threads"],
                 "GF/step": r["flops_per_step"] / 1e9,
-                "bwd": r["backward_flops_per_step"] / r["flops_per_step"],
-                "steps": r["steps"],
-                "s": r["seconds"],
+                "s/fit": r["seconds"],
                 "cpu": r["cpu_share"],
                 "GF/s": r["gflops"],
                 "peak": r["peak_gflops"],
                 "ratio": r["ratio"],
             }
-            for r in result["rows"]
+            for r in rows
         ],
     )
     if "profile" in result:
@@ -878,6 +932,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                     "share": g["share"],
                     "GFLOP": g["gflop"],
                     "GFLOP/s": g["gflops"],
+                    "of peak": g.get("of_peak", 0.0),
                 }
                 for g in prof["groups"]
             ],
@@ -889,11 +944,16 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             ", ".join(f"{k} {v:.3f} s" for k, v in pre.items()),
         )
     for exp in result.get("experiments", []):
-        if exp["name"] == "attention":
+        if "after" in exp:
             b, a = exp["before"], exp["after"]
             log.info(
-                "attention experiment: %.2f s -> %.2f s per fit (x%.2f wall, x%.2f CPU), "
-                "ratio %.3f -> %.3f",
+                "experiment %s (%s) on %s: %.1f -> %.1f GFLOP/step, %.2f s -> %.2f s per fit "
+                "(x%.2f wall, x%.2f CPU), ratio %.3f -> %.3f",
+                exp["name"],
+                exp["change"],
+                exp["row"],
+                b["flops_per_step"] / 1e9,
+                a["flops_per_step"] / 1e9,
                 b["seconds"],
                 a["seconds"],
                 exp["speedup"],

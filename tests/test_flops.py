@@ -108,3 +108,22 @@ def test_count_flops_sees_the_fused_no_grad_attention() -> None:
     assert "_native_multi_head_attention" in fused.by_op
     assert "_native_multi_head_attention" not in slow.by_op
     assert fused.total == slow.forward > 0
+
+
+def test_text_to_eot_matches_open_clip_encode_text() -> None:
+    """The fullft_text experiment's text encoding equals open_clip's full-length one."""
+    from fedrs.benchmarks.flops import _encode_text_to_eot, fullft_text_to_eot
+    from fedrs.methods.fullft import FullFedAvg
+    from fedrs.models.backbone import load_backbone
+    from fedrs.models.prompt import class_prompts
+
+    backbone = load_backbone("fedrs-tiny")
+    tokens = class_prompts(backbone, ["forest", "dense residential"], "a photo of a {}.")
+    with torch.no_grad():
+        ref = backbone.model.encode_text(tokens)
+        got = _encode_text_to_eot(backbone.model, tokens)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    original = FullFedAvg._logits
+    with fullft_text_to_eot():
+        assert FullFedAvg._logits is not original
+    assert FullFedAvg._logits is original
