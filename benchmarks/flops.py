@@ -82,7 +82,6 @@ from fedrs.benchmarks.common import (
 log = logging.getLogger(__name__)
 
 TARGET = 0.6
-IMAGE_SIZE = {"fedrs-tiny": 64, "fedrs-rs": 96, "fedrs-small": 128}  # open_clip archs: 224
 BUSY_CPU_SHARE = 0.9  # a row whose process got less CPU than this was timed on a busy machine
 MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
 ATTENTION_OPS = ("_scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")
@@ -278,6 +277,7 @@ class ClientData:
         self.client_id = int(np.argmax(sizes))
         self.shard = self.dataset.client(self.client_id)
         self.scratch = scratch
+        scratch.mkdir(parents=True, exist_ok=True)
         self._cuts: dict[int, Any] = {}
 
     @property
@@ -732,8 +732,7 @@ def _threads(value: Any) -> tuple[int, ...]:
 
 
 def image_size(arch: str) -> int:
-    if arch in IMAGE_SIZE:
-        return IMAGE_SIZE[arch]
+    """The architecture's input size (the synthetic data is built at it: no resize)."""
     from fedrs.models.backbone import model_config
 
     return int(model_config(arch)["vision_cfg"]["image_size"])
@@ -784,12 +783,12 @@ def run(
         extra: dict[str, Any] = {}
         found: list[dict[str, Any]] = []
         root = Path(scratch.name)
-        by_arch: dict[str, ClientData] = {}
+        by_path: dict[str, ClientData] = {}
         for spec in specs:
-            if spec.arch not in by_arch:
-                path = data or _synthetic(root, image_size(spec.arch), per_class, seed)
-                by_arch[spec.arch] = ClientData(path, root)
-            cdata = by_arch[spec.arch]
+            path = data or _synthetic(root, image_size(spec.arch), per_class, seed)
+            if path not in by_path:
+                by_path[path] = ClientData(path, root / f"cuts{len(by_path)}")
+            cdata = by_path[path]
             client = Client(spec, cdata.classes, seed)
             # the peak right before the row too: the row's peak is the run's best at its threads
             row = {"adjacent_peak_gflops": peaks.measure(spec.threads)}
