@@ -8,7 +8,9 @@ client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch
    One warm-up call, then timed calls (at least ``peak_repeats``, and ``peak_min_s`` per size);
    per size the *median* call time (``stat=best``: the fastest); the peak is the best size's.
    The peak is measured before the rows and again right before each row; a row's peak is the
-   highest of the run's measurements at its thread count (noise can only lower the ratio).
+   highest of the run's measurements at its thread count. Process CPU time is recorded beside
+   wall time: a row, or a peak, timed while other processes took the cores (CPU share < 0.9)
+   is flagged ``busy`` (a warning; re-run on an idle machine).
 2. **Achieved**: the method is built exactly as a client actor builds it
    (``method_class(name)(cfg, classes)`` with a ``RunConfig``, ``torch.set_num_threads`` =
    ``resources.num_cpus_per_client``), and ``method.fit`` runs on a real ``Shard`` cut from a
@@ -237,11 +239,18 @@ class Peaks:
     def peak(self, threads: int) -> float:
         return max(float(r[f"{self.stat}_gflops"]) for r in self.runs[threads])
 
+    def busy(self, threads: int) -> bool:
+        """Whether even the best measurement ran with less CPU than ``BUSY_CPU_SHARE``: then
+        the peak is too low and the ratios at that thread count too high."""
+        best = max(self.runs[threads], key=lambda r: r[f"{self.stat}_gflops"])
+        return min(size["cpu_share"] for size in best["sizes"]) < BUSY_CPU_SHARE
+
     def summary(self) -> dict[str, Any]:
         return {
             str(t): {
                 "threads": t,
                 "peak_gflops": self.peak(t),
+                "busy": self.busy(t),
                 "measurements": [r[f"{self.stat}_gflops"] for r in runs],
                 "runs": runs,
             }
@@ -825,6 +834,7 @@ def run(
         torch.set_num_threads(saved_threads)
         scratch.cleanup()
     for row in rows:
+        row["busy"] = row["busy"] or peaks.busy(row["threads"])
         row["peak_gflops"] = peaks.peak(row["threads"])
         row["ratio"] = row["gflops"] / row["peak_gflops"]
     peak = peaks.peak(headline.threads)
@@ -898,6 +908,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 "threads": p["threads"],
                 "GFLOP/s": p["peak_gflops"],
                 "measurements": " ".join(f"{g:.0f}" for g in p["measurements"]),
+                "busy": p["busy"],
             }
             for p in result["peaks"].values()
         ],
