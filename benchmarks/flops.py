@@ -240,10 +240,10 @@ class Peaks:
         return max(float(r[f"{self.stat}_gflops"]) for r in self.runs[threads])
 
     def busy(self, threads: int) -> bool:
-        """Whether even the best measurement ran with less CPU than ``BUSY_CPU_SHARE``: then
-        the peak is too low and the ratios at that thread count too high."""
+        """Whether even the best measurement ran with less CPU than ``BUSY_CPU_SHARE`` (median
+        over its sizes): then the peak is too low and the ratios at that thread count too high."""
         best = max(self.runs[threads], key=lambda r: r[f"{self.stat}_gflops"])
-        return min(size["cpu_share"] for size in best["sizes"]) < BUSY_CPU_SHARE
+        return statistics.median(s["cpu_share"] for s in best["sizes"]) < BUSY_CPU_SHARE
 
     def summary(self) -> dict[str, Any]:
         return {
