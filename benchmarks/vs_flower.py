@@ -142,21 +142,8 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
         else:
             private = method.init_private(pid, cfg.federation.seed)
         rnd = int(msg.content["config"]["server-round"])
-        c = cfg.client
         out = method.fit(
-            params,
-            private,
-            dataset.client(pid),
-            FitOptions(
-                round=rnd,
-                client_id=pid,
-                seed=cfg.federation.seed,
-                epochs=c.local_epochs,
-                batch_size=c.batch_size,
-                lr=c.lr,
-                momentum=c.momentum,
-                weight_decay=c.weight_decay,
-            ),
+            params, private, dataset.client(pid), FitOptions.from_config(cfg, rnd, pid)
         )
         if out.private:
             context.state["private"] = ArrayRecord(

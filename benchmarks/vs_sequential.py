@@ -91,19 +91,7 @@ def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
     """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client."""
     from fedrs.methods.base import FitOptions
 
-    fed, client = cfg.federation, cfg.client
-    return FitOptions(
-        round=rnd,
-        client_id=cid,
-        seed=fed.seed,
-        epochs=client.local_epochs,
-        batch_size=client.batch_size,
-        lr=client.lr,
-        momentum=client.momentum,
-        weight_decay=client.weight_decay,
-        upload_keys=strategy.upload_keys,
-        **strategy.client_options(),
-    )
+    return FitOptions.from_config(cfg, rnd, cid, strategy)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,30 @@ class FitOptions:
     proximal_mu: float = 0.0
     upload_keys: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(
+        cls, cfg: RunConfig, round: int, client_id: int, strategy: Any = None
+    ) -> FitOptions:
+        """The options a client gets in ``round`` from ``cfg.client`` (and the strategy's
+        upload keys / client options, e.g. FedProx's ``proximal_mu``)."""
+        c = cfg.client
+        extra = (
+            {"upload_keys": strategy.upload_keys, **strategy.client_options()}
+            if strategy is not None
+            else {}
+        )
+        return cls(
+            round=round,
+            client_id=client_id,
+            seed=cfg.federation.seed,
+            epochs=c.local_epochs,
+            batch_size=c.batch_size,
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            **extra,
+        )
+
     @property
     def rng_seed(self) -> list[int]:
         """Seed material unique to (run seed, round, client): runs replay exactly."""

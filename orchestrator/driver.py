@@ -153,27 +153,13 @@ class Driver:
                 return
 
     def run_round(self, rnd: int) -> dict[str, Any]:
-        fed, client = self.cfg.federation, self.cfg.client
+        fed = self.cfg.federation
         t0 = time.perf_counter()
         sampled = sample_clients(self.num_registered, fed.clients_per_round, fed.seed, rnd)
         download = {k: self.params[k] for k in self.global_keys}
         params_ref = ray.put(download)
         tasks = [
-            FitTask(
-                cid,
-                FitOptions(
-                    round=rnd,
-                    client_id=cid,
-                    seed=fed.seed,
-                    epochs=client.local_epochs,
-                    batch_size=client.batch_size,
-                    lr=client.lr,
-                    momentum=client.momentum,
-                    weight_decay=client.weight_decay,
-                    upload_keys=self.strategy.upload_keys,
-                    **self.strategy.client_options(),
-                ),
-            )
+            FitTask(cid, FitOptions.from_config(self.cfg, rnd, cid, self.strategy))
             for cid in sampled
         ]
         results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s)

@@ -174,3 +174,16 @@ def test_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert rnd == 3 and params["w"].tolist() == [3.0, 3.0]
     assert server["features"].shape == (2, 2) and "note" not in server
     assert len(list((tmp_path / "checkpoint").glob("round_*.safetensors"))) == 2
+
+
+def test_fit_options_from_config_carry_client_settings_and_strategy_options() -> None:
+    from fedrs.methods.base import FitOptions
+    from fedrs.orchestrator.strategies import make_strategy
+
+    cfg = RunConfig().replace(**{"client.lr": 0.1, "client.local_epochs": 3, "federation.seed": 7})
+    prox = make_strategy("fedprox", mu=0.5, global_keys=("a", "b"), prompt_keys=())
+    opts = FitOptions.from_config(cfg, 4, 11, prox)
+    assert (opts.round, opts.client_id, opts.seed, opts.epochs, opts.lr) == (4, 11, 7, 3, 0.1)
+    assert opts.proximal_mu == 0.5 and set(opts.upload_keys) == {"a", "b"}
+    plain = FitOptions.from_config(cfg, 1, 0)
+    assert plain.proximal_mu == 0.0 and plain.upload_keys == ()
