@@ -92,41 +92,107 @@ class ClientPool:
             raise FedrsError(f"client actor failed in {method}: {_reason(exc)}") from None
 
     def map(
-        self, method: str, shared: Any, tasks: list[Any], timeout_s: float
+        self,
+        method: str,
+        shared: Any,
+        tasks: list[Any],
+        timeout_s: float,
+        costs: list[float] | None = None,
+        depth: int = 2,
     ) -> tuple[dict[int, Any], dict[int, str]]:
         """Run ``actor.<method>(shared, task)`` for every task; results and failure reasons
         keyed by task index. ``shared`` (e.g. an ObjectRef of the global tensors) is passed to
-        every call without copying it per task."""
-        pending = deque(enumerate(tasks))
-        idle = deque(range(len(self.actors)))
-        inflight: dict[ray.ObjectRef, tuple[int, int]] = {}
+        every call without copying it per task.
+
+        Scheduling: tasks go out largest ``costs`` first (longest-processing-time order, which
+        bounds the round's tail when clients differ in size), to whichever actor frees up first.
+        While more tasks remain than there are actors, each actor also gets up to ``depth`` - 1
+        tasks queued behind its running one, so it never idles for the driver's round trip;
+        the last tasks are handed only to idle actors, so the tail stays balanced."""
+        if costs is not None and len(costs) != len(tasks):
+            raise ValueError(f"{len(costs)} costs for {len(tasks)} tasks")
+        order = range(len(tasks))
+        if costs is not None:
+            order = sorted(order, key=lambda i: -costs[i])  # stable: ties keep task order
+        pending = deque((i, tasks[i]) for i in order)
+        # per actor, its submitted tasks in submission order (= execution order): the head runs
+        queues: list[deque[tuple[ray.ObjectRef, int, Any]]] = [deque() for _ in self.actors]
+        owner: dict[ray.ObjectRef, int] = {}
+        requeued: set[int] = set()
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout_s
-        while pending or inflight:
-            while pending and idle:
-                ti, task = pending.popleft()
-                ai = idle.popleft()
-                ref = getattr(self.actors[ai], method).remote(shared, task)
-                inflight[ref] = (ti, ai)
+
+        def fail(ti: int, reason: str) -> None:
+            failures[ti] = reason
+            log.warning("%s task %d failed: %s", method, ti, reason)
+
+        def actor_died(ai: int) -> None:
+            """Settle every task queued on a dead actor: the ones it finished keep their
+            results, the one it was running fails, the ones it never started go back to
+            ``pending`` (once) to run on any actor."""
+            refs = [ref for ref, _, _ in queues[ai]]
+            ray.wait(refs, num_returns=len(refs), timeout=30.0)
+            crashed = False
+            unstarted: list[tuple[int, Any]] = []
+            for ref, ti, task in queues[ai]:
+                del owner[ref]
+                if crashed:
+                    if ti in requeued:
+                        fail(ti, "actor died before starting it")
+                    else:
+                        requeued.add(ti)
+                        unstarted.append((ti, task))
+                    continue
+                try:
+                    results[ti] = ray.get(ref, timeout=0)
+                except RayTaskError as exc:
+                    fail(ti, _reason(exc))
+                except (RayActorError, GetTimeoutError) as exc:
+                    crashed = True
+                    fail(ti, _reason(exc))
+            queues[ai].clear()
+            pending.extendleft(reversed(unstarted))
+
+        while pending or owner:
+            for ai in sorted(range(len(queues)), key=lambda a: len(queues[a])):
+                busy = len(queues[ai])
+                if pending and (busy == 0 or (busy < depth and len(pending) > len(queues))):
+                    ti, task = pending.popleft()
+                    ref = getattr(self.actors[ai], method).remote(shared, task)
+                    queues[ai].append((ref, ti, task))
+                    owner[ref] = ai
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                for ref, (ti, ai) in inflight.items():
-                    failures[ti] = f"timed out after {timeout_s:.0f}s"
-                    ray.kill(self.actors[ai], no_restart=False)  # unstick it; Ray restarts it
-                    ray.cancel(ref, force=False)
+                for ai, queue in enumerate(queues):
+                    for k, (ref, ti, _) in enumerate(queue):
+                        why = "timed out after" if k == 0 else "not started within"
+                        failures[ti] = f"{why} {timeout_s:.0f}s"
+                        ray.cancel(ref, force=False)
+                    if queue:
+                        ray.kill(self.actors[ai], no_restart=False)  # unstick it; Ray restarts it
                 for ti, _ in pending:
                     failures[ti] = f"not started within {timeout_s:.0f}s"
                 break
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=remaining)
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=remaining)
             for ref in ready:
-                ti, ai = inflight.pop(ref)
-                idle.append(ai)
+                if ref not in owner:  # settled with its dead actor's queue
+                    continue
+                ai = owner[ref]
                 try:
-                    results[ti] = ray.get(ref)
-                except (RayTaskError, RayActorError) as exc:
-                    failures[ti] = _reason(exc)
-                    log.warning("%s task %d failed: %s", method, ti, failures[ti])
+                    result = ray.get(ref)
+                except RayActorError:
+                    actor_died(ai)
+                    continue
+                except RayTaskError as exc:
+                    result = exc
+                ti = next(t for r, t, _ in queues[ai] if r == ref)
+                queues[ai] = deque(e for e in queues[ai] if e[0] != ref)
+                del owner[ref]
+                if isinstance(result, RayTaskError):
+                    fail(ti, _reason(result))
+                else:
+                    results[ti] = result
         return results, failures
 
     def shutdown(self) -> None:

@@ -162,7 +162,9 @@ class Driver:
             FitTask(cid, FitOptions.from_config(self.cfg, rnd, cid, self.strategy))
             for cid in sampled
         ]
-        results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s)
+        parts = self.data.num_clients  # registered client c trains on partition c % parts
+        costs = [self.data.clients[c % parts].train.num_examples for c in sampled]
+        results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s, costs)
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}
         bytes_up = 0
@@ -262,7 +264,12 @@ class Driver:
             for c in clients
             if self.data.clients[c % parts].local_test.num_examples > 0
         ]
-        results, failures = self.pool.map("evaluate", ref, chunks + per_client, fed.round_timeout_s)
+        costs = [t.stop - t.start for t in chunks] + [
+            self.data.clients[t.client_id % parts].local_test.num_examples for t in per_client
+        ]
+        results, failures = self.pool.map(
+            "evaluate", ref, chunks + per_client, fed.round_timeout_s, costs
+        )
         glob = [results[i] for i in range(len(chunks)) if i in results]
         n = sum(r["n"] for r in glob)
         pers = [r["correct"] / r["n"] for i, r in results.items() if i >= len(chunks) and r["n"]]

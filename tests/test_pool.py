@@ -1,0 +1,95 @@
+"""ClientPool.map's scheduling on real Ray actors: largest-first order, queued tasks behind a
+running one, and what happens to queued tasks when their actor dies or the deadline passes."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+import ray
+
+from fedrs.actors.pool import ClientPool
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _pool(n: int) -> ClientPool:
+    """A ClientPool whose actors are stand-in workers (defined here so Ray pickles the class by
+    value: test modules are not importable in Ray's workers)."""
+
+    class Sleeper:
+        """A stand-in client worker: ``fit`` sleeps, optionally dies or raises, and says when it
+        ran and in which process."""
+
+        def fit(self, shared: Any, task: tuple[int, float, str]) -> dict[str, Any]:
+            cid, seconds, action = task
+            start = time.time()
+            if action == "die" and not os.path.exists(shared):
+                open(shared, "w").close()  # die once; the restarted actor then trains normally
+                os._exit(1)
+            if action == "raise":
+                raise ValueError(f"client {cid} broke")
+            time.sleep(seconds)
+            return {"cid": cid, "start": start, "end": time.time(), "pid": os.getpid()}
+
+    pool = object.__new__(ClientPool)
+    remote = ray.remote(Sleeper).options(num_cpus=0.01, max_restarts=1, max_task_retries=0)
+    pool.actors = [remote.remote() for _ in range(n)]
+    return pool
+
+
+def test_largest_tasks_start_first_and_everything_completes(tmp_path: Any) -> None:
+    pool = _pool(1)
+    tasks = [(cid, 0.01, "") for cid in range(6)]
+    costs = [3, 9, 1, 9, 5, 2]  # ties keep task order: 1 before 3
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 60, costs)
+    assert failures == {}
+    started = sorted(results, key=lambda ti: results[ti]["start"])
+    assert started == [1, 3, 4, 0, 5, 2]
+
+
+def test_the_round_tail_is_balanced(tmp_path: Any) -> None:
+    """Two actors, one big task and many small ones: largest-first plus idle-only hand-out
+    of the last tasks keeps the busiest actor near the ideal makespan."""
+    pool = _pool(2)
+    tasks = [(cid, 0.1, "") for cid in range(8)] + [(8, 0.6, "")]  # the big one comes last
+    costs = [1] * 8 + [6]
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 60, costs)
+    assert failures == {} and len(results) == 9
+    by_pid: dict[int, float] = {}
+    for r in results.values():
+        by_pid[r["pid"]] = by_pid.get(r["pid"], 0.0) + r["end"] - r["start"]
+    assert len(by_pid) == 2
+    # ideal split is 0.7 / 0.7; in task order it would be 1.0 / 0.4
+    assert max(by_pid.values()) < 0.95
+
+
+def test_tasks_queued_behind_a_crash_run_elsewhere(tmp_path: Any) -> None:
+    pool = _pool(2)
+    tasks = [(0, 0.3, "die")] + [(cid, 0.05, "") for cid in range(1, 8)]
+    costs = [10] + [1] * 7  # the dying task goes out first, with a task queued behind it
+    results, failures = pool.map("fit", str(tmp_path / "died-once"), tasks, 120, costs)
+    assert list(failures) == [0] and "actor died" in failures[0]
+    assert sorted(results) == list(range(1, 8))
+
+
+def test_a_raising_client_does_not_disturb_its_queue(tmp_path: Any) -> None:
+    pool = _pool(1)
+    tasks = [(0, 0.01, ""), (1, 0.01, "raise"), (2, 0.01, "")]
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 60)
+    assert sorted(results) == [0, 2]
+    assert "ValueError" in failures[1] and "client 1 broke" in failures[1]
+
+
+def test_deadline_fails_running_and_queued_tasks_with_reasons(tmp_path: Any) -> None:
+    pool = _pool(1)
+    tasks = [(0, 30.0, ""), (1, 0.01, ""), (2, 0.01, "")]
+    t0 = time.monotonic()
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 1.0)
+    assert time.monotonic() - t0 < 20
+    assert results == {}
+    assert failures[0].startswith("timed out after")
+    assert failures[1].startswith("not started within")
+    assert failures[2].startswith("not started within")
