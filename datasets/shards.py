@@ -82,6 +82,21 @@ def write_shard(
     return {"num_examples": n, "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
+def _int_column(table: pa.Table, name: str, path: Path) -> np.ndarray:
+    """A null-free integer column as numpy, read from its buffer (pyarrow's ``to_numpy`` imports
+    pandas on first use: half a second in every fresh worker process)."""
+    col = table.column(name)
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    if not pa.types.is_integer(arr.type) or arr.null_count:
+        raise ShardIntegrityError(f"shard {path}: column {name!r} ({arr.type}) is not integer")
+    dtype = np.dtype(str(arr.type))
+    if len(arr) == 0:
+        return np.empty(0, dtype=dtype)
+    return np.frombuffer(
+        arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize
+    )
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -130,11 +145,11 @@ class Shard:
         label_col = self.table.column("label")
         self.has_labels = label_col.null_count == 0 and len(label_col) > 0
         self.labels = (
-            label_col.to_numpy().astype(np.int64)
+            _int_column(self.table, "label", self.path).astype(np.int64)
             if self.has_labels
             else np.full(len(self.table), -1, dtype=np.int64)
         )
-        self.ids = self.table.column("id").to_numpy()
+        self.ids = _int_column(self.table, "id", self.path)
 
     def _image_view(self) -> np.ndarray:
         col = self.table.column("image")

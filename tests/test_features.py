@@ -176,3 +176,30 @@ def test_federated_run_with_cache_matches_run_without(synth_data: Path, tmp_path
     ctx_off = checkpoint.load(tmp_path / "off")[1]["prompt.ctx"]
     np.testing.assert_allclose(ctx_on, ctx_off, atol=1e-5)
     assert isinstance(FeatureShard(np.zeros((0, 0)), np.zeros(0)).inputs, np.ndarray)
+
+
+def test_worker_data_path_does_not_import_pandas(data: FedDataset) -> None:
+    """Opening shards and writing / reading feature files stays off pyarrow's pandas shims
+    (importing pandas costs ~0.5 s in every fresh actor, inside its first round)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import numpy as np
+from fedrs.datasets.features import FeatureCache
+from fedrs.datasets.manifest import FedDataset
+data = FedDataset({str(data.root)!r})
+encode = lambda images: np.ones((len(images), 8), dtype=np.float32)
+cache = FeatureCache(data, "k", encode)
+for c in data.clients:
+    shard = data.open_shard(c.train)
+    assert shard.labels.dtype == np.int64 and len(shard.ids) == len(shard)
+    assert cache.view(c.train).features.shape == (len(shard), 8)
+again = FeatureCache(FedDataset({str(data.root)!r}), "k", encode)
+again.view(data.clients[0].train)
+assert cache.computed == len(data.clients) and again.computed == 0
+assert "pandas" not in sys.modules, "pandas was imported"
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
