@@ -36,12 +36,15 @@ fedrs-small is ~17x the work per client), ``image_size`` (64), ``clients`` (14 d
 ``per_class`` (40: ~51 training examples per IID client), ``clients_per_round`` (10),
 ``local_epochs`` (2), ``batch_size`` (32), ``workers`` (2), ``rounds`` (8), ``noniid`` (true:
 also a Dirichlet row), ``alpha`` (0.5), ``seed`` (0), ``feature_cache`` (false), ``ceiling``
-(true), ``keep`` (a folder to keep the run directories in).
+(true), ``keep`` (a folder to keep the run directories in), ``repeats`` (3: the whole
+comparison runs this many times, each fedrs run on a fresh Ray shut down before the next
+sequential loop; ``ratio`` is the median).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -555,6 +558,25 @@ def compare(
     }
 
 
+def summarize(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per partition, the efficiencies of every repeat and their median (the machine is noisy:
+    one steady window is a few seconds)."""
+    out = []
+    for label in dict.fromkeys(d["partition"] for d in details):
+        runs = [d for d in details if d["partition"] == label]
+        row: dict[str, Any] = {"partition": label, "repeats": len(runs)}
+        for key in ("efficiency_steady", "cpu_efficiency_steady", "efficiency_total"):
+            values = [round(float(d[key]), 3) for d in runs]
+            row[key] = values
+            row[f"{key}_median"] = round(float(np.median(values)), 3)
+        ceil = [d["ceiling"]["efficiency"] for d in runs if "ceiling" in d]
+        if ceil:
+            row["ceiling_efficiency"] = [round(float(c), 3) for c in ceil]
+            row["ceiling_efficiency_median"] = round(float(np.median(ceil)), 3)
+        out.append(row)
+    return out
+
+
 def state_store_cost(params: dict[str, np.ndarray], repeats: int = 20) -> float:
     """Seconds per save + load of one client's private tensors in the file state store (the part
     of an actor's client time that the in-memory sequential loop does not pay)."""
@@ -599,6 +621,7 @@ def run(
     feature_cache: bool = False,
     keep: str | None = None,
     ceiling: bool = True,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     import ray
 
@@ -637,24 +660,30 @@ def run(
     started_ray = not ray.is_initialized()
     rows, details = [], []
     ray_start_s = store_s = 0.0
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     try:
-        for i, (label, path) in enumerate(datasets):
+        for rep, (i, (label, path)) in itertools.product(range(repeats), enumerate(datasets)):
             cfg = RunConfig().replace(**base, **{"data.path": path})
             load = {"before_sequential": os.getloadavg()[0]}
-            log.info("%s: sequential loop (1 torch thread)", label)
+            log.info("%s, repeat %d: sequential loop (1 torch thread)", label, rep + 1)
             seq = run_sequential(cfg, path)
             steady = [j + 1 for j in steady_index(rounds)]
             load["before_ceiling"] = os.getloadavg()[0]
             ceil = run_ceiling(cfg, path, steady, workers) if ceiling else None
             load["before_fedrs"] = os.getloadavg()[0]
-            if i == 0:  # after the first sequential loop: it ran without Ray's processes around
-                t = time.perf_counter()
+            # a fresh Ray per fedrs run, shut down after it: the sequential loop and the
+            # ceiling never run beside Ray's daemons
+            t = time.perf_counter()
+            if started_ray:
                 connect_ray()
-                ray_start_s = time.perf_counter() - t
-            log.info("%s: fedrs (%d actors x 1 CPU)", label, workers)
-            fr = run_fedrs(cfg, root / f"run-{label}")
+            ray_start_s = time.perf_counter() - t
+            log.info("%s, repeat %d: fedrs (%d actors x 1 CPU)", label, rep + 1, workers)
+            fr = run_fedrs(cfg, root / f"run-{label}-{rep + 1}")
+            if started_ray:
+                ray.shutdown()
             load["after_fedrs"] = os.getloadavg()[0]
-            cmp_ = compare(seq, fr, workers, ray_start_s if i == 0 else 0.0)
+            cmp_ = compare(seq, fr, workers, ray_start_s)
             if ceil is not None:
                 seq_fit = np.mean([seq["rounds"][r - 1]["fit_s"] for r in ceil["rounds"]])
                 ceil["efficiency"] = float(seq_fit / (workers * np.mean(ceil["round_s"])))
@@ -668,6 +697,7 @@ def run(
             rows.append(
                 {
                     "partition": label,
+                    "repeat": rep + 1,
                     "seq_s_per_round": round(cmp_["seq_steady_round_s"], 3),
                     "fedrs_s_per_round": round(cmp_["fedrs_steady_round_s"], 3),
                     "efficiency_steady": round(cmp_["efficiency_steady"], 3),
@@ -690,6 +720,7 @@ def run(
             details.append(
                 {
                     "partition": label,
+                    "repeat": rep + 1,
                     "data": path,
                     **cmp_,
                     "seq_rounds": seq["rounds"],
@@ -718,7 +749,7 @@ def run(
                     / sum(seq["rounds"][r - 1]["round_s"] for r in steady),
                 }
             )
-            if i == 0:
+            if i == 0 and rep == 0:
                 store_s = state_store_cost(
                     _private_example(cfg, path) if method == "fedrsclip" else {}
                 )
@@ -730,16 +761,18 @@ def run(
         else:
             shutdown_s = 0.0
         tmp.cleanup()
-    head = details[0]
+    summary = summarize(details)
+    head = summary[0]
     result = {
         "benchmark": "vs-sequential",
-        "ratio": round(head["efficiency_steady"], 3),
+        "ratio": head["efficiency_steady_median"],
         "ratio_meaning": (
-            f"parallel efficiency, steady state ({rows[0]['partition']}): sequential time / "
-            f"(fedrs time x {workers} workers); 1.0 = perfect"
+            f"parallel efficiency, steady state ({head['partition']}), median of {repeats} "
+            f"repeats: sequential time / (fedrs time x {workers} workers); 1.0 = perfect"
         ),
         "target": TARGET,
-        "efficiency_total": round(head["efficiency_total"], 3),
+        "efficiency_total": head["efficiency_total_median"],
+        "summary": summary,
         "rows": rows,
         "details": details,
         "state_store_save_load_s_per_client": store_s,
@@ -761,6 +794,8 @@ def run(
             "feature_cache": feature_cache,
             "evaluation": "final round only, both sides (global split + every local split)",
             "seed": seed,
+            "repeats": repeats,
+            "order": "per repeat and partition: sequential, ceiling, then fedrs on a fresh Ray",
         },
         "wall_s": round(time.perf_counter() - t_start, 1),
         "machine": machine_info(),
@@ -787,7 +822,8 @@ def _model_cfg(arch: str) -> dict[str, Any]:
 def plot(result: dict[str, Any], path: str) -> None:
     fig, ax = new_figure(9.0, 3.8)
     w = result["setup"]["workers"]
-    for d, style in zip(result["details"], ("-", ":"), strict=False):
+    first = [d for d in result["details"] if d.get("repeat", 1) == 1]
+    for d, style in zip(first, ("-", ":"), strict=False):
         rounds = [r["round"] for r in d["seq_rounds"]]
         seq = [r["round_s"] for r in d["seq_rounds"]]
         ax.plot(rounds, seq, "s" + style, color="tab:gray", label=f"sequential ({d['partition']})")
@@ -813,7 +849,7 @@ def plot(result: dict[str, Any], path: str) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(
         f"fedrs vs sequential loop: efficiency {result['ratio']:.2f} "
-        f"(steady state, {result['rows'][0]['partition']})"
+        f"(steady state, {result['rows'][0]['partition']}, median of repeats; repeat 1 shown)"
     )
     save_figure(fig, path)
 
@@ -840,12 +876,24 @@ def transpose_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
     result = run(data=data, **options)
     setup = result["setup"]
+    runs = [{"run": f"{r['partition']} #{r['repeat']}", **r} for r in result["rows"]]
+    for r in runs:
+        del r["partition"], r["repeat"]
     print_table(
         f"vs sequential: {setup['method']}, {setup['arch']}, {setup['workers']} workers "
         f"(steady state = rounds {result['details'][0]['steady_rounds']})",
-        transpose_rows(result["rows"], "partition"),
+        transpose_rows(runs, "run"),
+    )
+    print_table(
+        "parallel efficiency per repeat and median",
+        [
+            {k: v for k, v in row.items() if k.startswith(("partition", "efficiency", "ceiling"))}
+            for row in result["summary"]
+        ],
     )
     for d in result["details"]:
+        if d.get("repeat", 1) != 1:  # where the time goes: the first repeat's breakdown
+            continue
         prof = d["profile_steady_per_round"]
         rows = []
         for k, note in PROFILE_NOTES.items():
