@@ -2,10 +2,12 @@
 
 Each actor reserves one bundle ``{"CPU": num_cpus_per_client, "GPU": num_gpus_per_client}``
 (fractional GPUs allowed: 0.25 packs four actors per GPU); the group is placed with PACK, SPREAD,
-STRICT_PACK or STRICT_SPREAD. ``map`` hands tasks to idle actors as they free up and turns every
-failure into a per-task reason instead of an exception: a client that raises, an actor that
-dies (Ray restarts it, up to ``max_actor_restarts``), or a task still running at the deadline
-(its actor is killed and restarted) — so a round never hangs.
+STRICT_PACK or STRICT_SPREAD. ``map`` hands tasks out largest first to actors as they free up
+(one more queued behind each running task until the round's tail) and turns every failure into
+a per-task reason instead of an exception: a client that raises, an actor that dies (Ray
+restarts it, up to ``max_actor_restarts``; tasks queued behind the one it ran go to another
+actor), or a task still running at the deadline (its actor is killed and restarted) — so a
+round never hangs.
 """
 
 from __future__ import annotations
