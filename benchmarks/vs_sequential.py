@@ -13,13 +13,19 @@ thread) each.
 
     efficiency = sequential time / (fedrs time x workers)          (1.0 = perfect scaling)
 
-Per round both sides time the same span: sample -> train every sampled client -> aggregate; fedrs's
-round time is the interval between successive round records reaching ``runner.run``'s console,
-so it also counts dispatch, object-store transfers, validation, the metrics line and the
-checkpoint. Only the last round evaluates (``federation.eval_every`` > rounds), on both sides
-identically (global test split + every client's local split). Steady state = rounds 2..R-1 (no
-first-round warm-up, no evaluation); fixed costs (Ray start, driver and actor spawn, first round,
-evaluation round, finish) are reported separately and included in the totals.
+Per round both sides time the same span: sample -> train every sampled client -> aggregate.
+By default the two sides alternate round by round (``interleave``): sequential round r, then
+fedrs round r (one ``run_round`` call on the driver actor that ``runner.run`` starts, timed from
+this process, so it counts dispatch, object-store transfers, validation, the metrics line and
+the checkpoint). This machine's speed drifts by tens of percent within a minute, and alternating
+rounds makes the drift hit both sides alike; fedrs's actors sit idle while the sequential round
+runs. With ``interleave=false`` the whole sequential loop runs first and then fedrs through
+``runner.run``, timed by the interval between its round lines reaching the console.
+
+Only the last round evaluates (``federation.eval_every`` > rounds), on both sides identically
+(global test split + every client's local split). Steady state = rounds 2..R-1 (no first-round
+warm-up, no evaluation); fixed costs (Ray start, driver and actor spawn, first round, evaluation
+round, finish) are reported separately and included in the totals.
 
 The machine is shared in development, so the JSON also says who used the cores (from /proc):
 ``other_cores_*`` is what other users' processes took while each side ran (0 on a quiet
@@ -37,12 +43,13 @@ fedrs-small is ~17x the work per client), ``image_size`` (64), ``clients`` (14 d
 ``local_epochs`` (2), ``batch_size`` (32), ``workers`` (2), ``rounds`` (8), ``noniid`` (true:
 also a Dirichlet row), ``alpha`` (0.5), ``seed`` (0), ``feature_cache`` (false), ``ceiling``
 (true), ``keep`` (a folder to keep the run directories in), ``repeats`` (3: the whole
-comparison runs this many times, each fedrs run on a fresh Ray shut down before the next
-sequential loop; ``ratio`` is the median).
+comparison runs this many times, each on a fresh Ray shut down before the next repeat's
+ceiling; ``ratio`` is the median), ``interleave`` (true).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -51,6 +58,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,66 +185,71 @@ def cpu_between(a: dict[str, Any], b: dict[str, Any], actors: set[int]) -> dict[
 # the sequential baseline
 
 
-def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
-    """One process, one torch thread: for each round, for each sampled client, ``method.fit``
-    one after another; then aggregate. Private client state stays in a dict in memory."""
-    import torch
+class SequentialLoop:
+    """The research-code loop: one process, one torch thread, the method built once; each round
+    trains the sampled clients one after another, then aggregates. Private client state stays
+    in a dict in memory. ``round`` runs one round, so rounds can alternate with fedrs's."""
 
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.methods import method_class
-    from fedrs.orchestrator.sampling import sample_clients
-    from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
+    def __init__(self, cfg: Any, data_path: str) -> None:
+        from fedrs.datasets.manifest import FedDataset
+        from fedrs.methods import method_class
+        from fedrs.orchestrator.strategies import make_strategy
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        fed = cfg.federation
-        t0 = time.perf_counter()
-        data = FedDataset(data_path)
-        method_cls = method_class(cfg.method.name)
-        method = method_cls(cfg, data.classes, "cpu")
-        params = method.init_global(fed.seed)
-        global_keys = tuple(params)
-        strategy = make_strategy(
-            cfg.strategy.name,
-            mu=cfg.strategy.mu,
-            global_keys=global_keys,
-            prompt_keys=method_cls.prompt_keys,
-        )
-        registered = fed.num_clients or data.num_clients
-        private: dict[int, dict[str, np.ndarray]] = {}
-        server_state: dict[str, Any] = {}
-        shard_of = _shard_source(cfg, data, method)
-        build_s = time.perf_counter() - t0
-        rounds = []
-        for rnd in range(1, fed.rounds + 1):
+        with _one_thread():
+            t0 = time.perf_counter()
+            self.cfg, fed = cfg, cfg.federation
+            self.data = FedDataset(data_path)
+            self.method_cls = method_class(cfg.method.name)
+            self.method = self.method_cls(cfg, self.data.classes, "cpu")
+            self.params = self.method.init_global(fed.seed)
+            self.global_keys = tuple(self.params)
+            self.strategy = make_strategy(
+                cfg.strategy.name,
+                mu=cfg.strategy.mu,
+                global_keys=self.global_keys,
+                prompt_keys=self.method_cls.prompt_keys,
+            )
+            self.registered = fed.num_clients or self.data.num_clients
+            self.private: dict[int, dict[str, np.ndarray]] = {}
+            self.server_state: dict[str, Any] = {}
+            self.shard_of = _shard_source(cfg, self.data, self.method)
+            self.build_s = time.perf_counter() - t0
+        self.rounds: list[dict[str, Any]] = []
+
+    def round(self, rnd: int) -> dict[str, Any]:
+        from fedrs.orchestrator.sampling import sample_clients
+        from fedrs.orchestrator.strategies import ClientUpdate
+
+        fed, method = self.cfg.federation, self.method
+        with _one_thread():
             t, cpu, busy = time.perf_counter(), time.process_time(), machine_cpu().get("busy", 0)
-            sampled = sample_clients(registered, fed.clients_per_round, fed.seed, rnd)
-            download = {k: params[k] for k in global_keys}
+            sampled = sample_clients(self.registered, fed.clients_per_round, fed.seed, rnd)
+            download = {k: self.params[k] for k in self.global_keys}
             updates, client_s = [], {}
             for cid in sampled:
                 tc = time.perf_counter()
-                state = private.get(cid) or method.init_private(cid, fed.seed)
+                state = self.private.get(cid) or method.init_private(cid, fed.seed)
                 out = method.fit(
                     download,
                     state,
-                    shard_of(cid % data.num_clients),
-                    fit_options(cfg, strategy, rnd, cid),
+                    self.shard_of(cid % self.data.num_clients),
+                    fit_options(self.cfg, self.strategy, rnd, cid),
                 )
                 if out.private:
-                    private[cid] = out.private
+                    self.private[cid] = out.private
                 updates.append(
                     ClientUpdate(cid, out.params, out.num_examples, out.metrics, out.extras)
                 )
                 client_s[str(cid)] = time.perf_counter() - tc
             fit_s = time.perf_counter() - t
-            params = strategy.aggregate(params, updates)
-            params = method_cls.server_update(params, updates, server_state)
+            params = self.strategy.aggregate(self.params, updates)
+            self.params = self.method_cls.server_update(params, updates, self.server_state)
             train_s = time.perf_counter() - t
             rec = {"round": rnd, "fit_s": fit_s, "train_s": train_s, "clients": client_s}
             if rnd % fed.eval_every == 0 or rnd == fed.rounds:
                 te = time.perf_counter()
-                rec |= _evaluate(method, data, {k: params[k] for k in global_keys}, private)
+                glob = {k: self.params[k] for k in self.global_keys}
+                rec |= _evaluate(method, self.data, glob, self.private)
                 rec["eval_s"] = time.perf_counter() - te
             rec["round_s"] = time.perf_counter() - t
             rec["cpu_s"] = time.process_time() - cpu  # < round_s: the machine was busy
@@ -244,10 +257,31 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
             rec["other_cores"] = (
                 max(0.0, machine_cpu().get("busy", 0) - busy - rec["cpu_s"]) / rec["round_s"]
             )
-            rounds.append(rec)
-        return {"build_s": build_s, "rounds": rounds, "params": params, "threads": 1}
+        self.rounds.append(rec)
+        return rec
+
+    def result(self) -> dict[str, Any]:
+        return {"build_s": self.build_s, "rounds": self.rounds, "params": self.params, "threads": 1}
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
+    """All rounds of the sequential loop, back to back."""
+    loop = SequentialLoop(cfg, data_path)
+    for rnd in range(1, cfg.federation.rounds + 1):
+        loop.round(rnd)
+    return loop.result()
 
 
 def _shard_source(cfg: Any, data: Any, method: Any) -> Any:
@@ -466,6 +500,70 @@ def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict[str, Any]]:
+    """Both sides round by round: sequential round r, then fedrs round r (the driver actor's
+    ``run_round``, what ``runner.run`` streams), so a machine whose speed drifts over seconds
+    slows both sides alike. Returns (sequential result, fedrs result) shaped for ``compare``.
+    While the sequential loop runs, fedrs's actors are up and idle."""
+    import ray
+
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.runner import spawn_driver
+
+    t0 = time.perf_counter()
+    driver = spawn_driver(cfg, run_dir, method_class(cfg.method.name))
+    try:
+        ray.get(driver.describe_actors.remote())  # the client actors are up
+        spawn_s = time.perf_counter() - t0
+        seq = SequentialLoop(cfg, data_path)
+        periods, records, snaps = [], [], []
+        for rnd in range(1, cfg.federation.rounds + 1):
+            seq.round(rnd)
+            a = cpu_snapshot()
+            records.append(ray.get(driver.run_round.remote(rnd)))
+            b = cpu_snapshot()
+            periods.append(b["t"] - a["t"])
+            snaps.append((a, b))
+        t = time.perf_counter()
+        summary = ray.get(driver.finish.remote())
+        finish_s = time.perf_counter() - t
+        params = ray.get(driver.params_snapshot.remote())
+    finally:
+        ray.kill(driver)
+    actors = {
+        int(str(c.get("worker", ":")).split(":")[-1] or 0)
+        for rec in records
+        for c in rec["clients"].values()
+    }
+    steady = [cpu_between(*snaps[i], actors) for i in steady_index(len(records))]
+    fedrs = {
+        "cpu_steady": merge_cpu([c for c in steady if c]),
+        "spawn_s": spawn_s,
+        "finish_s": finish_s,
+        "periods": periods,
+        "records": records,
+        "summary": summary,
+        "params": params,
+    }
+    return seq.result(), fedrs
+
+
+def merge_cpu(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``cpu_between`` over several intervals as one: cores weighted by each interval's wall."""
+    wall = sum(p["wall_s"] for p in parts)
+    if not parts or wall <= 0:
+        return {}
+    out: dict[str, Any] = {"wall_s": wall}
+    for key in ("client_actors_cores", "orchestration_cores", "other_users_cores", "steal_cores"):
+        out[key] = sum(p[key] * p["wall_s"] for p in parts) / wall
+    by: dict[str, float] = {}
+    for p in parts:
+        for name, cores in p["orchestration_by_process"].items():
+            by[name] = by.get(name, 0.0) + cores * p["wall_s"] / wall
+    out["orchestration_by_process"] = {k: round(v, 4) for k, v in sorted(by.items())}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # comparison
 
@@ -622,6 +720,7 @@ def run(
     keep: str | None = None,
     ceiling: bool = True,
     repeats: int = 3,
+    interleave: bool = True,
 ) -> dict[str, Any]:
     import ray
 
@@ -665,21 +764,26 @@ def run(
     try:
         for rep, (i, (label, path)) in itertools.product(range(repeats), enumerate(datasets)):
             cfg = RunConfig().replace(**base, **{"data.path": path})
-            load = {"before_sequential": os.getloadavg()[0]}
-            log.info("%s, repeat %d: sequential loop (1 torch thread)", label, rep + 1)
-            seq = run_sequential(cfg, path)
             steady = [j + 1 for j in steady_index(rounds)]
-            load["before_ceiling"] = os.getloadavg()[0]
+            run_dir = root / f"run-{label}-{rep + 1}"
+            load = {"before_ceiling": os.getloadavg()[0]}
             ceil = run_ceiling(cfg, path, steady, workers) if ceiling else None
+            if not interleave:  # the sequential loop, then fedrs through runner.run
+                load["before_sequential"] = os.getloadavg()[0]
+                log.info("%s, repeat %d: sequential loop (1 torch thread)", label, rep + 1)
+                seq = run_sequential(cfg, path)
+            # a fresh Ray per repeat, shut down after it: the ceiling (and, not interleaved,
+            # the sequential loop) never run beside Ray's daemons
             load["before_fedrs"] = os.getloadavg()[0]
-            # a fresh Ray per fedrs run, shut down after it: the sequential loop and the
-            # ceiling never run beside Ray's daemons
             t = time.perf_counter()
             if started_ray:
                 connect_ray()
             ray_start_s = time.perf_counter() - t
             log.info("%s, repeat %d: fedrs (%d actors x 1 CPU)", label, rep + 1, workers)
-            fr = run_fedrs(cfg, root / f"run-{label}-{rep + 1}")
+            if interleave:
+                seq, fr = run_interleaved(cfg, path, run_dir)
+            else:
+                fr = run_fedrs(cfg, run_dir)
             if started_ray:
                 ray.shutdown()
             load["after_fedrs"] = os.getloadavg()[0]
@@ -795,7 +899,13 @@ def run(
             "evaluation": "final round only, both sides (global split + every local split)",
             "seed": seed,
             "repeats": repeats,
-            "order": "per repeat and partition: sequential, ceiling, then fedrs on a fresh Ray",
+            "interleave": interleave,
+            "order": (
+                "per repeat and partition: ceiling, then on a fresh Ray sequential round r and "
+                "fedrs round r alternately"
+                if interleave
+                else "per repeat and partition: ceiling, sequential, then fedrs on a fresh Ray"
+            ),
         },
         "wall_s": round(time.perf_counter() - t_start, 1),
         "machine": machine_info(),

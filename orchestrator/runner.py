@@ -103,8 +103,24 @@ def run(
     else:
         cfg = cfg or RunConfig()
         run_dir = new_run_dir(out)
+    driver = spawn_driver(cfg, run_dir, method_cls or method_class(cfg.method.name), bool(resume))
+    try:
+        return _drive(driver, cfg, run_dir, stop_after, console)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, FedrsError):  # one line for the user, not a remote traceback
+            raise exc.cause from None
+        raise
+    finally:
+        ray.kill(driver)
+
+
+def spawn_driver(
+    cfg: RunConfig, run_dir: Path, method_cls: type[Method], resume: bool = False
+) -> Any:
+    """Check the data, record the config and start the driver actor (which spawns the client
+    actors); returns its handle. ``run`` streams its rounds; benchmarks may call
+    ``run_round`` on it one round at a time."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    method_cls = method_cls or method_class(cfg.method.name)
     data_path = ensure_data(cfg, run_dir)
     from fedrs.datasets.manifest import FedDataset
     from fedrs.orchestrator.driver import registered_clients
@@ -115,17 +131,9 @@ def run(
     connect_ray()
     from fedrs.orchestrator.driver import Driver
 
-    driver = ray.remote(num_cpus=0)(Driver).remote(
-        cfg, str(run_dir.resolve()), data_path, method_cls, bool(resume)
+    return ray.remote(num_cpus=0)(Driver).remote(
+        cfg, str(run_dir.resolve()), data_path, method_cls, resume
     )
-    try:
-        return _drive(driver, cfg, run_dir, stop_after, console)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, FedrsError):  # one line for the user, not a remote traceback
-            raise exc.cause from None
-        raise
-    finally:
-        ray.kill(driver)
 
 
 def _drive(

@@ -60,10 +60,24 @@ def test_sequential_loop_computes_what_fedrs_computes(synth_data: Path) -> None:
     for key in ("efficiency_steady", "efficiency_total", "speedup_steady"):
         assert math.isfinite(detail[key]) and detail[key] > 0
     assert result["target"] == vs_sequential.TARGET
+    assert result["setup"]["interleave"] is True  # the default: rounds alternate
     prof = detail["profile_steady_per_round"]
     parts = ("ideal_round_s", "load_imbalance_s", "dispatch_collect_s", "aggregate_record_s")
     assert sum(prof[k] for k in parts) + prof["after_round_s"] == pytest.approx(prof["round_s"])
     assert result["state_store_save_load_s_per_client"] > 0  # fedrsclip has private state
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_back_to_back_mode_through_runner_computes_the_same(synth_data: Path) -> None:
+    """``interleave=False``: the whole sequential loop, then fedrs through ``runner.run``."""
+    result = vs_sequential.run(
+        data=str(synth_data), rounds=3, method="fedrsclip", repeats=1, interleave=False, **TINY
+    )
+    (detail,) = result["details"]
+    assert detail["final_params_max_abs_diff"] == 0.0
+    assert detail["accuracy"]["sequential"] == detail["accuracy"]["fedrs"]
+    assert len(detail["fedrs_periods_s"]) == 3 and result["setup"]["interleave"] is False
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
 
 
 @pytest.mark.usefixtures("ray_cluster")
