@@ -284,6 +284,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         save_figure,
         write_result,
     )
+    from fedrs.errors import ConfigError
 
     unknown = set(options) - set(DEFAULTS)
     if unknown:
@@ -292,6 +293,14 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     for key in ("methods", "systems"):
         if isinstance(opts[key], str):
             opts[key] = [opts[key]]
+    known = {"systems": DEFAULTS["systems"], "methods": list(STRATEGY)}
+    for key, allowed in known.items():
+        bad = [x for x in opts[key] if x not in allowed]
+        if bad:
+            raise ConfigError(
+                f"vs-flower: unknown {key[:-1]} {bad[0]!r} (one of {', '.join(allowed)}; "
+                f"several as --set {key}=a,b)"
+            )
     work = Path(tempfile.mkdtemp(prefix="fedrs-vs-flower-"))
     try:
         if data is None:

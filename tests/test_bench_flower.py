@@ -1,0 +1,45 @@
+"""The vs-flower benchmark end to end at a tiny size: both systems run the same client code under
+their own Ray, and the JSON carries the ratio and raw figures (no wall-clock assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from fedrs.benchmarks import vs_flower
+from fedrs.errors import ConfigError
+
+pytestmark = pytest.mark.slow
+
+
+def test_vs_flower_runs_both_systems_and_reports_the_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "vf.json"
+    result = vs_flower.main(
+        json_path=str(out),
+        arch="fedrs-tiny",
+        image_size=32,
+        per_class=4,
+        clients=2,
+        rounds=2,
+        workers=1,
+        batch_size=8,
+        methods="promptfl",
+        systems=["fedrs", "flower"],
+    )
+    saved = json.loads(out.read_text())
+    assert saved["ratio"] == result["ratio"] and math.isfinite(saved["ratio"])
+    assert saved["ratio"] > 0 and saved["target"] == vs_flower.TARGETS["promptfl"]
+    for system in ("fedrs", "flower"):
+        raw = saved["raw"][f"{system}/promptfl"]
+        assert raw["updates"] == 4 and len(raw["round_s"]) == 2  # 2 clients x 2 rounds
+    assert saved["raw"]["fedrs/promptfl"]["bytes_up"] > 0
+    assert (tmp_path / "vf.png").is_file() or any(tmp_path.glob("*.png"))
+    assert "command" in saved["machine"]
+
+
+def test_unknown_system_is_a_one_line_error() -> None:
+    with pytest.raises(ConfigError, match="unknown system 'flwr'"):
+        vs_flower.main(systems=["fedrs", "flwr"])
