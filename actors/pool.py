@@ -18,7 +18,13 @@ from collections import deque
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+)
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -39,6 +45,8 @@ def _reason(exc: BaseException) -> str:
         cause = exc.cause if exc.cause is not None else exc
         text = str(cause).strip().splitlines()
         return f"client raised {type(cause).__name__}: {text[-1] if text else ''}".strip()
+    if isinstance(exc, ActorUnavailableError):
+        return f"actor died or became unreachable ({type(exc).__name__})"
     if isinstance(exc, RayActorError):
         return f"actor died ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}"
@@ -80,6 +88,20 @@ class ClientPool:
             ).remote(cfg.to_dict(), method_cls, data_path, state_root, i)
             for i in range(res.num_actors)
         ]
+        self.max_restarts = res.max_actor_restarts
+        self.deaths = [0] * len(self.actors)  # crashes and deadline kills, per actor
+
+    @classmethod
+    def of(cls, actors: list[Any], max_restarts: int) -> ClientPool:
+        """A pool over actors created elsewhere (no placement group of its own)."""
+        pool = cls.__new__(cls)
+        pool.pg, pool.actors, pool.max_restarts = None, list(actors), max_restarts
+        pool.deaths = [0] * len(pool.actors)
+        return pool
+
+    def _alive(self, ai: int) -> bool:
+        """False once an actor has died more often than Ray restarts it (-1: always)."""
+        return self.max_restarts < 0 or self.deaths[ai] <= self.max_restarts
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -132,9 +154,11 @@ class ClientPool:
         def actor_died(ai: int) -> None:
             """Settle every task queued on a dead actor: the ones it finished keep their
             results, the one it was running fails, the ones it never started go back to
-            ``pending`` (once) to run on any actor."""
+            ``pending`` (once) to run on another actor."""
+            self.deaths[ai] += 1
             refs = [ref for ref, _, _ in queues[ai]]
-            ray.wait(refs, num_returns=len(refs), timeout=30.0)
+            wait_s = min(30.0, max(0.0, deadline - time.monotonic()))
+            ray.wait(refs, num_returns=len(refs), timeout=wait_s)
             crashed = False
             unstarted: list[tuple[int, Any]] = []
             for ref, ti, task in queues[ai]:
@@ -152,52 +176,71 @@ class ClientPool:
                     fail(ti, _reason(exc))
                 except (RayActorError, GetTimeoutError) as exc:
                     crashed = True
-                    fail(ti, _reason(exc))
+                    fail(ti, _reason(exc) if isinstance(exc, RayActorError) else "actor died")
             queues[ai].clear()
             pending.extendleft(reversed(unstarted))
 
+        def settle(ref: ray.ObjectRef) -> None:
+            if ref not in owner:  # settled with its dead actor's queue
+                return
+            ai = owner[ref]
+            try:
+                result: Any = ray.get(ref)
+            except RayActorError:
+                # died, or unreachable while Ray restarts it (ActorUnavailableError, also for
+                # the tasks queued behind): settle its whole queue. A task re-queued from an
+                # actor that was only unreachable may have run too; its fit is then discarded
+                # and its private state (saved atomically per round) simply rewritten.
+                actor_died(ai)
+                return
+            except RayError as exc:  # the client raised, the task was cancelled, ...
+                result = exc
+            ti = next(t for r, t, _ in queues[ai] if r == ref)
+            queues[ai] = deque(e for e in queues[ai] if e[0] != ref)
+            del owner[ref]
+            if isinstance(result, RayError):
+                fail(ti, _reason(result))
+            else:
+                results[ti] = result
+
         while pending or owner:
-            for ai in sorted(range(len(queues)), key=lambda a: len(queues[a])):
-                busy = len(queues[ai])
-                if pending and (busy == 0 or (busy < depth and len(pending) > len(queues))):
-                    ti, task = pending.popleft()
-                    ref = getattr(self.actors[ai], method).remote(shared, task)
-                    queues[ai].append((ref, ti, task))
-                    owner[ref] = ai
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # collect what finished in time, then fail and unstick the rest
+                done, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
+                for ref in done:
+                    settle(ref)
                 for ai, queue in enumerate(queues):
                     for k, (ref, ti, _) in enumerate(queue):
                         why = "timed out after" if k == 0 else "not started within"
                         failures[ti] = f"{why} {timeout_s:.0f}s"
                         ray.cancel(ref, force=False)
                     if queue:
+                        self.deaths[ai] += 1
                         ray.kill(self.actors[ai], no_restart=False)  # unstick it; Ray restarts it
                 for ti, _ in pending:
                     failures[ti] = f"not started within {timeout_s:.0f}s"
                 break
+            live = [a for a in range(len(queues)) if self._alive(a)]
+            if not live and not owner:
+                for ti, _ in pending:
+                    fail(ti, "no live client actors (all died more often than Ray restarts them)")
+                break
+            # fewest tasks queued first; among equals, the actor that died least
+            for ai in sorted(live, key=lambda a: (len(queues[a]), self.deaths[a])):
+                busy = len(queues[ai])
+                if pending and (busy == 0 or (busy < depth and len(pending) > len(live))):
+                    ti, task = pending.popleft()
+                    ref = getattr(self.actors[ai], method).remote(shared, task)
+                    queues[ai].append((ref, ti, task))
+                    owner[ref] = ai
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=remaining)
             for ref in ready:
-                if ref not in owner:  # settled with its dead actor's queue
-                    continue
-                ai = owner[ref]
-                try:
-                    result = ray.get(ref)
-                except RayActorError:
-                    actor_died(ai)
-                    continue
-                except RayTaskError as exc:
-                    result = exc
-                ti = next(t for r, t, _ in queues[ai] if r == ref)
-                queues[ai] = deque(e for e in queues[ai] if e[0] != ref)
-                del owner[ref]
-                if isinstance(result, RayTaskError):
-                    fail(ti, _reason(result))
-                else:
-                    results[ti] = result
+                settle(ref)
         return results, failures
 
     def shutdown(self) -> None:
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
-        remove_placement_group(self.pg)
+        if self.pg is not None:
+            remove_placement_group(self.pg)

@@ -520,10 +520,10 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
         for rnd in range(1, cfg.federation.rounds + 1):
             seq.round(rnd)
             a = cpu_snapshot()
+            t = time.perf_counter()  # after the /proc scan: only the round is timed
             records.append(ray.get(driver.run_round.remote(rnd)))
-            b = cpu_snapshot()
-            periods.append(b["t"] - a["t"])
-            snaps.append((a, b))
+            periods.append(time.perf_counter() - t)
+            snaps.append((a, cpu_snapshot()))
         t = time.perf_counter()
         summary = ray.get(driver.finish.remote())
         finish_s = time.perf_counter() - t
@@ -759,8 +759,13 @@ def run(
     started_ray = not ray.is_initialized()
     rows, details = [], []
     ray_start_s = store_s = 0.0
+    shutdown_s: list[float] = []
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    from fedrs.methods import method_class
+
+    if not method_class(method).trains:
+        raise ValueError(f"method {method!r} does not train: there are no rounds to compare")
     try:
         for rep, (i, (label, path)) in itertools.product(range(repeats), enumerate(datasets)):
             cfg = RunConfig().replace(**base, **{"data.path": path})
@@ -785,7 +790,9 @@ def run(
             else:
                 fr = run_fedrs(cfg, run_dir)
             if started_ray:
+                t = time.perf_counter()
                 ray.shutdown()
+                shutdown_s.append(time.perf_counter() - t)
             load["after_fedrs"] = os.getloadavg()[0]
             cmp_ = compare(seq, fr, workers, ray_start_s)
             if ceil is not None:
@@ -858,12 +865,8 @@ def run(
                     _private_example(cfg, path) if method == "fedrsclip" else {}
                 )
     finally:
-        if started_ray and ray.is_initialized():
-            t = time.perf_counter()
+        if started_ray and ray.is_initialized():  # an error left it running
             ray.shutdown()
-            shutdown_s = time.perf_counter() - t
-        else:
-            shutdown_s = 0.0
         tmp.cleanup()
     summary = summarize(details)
     head = summary[0]
@@ -880,7 +883,7 @@ def run(
         "rows": rows,
         "details": details,
         "state_store_save_load_s_per_client": store_s,
-        "ray_shutdown_s": shutdown_s,
+        "ray_shutdown_s": float(np.mean(shutdown_s)) if shutdown_s else 0.0,
         "setup": {
             "method": method,
             "strategy": strategy,

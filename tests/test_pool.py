@@ -15,7 +15,7 @@ from fedrs.actors.pool import ClientPool
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def _pool(n: int) -> ClientPool:
+def _pool(n: int, max_restarts: int = 1) -> ClientPool:
     """A ClientPool whose actors are stand-in workers (defined here so Ray pickles the class by
     value: test modules are not importable in Ray's workers)."""
 
@@ -29,15 +29,17 @@ def _pool(n: int) -> ClientPool:
             if action == "die" and not os.path.exists(shared):
                 open(shared, "w").close()  # die once; the restarted actor then trains normally
                 os._exit(1)
+            if action == "die always":
+                os._exit(1)
             if action == "raise":
                 raise ValueError(f"client {cid} broke")
             time.sleep(seconds)
             return {"cid": cid, "start": start, "end": time.time(), "pid": os.getpid()}
 
-    pool = object.__new__(ClientPool)
-    remote = ray.remote(Sleeper).options(num_cpus=0.01, max_restarts=1, max_task_retries=0)
-    pool.actors = [remote.remote() for _ in range(n)]
-    return pool
+    remote = ray.remote(Sleeper).options(
+        num_cpus=0.01, max_restarts=max_restarts, max_task_retries=0
+    )
+    return ClientPool.of([remote.remote() for _ in range(n)], max_restarts)
 
 
 def test_largest_tasks_start_first_and_everything_completes(tmp_path: Any) -> None:
@@ -73,6 +75,30 @@ def test_tasks_queued_behind_a_crash_run_elsewhere(tmp_path: Any) -> None:
     results, failures = pool.map("fit", str(tmp_path / "died-once"), tasks, 120, costs)
     assert list(failures) == [0] and "actor died" in failures[0]
     assert sorted(results) == list(range(1, 8))
+    assert pool.deaths.count(1) == 1
+
+
+def test_an_actor_past_its_restarts_gets_no_more_tasks(tmp_path: Any) -> None:
+    """With no restarts left the dead actor is retired: its queued task and every later one
+    run on the surviving actor instead of failing one by one."""
+    pool = _pool(2, max_restarts=0)
+    tasks = [(0, 0.3, "die always")] + [(cid, 0.02, "") for cid in range(1, 8)]
+    costs = [10] + [1] * 7
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 120, costs)
+    assert list(failures) == [0] and "actor died" in failures[0]
+    assert sorted(results) == list(range(1, 8))
+    assert len({r["pid"] for r in results.values()}) == 1  # all on the survivor
+    # the next round: only the survivor is used, nothing fails
+    results, failures = pool.map("fit", str(tmp_path / "x"), [(9, 0.01, "")] * 4, 60)
+    assert failures == {} and len(results) == 4
+
+
+def test_with_every_actor_gone_the_rest_fail_with_a_reason(tmp_path: Any) -> None:
+    pool = _pool(1, max_restarts=0)
+    tasks = [(0, 0.0, "die always"), (1, 0.01, ""), (2, 0.01, "")]
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 60)
+    assert results == {} and "actor died" in failures[0]
+    assert "no live client actors" in failures[1] and "no live client actors" in failures[2]
 
 
 def test_a_raising_client_does_not_disturb_its_queue(tmp_path: Any) -> None:
