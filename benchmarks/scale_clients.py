@@ -18,6 +18,10 @@ trains on partition c mod P), FedRSCLIP with prompt averaging and private prompt
    the driver actor's process after the rounds. The private state of every client sampled in
    the last round is checked to have landed in the store under its registered id.
 
+The sweep runs ``repeats`` times, sizes ascending then descending (so the machine's drift over
+the minutes of a sweep hits the smallest and the largest N alike); a size's round time is the
+median of all its repeats' rounds 2..R.
+
     ratio = round time(smallest N) / round time(largest N)
 
 higher is better; the target is ratio >= 1 / 1.2 (the 100,000-client round takes at most 1.2x
@@ -35,7 +39,7 @@ growth (for the file store: the driver's, which holds nothing) and bytes (alloca
 directories included / used in plasma).
 
 Options (``--set``): ``sizes`` (100,1000,10000,100000), ``object_sizes`` (1000,10000; empty
-``none`` skips), ``clients_per_round`` (10), ``rounds`` (6), ``partitions`` (10),
+``none`` skips), ``clients_per_round`` (10), ``rounds`` (10), ``repeats`` (2), ``partitions`` (10),
 ``per_class`` (12), ``image_size`` (32), ``arch`` (fedrs-tiny), ``local_epochs`` (1),
 ``workers`` (2), ``reads`` (500), ``seed`` (0), ``keep`` (a folder to keep the run directories
 in; default: a temporary folder, each run's store removed once measured).
@@ -349,6 +353,24 @@ def run_size(
     return scale_row, store_row
 
 
+def pool_repeats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row per N from its repeats: round time = median of every repeat's rounds 2..R
+    together; memory = the largest seen; the rest from the first repeat."""
+    steady = [w for r in rows for w in (r["round_walls_s"][1:] or r["round_walls_s"])]
+    out = dict(rows[0])
+    out |= {
+        "round_s": float(np.median(steady)),
+        "round_s_by_repeat": [r["round_s"] for r in rows],
+        "round_walls_s": [r["round_walls_s"] for r in rows],
+        "driver_rss_mb": max(r["driver_rss_mb"] for r in rows),
+        "driver_peak_rss_mb": max(r["driver_peak_rss_mb"] for r in rows),
+        "clients_ok": sum(r["clients_ok"] for r in rows),
+        "clients_failed": sum(r["clients_failed"] for r in rows),
+        "state_landed": all(r["state_landed"] for r in rows),
+    }
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the benchmark
 
@@ -358,7 +380,7 @@ def run(
     sizes: Any = SIZES,
     object_sizes: Any = OBJECT_SIZES,
     clients_per_round: int = 10,
-    rounds: int = 6,
+    rounds: int = 10,
     partitions: int = 10,
     per_class: int = 12,
     image_size: int = 32,
@@ -368,6 +390,7 @@ def run(
     reads: int = 500,
     seed: int = 0,
     keep: str | None = None,
+    repeats: int = 2,
 ) -> dict[str, Any]:
     import ray
 
@@ -377,9 +400,12 @@ def run(
     from fedrs.orchestrator.runner import connect_ray
 
     sizes, object_sizes = sorted(_ints(sizes)), sorted(_ints(object_sizes))
-    if not sizes or rounds < 2:
-        raise ConfigError("bench scale-clients needs at least one size and rounds >= 2")
+    if not sizes or rounds < 2 or repeats < 1:
+        raise ConfigError(
+            "bench scale-clients needs at least one size, rounds >= 2 and repeats >= 1"
+        )
     t_start = time.perf_counter()
+    started_ray = False
     tmp = tempfile.mkdtemp(prefix="fedrs-scale-")
     work = Path(keep) if keep else Path(tmp)
     try:
@@ -405,25 +431,32 @@ def run(
             "resources.num_actors": workers,
             "resources.num_cpus_per_client": 1.0,
         }
+        started_ray = not ray.is_initialized()
         connect_ray()
-        rows, store_rows = [], []
-        for n in sizes:
-            log.info("scale-clients: %d registered clients", n)
-            run_dir = work / f"n{n}"
-            row, store_row = run_size(
-                n, run_dir, data_path, base, rounds, reads, seed, ds.num_classes
-            )
-            rows.append(row)
-            store_rows.append(store_row)
-            log.info("%s", {k: v for k, v in row.items() if not isinstance(v, list)})
-            if not keep:
-                shutil.rmtree(run_dir, ignore_errors=True)
+        # sizes up, then down (ABBA...): the machine's drift over the sweep hits every N alike
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+        store_rows = []
+        for rep in range(repeats):
+            for n in sizes if rep % 2 == 0 else sizes[::-1]:
+                log.info("scale-clients: %d registered clients (repeat %d)", n, rep + 1)
+                run_dir = work / f"n{n}-{rep + 1}"
+                row, store_row = run_size(
+                    n, run_dir, data_path, base, rounds, reads, seed, ds.num_classes
+                )
+                runs[n].append(row)
+                if rep == 0:
+                    store_rows.append(store_row)
+                log.info("%s", {k: v for k, v in row.items() if not isinstance(v, list)})
+                if not keep:
+                    shutil.rmtree(run_dir, ignore_errors=True)
+        rows = [pool_repeats(runs[n]) for n in sizes]
         cfg_shapes = private_shapes(RunConfig().replace(**base), ds.num_classes)
         for n in object_sizes:
             log.info("scale-clients: object store, %d clients", n)
             store_rows.append(measure_object_store(n, cfg_shapes, seed, reads))
     finally:
-        ray.shutdown()
+        if ray.is_initialized() and started_ray:  # a caller's Ray is left running
+            ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
     state_bytes = int(sum(4 * int(np.prod(s)) for s in cfg_shapes.values()))
     small, large = rows[0], rows[-1]
@@ -457,6 +490,8 @@ def run(
             "workers": workers,
             "reads": reads,
             "seed": seed,
+            "repeats": repeats,
+            "order": "sizes ascending, then descending, alternately per repeat",
             "private_state_shapes": {k: list(s) for k, s in cfg_shapes.items()},
             "private_state_bytes": state_bytes,
             "data": data or "synthetic",

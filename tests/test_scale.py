@@ -132,3 +132,49 @@ def test_virtual_clients_train_on_partitions_and_keep_their_state(
     assert max(seen) >= data.num_clients  # virtual clients beyond the partitions took part
     folders = {p.name for p in (run_dir / "client_state").glob("*/*")}
     assert folders == {str(c) for c in seen}
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_scale_benchmark_pools_repeats_in_both_orders(synth_data: Path) -> None:
+    """``fedrs bench scale-clients`` at a tiny size: every size runs once per repeat (ascending,
+    then descending), its round time is the median of all repeats' steady rounds, and every
+    sampled client's private state lands in the store."""
+    from fedrs.benchmarks import scale_clients
+
+    parts = FedDataset(synth_data).num_clients
+    sizes = [parts, 50 * parts]
+    result = scale_clients.run(
+        data=str(synth_data),
+        sizes=sizes,
+        object_sizes=[],
+        clients_per_round=2,
+        rounds=3,
+        repeats=2,
+        reads=20,
+        workers=2,
+    )
+    rows = result["rows"]
+    assert [r["registered"] for r in rows] == sizes
+    for r in rows:
+        assert len(r["round_s_by_repeat"]) == 2 and len(r["round_walls_s"]) == 2
+        steady = [w for walls in r["round_walls_s"] for w in walls[1:]]
+        assert r["round_s"] == pytest.approx(float(np.median(steady)))
+        assert r["state_landed"] and r["clients_ok"] == 2 * 3 * 2 and r["clients_failed"] == 0
+    assert result["ratio"] == pytest.approx(rows[0]["round_s"] / rows[-1]["round_s"])
+    assert result["setup"]["repeats"] == 2
+    import ray
+
+    assert ray.is_initialized()  # the session's Ray is left running
+
+
+def test_pool_repeats_takes_the_median_of_all_steady_rounds() -> None:
+    from fedrs.benchmarks.scale_clients import pool_repeats
+
+    base = {"driver_rss_mb": 10.0, "driver_peak_rss_mb": 11.0, "clients_ok": 4}
+    base |= {"clients_failed": 0, "state_landed": True}
+    a = {**base, "round_walls_s": [9.0, 1.0, 2.0], "round_s": 1.5}
+    b = {**base, "round_walls_s": [9.0, 3.0, 4.0, 5.0], "round_s": 4.0, "driver_rss_mb": 12.0}
+    row = pool_repeats([a, b])
+    assert row["round_s"] == 3.0  # median of 1, 2, 3, 4, 5: the first rounds are left out
+    assert row["round_s_by_repeat"] == [1.5, 4.0]
+    assert row["driver_rss_mb"] == 12.0 and row["clients_ok"] == 8
