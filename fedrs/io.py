@@ -12,10 +12,13 @@ from typing import IO, Any
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "wb", fsync: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on clean exit it replaces ``path`` atomically.
 
-    On an exception the temp file is removed and ``path`` is left as it was.
+    On an exception the temp file is removed and ``path`` is left as it was. ``fsync=False``
+    skips the per-file sync (bulk writers sync once at the end).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,8 +26,9 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -39,7 +43,7 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         fh.write("\n")
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
     """Write ``data`` atomically."""
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", fsync) as fh:
         fh.write(data)

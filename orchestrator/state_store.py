@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,25 +30,11 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from fedrs.io import write_bytes
+
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"r(\d+)\.safetensors")
 Params = dict[str, np.ndarray]
-
-
-def _write_atomic(path: str, data: bytes, fsync: bool) -> None:
-    """Write ``data`` to a temp file beside ``path`` and rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=".r", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class FileStateStore:
@@ -106,11 +91,7 @@ class FileStateStore:
         folder = self._folder(client_id)
         blob = st_save({k: np.ascontiguousarray(v) for k, v in params.items()})
         path = os.path.join(folder, f"r{round_}.safetensors")
-        try:
-            _write_atomic(path, blob, fsync)
-        except FileNotFoundError:  # the client's first state: make its folder
-            os.makedirs(folder, exist_ok=True)
-            _write_atomic(path, blob, fsync)
+        write_bytes(path, blob, fsync)  # makes the client's folder on its first state
         for old in self.versions(client_id)[: -self.keep]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(folder, f"r{old}.safetensors"))
