@@ -16,15 +16,24 @@ from pathlib import Path
 import pytest
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all bound at once, so no two calls hand out the same one."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
-def _wait_http(url: str, timeout: float) -> None:
+def _wait_http(url: str, timeout: float, head: subprocess.Popen, log: Path) -> None:
+    """Wait for the head's dashboard; fail with the head's log if it exits or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if head.poll() is not None:
+            break
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -32,13 +41,14 @@ def _wait_http(url: str, timeout: float) -> None:
             return  # the dashboard answered (401 until the request carries the token)
         except OSError:
             time.sleep(1)
-    raise TimeoutError(url)
+    tail = log.read_text(errors="replace")[-3000:] if log.is_file() else ""
+    raise TimeoutError(f"{url} (head exit code {head.poll()}); head log tail:\n{tail}")
 
 
 @pytest.mark.slow
 def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
     bindir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
+    port, dash, *more = _free_ports(7)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "token"  # the head enables token auth; the job client must send it
     log = open(tmp_path / "head.log", "w")  # noqa: SIM115
@@ -55,13 +65,17 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
             # Every port explicit and free: the session's own test cluster already holds Ray's
             # defaults (dashboard agent 52365, client server 10001, ...).
             *(
-                f"--{flag}={_free_port()}"
-                for flag in (
-                    "dashboard-agent-listen-port",
-                    "dashboard-agent-grpc-port",
-                    "runtime-env-agent-port",
-                    "metrics-export-port",
-                    "ray-client-server-port",
+                f"--{flag}={free}"
+                for free, flag in zip(
+                    more,
+                    (
+                        "dashboard-agent-listen-port",
+                        "dashboard-agent-grpc-port",
+                        "runtime-env-agent-port",
+                        "metrics-export-port",
+                        "ray-client-server-port",
+                    ),
+                    strict=True,
                 )
             ),
             "--num-cpus=2",
@@ -76,7 +90,7 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
     )
     run_dir = tmp_path / "run"
     try:
-        _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=120)
+        _wait_http(f"http://127.0.0.1:{dash}/api/version", 180, head, tmp_path / "head.log")
         submit = [
             str(bindir / "ray"),
             "job",
