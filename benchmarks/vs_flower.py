@@ -3,7 +3,8 @@
     fedrs bench vs-flower --json vs_flower.json [--rounds 4] [--set clients=10 --set arch=...]
 
 Both sides run the *same client code* (``fedrs.methods``: ``Method.fit`` on the same Arrow
-partitions, same ``FitOptions``) on the same number of Ray workers with 1 CPU each:
+partitions, same ``FitOptions``) on the same number of Ray workers with 1 CPU each and, where
+CUDA is there, the same GPU share each (``gpus_per_client``: 1/workers of GPU 0 by default):
 
 * **fedrs**: ``fedrs.orchestrator.runner.run``: actors built once with the frozen backbone
   resident, the frozen-feature cache on (it applies to PromptFL; FedRSCLIP's visual prompts
@@ -49,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     "workers": 2,
     "methods": ["promptfl", "fedrsclip"],
     "systems": ["fedrs", "flower", "flower-warm"],
+    # GPU share of each worker on both sides; None: 1/workers when CUDA is there, else 0
+    "gpus_per_client": None,
 }
 TARGETS = {"promptfl": 10.0, "fedrsclip": 2.0}
 STRATEGY = {"promptfl": "fedavg", "fedrsclip": "prompt_avg", "fullft": "fedavg"}
@@ -72,9 +75,19 @@ def _run_config(opts: dict[str, Any], method: str, data: str) -> dict[str, Any]:
             "federation.eval_every": opts["rounds"] + 1,
             "resources.num_actors": opts["workers"],
             "resources.num_cpus_per_client": 1,
+            "resources.num_gpus_per_client": opts["gpus_per_client"],
         }
     )
     return cfg.to_dict()
+
+
+def _gpus_per_client(opts: dict[str, Any]) -> float:
+    """The option as given, else one equal share of GPU 0 per worker when CUDA is there."""
+    if opts["gpus_per_client"] is not None:
+        return float(opts["gpus_per_client"])
+    import torch
+
+    return 1.0 / opts["workers"] if torch.cuda.is_available() else 0.0
 
 
 # ---------------------------------------------------------------------------------- fedrs side
@@ -134,7 +147,9 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
         if not warm:
             backbone.clear_cache()  # the model is built inside the ClientApp, per message
         dataset = FedDataset(data)  # ... and the node's partition loaded per message
-        method = method_class(cfg.method.name)(cfg, dataset.classes)
+        # Ray sets CUDA_VISIBLE_DEVICES to the worker's GPU share, as in fedrs's actors
+        gpu = cfg.resources.num_gpus_per_client > 0 and torch.cuda.is_available()
+        method = method_class(cfg.method.name)(cfg, dataset.classes, "cuda:0" if gpu else "cpu")
         arrays = msg.content["arrays"]
         params = {k: arrays[k].numpy() for k in arrays}
         if "private" in context.state:
@@ -211,7 +226,10 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
         client_app=client_app,
         num_supernodes=int(cfg_dict["federation"]["clients_per_round"]),
         backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "client_resources": {
+                "num_cpus": 1,
+                "num_gpus": float(cfg_dict["resources"]["num_gpus_per_client"]),
+            },
             "init_args": {
                 "address": "local",
                 "num_cpus": workers,
@@ -290,6 +308,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
     opts = {**DEFAULTS, **options}
+    opts["gpus_per_client"] = _gpus_per_client(opts)
     for key in ("methods", "systems"):
         if isinstance(opts[key], str):
             opts[key] = [opts[key]]
