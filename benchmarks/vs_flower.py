@@ -219,24 +219,12 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
     from flwr.simulation import run_simulation
 
     client_app, server_app, timed = _flower_apps(cfg_dict, data, warm, rounds)
-    workers = int(cfg_dict["resources"]["num_actors"])
     t0 = time.perf_counter()
     run_simulation(
         server_app=server_app,
         client_app=client_app,
         num_supernodes=int(cfg_dict["federation"]["clients_per_round"]),
-        backend_config={
-            "client_resources": {
-                "num_cpus": 1,
-                "num_gpus": float(cfg_dict["resources"]["num_gpus_per_client"]),
-            },
-            "init_args": {
-                "address": "local",
-                "num_cpus": workers,
-                "_node_ip_address": "127.0.0.1",
-                "include_dashboard": False,
-            },
-        },
+        backend_config=_backend_config(cfg_dict),
     )
     total = time.perf_counter() - t0
     marks = timed.marks
@@ -249,6 +237,21 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
         "updates": len(timed.fit_s),
         "total_s": total,
         "startup_s": total - sum(round_s),
+    }
+
+
+def _backend_config(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """Flower's Ray backend with fedrs's resources: as many 1-CPU workers as fedrs has actors,
+    each with fedrs's GPU share."""
+    res = cfg_dict["resources"]
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": float(res["num_gpus_per_client"])},
+        "init_args": {
+            "address": "local",
+            "num_cpus": int(res["num_actors"]),
+            "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+        },
     }
 
 

@@ -43,3 +43,18 @@ def test_vs_flower_runs_both_systems_and_reports_the_ratio(tmp_path: Path) -> No
 def test_unknown_system_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="unknown system 'flwr'"):
         vs_flower.main(systems=["fedrs", "flwr"])
+
+
+def test_both_sides_get_the_same_gpu_share() -> None:
+    """By default each worker gets 1/workers of the GPU where CUDA is there, else none; a share
+    given is the same for fedrs's actors and Flower's workers, and both get as many workers."""
+    import torch
+
+    opts = {**vs_flower.DEFAULTS, "workers": 4}
+    assert vs_flower._gpus_per_client(opts) == (0.25 if torch.cuda.is_available() else 0.0)
+    opts["gpus_per_client"] = vs_flower._gpus_per_client({**opts, "gpus_per_client": 0.25})
+    cfg = vs_flower._run_config(opts, "fedrsclip", "/nonexistent")
+    backend = vs_flower._backend_config(cfg)
+    assert cfg["resources"]["num_gpus_per_client"] == 0.25
+    assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": 0.25}
+    assert backend["init_args"]["num_cpus"] == cfg["resources"]["num_actors"] == 4
