@@ -83,11 +83,19 @@ def _run_config(opts: dict[str, Any], method: str, data: str) -> dict[str, Any]:
 
 def _gpus_per_client(opts: dict[str, Any]) -> float:
     """The option as given, else one equal share of GPU 0 per worker when CUDA is there."""
-    if opts["gpus_per_client"] is not None:
-        return float(opts["gpus_per_client"])
     import torch
 
-    return 1.0 / opts["workers"] if torch.cuda.is_available() else 0.0
+    from fedrs.errors import ConfigError
+
+    given = opts["gpus_per_client"]
+    if given is None:
+        return 1.0 / opts["workers"] if torch.cuda.is_available() else 0.0
+    share = float(given)
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"vs-flower: gpus_per_client={given} must be a share in [0, 1]")
+    if share > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"vs-flower: gpus_per_client={given} but this machine has no CUDA GPU")
+    return share
 
 
 # ---------------------------------------------------------------------------------- fedrs side

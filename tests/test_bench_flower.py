@@ -52,9 +52,24 @@ def test_both_sides_get_the_same_gpu_share() -> None:
 
     opts = {**vs_flower.DEFAULTS, "workers": 4}
     assert vs_flower._gpus_per_client(opts) == (0.25 if torch.cuda.is_available() else 0.0)
-    opts["gpus_per_client"] = vs_flower._gpus_per_client({**opts, "gpus_per_client": 0.25})
+    opts["gpus_per_client"] = 0.25  # as _gpus_per_client passes a valid share on a GPU machine
     cfg = vs_flower._run_config(opts, "fedrsclip", "/nonexistent")
     backend = vs_flower._backend_config(cfg)
     assert cfg["resources"]["num_gpus_per_client"] == 0.25
     assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": 0.25}
     assert backend["init_args"]["num_cpus"] == cfg["resources"]["num_actors"] == 4
+
+
+@pytest.mark.parametrize("share", [1.5, -0.5])
+def test_gpu_share_out_of_range_is_a_one_line_error(share: float) -> None:
+    with pytest.raises(ConfigError, match="must be a share"):
+        vs_flower._gpus_per_client({**vs_flower.DEFAULTS, "gpus_per_client": share})
+
+
+def test_gpu_share_without_cuda_is_a_one_line_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        vs_flower.main(gpus_per_client=0.5, systems="fedrs", methods="promptfl")
