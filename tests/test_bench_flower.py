@@ -36,6 +36,12 @@ def test_vs_flower_runs_both_systems_and_reports_the_ratio(tmp_path: Path) -> No
         raw = saved["raw"][f"{system}/promptfl"]
         assert raw["updates"] == 4 and len(raw["round_s"]) == 2  # 2 clients x 2 rounds
     assert saved["raw"]["fedrs/promptfl"]["bytes_up"] > 0
+    vs = saved["ratios"]["promptfl"]["vs flower"]
+    assert set(vs) == set(vs_flower.BASES) and saved["ratio"] == vs["per_round"]
+    for system in ("fedrs", "flower"):
+        raw = saved["raw"][f"{system}/promptfl"]
+        # the spans nest: rounds within "from Ray up" within the whole run
+        assert sum(raw["round_s"]) <= raw["from_ray_s"] <= raw["total_s"]
     assert (tmp_path / "vf.png").is_file() or any(tmp_path.glob("*.png"))
     assert "command" in saved["machine"]
 
