@@ -336,6 +336,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         save_figure,
         write_result,
     )
+    from fedrs.benchmarks.vs_sequential import transpose_rows
     from fedrs.errors import ConfigError
 
     unknown = set(options) - set(DEFAULTS)
@@ -396,12 +397,19 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 for sys_ in opts["systems"]
                 if sys_ != "fedrs" and f"{sys_}/{method}" in raw
             }
-        for row in rows:
-            vs = ratios.get(row["method"], {}).get("vs flower", {})
-            row["ratio"] = vs.get("per_round", float("nan"))
-            row["ratio R rounds"] = vs.get("rounds", float("nan"))
-            row["ratio from Ray"] = vs.get("from_ray_up", float("nan"))
-        print_table("fedrs vs Flower simulation (client updates per second)", rows)
+        for method in opts["methods"]:
+            print_table(
+                f"{method}: fedrs vs Flower simulation, one column per system",
+                transpose_rows([r for r in rows if r["method"] == method], "system", ("method",)),
+            )
+        print_table(
+            "ratio: fedrs updates/s over the baseline's (headline: per_round vs flower)",
+            [
+                {"method": m, "baseline": b[3:], **v}
+                for m, vs in ratios.items()
+                for b, v in vs.items()
+            ],
+        )
         head = opts["methods"][0]
         result = {
             "benchmark": "vs-flower",

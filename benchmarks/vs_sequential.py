@@ -980,9 +980,12 @@ PROFILE_NOTES = {
 }
 
 
-def transpose_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """One row per figure, one column per ``key`` value (tables that fit 80 columns)."""
-    names = [k for k in rows[0] if k != key]
+def transpose_rows(
+    rows: list[dict[str, Any]], key: str, skip: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """One row per figure, one column per ``key`` value (tables that fit 80 columns); the
+    ``skip`` figures are left out."""
+    names = [k for k in rows[0] if k != key and k not in skip]
     return [{"figure": n, **{str(r[key]): r[n] for r in rows}} for n in names]
 
 
