@@ -136,6 +136,7 @@ def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
         "round_s": round_s,
         "client_fit_s": [c["fit_s"] for r in timed for c in r["clients"].values()],
         "updates": sum(r["clients_ok"] for r in timed),
+        "round_updates": [r["clients_ok"] for r in timed],
         "total_s": total,
         "startup_s": total - sum(round_s),  # as Flower's: all but the timed rounds
         # Ray up -> last training round done: driver and actors start, every timed round
@@ -210,12 +211,14 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
 
         marks: ClassVar[list[float]] = []
         fit_s: ClassVar[list[float]] = []
+        updates: ClassVar[list[int]] = []  # successful replies per round
 
         def aggregate_train(self, server_round: int, replies: Any) -> Any:
             replies = list(replies)
             for r in replies:
                 if not r.has_error():
                     self.fit_s.append(float(r.content["metrics"]["fit_s"]))
+            self.updates.append(sum(not r.has_error() for r in replies))
             out = super().aggregate_train(server_round, replies)
             self.marks.append(time.perf_counter())
             return out
@@ -262,6 +265,7 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
         "round_s": round_s,
         "client_fit_s": timed.fit_s,
         "updates": len(timed.fit_s),
+        "round_updates": list(timed.updates),
         "total_s": total,
         "startup_s": total - sum(round_s),
         # Ray up -> last round aggregated: backend and workers start (Flower's workers import
@@ -440,8 +444,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
 def _per_round(res: dict[str, Any]) -> float:
     """Client updates per second over rounds 2..R: after the warm-up of either side (Flower's
     workers importing and building on their first message; fedrs's feature-cache fill)."""
-    rounds = res["round_s"][1:] or res["round_s"]
-    return res["updates"] * len(rounds) / len(res["round_s"]) / sum(rounds)
+    first = 1 if len(res["round_s"]) > 1 else 0
+    return sum(res["round_updates"][first:]) / sum(res["round_s"][first:])
 
 
 BASES: dict[str, Any] = {

@@ -35,6 +35,7 @@ def test_vs_flower_runs_both_systems_and_reports_the_ratio(tmp_path: Path) -> No
     for system in ("fedrs", "flower"):
         raw = saved["raw"][f"{system}/promptfl"]
         assert raw["updates"] == 4 and len(raw["round_s"]) == 2  # 2 clients x 2 rounds
+        assert raw["round_updates"] == [2, 2]
     assert saved["raw"]["fedrs/promptfl"]["bytes_up"] > 0
     vs = saved["ratios"]["promptfl"]["vs flower"]
     assert set(vs) == set(vs_flower.BASES) and saved["ratio"] == vs["per_round"]
