@@ -28,6 +28,10 @@ Client updates per second, fedrs over ``flower``, on four bases (``BASIS_MEANING
   import torch and build on their first message, inside round 1) but not fedrs's actor start;
 * ``from_ray_up``: from Ray up to round R done: both sides' worker start and warm-up;
 * ``end_to_end``: the whole child process's run.
+
+Both sides train R + 1 rounds (fedrs's last round also evaluates; Flower's is untimed), and
+``same_work_max_abs_diff`` compares their final global tensors: the same client work gives the
+same model up to float rounding (``trained_max_abs``: how far training moved it).
 """
 
 from __future__ import annotations
@@ -133,6 +137,7 @@ def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
     timed = res["records"][:rounds]
     round_s = res["periods"][:rounds]
     return {
+        "params": res["params"],  # global tensors after all R + 1 rounds
         "round_s": round_s,
         "client_fit_s": [c["fit_s"] for r in timed for c in r["clients"].values()],
         "updates": sum(r["clients_ok"] for r in timed),
@@ -210,15 +215,15 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
         """FedAvg that timestamps the end of each round's aggregation."""
 
         marks: ClassVar[list[float]] = []
-        fit_s: ClassVar[list[float]] = []
-        updates: ClassVar[list[int]] = []  # successful replies per round
+        fit_s: ClassVar[list[list[float]]] = []  # per round, successful replies
+        final: ClassVar[dict[str, np.ndarray]] = {}
+        initial: ClassVar[dict[str, np.ndarray]] = {}
 
         def aggregate_train(self, server_round: int, replies: Any) -> Any:
             replies = list(replies)
-            for r in replies:
-                if not r.has_error():
-                    self.fit_s.append(float(r.content["metrics"]["fit_s"]))
-            self.updates.append(sum(not r.has_error() for r in replies))
+            self.fit_s.append(
+                [float(r.content["metrics"]["fit_s"]) for r in replies if not r.has_error()]
+            )
             out = super().aggregate_train(server_round, replies)
             self.marks.append(time.perf_counter())
             return out
@@ -231,7 +236,9 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
         cfg = from_dict(cfg_dict)
         n = cfg.federation.clients_per_round
         method = method_class(cfg.method.name)(cfg, FedDataset(data).classes)
-        initial = ArrayRecord({k: Array(v) for k, v in method.init_global(0).items()})
+        seed = cfg.federation.seed
+        TimedFedAvg.initial.update(method.init_global(seed))
+        initial = ArrayRecord({k: Array(v) for k, v in TimedFedAvg.initial.items()})
         strategy = TimedFedAvg(
             fraction_train=1.0,
             fraction_evaluate=0.0,
@@ -239,7 +246,10 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
             min_available_nodes=n,
         )
         TimedFedAvg.marks.append(time.perf_counter())
-        strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds)
+        # one round more than timed, as fedrs runs one more (its evaluation round): both sides
+        # then train R + 1 rounds, and their final global tensors can be compared
+        result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds + 1)
+        TimedFedAvg.final.update({k: result.arrays[k].numpy() for k in result.arrays})
 
     return client_app, server_app, TimedFedAvg
 
@@ -258,19 +268,23 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
     )
     total = time.perf_counter() - t0
     marks = timed.marks
-    if len(marks) != rounds + 1:
-        raise RuntimeError(f"Flower completed {len(marks) - 1} of {rounds} rounds")
-    round_s = [b - a for a, b in itertools.pairwise(marks)]
+    if len(marks) != rounds + 2:
+        raise RuntimeError(f"Flower completed {len(marks) - 1} of {rounds + 1} rounds")
+    round_s = [b - a for a, b in itertools.pairwise(marks[: rounds + 1])]
+    per_round = timed.fit_s[:rounds]
     return {
+        "params": dict(timed.final),
+        # how far training moved the global tensors (scale for the fedrs-vs-Flower difference)
+        "trained_max_abs": _max_abs_diff(timed.final, timed.initial),
         "round_s": round_s,
-        "client_fit_s": timed.fit_s,
-        "updates": len(timed.fit_s),
-        "round_updates": list(timed.updates),
+        "client_fit_s": [f for r in per_round for f in r],
+        "updates": sum(len(r) for r in per_round),
+        "round_updates": [len(r) for r in per_round],
         "total_s": total,
         "startup_s": total - sum(round_s),
         # Ray up -> last round aggregated: backend and workers start (Flower's workers import
         # torch and build on their first message, inside round 1), every round
-        "from_ray_s": marks[-1] - ray_up,
+        "from_ray_s": marks[rounds] - ray_up,
         "ray_s": ray_up - t0,
     }
 
@@ -298,9 +312,21 @@ def _child(spec_path: str) -> None:
         result = _fedrs(spec["cfg"], spec["out"])
     else:
         result = _flower(spec["cfg"], spec["data"], spec["system"] == "flower-warm", spec["rounds"])
-    from fedrs.io import write_json
+    from fedrs.io import write_bytes, write_json
 
+    params = result.pop("params")
+    write_bytes(spec["params"], _npz(params))
     write_json(spec["result"], result)
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buf.getvalue()
 
 
 def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Path) -> dict:
@@ -312,6 +338,7 @@ def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Pat
         "rounds": rounds,
         "out": str(work / name),
         "result": str(work / f"{name}.json"),
+        "params": str(work / f"{name}.npz"),
     }
     spec_path = work / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -328,7 +355,12 @@ def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Pat
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-15:])
         raise RuntimeError(f"{name} failed:\n{tail}")
-    return json.loads(Path(spec["result"]).read_text())
+    import numpy as np
+
+    result = json.loads(Path(spec["result"]).read_text())
+    with np.load(spec["params"]) as saved:
+        result["params"] = {k: saved[k] for k in saved.files}
+    return result
 
 
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict:
@@ -389,10 +421,16 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                     }
                 )
         ratios: dict[str, dict[str, dict[str, float]]] = {}
+        same_work: dict[str, dict[str, float]] = {}
         for method in opts["methods"]:
             mine = raw.get(f"fedrs/{method}")
             if mine is None:
                 continue
+            same_work[method] = {
+                f"vs {sys_}": _max_abs_diff(mine["params"], raw[f"{sys_}/{method}"]["params"])
+                for sys_ in opts["systems"]
+                if sys_ != "fedrs" and f"{sys_}/{method}" in raw
+            }
             ratios[method] = {
                 f"vs {sys_}": {
                     k: mine["updates_per_s"][k] / raw[f"{sys_}/{method}"]["updates_per_s"][k]
@@ -414,6 +452,16 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 for b, v in vs.items()
             ],
         )
+        for method, diffs in same_work.items():
+            for vs, diff in diffs.items():
+                log.info(
+                    "vs-flower: %s, final global tensors fedrs %s: max |diff| %.3g",
+                    method,
+                    vs,
+                    diff,
+                )
+        for res in raw.values():
+            res.pop("params")
         head = opts["methods"][0]
         result = {
             "benchmark": "vs-flower",
@@ -423,6 +471,9 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             "bases": BASIS_MEANING,
             "target": TARGETS.get(head),
             "ratios": ratios,
+            # same client work: the largest difference between the final global tensors of fedrs
+            # and of each baseline after R + 1 rounds (float rounding only; NaN: not comparable)
+            "same_work_max_abs_diff": same_work,
             "targets": TARGETS,
             "options": opts,
             "rows": rows,
@@ -439,6 +490,15 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Largest |a - b| over the tensors both hold (NaN when they hold different tensors)."""
+    import numpy as np
+
+    if set(a) != set(b) or not a:
+        return float("nan")
+    return max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a)
 
 
 def _per_round(res: dict[str, Any]) -> float:

@@ -37,6 +37,11 @@ def test_vs_flower_runs_both_systems_and_reports_the_ratio(tmp_path: Path) -> No
         assert raw["updates"] == 4 and len(raw["round_s"]) == 2  # 2 clients x 2 rounds
         assert raw["round_updates"] == [2, 2]
     assert saved["raw"]["fedrs/promptfl"]["bytes_up"] > 0
+    # same client work: Flower and fedrs end with the same global prompt (float rounding only;
+    # fedrs trains on cached image features, Flower re-encodes the images every step)
+    moved = saved["raw"]["flower/promptfl"]["trained_max_abs"]
+    assert moved > 1e-3  # training did move the prompt ...
+    assert saved["same_work_max_abs_diff"]["promptfl"]["vs flower"] < 1e-3 * moved  # ... alike
     vs = saved["ratios"]["promptfl"]["vs flower"]
     assert set(vs) == set(vs_flower.BASES) and saved["ratio"] == vs["per_round"]
     for system in ("fedrs", "flower"):
