@@ -133,7 +133,7 @@ def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
     res = run_fedrs(cfg, Path(out))
     ray.shutdown()  # as run_simulation shuts its Ray down inside Flower's total
     total = time.perf_counter() - t0
-    rounds = cfg.federation.rounds - 1  # the extra last round only evaluates
+    rounds = cfg.federation.rounds - 1  # the extra last round (it also evaluates) is untimed
     timed = res["records"][:rounds]
     round_s = res["periods"][:rounds]
     return {
@@ -257,6 +257,8 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
 def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
+    from fedrs.benchmarks.vs_sequential import max_abs_diff
+
     client_app, server_app, timed = _flower_apps(cfg_dict, data, warm, rounds)
     t0 = time.perf_counter()
     ray_up = _start_ray(cfg_dict)  # Flower's backend finds it up and skips its own ray.init
@@ -275,7 +277,7 @@ def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dic
     return {
         "params": dict(timed.final),
         # how far training moved the global tensors (scale for the fedrs-vs-Flower difference)
-        "trained_max_abs": _max_abs_diff(timed.final, timed.initial),
+        "trained_max_abs": max_abs_diff(timed.final, timed.initial),
         "round_s": round_s,
         "client_fit_s": [f for r in per_round for f in r],
         "updates": sum(len(r) for r in per_round),
@@ -372,7 +374,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         save_figure,
         write_result,
     )
-    from fedrs.benchmarks.vs_sequential import transpose_rows
+    from fedrs.benchmarks.vs_sequential import max_abs_diff, transpose_rows
     from fedrs.errors import ConfigError
 
     unknown = set(options) - set(DEFAULTS)
@@ -427,7 +429,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             if mine is None:
                 continue
             same_work[method] = {
-                f"vs {sys_}": _max_abs_diff(mine["params"], raw[f"{sys_}/{method}"]["params"])
+                f"vs {sys_}": max_abs_diff(mine["params"], raw[f"{sys_}/{method}"]["params"])
                 for sys_ in opts["systems"]
                 if sys_ != "fedrs" and f"{sys_}/{method}" in raw
             }
@@ -472,7 +474,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             "target": TARGETS.get(head),
             "ratios": ratios,
             # same client work: the largest difference between the final global tensors of fedrs
-            # and of each baseline after R + 1 rounds (float rounding only; NaN: not comparable)
+            # and of each baseline after R + 1 rounds (float rounding only; inf: not comparable)
             "same_work_max_abs_diff": same_work,
             "targets": TARGETS,
             "options": opts,
@@ -490,15 +492,6 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """Largest |a - b| over the tensors both hold (NaN when they hold different tensors)."""
-    import numpy as np
-
-    if set(a) != set(b) or not a:
-        return float("nan")
-    return max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) for k in a)
 
 
 def _per_round(res: dict[str, Any]) -> float:
