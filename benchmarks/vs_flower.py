@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -412,9 +413,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                         "system": system,
                         "updates": res["updates"],
                         "round1 s": res["round_s"][0],
-                        "round s": sorted(res["round_s"][1:] or res["round_s"])[
-                            len(res["round_s"][1:]) // 2
-                        ],
+                        "round s": statistics.median(res["round_s"][1:] or res["round_s"]),
                         "fit s": sum(res["client_fit_s"]) / max(len(res["client_fit_s"]), 1),
                         "upd/s": res["updates_per_s"]["per_round"],
                         "upd/s R rounds": res["updates_per_s"]["rounds"],

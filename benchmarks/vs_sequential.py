@@ -447,6 +447,15 @@ class _Clock(io.TextIOBase):
         return True
 
 
+def _actor_pids(records: list[dict[str, Any]]) -> set[int]:
+    """The client actors' process ids, from the ``worker`` ("index:pid") of each client."""
+    return {
+        int(str(c.get("worker", ":")).split(":")[-1] or 0)
+        for rec in records
+        for c in rec["clients"].values()
+    }
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     from fedrs.orchestrator.driver import METRICS
 
@@ -477,11 +486,7 @@ def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
         periods.append(ends[rec["round"]] - prev)
         prev = ends[rec["round"]]
     saved = checkpoint.load(run_dir)
-    actors = {
-        int(str(c.get("worker", ":")).split(":")[-1] or 0)
-        for rec in records
-        for c in rec["clients"].values()
-    }
+    actors = _actor_pids(records)
     steady = [i + 1 for i in steady_index(len(records))]
     first, last = steady[0] - 1, steady[-1]  # from the end of the round before the window
     cpu = (
@@ -530,11 +535,7 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
         params = ray.get(driver.params_snapshot.remote())
     finally:
         ray.kill(driver)
-    actors = {
-        int(str(c.get("worker", ":")).split(":")[-1] or 0)
-        for rec in records
-        for c in rec["clients"].values()
-    }
+    actors = _actor_pids(records)
     steady = [cpu_between(*snaps[i], actors) for i in steady_index(len(records))]
     fedrs = {
         "cpu_steady": merge_cpu([c for c in steady if c]),
