@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrs.actors.allocator import retain_freed_memory
 from fedrs.datasets.features import FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
@@ -64,6 +65,7 @@ class ClientWorker:
     ) -> None:
         self.cfg = from_dict(cfg)
         self.index = index
+        self.allocator_tuned = self.cfg.resources.retain_freed_memory and retain_freed_memory()
         threads = max(1, round(self.cfg.resources.num_cpus_per_client))
         torch.set_num_threads(threads)
         self.gpu_ids = _assigned_gpus()
@@ -102,6 +104,7 @@ class ClientWorker:
             "device": self.device,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "torch_threads": torch.get_num_threads(),
+            "allocator_tuned": self.allocator_tuned,
         }
 
     def init_global(self, seed: int) -> Params:

@@ -44,7 +44,11 @@ fedrs-small is ~17x the work per client), ``image_size`` (64), ``clients`` (14 d
 also a Dirichlet row), ``alpha`` (0.5), ``seed`` (0), ``feature_cache`` (false), ``ceiling``
 (true), ``keep`` (a folder to keep the run directories in), ``repeats`` (3: the whole
 comparison runs this many times, each on a fresh Ray shut down before the next repeat's
-ceiling; ``ratio`` is the median), ``interleave`` (true).
+ceiling; ``ratio`` is the median), ``interleave`` (true), ``retain_freed_memory`` (true:
+fedrs's actors keep freed heap memory, ``resources.retain_freed_memory``),
+``baseline_retain_freed_memory`` (false: research code's loop runs with the C allocator's
+defaults; true gives the sequential loop and the ceiling the same tuning, which separates the
+allocator's share of the efficiency from parallelism's).
 """
 
 from __future__ import annotations
@@ -330,14 +334,18 @@ def _ceiling_worker(
     barrier: Any,
     queue: Any,
     rank: int,
+    retain_freed: bool,
 ) -> None:
     import torch
 
+    from fedrs.actors.allocator import retain_freed_memory
     from fedrs.datasets.manifest import FedDataset
     from fedrs.methods import method_class
     from fedrs.orchestrator.config import from_dict
     from fedrs.orchestrator.strategies import make_strategy
 
+    if retain_freed:
+        retain_freed_memory()
     torch.set_num_threads(1)
     cfg = from_dict(cfg_dict)
     data = FedDataset(data_path)
@@ -373,10 +381,13 @@ def _ceiling_worker(
     queue.put((rank, times, time.process_time()))
 
 
-def run_ceiling(cfg: Any, data_path: str, rounds: list[int], workers: int) -> dict[str, Any]:
+def run_ceiling(
+    cfg: Any, data_path: str, rounds: list[int], workers: int, retain_freed: bool = False
+) -> dict[str, Any]:
     """The steady-state rounds' clients split statically over ``workers`` plain processes (one
     torch thread each, started together at a barrier every round): what this machine gives for
-    ``workers`` concurrent trainers with no orchestration at all."""
+    ``workers`` concurrent trainers with no orchestration at all. ``retain_freed``: the
+    processes tune their allocator as fedrs's actors do (``actors/allocator.py``)."""
     import multiprocessing as mp
 
     from fedrs.datasets.manifest import FedDataset
@@ -397,6 +408,7 @@ def run_ceiling(cfg: Any, data_path: str, rounds: list[int], workers: int) -> di
                 barrier,
                 queue,
                 k,
+                retain_freed,
             ),
         )
         for k in range(workers)
@@ -722,6 +734,8 @@ def run(
     ceiling: bool = True,
     repeats: int = 3,
     interleave: bool = True,
+    retain_freed_memory: bool = True,
+    baseline_retain_freed_memory: bool = False,
 ) -> dict[str, Any]:
     import ray
 
@@ -756,7 +770,12 @@ def run(
         "federation.seed": seed,
         "resources.num_actors": workers,
         "resources.num_cpus_per_client": 1.0,
+        "resources.retain_freed_memory": retain_freed_memory,
     }
+    if baseline_retain_freed_memory:  # this process runs the sequential loop: for the whole run
+        from fedrs.actors.allocator import retain_freed_memory as tune_allocator
+
+        tune_allocator()
     started_ray = not ray.is_initialized()
     rows, details = [], []
     ray_start_s = store_s = 0.0
@@ -773,7 +792,11 @@ def run(
             steady = [j + 1 for j in steady_index(rounds)]
             run_dir = root / f"run-{label}-{rep + 1}"
             load = {"before_ceiling": os.getloadavg()[0]}
-            ceil = run_ceiling(cfg, path, steady, workers) if ceiling else None
+            ceil = (
+                run_ceiling(cfg, path, steady, workers, baseline_retain_freed_memory)
+                if ceiling
+                else None
+            )
             if not interleave:  # the sequential loop, then fedrs through runner.run
                 load["before_sequential"] = os.getloadavg()[0]
                 log.info("%s, repeat %d: sequential loop (1 torch thread)", label, rep + 1)
@@ -899,6 +922,12 @@ def run(
             "workers": workers,
             "sequential_torch_threads": 1,
             "fedrs_resources": {"num_actors": workers, "num_cpus_per_client": 1.0},
+            # glibc malloc keeps freed memory (actors/allocator.py): fedrs's actors by default;
+            # the sequential loop and the ceiling's processes only when asked
+            "retain_freed_memory": {
+                "fedrs_actors": retain_freed_memory,
+                "sequential_and_ceiling": baseline_retain_freed_memory,
+            },
             "feature_cache": feature_cache,
             "evaluation": "final round only, both sides (global split + every local split)",
             "seed": seed,

@@ -135,6 +135,8 @@ class ResourcesConfig:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_actor_restarts: int = 3
     placement_timeout_s: float = 120.0  # a placement group not placed by then is an error
+    # client actors keep freed heap memory for the next step (glibc malloc; actors/allocator.py)
+    retain_freed_memory: bool = True
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")

@@ -6,6 +6,7 @@ import collections
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ def test_fractional_gpus_pack_16_actors_on_4_gpus(synth_data: Path, tmp_path: Pa
     assert sorted(per_gpu.values()) == [4, 4, 4, 4]  # four 0.25-GPU actors per GPU
     assert all(i["cuda_visible_devices"] == i["gpu_ids"][0] for i in info)
     assert all(i["device"] == "cpu" for i in info)  # no CUDA here: torch falls back to CPU
+    assert all(i["allocator_tuned"] == sys.platform.startswith("linux") for i in info)
 
 
 @pytest.mark.parametrize(("strategy", "distinct_nodes"), [("SPREAD", 2), ("STRICT_PACK", 1)])
