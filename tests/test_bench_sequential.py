@@ -61,6 +61,11 @@ def test_sequential_loop_computes_what_fedrs_computes(synth_data: Path) -> None:
         assert math.isfinite(detail[key]) and detail[key] > 0
     assert result["target"] == vs_sequential.TARGET
     assert result["setup"]["interleave"] is True  # the default: rounds alternate
+    # fedrs's actors keep freed memory; the research loop runs with the allocator's defaults
+    assert result["setup"]["retain_freed_memory"] == {
+        "fedrs_actors": True,
+        "sequential_and_ceiling": False,
+    }
     prof = detail["profile_steady_per_round"]
     parts = ("ideal_round_s", "load_imbalance_s", "dispatch_collect_s", "aggregate_record_s")
     assert sum(prof[k] for k in parts) + prof["after_round_s"] == pytest.approx(prof["round_s"])
