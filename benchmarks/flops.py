@@ -327,6 +327,7 @@ class Client:
     """One method built as a client actor builds it, with its initial global / private state."""
 
     def __init__(self, spec: RowSpec, classes: list[str], seed: int) -> None:
+        from fedrs.actors.allocator import retain_freed_memory
         from fedrs.methods import method_class
         from fedrs.orchestrator.config import RunConfig
 
@@ -342,6 +343,8 @@ class Client:
             }
         )
         torch.set_num_threads(max(1, round(self.cfg.resources.num_cpus_per_client)))
+        if self.cfg.resources.retain_freed_memory:  # as the actor does (process-wide, once)
+            retain_freed_memory()
         self.method = method_class(spec.method)(self.cfg, classes)
         self.global_params = self.method.init_global(seed)
         self.private = self.method.init_private(0, seed)
