@@ -158,6 +158,7 @@ BENCHMARKS = {
     "scale-clients": "fedrs.benchmarks.scale_clients",
     "packing": "fedrs.benchmarks.packing",
     "flops": "fedrs.benchmarks.flops",
+    "allocator": "fedrs.benchmarks.allocator",
 }
 
 
