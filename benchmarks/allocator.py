@@ -49,25 +49,15 @@ def _fitter(cfg_dict: dict[str, Any], data_path: str, tuned: bool, conn: Any) ->
     import torch
 
     from fedrs.actors.allocator import retain_freed_memory
-    from fedrs.benchmarks.vs_sequential import fit_options
+    from fedrs.benchmarks.vs_sequential import build_local, fit_options
     from fedrs.datasets.manifest import FedDataset
-    from fedrs.methods import method_class
     from fedrs.orchestrator.config import from_dict
-    from fedrs.orchestrator.strategies import make_strategy
 
     applied = retain_freed_memory() if tuned else False
     torch.set_num_threads(1)
     cfg = from_dict(cfg_dict)
     data = FedDataset(data_path)
-    method_cls = method_class(cfg.method.name)
-    method = method_cls(cfg, data.classes, "cpu")
-    params = method.init_global(cfg.federation.seed)
-    strategy = make_strategy(
-        cfg.strategy.name,
-        mu=cfg.strategy.mu,
-        global_keys=tuple(params),
-        prompt_keys=method_cls.prompt_keys,
-    )
+    _, method, params, strategy = build_local(cfg, data)
     shard, seed = data.client(0), cfg.federation.seed
 
     def fit() -> None:

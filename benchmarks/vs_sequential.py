@@ -115,6 +115,25 @@ def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
     return FitOptions.from_config(cfg, rnd, cid, strategy)
 
 
+def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], Any]:
+    """The method on the CPU, its initial global tensors and the run's strategy, built in this
+    process as a client actor (method) and the driver (strategy) build them:
+    ``(method_cls, method, params, strategy)``."""
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.strategies import make_strategy
+
+    method_cls = method_class(cfg.method.name)
+    method = method_cls(cfg, data.classes, "cpu")
+    params = method.init_global(cfg.federation.seed)
+    strategy = make_strategy(
+        cfg.strategy.name,
+        mu=cfg.strategy.mu,
+        global_keys=tuple(params),
+        prompt_keys=method_cls.prompt_keys,
+    )
+    return method_cls, method, params, strategy
+
+
 # ---------------------------------------------------------------------------------------------
 # CPU accounting from /proc (Linux): who used the cores while a phase ran
 
@@ -202,23 +221,13 @@ class SequentialLoop:
 
     def __init__(self, cfg: Any, data_path: str) -> None:
         from fedrs.datasets.manifest import FedDataset
-        from fedrs.methods import method_class
-        from fedrs.orchestrator.strategies import make_strategy
 
         with _one_thread():
             t0 = time.perf_counter()
             self.cfg, fed = cfg, cfg.federation
             self.data = FedDataset(data_path)
-            self.method_cls = method_class(cfg.method.name)
-            self.method = self.method_cls(cfg, self.data.classes, "cpu")
-            self.params = self.method.init_global(fed.seed)
+            self.method_cls, self.method, self.params, self.strategy = build_local(cfg, self.data)
             self.global_keys = tuple(self.params)
-            self.strategy = make_strategy(
-                cfg.strategy.name,
-                mu=cfg.strategy.mu,
-                global_keys=self.global_keys,
-                prompt_keys=self.method_cls.prompt_keys,
-            )
             self.registered = fed.num_clients or self.data.num_clients
             self.private: dict[int, dict[str, np.ndarray]] = {}
             self.server_state: dict[str, Any] = {}
@@ -346,24 +355,14 @@ def _ceiling_worker(
 
     from fedrs.actors.allocator import retain_freed_memory
     from fedrs.datasets.manifest import FedDataset
-    from fedrs.methods import method_class
     from fedrs.orchestrator.config import from_dict
-    from fedrs.orchestrator.strategies import make_strategy
 
     if retain_freed:
         retain_freed_memory()
     torch.set_num_threads(1)
     cfg = from_dict(cfg_dict)
     data = FedDataset(data_path)
-    method_cls = method_class(cfg.method.name)
-    method = method_cls(cfg, data.classes, "cpu")
-    params = method.init_global(cfg.federation.seed)
-    strategy = make_strategy(
-        cfg.strategy.name,
-        mu=cfg.strategy.mu,
-        global_keys=tuple(params),
-        prompt_keys=method_cls.prompt_keys,
-    )
+    _, method, params, strategy = build_local(cfg, data)
     shard_of = _shard_source(cfg, data, method)
     warm = next((c for _, cs in plan for c in cs), 0)  # first-call costs, as round 1 pays them
     method.fit(
