@@ -30,9 +30,11 @@ client's ``method.fit`` against ``torch.mm`` on the same CPU with the same torch
 4. **Experiments** (before / after, interleaved on the headline row): ``attention``:
    open_clip's blocks call ``nn.MultiheadAttention(batch_first=True)``, which transposes its
    input to ``(L, N, E)``; the packed in-projection on that non-contiguous view runs as ``bmm``
-   against an expanded weight instead of one ``addmm``. The experiment swaps in the same
-   attention computed batch-first (in-projection ``F.linear`` -> ``scaled_dot_product_attention``
-   -> out-projection: the same weights, checked equal to ``1e-4``) for the timed calls only.
+   against an expanded weight instead of one ``addmm``. fedrs's backbones compute the same
+   attention batch-first (``models.backbone.use_batch_first_attention``: in-projection
+   ``F.linear`` -> ``scaled_dot_product_attention`` -> out-projection, the same weights); the
+   experiment times open_clip's own path ("before", the model switched back for those calls
+   only) against it ("after"), trained tensors checked equal to ``1e-4``.
    ``batch``: the headline at ``batch x 2``. ``fullft_text`` (on the first fullft row):
    ``FullFedAvg`` runs open_clip's ``encode_text`` over all 77 (40) positions; with the causal
    mask the positions after the last EOT cannot change the pooled features, so the text tower
@@ -575,42 +577,23 @@ def _preprocess_cost(client: Client, batch: int, repeats: int = 5) -> dict[str, 
 # experiments
 
 
-def _batch_first_attention(
-    self: Any,
-    q_x: torch.Tensor,
-    k_x: torch.Tensor | None = None,
-    v_x: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """open_clip ``ResidualAttentionBlock.attention`` without MHA's ``(L, N, E)`` transpose:
-    the packed in-projection runs on the contiguous ``(N, L, E)`` input as one ``addmm``."""
-    mha = self.attn
-    if k_x is not None or v_x is not None or not mha.batch_first or mha.in_proj_weight is None:
-        return _ORIGINAL_ATTENTION[0](self, q_x, k_x, v_x, attn_mask)
-    n, length, width = q_x.shape
-    heads = mha.num_heads
-    qkv = torch.nn.functional.linear(q_x, mha.in_proj_weight, mha.in_proj_bias)
-    q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    mask = attn_mask.to(q_x.dtype) if attn_mask is not None else None
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    out = out.transpose(1, 2).reshape(n, length, width)
-    return mha.out_proj(out)
-
-
-_ORIGINAL_ATTENTION: list[Callable[..., torch.Tensor]] = []
-
-
 @contextlib.contextmanager
-def batch_first_attention() -> Iterator[None]:
-    """Swap open_clip's block attention for ``_batch_first_attention`` inside the block."""
-    from open_clip.transformer import ResidualAttentionBlock
+def open_clip_attention(client: Client) -> Iterator[None]:
+    """Inside the block the client's models compute attention through open_clip's own
+    ``nn.MultiheadAttention`` (what ``models.backbone.use_batch_first_attention`` replaces)."""
+    from fedrs.models.backbone import use_batch_first_attention
 
-    _ORIGINAL_ATTENTION[:] = [ResidualAttentionBlock.attention]
-    ResidualAttentionBlock.attention = _batch_first_attention  # type: ignore[method-assign]
+    method = client.method
+    models = [v for v in vars(method).values() if isinstance(v, torch.nn.Module)]
+    if getattr(method, "backbone", None) is not None:
+        models.append(method.backbone.model)
+    for model in models:
+        use_batch_first_attention(model, enable=False)
     try:
         yield
     finally:
-        ResidualAttentionBlock.attention = _ORIGINAL_ATTENTION[0]  # type: ignore[method-assign]
+        for model in models:
+            use_batch_first_attention(model)
 
 
 def _max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
@@ -631,7 +614,7 @@ def _encode_text_to_eot(model: Any, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def fullft_text_to_eot() -> Iterator[None]:
+def fullft_text_to_eot(client: Client) -> Iterator[None]:
     """Inside the block ``FullFedAvg`` encodes its class prompts with ``_encode_text_to_eot``."""
     from torch import nn
 
@@ -652,9 +635,17 @@ def fullft_text_to_eot() -> Iterator[None]:
         FullFedAvg._logits = original  # type: ignore[method-assign]
 
 
-PATCHES: dict[str, tuple[Callable[[], contextlib.AbstractContextManager[None]], str]] = {
-    "attention": (batch_first_attention, "open_clip attention computed batch-first"),
-    "fullft_text": (fullft_text_to_eot, "fullft text tower stopped at the last EOT"),
+# name -> (context manager given the client, what changes, whether the block holds the code
+# as it was before the change: fedrs's code is then the "after")
+PATCHES: dict[
+    str, tuple[Callable[[Client], contextlib.AbstractContextManager[None]], str, bool]
+] = {
+    "attention": (
+        open_clip_attention,
+        "attention computed batch-first (before: open_clip's MultiheadAttention)",
+        True,
+    ),
+    "fullft_text": (fullft_text_to_eot, "fullft text tower stopped at the last EOT", False),
 }
 
 
@@ -668,14 +659,15 @@ def patch_experiment(
     steps: int,
     stat: str,
 ) -> dict[str, Any]:
-    """Before / after a code change (``PATCHES[name]``, applied for the "after" calls only):
-    the one-step ``fit`` outputs compared (the unpatched one is the row's counted step), FLOPs
-    recounted, timed calls interleaved (before, after, before, ...)."""
-    patch, what = PATCHES[name]
+    """Before / after a code change (``PATCHES[name]``): the one-step ``fit`` outputs compared
+    (the code as it runs now is the row's counted step), FLOPs recounted inside the block, timed
+    calls interleaved (before, after, before, ...). The block holds the "after" code, or, for a
+    change fedrs already made (``reverts``), the "before" code."""
+    patch, what, reverts = PATCHES[name]
     spec = client.spec
     torch.set_num_threads(spec.threads)
     shard = data.rows(steps * spec.batch)
-    with patch():
+    with patch(client):
         new_count, new_out = count_step(client, data, spec.batch)
     diff = max(
         _max_abs_diff(base_out.params, new_out.params),
@@ -683,13 +675,15 @@ def patch_experiment(
     )
     if diff > 1e-4:
         raise RuntimeError(f"experiment {name} changed the trained tensors by {diff:.2e}")
-    before, after = [], []
+    outside, inside = [], []
     for _ in range(repeats):
-        before.append(client.timed_fit(shard))
-        with patch():
-            after.append(client.timed_fit(shard))
+        outside.append(client.timed_fit(shard))
+        with patch(client):
+            inside.append(client.timed_fit(shard))
+    before, after = (inside, outside) if reverts else (outside, inside)
+    count_before, count_after = (new_count, base_count) if reverts else (base_count, new_count)
     out: dict[str, Any] = {"name": name, "change": what, "row": spec.label, "steps": steps}
-    for key, timed, count in (("before", before, base_count), ("after", after, new_count)):
+    for key, timed, count in (("before", before, count_before), ("after", after, count_after)):
         times = [w for w, _ in timed]
         s = summarize(times, stat)
         out[key] = {

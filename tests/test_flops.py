@@ -8,8 +8,6 @@ from torch import nn
 
 from fedrs.benchmarks.flops import (
     FlopCount,
-    _batch_first_attention,
-    batch_first_attention,
     choose_steps,
     count_flops,
     matmul_flops,
@@ -59,8 +57,11 @@ def test_choose_steps_and_summarize() -> None:
 
 
 def test_batch_first_attention_matches_open_clip() -> None:
-    """The experiment's attention is open_clip's (same weights, causal mask too)."""
+    """fedrs's attention is open_clip's (same weights, causal mask too), with the same FLOPs
+    and no ``bmm`` against an expanded in-projection weight."""
     from open_clip.transformer import ResidualAttentionBlock
+
+    from fedrs.models.backbone import use_batch_first_attention
 
     torch.manual_seed(0)
     block = ResidualAttentionBlock(32, 4).eval()
@@ -68,17 +69,21 @@ def test_batch_first_attention_matches_open_clip() -> None:
     mask = torch.full((7, 7), float("-inf")).triu_(1)
     for m in (None, mask):
         ref = block(x, attn_mask=m)
-        with batch_first_attention():
-            assert ResidualAttentionBlock.attention is _batch_first_attention
-            got = block(x, attn_mask=m)
-        assert ResidualAttentionBlock.attention is not _batch_first_attention
+        assert use_batch_first_attention(block) == 1
+        got = block(x, attn_mask=m)
+        assert use_batch_first_attention(block, enable=False) == 0
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     with count_flops() as before:
         block(x)
-    with batch_first_attention(), count_flops() as after:
+    use_batch_first_attention(block)
+    with count_flops() as after:
         block(x)
     assert after.total == before.total
     assert "bmm" not in after.by_op
+    # dropout in the attention: not the same computation in training, so left to open_clip
+    with_dropout = ResidualAttentionBlock(32, 4)
+    with_dropout.attn.dropout = 0.1
+    assert use_batch_first_attention(with_dropout) == 0
 
 
 @pytest.mark.parametrize("threads", [1])
@@ -124,6 +129,6 @@ def test_text_to_eot_matches_open_clip_encode_text() -> None:
         got = _encode_text_to_eot(backbone.model, tokens)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     original = FullFedAvg._logits
-    with fullft_text_to_eot():
+    with fullft_text_to_eot(None):
         assert FullFedAvg._logits is not original
     assert FullFedAvg._logits is original

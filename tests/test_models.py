@@ -127,3 +127,38 @@ def test_text_tower_stops_at_the_last_eot_and_matches_the_full_sequence() -> Non
         emb = backbone.model.token_embedding(tokens)
         mine = model.text_encoder(emb, tokens.argmax(dim=-1))
     torch.testing.assert_close(torch.nn.functional.normalize(mine, dim=-1), ref, atol=1e-5, rtol=0)
+
+
+def test_batch_first_attention_computes_open_clip_attention() -> None:
+    """The backbone's blocks compute attention batch-first; forward outputs and the gradient
+    that reaches FedRSCLIP's visual prompts equal open_clip's own MultiheadAttention path."""
+    import copy
+
+    from fedrs.models.backbone import use_batch_first_attention
+    from fedrs.models.prompt import encode_image_prompted
+
+    backbone = load_backbone("fedrs-tiny")
+    blocks = [*backbone.model.visual.transformer.resblocks, *backbone.model.transformer.resblocks]
+    assert all("attention" in vars(b) for b in blocks)  # load_backbone switched every block
+    reference = copy.deepcopy(backbone.model)
+    assert use_batch_first_attention(reference, enable=False) == 0
+    assert not any("attention" in vars(b) for b in reference.modules())
+    # deepcopy binds the copy's attention to the copy's own blocks
+    clone = copy.deepcopy(backbone.model)
+    assert clone.transformer.resblocks[0].attention.__self__ is clone.transformer.resblocks[0]
+
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randn(3, 3, backbone.image_size, backbone.image_size, generator=gen)
+    tokens = backbone.tokenizer(["a satellite photo of a forest.", "an airport"])
+    width = backbone.model.visual.transformer.width
+    grads = []
+    for model in (backbone.model, reference):
+        with torch.no_grad():
+            img, txt = model.encode_image(pixels), model.encode_text(tokens)
+        prompts = torch.zeros(2, width).normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
+        prompts.requires_grad_(True)
+        view = type(backbone)(**{**vars(backbone), "model": model})
+        encode_image_prompted(view, pixels, prompts).square().sum().backward()
+        grads.append((img, txt, prompts.grad))
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
