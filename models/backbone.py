@@ -169,7 +169,8 @@ def _batch_first_attention(
     ``nn.MultiheadAttention(batch_first=True)`` transposes its input to ``(L, N, E)``, and the
     packed in-projection of that non-contiguous view runs as a ``bmm`` against an expanded
     weight. Here the same weights run as one ``linear`` -> ``scaled_dot_product_attention`` ->
-    out-projection (``fedrs bench flops --set experiments=attention``: 1.09x per ViT-B-32 fit).
+    out-projection (``fedrs bench flops --set experiments=attention``: 1.04-1.10x per ViT-B-32
+    FedRSCLIP fit).
     """
     mha = block.attn
     if k_x is not None or v_x is not None:  # cross-attention: open_clip's own path
