@@ -138,6 +138,51 @@ def _native_mha_flops(
     return projections + 4 * batch * length * source * e
 
 
+def _sdpa_cpu_flops(
+    query: tuple[int, ...], key: tuple[int, ...], value: tuple[int, ...], *args: Any, **kwargs: Any
+) -> int:
+    """FLOPs of the CPU fused attention kernel ``_scaled_dot_product_flash_attention_for_cpu``
+    on ``(B, H, L, d)`` inputs: ``Q K^T`` and ``A V``, as torch counts its CUDA kernels."""
+    batch_heads, length, source = math.prod(query[:-2]), query[-2], key[-2]
+    return 2 * batch_heads * length * source * (query[-1] + value[-1])
+
+
+def _sdpa_cpu_backward_flops(
+    grad_out: tuple[int, ...],
+    query: tuple[int, ...],
+    key: tuple[int, ...],
+    value: tuple[int, ...],
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """Its backward: ``dV = A^T dO``, ``dA = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``."""
+    return 2 * _sdpa_cpu_flops(query, key, value)
+
+
+def _extra_formulas() -> dict[Any, Any]:
+    """FLOP formulas for the attention kernels ``FlopCounterMode`` may have none for. Which
+    ones it knows moves between torch releases (2.14 has none for the CPU fused kernel that
+    ``scaled_dot_product_attention`` and ``nn.MultiheadAttention`` run), so each is added only
+    where this torch has the op and lacks a formula: torch's own formula wins where it exists."""
+    from torch.utils import flop_counter
+
+    known = getattr(flop_counter, "flop_registry", {})
+    formulas = {
+        "_native_multi_head_attention": _native_mha_flops,
+        "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu_flops,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_cpu_backward_flops,
+    }
+    out = {}
+    for name, formula in formulas.items():
+        try:
+            op = getattr(torch.ops.aten, name)
+        except (AttributeError, RuntimeError):  # not in this torch
+            continue
+        if op not in known:
+            out[op] = formula
+    return out
+
+
 @contextlib.contextmanager
 def count_flops() -> Iterator[FlopCount]:
     """Count the FLOPs of everything run inside (matmuls, convolutions, attention: the ops
@@ -147,10 +192,7 @@ def count_flops() -> Iterator[FlopCount]:
     from torch.utils.flop_counter import FlopCounterMode
 
     result = FlopCount()
-    counter = FlopCounterMode(
-        display=False,
-        custom_mapping={torch.ops.aten._native_multi_head_attention: _native_mha_flops},
-    )
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     original = torch.autograd.backward
 
     def backward(*args: Any, **kwargs: Any) -> Any:

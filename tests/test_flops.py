@@ -132,3 +132,18 @@ def test_text_to_eot_matches_open_clip_encode_text() -> None:
     with fullft_text_to_eot(None):
         assert FullFedAvg._logits is not original
     assert FullFedAvg._logits is original
+
+
+def test_count_flops_attention_forward_and_backward_any_kernel() -> None:
+    """``scaled_dot_product_attention`` counts ``Q K^T`` + ``A V`` forward and twice that
+    backward, whichever kernel this torch picks on CPU (fused, or the math path of bmms)."""
+    torch.manual_seed(0)
+    b, h, length, source, d = 2, 3, 5, 6, 8
+    q = torch.randn(b, h, length, d, requires_grad=True)
+    k = torch.randn(b, h, source, d, requires_grad=True)
+    v = torch.randn(b, h, source, d, requires_grad=True)
+    with count_flops() as count:
+        nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+    forward = 2 * b * h * length * source * (d + d)
+    assert count.forward == forward
+    assert count.backward == 2 * forward
