@@ -44,7 +44,7 @@ from fedrs.datasets.partition import PartitionSpec, partition
 from fedrs.datasets.shards import write_shard
 from fedrs.datasets.sources import Example, Source, load_class_map, parse_source_arg, scan_source
 from fedrs.errors import DataError, PartitionError
-from fedrs.io import write_json
+from fedrs.io import new_output_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +173,15 @@ def build(spec: BuildSpec) -> FedDataset:
             f"{p.num_clients * p.min_examples} training examples, the sources give about {n_train}"
         )
     out = Path(spec.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
     build_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     staging = out / f".staging-{build_id}"
-    staging.mkdir()
-    try:
-        manifest = _build_into(spec, sources, examples, kind, staging, out, build_id)
-        write_json(out / MANIFEST, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with new_output_dir(out):  # a failed build leaves no new folder behind
+        staging.mkdir()
+        try:
+            manifest = _build_into(spec, sources, examples, kind, staging, out, build_id)
+            write_json(out / MANIFEST, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     keep = f"shards-{build_id}"
     for old in out.iterdir():  # only now are older shard folders unreferenced
         if old.is_dir() and old.name != keep and old.name.startswith(("shards-", ".staging-")):

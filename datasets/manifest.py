@@ -21,6 +21,7 @@ Shape (``format`` = ``fedrs.shards/1``)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import OrderedDict
@@ -33,6 +34,7 @@ from fedrs.datasets.shards import Shard
 from fedrs.errors import ShardIntegrityError
 
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"  # shards whose sha256 matched, with the size and mtime it held for
 MAX_OPEN_SHARDS = 256  # shards a FedDataset keeps memory-mapped (least recently used dropped)
 FORMAT = "fedrs.shards/1"
 _ENTRY_KEYS = ("shard", "num_examples", "bytes", "sha256")
@@ -168,6 +170,50 @@ class FedDataset:
 
     def test_shard(self) -> Shard:
         return self.open_shard(self.test)
+
+    def entries(self) -> list[ShardEntry]:
+        """Every shard the manifest names: the global test shard, then each client's two."""
+        return [self.test] + [e for c in self.clients for e in (c.train, c.local_test)]
+
+    def check_shards(self) -> dict[str, str]:
+        """Damaged shards, ``{shard: why}``, without opening any: sizes always, sha256 once per
+        build. A shard whose hash matched is recorded in ``.verified.json`` beside the
+        manifest with its size and mtime, and is hashed again only when either changes (a
+        read-only dataset is hashed every time)."""
+        from fedrs.datasets.shards import file_sha256
+        from fedrs.io import write_json
+
+        cache_path = self.root / VERIFIED
+        try:
+            cache = json.loads(cache_path.read_text())
+            if not isinstance(cache, dict):
+                cache = {}
+        except (OSError, ValueError):
+            cache = {}
+        damaged: dict[str, str] = {}
+        fresh: dict[str, list[Any]] = {}
+        for entry in self.entries():
+            path = self.root / entry.shard
+            try:
+                st = path.stat()
+            except OSError:
+                damaged[entry.shard] = f"{entry.shard} is missing"
+                continue
+            if st.st_size != entry.bytes:
+                kind = "truncated" if st.st_size < entry.bytes else "larger than recorded"
+                damaged[entry.shard] = (
+                    f"{entry.shard} is {kind}: {st.st_size} bytes, the manifest says {entry.bytes}"
+                )
+                continue
+            stamp = [entry.sha256, st.st_size, st.st_mtime_ns]
+            if cache.get(entry.shard) != stamp and file_sha256(path) != entry.sha256:
+                damaged[entry.shard] = f"{entry.shard} fails its sha256 check (tampered?)"
+                continue
+            fresh[entry.shard] = stamp
+        if fresh != cache:
+            with contextlib.suppress(OSError):  # a read-only dataset: hash again next time
+                write_json(cache_path, fresh)
+        return damaged
 
     def verify_all(self) -> None:
         """Open (and so check) every shard the manifest names."""

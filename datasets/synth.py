@@ -26,7 +26,7 @@ from PIL import Image
 from fedrs.datasets.builder import BuildSpec, build
 from fedrs.datasets.manifest import FedDataset
 from fedrs.datasets.partition import PartitionSpec
-from fedrs.io import atomic_open
+from fedrs.io import atomic_open, new_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +238,14 @@ def build_synthetic(
     workers: int = 1,
 ) -> FedDataset:
     """Generate the scenes and build them into shards at ``out`` (the run's default data)."""
-    roots = write_imagefolders(out, per_class, image_size, (partition or PartitionSpec()).seed)
-    spec = BuildSpec(
-        sources=tuple(roots.items()),
-        out=str(out),
-        partition=partition or PartitionSpec(scheme="dirichlet", num_clients=8, alpha=0.5),
-        test_fraction=test_fraction,
-        image_size=image_size,
-        workers=workers,
-    )
-    return build(spec)
+    with new_output_dir(out):  # a failed build leaves no new folder behind
+        roots = write_imagefolders(out, per_class, image_size, (partition or PartitionSpec()).seed)
+        spec = BuildSpec(
+            sources=tuple(roots.items()),
+            out=str(out),
+            partition=partition or PartitionSpec(scheme="dirichlet", num_clients=8, alpha=0.5),
+            test_fraction=test_fraction,
+            image_size=image_size,
+            workers=workers,
+        )
+        return build(spec)

@@ -10,6 +10,18 @@ from typing import Any
 
 from fedrs.errors import ConfigError, FedrsError
 
+DESCRIPTION = """\
+Federated learning of CLIP on remote-sensing imagery, on Ray.
+
+  fedrs data build|synth|show   make and inspect federated datasets (Arrow client shards)
+  fedrs run [CONFIG]            run a federation (no arguments: synthetic data, tiny CLIP)
+  fedrs methods | strategies    what can be run, with options and defaults
+  fedrs config [CONFIG]         every config key with its value (defaults + CONFIG + --set)
+  fedrs pretrain                pretrain a small CLIP on image-caption shards
+  fedrs bench NAME              benchmarks that print and record figures
+
+Mistakes are one line, `fedrs: error: ...`, with exit status 2."""
+
 log = logging.getLogger("fedrs")
 
 
@@ -17,7 +29,12 @@ def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int
     from fedrs.datasets.partition import SCHEMES
 
     g = p.add_argument_group("partition")
-    g.add_argument("--partition", choices=SCHEMES, default=scheme)
+    g.add_argument(
+        "--partition",
+        choices=SCHEMES,
+        default=scheme,
+        help=f"how training examples are split over clients (default {scheme})",
+    )
     g.add_argument(
         "--alpha",
         type=float,
@@ -25,17 +42,34 @@ def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int
         help="Dirichlet concentration (dirichlet/longtail default 0.5; domain: "
         "Dirichlet inside each source when given)",
     )
-    g.add_argument("--classes-per-client", type=int, default=None, help="pathological K")
-    g.add_argument("--imbalance-factor", type=float, default=None, help="longtail IF")
-    g.add_argument("--num-clients", type=int, default=clients)
+    g.add_argument(
+        "--classes-per-client",
+        type=int,
+        default=None,
+        help="pathological: classes each client holds (default 2)",
+    )
+    g.add_argument(
+        "--imbalance-factor",
+        type=float,
+        default=None,
+        help="longtail: largest / smallest class size before the split (default 10)",
+    )
+    g.add_argument(
+        "--num-clients", type=int, default=clients, help=f"client shards (default {clients})"
+    )
     g.add_argument(
         "--min-examples",
         type=int,
         default=10,
         help="smallest training shard a client may get (default 10)",
     )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--test-fraction", type=float, default=0.2)
+    g.add_argument("--seed", type=int, default=0, help="split and partition seed (default 0)")
+    g.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="held-out global test share, stratified (default 0.2)",
+    )
     g.add_argument("--workers", type=int, default=0, help="decode processes (0: one per core)")
     g.add_argument(
         "--skip-bad",
@@ -123,9 +157,51 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.config:
             print("fedrs: error: give either CONFIG or --resume RUN_DIR, not both", file=sys.stderr)
             return 2
+        if args.out or args.overwrite:
+            print(
+                "fedrs: error: --resume continues RUN_DIR in place: drop --out/--overwrite",
+                file=sys.stderr,
+            )
+            return 2
         run(resume=args.resume, overrides=args.set)
     else:
-        run(load_config(args.config, args.set), out=args.out)
+        if args.overwrite and not args.out:
+            print("fedrs: error: --overwrite needs --out RUN_DIR", file=sys.stderr)
+            return 2
+        run(load_config(args.config, args.set), out=args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _defaults(section: Any, keys: tuple[str, ...]) -> str:
+    return ", ".join(f"{k}={getattr(section, k)!r}" for k in keys) or "no options"
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from fedrs.methods import METHODS
+    from fedrs.orchestrator.config import MethodConfig
+
+    print("method.name   what trains and travels\n")
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name:13} {cls.summary}")
+        print(f"{'':13}   options (method.KEY): {_defaults(MethodConfig(), cls.options)}")
+    return 0
+
+
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from fedrs.orchestrator.config import StrategyConfig
+    from fedrs.orchestrator.strategies import STRATEGIES
+
+    print("strategy.name what the server does\n")
+    for name, cls in sorted(STRATEGIES.items()):
+        print(f"{name:13} {cls.summary}")
+        print(f"{'':13}   options (strategy.KEY): {_defaults(StrategyConfig(), cls.options)}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from fedrs.orchestrator.config import load_config, to_toml
+
+    print(to_toml(load_config(args.config, args.set)), end="")
     return 0
 
 
@@ -199,9 +275,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedrs", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedrs", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = sub.add_parser("data", help="build, generate and inspect federated datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -214,21 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=PATH",
         help="an ImageFolder tree or a caption dataset (dataset.json); repeatable",
     )
-    b.add_argument("--image-size", type=int, default=224)
-    b.add_argument("--class-map", default=None, help='JSON {"alias": "class"} merging synonyms')
-    b.add_argument("--out", required=True)
+    b.add_argument(
+        "--image-size",
+        type=int,
+        default=224,
+        help="shorter side resized to this, centre-cropped square (default 224)",
+    )
+    b.add_argument(
+        "--class-map", default=None, help='JSON file {"alias": "class"} merging synonyms'
+    )
+    b.add_argument(
+        "--out", required=True, help="output folder (manifest.json + shards; replaced atomically)"
+    )
     _add_partition_args(b, scheme="iid", clients=10)
     b.set_defaults(func=_cmd_data_build)
 
     s = dsub.add_parser("synth", help="procedural RS scenes (3 sensors) -> client shards")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--per-class", type=int, default=40, help="images per class, largest sensor")
-    s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--image-size", type=int, default=64, help="scene size in pixels (default 64)")
     _add_partition_args(s, scheme="dirichlet", clients=8)
     s.set_defaults(func=_cmd_data_synth)
 
     sh = dsub.add_parser("show", help="per-client class histograms + partition.png heatmap")
-    sh.add_argument("dir")
+    sh.add_argument("dir", help="a built dataset folder (holds manifest.json)")
     sh.set_defaults(func=_cmd_data_show)
 
     r = sub.add_parser("run", help="run a federation (default: synthetic data, tiny CLIP)")
@@ -240,7 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set strategy.name=fedprox",
     )
-    r.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    r.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default runs/<timestamp>); an existing run there is an error",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="with --out: replace the results of the run already there",
+    )
     r.add_argument(
         "--resume",
         default=None,
@@ -258,15 +354,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="contrastive pretraining of a small CLIP on captions")
     p.add_argument("--data", required=True, help="a caption build (fedrs data build)")
     p.add_argument("--out", required=True, help="checkpoint path (loads as model.pretrained)")
-    p.add_argument("--arch", default="fedrs-small")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="fedrs-small", help="open_clip architecture (fedrs-small)")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the captions (30)")
+    p.add_argument("--batch-size", type=int, default=64, help="image-caption pairs per step (64)")
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (0)")
     p.set_defaults(func=_cmd_pretrain)
 
     bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")
-    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument(
+        "name", choices=sorted(BENCHMARKS), help="which benchmark (README: benchmarks)"
+    )
     bench.add_argument(
         "--data", default=None, help="a built dataset directory (default: synthetic)"
     )
@@ -281,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a benchmark-specific option (see the benchmark's docstring), e.g. --set clients=20",
     )
     bench.set_defaults(func=_cmd_bench)
+
+    m = sub.add_parser("methods", help="list the methods, their options and defaults")
+    m.set_defaults(func=_cmd_methods)
+    st = sub.add_parser("strategies", help="list the aggregation strategies and their options")
+    st.set_defaults(func=_cmd_strategies)
+    c = sub.add_parser("config", help="print every config key with its value, as TOML")
+    c.add_argument("config", nargs="?", default=None, help="TOML config file")
+    c.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    c.set_defaults(func=_cmd_config)
     return parser
 
 

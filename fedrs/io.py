@@ -1,14 +1,30 @@
-"""Atomic file writes: temp file in the same directory, fsync, then rename over the target."""
+"""Atomic file writes (temp file in the same directory, fsync, rename over the target), strict
+JSON (never a bare ``NaN``) and directories that a failed command leaves as it found them."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from fedrs.errors import FedrsError
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -18,12 +34,14 @@ def atomic_open(
     """Open a temp file beside ``path``; on clean exit it replaces ``path`` atomically.
 
     On an exception the temp file is removed and ``path`` is left as it was. ``fsync=False``
-    skips the per-file sync (bulk writers sync once at the end).
+    skips the per-file sync (bulk writers sync once at the end). The file gets the mode a plain
+    ``open`` would give it (0666 less the umask), not ``mkstemp``'s private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             if fsync:
@@ -36,14 +54,65 @@ def atomic_open(
         raise
 
 
+def json_safe(obj: Any, reasons: dict[str, str] | None = None, where: str = "") -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None``; when ``reasons``
+    is given, each replaced value's dotted key is recorded there (``"not finite"``) unless a
+    reason for it is already present."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        if reasons is not None:
+            reasons.setdefault(where or "value", "not finite")
+        return None
+    if isinstance(obj, dict):
+        return {
+            k: json_safe(v, reasons, f"{where}.{k}" if where else str(k)) for k, v in obj.items()
+        }
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, reasons, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON: non-finite floats become null (a bare ``NaN`` is not JSON)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented strict JSON, atomically."""
+    text = dumps(obj, indent=2, sort_keys=False)
     with atomic_open(path, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        fh.write(text + "\n")
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes, fsync: bool = True) -> None:
     """Write ``data`` atomically."""
     with atomic_open(path, "wb", fsync) as fh:
         fh.write(data)
+
+
+def first_missing(path: str | os.PathLike[str]) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet, or None."""
+    path = Path(path).absolute()
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+@contextlib.contextmanager
+def new_output_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``path`` (and missing parents) for a command's output; if the command fails
+    inside the block, remove what this created, so a failed command leaves no new empty or
+    partial folder behind. A folder that already existed is left in place."""
+    created = first_missing(path)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FedrsError(f"cannot create output directory {path}: {exc.strerror or exc}") from None
+    try:
+        yield Path(path)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

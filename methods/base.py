@@ -95,6 +95,8 @@ class Method(ABC):
     """Base class of federated methods; subclasses set ``name`` and implement the hooks."""
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line for `fedrs methods`
+    options: ClassVar[tuple[str, ...]] = ()  # the method.* config keys it reads
     trains: ClassVar[bool] = True
     # The image encoder never changes and nothing is inserted into it: image embeddings can be
     # computed once per shard (frozen-feature cache) and fed to ``fit`` / ``evaluate`` as

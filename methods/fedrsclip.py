@@ -91,6 +91,8 @@ def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.nd
 
 class FedRSCLIP(Method):
     name = "fedrsclip"
+    summary = "FedRSCLIP: shared + private text prompts, private visual prompts, DPA + CMFA"
+    options = ("n_ctx", "private_prompts", "n_ctx_private", "n_vis", "lambda_dpa", "lambda_cmfa")
     global_keys = (SHARED,)
     prompt_keys = (SHARED,)
 

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 class FullFedAvg(Method):
     name = "fullft"
+    summary = "full fine-tuning of every CLIP weight, the whole model averaged"
+    options = ("template",)
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)

@@ -30,6 +30,8 @@ CTX = "prompt.ctx"
 
 class PromptFL(Method):
     name = "promptfl"
+    summary = "one shared CoOp text context, trained by every client and averaged"
+    options = ("n_ctx",)
     frozen_image_encoder = True
     global_keys = (CTX,)
     prompt_keys = (CTX,)

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 class ZeroShot(Method):
     name = "zeroshot"
+    summary = "zero-shot CLIP with a text template; nothing trains, evaluated once"
+    options = ("template",)
     trains = False
     frozen_image_encoder = True
 

@@ -40,6 +40,17 @@ def save(
             old.unlink()
 
 
+def latest_round(run_dir: Path) -> int:
+    """The last completed round recorded in ``run_dir`` (0 before round 1)."""
+    latest = run_dir / DIR / "latest.json"
+    if not latest.exists():
+        return 0
+    try:
+        return int(json.loads(latest.read_text())["round"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FedrsError(f"cannot read checkpoint in {run_dir}: {exc}") from None
+
+
 def load(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | None:
     """(round, params, server_state) of the last completed round, or None before round 1."""
     latest = run_dir / DIR / "latest.json"

@@ -82,10 +82,17 @@ class DataConfig:
     # Frozen-feature cache: for methods that never change the image encoder (PromptFL,
     # zero-shot), image embeddings are computed once per shard and stored beside it.
     feature_cache: bool = True
+    # A client whose shard is damaged (preflight checks sizes and sha256): "stop" the run
+    # before it starts, or "exclude" that client (warned, counted in summary.json).
+    bad_shards: str = "stop"
 
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, f"data.num_clients must be >= 1, got {self.num_clients}")
         _check(self.alpha > 0, f"data.alpha must be > 0, got {self.alpha}")
+        _check(
+            self.bad_shards in ("stop", "exclude"),
+            f"data.bad_shards must be 'stop' or 'exclude', got {self.bad_shards!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,9 @@ class ResourcesConfig:
     placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_actor_restarts: int = 3
     placement_timeout_s: float = 120.0  # a placement group not placed by then is an error
+    # Actors that no node of the cluster could ever host fail the run at once; on an
+    # autoscaling cluster, this long is waited for the autoscaler to add nodes that can.
+    autoscale_wait_s: float = 0.0
     # client actors keep freed heap memory for the next step (glibc malloc; actors/allocator.py)
     retain_freed_memory: bool = True
 
@@ -142,6 +152,7 @@ class ResourcesConfig:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
         _check(self.num_cpus_per_client > 0, "resources.num_cpus_per_client must be > 0")
         _check(self.placement_timeout_s > 0, "resources.placement_timeout_s must be > 0")
+        _check(self.autoscale_wait_s >= 0, "resources.autoscale_wait_s must be >= 0")
         _check(
             0 <= self.num_gpus_per_client <= 1 or float(self.num_gpus_per_client).is_integer(),
             "resources.num_gpus_per_client must be a fraction in [0, 1] or a whole number",
@@ -267,3 +278,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     return from_dict(data, overrides)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The config as TOML, every key present (what ``fedrs config`` prints; loads back)."""
+    lines: list[str] = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
+            lines.append(f"{key} = {text}")
+        lines.append("")
+    return "\n".join(lines)

@@ -34,11 +34,11 @@ from fedrs.actors.client import EvalTask, FitTask
 from fedrs.actors.pool import ClientPool
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError
-from fedrs.io import write_json
+from fedrs.io import dumps, json_safe, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.config import RunConfig
-from fedrs.orchestrator.sampling import sample_clients
+from fedrs.orchestrator.sampling import sample_usable
 from fedrs.orchestrator.state_store import FileStateStore
 from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
 from fedrs.orchestrator.validation import spec_of, validate_update
@@ -91,6 +91,7 @@ class Driver:
         data_path: str,
         method_cls: type[Method],
         resume: bool = False,
+        excluded: dict[int, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -104,6 +105,8 @@ class Driver:
             )
         # Registered clients: client c trains on partition c % P (ClientWorker.partition).
         self.num_registered = registered_clients(cfg, self.data.num_clients)
+        # partitions left out by preflight (data.bad_shards=exclude): never sampled or evaluated
+        self.excluded = {int(p): why for p, why in (excluded or {}).items()}
         state = checkpoint.load(self.run_dir) if resume else None
         if state is None:  # a fresh start: nothing an earlier run left in this directory counts
             for stale in (STATE_DIR, checkpoint.DIR):
@@ -155,7 +158,14 @@ class Driver:
     def run_round(self, rnd: int) -> dict[str, Any]:
         fed = self.cfg.federation
         t0 = time.perf_counter()
-        sampled = sample_clients(self.num_registered, fed.clients_per_round, fed.seed, rnd)
+        sampled = sample_usable(
+            self.num_registered,
+            fed.clients_per_round,
+            fed.seed,
+            rnd,
+            self.data.num_clients,
+            frozenset(self.excluded),
+        )
         download = {k: self.params[k] for k in self.global_keys}
         params_ref = ray.put(download)
         tasks = [
@@ -263,6 +273,7 @@ class Driver:
             EvalTask("client", rnd, client_id=c)
             for c in clients
             if self.data.clients[c % parts].local_test.num_examples > 0
+            and c % parts not in self.excluded
         ]
         costs = [t.stop - t.start for t in chunks] + [
             self.data.clients[t.client_id % parts].local_test.num_examples for t in per_client
@@ -273,17 +284,43 @@ class Driver:
         glob = [results[i] for i in range(len(chunks)) if i in results]
         n = sum(r["n"] for r in glob)
         pers = [r["correct"] / r["n"] for i, r in results.items() if i >= len(chunks) and r["n"]]
-        return {
-            "accuracy": sum(r["correct"] for r in glob) / n if n else float("nan"),
-            "test_loss": sum(r["loss_sum"] for r in glob) / n if n else float("nan"),
-            "personalized_accuracy": float(np.mean(pers)) if pers else float("nan"),
+        out: dict[str, Any] = {
+            "accuracy": sum(r["correct"] for r in glob) / n if n else None,
+            "test_loss": sum(r["loss_sum"] for r in glob) / n if n else None,
+            "personalized_accuracy": float(np.mean(pers)) if pers else None,
             "eval_failed": len(failures),
         }
+        why: dict[str, str] = {}
+        if not n:
+            failed = next(iter(failures.values()), "no test example")
+            why["accuracy"] = why["test_loss"] = (
+                f"no global test example was evaluated ({len(chunks)} tasks, "
+                f"{len(failures)} failed: {failed})"
+            )
+        if not pers:
+            why["personalized_accuracy"] = (
+                "no client local split was evaluated"
+                if per_client
+                else "no client has a local split"
+            )
+        if why:
+            out["null_reasons"] = why
+        return out
 
     # ------------------------------------------------------------------ files
     def _append(self, record: dict[str, Any]) -> None:
+        """One strict-JSON line: a value that is not finite is null, with its reason."""
+        reasons = dict(record.get("null_reasons", {}))
+        safe = json_safe({k: v for k, v in record.items() if k != "null_reasons"}, reasons)
+        for key, why in reasons.items():
+            if why == "not finite":
+                reasons[key] = "not finite (no client reported it, or it diverged)"
+        if reasons:
+            safe["null_reasons"] = reasons
+        record.clear()
+        record.update(safe)
         with open(self.run_dir / METRICS, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(dumps(record) + "\n")
             fh.flush()
 
     def _truncate_metrics(self, last_round: int) -> None:
@@ -315,10 +352,11 @@ class Driver:
     def finish(self) -> dict[str, Any]:
         """Write summary.json and accuracy.png; release the actors."""
         records = [json.loads(x) for x in (self.run_dir / METRICS).read_text().splitlines() if x]
-        accs = [r["accuracy"] for r in records if "accuracy" in r]
+        accs = [r["accuracy"] for r in records if r.get("accuracy") is not None]
         summary = {
             "method": self.cfg.method.name,
             "strategy": self.cfg.strategy.name,
+            "strategy_in_effect": self.strategy.describe(),
             "rounds_completed": self.round,
             "final": records[-1] if records else {},
             "best_accuracy": max(accs) if accs else None,
@@ -334,6 +372,7 @@ class Driver:
                 )
             },
             "registered_clients": self.num_registered,
+            "excluded_clients": {str(p): why for p, why in self.excluded.items()},
             "driver_memory": process_memory(),
             "trainable_params_sent": int(
                 sum(v.size for k, v in self.params.items() if k in self.strategy.upload_keys)
@@ -363,10 +402,13 @@ def _plot(records: list[dict[str, Any]], path: Path) -> None:
     ):
         ax.plot(
             rounds,
-            [r.get(key, np.nan) for r in records if "accuracy" in r],
+            [np.nan if r.get(key) is None else r[key] for r in records if "accuracy" in r],
             marker="o",
             label=label,
         )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)

@@ -9,53 +9,46 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedrs.methods import method_class
+from fedrs.errors import FedrsError
 from fedrs.models.backbone import model_config
 from fedrs.orchestrator.config import RunConfig
-from fedrs.orchestrator.strategies import make_strategy
+from fedrs.orchestrator.preflight import (
+    check_cluster,
+    check_data,
+    check_federation,
+    check_weights,
+    resolve_names,
+)
 
 BYTES_PER_PARAM = 4  # float32 on the wire
 
 
-def _num_classes(cfg: RunConfig) -> int:
-    if cfg.data.path:
-        from fedrs.datasets.manifest import FedDataset
-
-        return FedDataset(cfg.data.path, verify=False).num_classes
-    from fedrs.datasets.synth import SCENES
-
-    return len(SCENES)
-
-
-def _num_clients(cfg: RunConfig) -> int:
-    if cfg.data.path:
-        from fedrs.datasets.manifest import FedDataset
-
-        return FedDataset(cfg.data.path, verify=False).num_clients
-    return cfg.data.num_clients
+def _advice(check: Any, *args: Any, **kwargs: Any) -> str | None:
+    """None when ``check`` passes here, else its one line (a plan may be made on one machine
+    for another: the weights and the cluster are reported, not enforced)."""
+    try:
+        check(*args, **kwargs)
+    except FedrsError as exc:
+        return str(exc)
+    return None
 
 
 def plan(cfg: RunConfig) -> dict[str, Any]:
-    method = method_class(cfg.method.name)
+    data = check_data(cfg, None)
+    method, strategy, shapes = resolve_names(cfg, data.num_classes)
+    registered = check_federation(cfg, data)
     mcfg = model_config(cfg.model.arch)
-    shapes = method.tensor_shapes(cfg, mcfg, _num_classes(cfg))
-    strategy = make_strategy(
-        cfg.strategy.name,
-        mu=cfg.strategy.mu,
-        global_keys=tuple(shapes["global"]),
-        prompt_keys=method.prompt_keys,
-    )
     size = {k: math.prod(s) for k, s in (shapes["global"] | shapes["private"]).items()}
     sent = sum(size[k] for k in strategy.upload_keys if k in size)
     received = sum(size[k] for k in shapes["global"])
     private = sum(size[k] for k in shapes["private"])
     fed, res = cfg.federation, cfg.resources
-    num_clients = _num_clients(cfg)
-    per_round = min(fed.clients_per_round, num_clients)
+    per_round = fed.clients_per_round
     rounds = fed.rounds if method.trains else 0
     return {
         "method": method.name,
         "strategy": strategy.name,
+        "strategy_in_effect": strategy.describe(),
         "model": {
             "arch": cfg.model.arch,
             "pretrained": cfg.model.pretrained or None,
@@ -71,7 +64,12 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
             },
             "placement_strategy": res.placement_strategy,
         },
-        "clients": {"registered": num_clients, "per_round": per_round, "rounds": rounds},
+        "clients": {
+            "registered": registered,
+            "excluded": {str(k): v for k, v in data.excluded.items()},
+            "per_round": per_round,
+            "rounds": rounds,
+        },
         "tensors": {
             scope: {k: list(s) for k, s in shapes[scope].items()} for scope in ("global", "private")
         },
@@ -83,13 +81,21 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
         "bytes_received_per_client": received * BYTES_PER_PARAM,
         "bytes_up_per_run": sent * BYTES_PER_PARAM * per_round * rounds,
         "bytes_down_per_run": received * BYTES_PER_PARAM * per_round * rounds,
+        "warnings": [
+            w
+            for w in (
+                _advice(check_weights, cfg.model.arch, cfg.model.pretrained, fetch=False),
+                _advice(check_cluster, cfg),
+            )
+            if w
+        ],
     }
 
 
 def render(p: dict[str, Any]) -> str:
     a = p["actors"]
     lines = [
-        f"method {p['method']} + strategy {p['strategy']} on {p['model']['arch']}",
+        f"method {p['method']} + strategy {p['strategy_in_effect']} on {p['model']['arch']}",
         f"actors: {a['num_actors']} x {a['per_actor']} ({a['placement_strategy']}), "
         f"total {a['total']}",
         f"clients: {p['clients']['registered']} registered, {p['clients']['per_round']} per "
@@ -104,4 +110,5 @@ def render(p: dict[str, Any]) -> str:
     for scope in ("global", "private"):
         for name, shape in p["tensors"][scope].items():
             lines.append(f"  {scope:7} {name:24} {'x'.join(map(str, shape))}")
+    lines += [f"warning: this machine could not run it: {w}" for w in p["warnings"]]
     return "\n".join(lines)

@@ -7,8 +7,10 @@ actor; this process streams its per-round metrics and prints progress.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,29 +19,72 @@ import ray
 from rich.console import Console
 
 from fedrs.errors import ConfigError, FedrsError
-from fedrs.io import write_json
+from fedrs.io import first_missing, write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
-from fedrs.orchestrator.config import RunConfig, from_dict
+from fedrs.orchestrator import checkpoint
+from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.preflight import (
+    SYNTH_DIR,
+    Checked,
+    check_ray_address,
+    preflight,
+    resume_config,
+)
 
 log = logging.getLogger(__name__)
-SYNTH_DIR = "data"
+RUN_FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "summary.json",
+    "accuracy.png",
+    "checkpoint",
+    "client_state",
+    SYNTH_DIR,
+)
 
 
-def new_run_dir(out: str | None) -> Path:
-    if out:
-        return Path(out)
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+def new_run_dir(out: str | None, overwrite: bool = False) -> Path:
+    """The run directory for a new run. ``--out`` naming a non-empty folder is an error unless
+    ``overwrite`` and the folder is a fedrs run (its files are then replaced); the default
+    ``runs/<timestamp>`` never collides with an earlier run."""
+    if not out:
+        base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()):
+        is_run = (path / "config.json").is_file()
+        if not is_run:
+            raise ConfigError(
+                f"--out {out} is not empty and holds no fedrs run; choose another directory"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"--out {out} already holds a run; continue it with --resume {out}, or pass "
+                f"--overwrite to replace its results"
+            )
+    return path
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Remove what an earlier run wrote in ``run_dir`` (``--overwrite``), nothing else."""
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
     """``data.path`` when set; else the synthetic default, built once inside the run dir."""
     if cfg.data.path:
-        if not (Path(cfg.data.path) / "manifest.json").is_file():
-            raise ConfigError(
-                f"data.path {cfg.data.path!r} holds no manifest.json; build it with "
-                f"`fedrs data build` (or leave data.path empty for the synthetic default)"
-            )
         return str(Path(cfg.data.path).resolve())
     from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
@@ -64,10 +109,11 @@ def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
 
 def connect_ray() -> None:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local one on loopback (once per
-    process)."""
+    process). An address where nothing answers is one line within seconds."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
+        check_ray_address()
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
         # "local": always a fresh instance. A bare ray.init() would instead follow
@@ -80,6 +126,18 @@ def connect_ray() -> None:
         )
 
 
+def finished_summary(run_dir: Path, cfg: RunConfig, completed: int) -> dict[str, Any] | None:
+    """The summary of a run that already did everything ``cfg`` asks, else None."""
+    summary = run_dir / "summary.json"
+    trains = method_class(cfg.method.name).trains
+    if not summary.is_file() or (trains and completed < cfg.federation.rounds):
+        return None
+    try:
+        return json.loads(summary.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: finishing again rewrites it
+
+
 def run(
     cfg: RunConfig | None = None,
     out: str | None = None,
@@ -88,64 +146,86 @@ def run(
     method_cls: type[Method] | None = None,
     stop_after: int | None = None,
     console: Console | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a federation; return the summary. ``stop_after`` ends early after that
-    round, as an interruption would (tests use it to check resume)."""
+    round, as an interruption would (tests use it to check resume).
+
+    Nothing is written before preflight passes. A run that fails before its first round
+    leaves no new directory; one that fails later keeps its checkpoints for ``--resume``."""
     console = console or Console()
     if resume:
         run_dir = Path(resume)
-        saved = run_dir / "config.json"
-        if not saved.is_file():
-            raise ConfigError(f"--resume {resume}: no config.json there (not a fedrs run dir)")
-        import json
-
-        cfg = from_dict(json.loads(saved.read_text()), overrides)
+        cfg, completed = resume_config(run_dir, overrides)
+        done = finished_summary(run_dir, cfg, completed)
+        if done is not None:
+            console.print(
+                f"{run_dir}: already finished ({completed} of {cfg.federation.rounds} rounds); "
+                f"nothing to do. Raise federation.rounds (--set federation.rounds=N) to train on."
+            )
+            return {**done, "run_dir": str(run_dir), "already_finished": True}
     else:
         cfg = cfg or RunConfig()
-        run_dir = new_run_dir(out)
-    driver = spawn_driver(cfg, run_dir, method_cls or method_class(cfg.method.name), bool(resume))
+        run_dir = new_run_dir(out, overwrite)
+    checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
+    created = first_missing(run_dir)
     try:
-        return _drive(driver, cfg, run_dir, stop_after, console)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, FedrsError):  # one line for the user, not a remote traceback
-            raise exc.cause from None
+        if overwrite and not resume:
+            clear_run_files(run_dir)
+        driver = spawn_driver(cfg, run_dir, checked.method_cls, bool(resume), checked=checked)
+        try:
+            return _drive(driver, checked, run_dir, stop_after, console)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
+                raise exc.cause from None
+            raise
+        finally:
+            ray.kill(driver)
+    except BaseException:
+        if created is not None and checkpoint.latest_round(run_dir) == 0:
+            shutil.rmtree(created, ignore_errors=True)  # nothing worth resuming: leave no trace
+        elif checkpoint.latest_round(run_dir) > 0:
+            log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
         raise
-    finally:
-        ray.kill(driver)
 
 
 def spawn_driver(
-    cfg: RunConfig, run_dir: Path, method_cls: type[Method], resume: bool = False
+    cfg: RunConfig,
+    run_dir: Path,
+    method_cls: type[Method],
+    resume: bool = False,
+    checked: Checked | None = None,
 ) -> Any:
-    """Check the data, record the config and start the driver actor (which spawns the client
-    actors); returns its handle. ``run`` streams its rounds; benchmarks may call
-    ``run_round`` on it one round at a time."""
+    """Preflight (unless already ``checked``), prepare the data, record the config and start
+    the driver actor (which spawns the client actors); returns its handle. ``run`` streams its
+    rounds; benchmarks may call ``run_round`` on it one round at a time."""
+    if checked is None:
+        checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
     run_dir.mkdir(parents=True, exist_ok=True)
     data_path = ensure_data(cfg, run_dir)
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.driver import registered_clients
-
-    registered_clients(cfg, FedDataset(data_path, verify=False).num_clients)  # one-line errors
     write_json(run_dir / "config.json", cfg.to_dict())
-
     connect_ray()
     from fedrs.orchestrator.driver import Driver
 
     return ray.remote(num_cpus=0)(Driver).remote(
-        cfg, str(run_dir.resolve()), data_path, method_cls, resume
+        cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded
     )
 
 
 def _drive(
-    driver: Any, cfg: RunConfig, run_dir: Path, stop_after: int | None, console: Console
+    driver: Any, checked: Checked, run_dir: Path, stop_after: int | None, console: Console
 ) -> dict[str, Any]:
     """Stream the driver's rounds to the console; finish the run and return its summary."""
+    cfg = checked.cfg
     actors = ray.get(driver.describe_actors.remote())
     devices = sorted({a["device"] for a in actors})
+    excluded = checked.data.excluded
     console.print(
-        f"[bold]fedrs[/] {cfg.method.name} + {cfg.strategy.name}: {len(actors)} client "
-        f"actors ({', '.join(devices)}), {cfg.federation.rounds} rounds x "
-        f"{cfg.federation.clients_per_round} clients -> {run_dir}"
+        f"[bold]fedrs[/] {cfg.method.name} + {checked.strategy.describe()}: {len(actors)} "
+        f"client actors ({', '.join(devices)}), {cfg.federation.rounds} rounds x "
+        f"{cfg.federation.clients_per_round} of {checked.registered} clients"
+        + (f" ({len(excluded)} left out: damaged shards)" if excluded else "")
+        + f"; weights: {checked.weights} -> {run_dir}"
     )
     for ref in driver.run.options(num_returns="streaming").remote(stop_after):
         console.print(_progress_line(ray.get(ref), cfg.federation.rounds))
@@ -153,20 +233,24 @@ def _drive(
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
     summary["run_dir"] = str(run_dir)
+    acc, best = summary["final"].get("accuracy"), summary["best_accuracy"]
     console.print(
-        f"done: accuracy {summary['final'].get('accuracy', float('nan')):.3f} "
-        f"(best {summary['best_accuracy'] or float('nan'):.3f}); "
+        f"done: accuracy {_fmt(acc)} (best {_fmt(best)}); "
         f"{int(summary['totals']['bytes_up']):,} B up, {int(summary['totals']['bytes_down']):,} B "
         f"down; files in {run_dir}"
     )
     return summary
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _progress_line(rec: dict[str, Any], rounds: int) -> str:
     parts = [f"round {rec['round']:>3}/{rounds}"]
     for key, label in (("accuracy", "acc"), ("personalized_accuracy", "pers"), ("loss", "loss")):
-        if key in rec and rec[key] == rec[key]:
-            parts.append(f"{label} {rec[key]:.3f}")
+        if key in rec:
+            parts.append(f"{label} {_fmt(rec[key])}")
     parts.append(f"ok {rec.get('clients_ok', 0)}")
     if rec.get("clients_failed") or rec.get("clients_rejected"):
         parts.append(f"[red]failed {rec['clients_failed']} rejected {rec['clients_rejected']}[/]")

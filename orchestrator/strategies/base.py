@@ -24,6 +24,8 @@ class ClientUpdate:
 
 class Strategy(ABC):
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line for `fedrs strategies`
+    options: ClassVar[tuple[str, ...]] = ()  # the strategy.* config keys it reads
 
     def __init__(self, upload_keys: tuple[str, ...]) -> None:
         self.upload_keys = upload_keys
@@ -33,6 +35,11 @@ class Strategy(ABC):
         cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
         return cls(upload_keys=global_keys)
+
+    def describe(self) -> str:
+        """The strategy in effect, in words: its name and the tensors it combines."""
+        keys = ", ".join(self.upload_keys) or "nothing"
+        return f"{self.name} of {keys}"
 
     def client_options(self) -> dict[str, Any]:
         """Extra local-training options the strategy needs on clients (FedProx: mu)."""

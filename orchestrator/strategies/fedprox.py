@@ -10,6 +10,8 @@ from fedrs.orchestrator.strategies.fedavg import FedAvg
 
 class FedProx(FedAvg):
     name = "fedprox"
+    summary = "FedAvg on the server; clients add (mu/2)||w - w_global||^2 to their loss"
+    options = ("mu",)
 
     def __init__(self, upload_keys: tuple[str, ...], mu: float) -> None:
         super().__init__(upload_keys)
@@ -20,6 +22,9 @@ class FedProx(FedAvg):
         cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
         return cls(upload_keys=global_keys, mu=mu)
+
+    def describe(self) -> str:
+        return f"{super().describe()} (clients: proximal mu={self.mu:g})"
 
     def client_options(self) -> dict[str, Any]:
         return {"proximal_mu": self.mu}

@@ -14,6 +14,7 @@ from fedrs.orchestrator.strategies.fedavg import average_keys
 
 class PromptAveraging(Strategy):
     name = "prompt_avg"
+    summary = "only the method's shared prompt tensors travel and are averaged"
 
     @classmethod
     def create(

@@ -1,0 +1,241 @@
+"""The mistakes new users make, replayed through the CLI as they typed them: each is exit status
+2 (or 0 where nothing is wrong), one line, no traceback, within seconds, and leaves every run
+directory as it was (no new one, no changed file)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedrs.orchestrator.config import RunConfig
+
+FEDRS = [sys.executable, "-m", "fedrs.cli"]
+
+
+def fedrs(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environ |= env or {}
+    return subprocess.run(
+        [*FEDRS, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with its sha256: what a failed command must leave as it was."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, rc: int = 2) -> str:
+    """Exit status ``rc``; the error is one line, ``fedrs: error: ...``, the last one written
+    (progress logging may come before it); no traceback."""
+    assert proc.returncode == rc, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    err = [line for line in lines if line.startswith("fedrs: error: ")]
+    assert len(err) == 1 and lines[-1] == err[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle", "machine"),
+    [
+        (["strategy.name=nope"], "unknown strategy.name 'nope'", False),
+        (["model.arch=nope"], "unknown model.arch 'nope'", False),
+        (["federation.clients_per_round=100"], "exceeds the 8 registered clients", False),
+        (["method.name=nope"], "unknown method.name 'nope'", False),
+        (["strategy.name=prompt_avg", "method.name=fullft"], "shared prompt", False),
+        (["resources.num_actors=10000"], "cannot place 10000 client actors", True),
+        (["model.pretrained=/nowhere/clip.pt"], "does not exist", True),
+    ],
+)
+def test_bad_run_settings_fail_before_ray_with_one_line(
+    workdir: Path, sets: list[str], needle: str, machine: bool
+) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    proc = fedrs(workdir, "run", *args)
+    assert_one_line_error(proc, needle)
+    assert list(workdir.iterdir()) == []  # no runs/<timestamp>, nothing
+    # the same preflight guards the plan; what depends on this machine (resources, weights)
+    # is a warning there, since a plan may be made for another machine
+    plan = fedrs(workdir, "run", "--dry-run", *args)
+    if machine:
+        assert plan.returncode == 0, plan.stderr
+        assert "warning: this machine could not run it" in plan.stdout and needle in plan.stdout
+    else:
+        assert_one_line_error(plan, needle)
+
+
+def test_gpu_share_without_a_gpu(workdir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = fedrs(workdir, "run", "--set", "resources.num_gpus_per_client=0.25", "--out", "r")
+    assert_one_line_error(proc, "0 GPU", "num_gpus_per_client=0")
+    assert list(workdir.iterdir()) == []
+
+
+def test_open_clip_tag_not_cached_offline(workdir: Path, tmp_path: Path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)}
+    sets = ["--set", "model.arch=ViT-B-32", "--set", "model.pretrained=openai"]
+    proc = fedrs(workdir, "run", *sets, env=env)
+    assert_one_line_error(proc, "'openai'", "not in the local cache")
+    assert list(workdir.iterdir()) == []
+    # the plan is still made (it may be for another machine), with the problem as a warning
+    plan = fedrs(workdir, "run", "--dry-run", *sets, env=env)
+    assert plan.returncode == 0, plan.stderr
+    assert "warning: this machine could not run it" in plan.stdout
+    assert "not in the local cache" in plan.stdout
+
+
+def test_unreachable_ray_address(workdir: Path) -> None:
+    proc = fedrs(workdir, "run", "--out", "r", env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=60)
+    assert_one_line_error(proc, "RAY_ADDRESS=127.0.0.1:1", "no Ray cluster answers")
+    assert list(workdir.iterdir()) == []
+
+
+def fake_run(run_dir: Path, rounds_done: int, rounds: int = 2, finished: bool = True) -> Path:
+    """A run directory as `fedrs run` leaves it (config, checkpoint pointer, metrics, summary),
+    without spending a Ray start on it: what the CLI must not touch."""
+    cfg = RunConfig().replace(**{"federation.rounds": rounds})
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run_dir / "checkpoint" / "latest.json").write_text(
+        json.dumps({"round": rounds_done, "file": f"round_{rounds_done:05d}.safetensors"})
+    )
+    (run_dir / f"checkpoint/round_{rounds_done:05d}.safetensors").write_bytes(b"tensors")
+    lines = [json.dumps({"round": r, "accuracy": 0.1 * r}) for r in range(1, rounds_done + 1)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if finished:
+        (run_dir / "summary.json").write_text(json.dumps({"rounds_completed": rounds_done}))
+    return run_dir
+
+
+def test_out_onto_an_existing_run_is_refused(workdir: Path) -> None:
+    run_dir = fake_run(workdir / "r1", 2)
+    before = tree(workdir)
+    proc = fedrs(workdir, "run", "--out", "r1")
+    assert_one_line_error(proc, "already holds a run", "--resume r1", "--overwrite")
+    assert tree(workdir) == before
+    (workdir / "notes").mkdir()
+    (workdir / "notes" / "thesis.tex").write_text("precious")
+    proc = fedrs(workdir, "run", "--out", "notes", "--overwrite")
+    assert_one_line_error(proc, "holds no fedrs run")  # --overwrite never deletes foreign files
+    assert (workdir / "notes" / "thesis.tex").read_text() == "precious"
+    assert run_dir.is_dir()
+
+
+def test_resume_refuses_changes_that_change_what_checkpoints_mean(workdir: Path) -> None:
+    fake_run(workdir / "r1", 1, rounds=3, finished=False)
+    before = tree(workdir)
+    for key, value in (("method.name", "fedrsclip"), ("model.arch", "fedrs-small")):
+        proc = fedrs(workdir, "run", "--resume", "r1", "--set", f"{key}={value}")
+        assert_one_line_error(proc, f"--resume cannot change {key}")
+        assert tree(workdir) == before  # config.json not rewritten
+    proc = fedrs(workdir, "run", "--resume", "r1", "--set", "federation.rounds=0")
+    assert_one_line_error(proc, "federation.rounds must be >= 1")
+    assert tree(workdir) == before
+
+
+def test_resume_of_a_finished_run_says_so_and_touches_nothing(workdir: Path) -> None:
+    fake_run(workdir / "r1", 2, rounds=2)
+    before = tree(workdir)
+    proc = fedrs(workdir, "run", "--resume", "r1")
+    assert proc.returncode == 0, proc.stderr
+    assert "already finished" in proc.stdout and "nothing to do" in proc.stdout
+    assert tree(workdir) == before
+
+
+def test_damaged_shards_stop_the_run_before_round_one(synth_data: Path, workdir: Path) -> None:
+    data = workdir / "data"
+    shutil.copytree(synth_data, data)
+    shutil.rmtree(data / "images", ignore_errors=True)
+    manifest = json.loads((data / "manifest.json").read_text())
+    test_shard = data / manifest["test"]["shard"]
+    blob = test_shard.read_bytes()
+    test_shard.write_bytes(blob[: len(blob) // 2])
+    proc = fedrs(workdir, "run", "--set", f"data.path={data}", "--out", "r")
+    assert_one_line_error(proc, "global test shard is damaged", "truncated")
+    assert not (workdir / "r").exists()
+    test_shard.write_bytes(blob)
+    client = data / manifest["clients"][2]["shard"]
+    client.write_bytes(client.read_bytes()[:-100])
+    proc = fedrs(workdir, "run", "--set", f"data.path={data}", "--out", "r")
+    assert_one_line_error(proc, "client 2's shard is damaged", "data.bad_shards=exclude")
+    assert not (workdir / "r").exists()
+
+
+def test_failed_data_build_leaves_no_folder(tiny_folder: Path, workdir: Path) -> None:
+    (tiny_folder / "class0" / "broken.png").write_bytes(b"not a png at all")
+    proc = fedrs(
+        workdir,
+        "data",
+        "build",
+        "--source",
+        f"s={tiny_folder}",
+        "--out",
+        "new/ds",
+        "--num-clients",
+        "2",
+    )
+    assert_one_line_error(proc, "broken.png", "--skip-bad")
+    assert list(workdir.iterdir()) == []
+
+
+def test_help_is_for_users_and_every_option_is_documented() -> None:
+    import argparse
+
+    from fedrs.cli import build_parser
+
+    text = subprocess.run([*FEDRS, "--help"], capture_output=True, text=True).stdout
+    assert "FedrsError" not in text and "fedrs methods" in text
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                assert action.help, f"`{path}` option {action.option_strings or action.dest}"
+
+    walk(build_parser(), "fedrs")
+
+
+def test_methods_strategies_and_config_are_listed(workdir: Path) -> None:
+    from fedrs.methods import METHODS
+    from fedrs.orchestrator.strategies import STRATEGIES
+
+    out = fedrs(workdir, "methods").stdout
+    for name, cls in METHODS.items():
+        assert name in out and cls.summary in out
+    assert "lambda_dpa=1.0" in out
+    out = fedrs(workdir, "strategies").stdout
+    for name in STRATEGIES:
+        assert name in out
+    assert "mu=0.01" in out
+    toml = fedrs(workdir, "config", "--set", "federation.rounds=3").stdout
+    import tomllib
+
+    loaded = tomllib.loads(toml)
+    assert loaded["federation"]["rounds"] == 3
+    assert RunConfig().replace(**{"federation.rounds": 3}).to_dict() == loaded
