@@ -454,9 +454,12 @@ def check_cluster(cfg: RunConfig, connect: Callable[[], None] | None = None) -> 
         )
         request_resources(bundles=[dict(bundle) for _ in range(res.num_actors)])
         deadline = time.monotonic() + wait
-        while problem and time.monotonic() < deadline:
-            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-            problem = placement_problem(cfg, cluster_nodes())
+        try:
+            while problem and time.monotonic() < deadline:
+                time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+                problem = placement_problem(cfg, cluster_nodes())
+        finally:  # the actors' own demand keeps the nodes; a standing request would pin them
+            request_resources(bundles=[])
         if problem:
             problem = f"{problem} (waited {wait:.0f} s for the autoscaler)"
     if problem:

@@ -239,3 +239,19 @@ def test_methods_strategies_and_config_are_listed(workdir: Path) -> None:
     loaded = tomllib.loads(toml)
     assert loaded["federation"]["rounds"] == 3
     assert RunConfig().replace(**{"federation.rounds": 3}).to_dict() == loaded
+
+
+def test_readme_matches_the_package() -> None:
+    """The README's Python version is pyproject's, and it documents every `fedrs bench`."""
+    import re
+    import tomllib
+
+    from fedrs.cli import BENCHMARKS
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    requires = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert re.search(r"Python (\d+\.\d+)\+", readme).group(1) == requires.removeprefix(">=")
+    bench_section = readme.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    for name in BENCHMARKS:
+        assert f"- `{name}`:" in bench_section, name

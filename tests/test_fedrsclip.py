@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from fedrs.datasets.manifest import FedDataset
+from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput
 from fedrs.methods.fedrsclip import PRIVATE, SHARED, VISUAL, FedRSCLIP, fedrsclip_loss
 from fedrs.models.backbone import load_backbone
@@ -166,7 +167,10 @@ def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_pa
         assert rec2["received_private"] == pytest.approx(trained_r1[c], rel=1e-6)
     assert len({round(v, 3) for v in trained_r1.values()}) == 6  # each client its own state
 
-    # A fresh run into the same directory must ignore what an earlier run left there: plant a
+    # Without --overwrite a new run may not go there at all
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(cfg, out=str(run_dir), method_cls=Recording, console=quiet)
+    # A fresh run replacing it (--overwrite) must ignore what the earlier run left: plant a
     # newer stale version (as a longer earlier run would leave) for every client.
     for c in range(6):
         store.save(
@@ -174,7 +178,7 @@ def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_pa
             9,
             {PRIVATE: np.full((4, 64), 7.0, np.float32), VISUAL: np.full((4, 64), 7.0, np.float32)},
         )
-    run(cfg, out=str(run_dir), method_cls=Recording, console=quiet)
+    run(cfg, out=str(run_dir), method_cls=Recording, console=quiet, overwrite=True)
     fresh = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     local = FedRSCLIP(cfg, FedDataset(synth_data).classes)
     for c in range(6):
