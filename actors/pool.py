@@ -29,7 +29,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedrs.actors.client import ClientWorker
-from fedrs.errors import FedrsError
+from fedrs.errors import FedrsError, remote_error
 from fedrs.methods.base import Method
 from fedrs.orchestrator.config import RunConfig
 
@@ -113,6 +113,9 @@ class ClientPool:
         try:
             return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout)
         except (RayTaskError, RayActorError, GetTimeoutError) as exc:
+            started = remote_error(exc)  # the actor's __init__ raised: that is the cause
+            if started is not None:
+                raise started from None
             raise FedrsError(f"client actor failed in {method}: {_reason(exc)}") from None
 
     def map(

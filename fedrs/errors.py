@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class FedrsError(Exception):
     """Base class: a problem with the user's input or environment, reported as one line."""
@@ -21,3 +23,32 @@ class PartitionError(FedrsError):
 
 class ShardIntegrityError(FedrsError):
     """A shard or manifest on disk is truncated, tampered with, or not what the manifest says."""
+
+
+_REMOTE_ERROR = re.compile(
+    r"^((?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception))): (.+)$", re.M
+)
+
+
+def remote_error(exc: BaseException) -> FedrsError | None:
+    """The error a Ray actor's creation (``__init__``) raised, rebuilt as one line from what
+    Ray reports (its ``ActorDiedError`` carries only the remote traceback's text): a fedrs
+    error keeps its type and message; anything else becomes a FedrsError naming its type.
+    None when ``exc`` is not an actor that failed to start."""
+    if not getattr(exc, "actor_init_failed", False):
+        return None
+    found = _REMOTE_ERROR.findall(str(exc))
+    if not found:
+        return FedrsError("an actor failed to start (see the worker log above)")
+    path, name, message = found[-1]
+    if path.startswith("fedrs."):
+        import importlib
+
+        module, _, cls_name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except (ImportError, AttributeError):
+            cls = FedrsError
+        if isinstance(cls, type) and issubclass(cls, FedrsError):
+            return cls(message)
+    return FedrsError(f"an actor failed to start: {name}: {message}")

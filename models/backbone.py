@@ -153,8 +153,9 @@ def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
             torch.manual_seed(RANDOM_INIT_SEED)
             return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
     except Exception as exc:  # torch.load / open_clip raise many types for bad files
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"cannot load {arch} weights {pretrained!r}: {first}") from None
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = text if len(text) <= 300 else text[:297] + "..."
+        raise ConfigError(f"cannot load {arch} weights {pretrained!r}: {text}") from None
 
 
 def _batch_first_attention(

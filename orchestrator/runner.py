@@ -18,7 +18,7 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from fedrs.errors import ConfigError, FedrsError
+from fedrs.errors import ConfigError, FedrsError, remote_error
 from fedrs.io import first_missing, write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
@@ -178,6 +178,11 @@ def run(
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
                 raise exc.cause from None
+            raise
+        except ray.exceptions.RayActorError as exc:  # the driver actor failed to start
+            started = remote_error(exc)
+            if started is not None:
+                raise started from None
             raise
         finally:
             ray.kill(driver)

@@ -346,3 +346,17 @@ def test_evaluation_without_examples_is_null_with_a_reason(tmp_path: Path) -> No
     assert line["null_reasons"]["loss"].startswith("not finite")
     assert "2 failed" in line["null_reasons"]["accuracy"]
     assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_actor_that_fails_to_start_is_one_line(synth_data: Path, tmp_path: Path) -> None:
+    """A checkpoint that passes preflight (a complete torch file) but is not a CLIP: the client
+    actors' __init__ raises inside the driver actor's __init__; the user gets that cause."""
+    from fedrs.orchestrator.runner import run
+
+    bogus = tmp_path / "not_clip.pt"
+    torch.save({"foo": torch.zeros(3)}, bogus)
+    cfg = _cfg(synth_data, **{"model.pretrained": str(bogus)})
+    with pytest.raises(ConfigError, match=r"cannot load fedrs-tiny weights .*Missing key"):
+        run(cfg, out=str(tmp_path / "r"), console=QUIET)
+    assert not (tmp_path / "r").exists()
