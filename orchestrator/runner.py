@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from rich.console import Console
 
+from fedrs import reaper
 from fedrs.errors import ConfigError, FedrsError, remote_error
 from fedrs.io import first_missing, write_json
 from fedrs.methods import method_class
@@ -118,6 +119,8 @@ def connect_ray() -> None:
     else:
         # "local": always a fresh instance. A bare ray.init() would instead follow
         # /tmp/ray/ray_current_cluster to whatever `ray start` ran last, even a dead cluster.
+        # The reaper stops it (agents included) should this process be killed.
+        reaper.start()
         ray.init(
             address="local",
             _node_ip_address="127.0.0.1",

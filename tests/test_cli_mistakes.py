@@ -255,3 +255,39 @@ def test_readme_matches_the_package() -> None:
     bench_section = readme.split("## Benchmarks", 1)[1].split("\n## ", 1)[0]
     for name in BENCHMARKS:
         assert f"- `{name}`:" in bench_section, name
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
+    """`fedrs run` killed with SIGKILL mid-run: the local Ray it started (its agents too, which
+    Ray itself leaves running for a minute or two) is gone within seconds."""
+    import signal
+    import time
+
+    from fedrs import reaper
+
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [*FEDRS, "run", "--out", "r", "--set", "federation.rounds=10000"],
+        cwd=workdir,
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = workdir / "r" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.5)
+    ours = reaper.descendants(proc.pid)
+    names = {pid: (Path(f"/proc/{pid}/cmdline").read_bytes()[:60]) for pid in ours}
+    assert any(b"DashboardAgent" in n or b"agent" in n for n in names.values()), names
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    alive = ours
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        alive = {p: t for p, t in ours.items() if (reaper.process_info(p) or (0, -1))[1] == t}
+    assert not alive, {p: names[p] for p in alive}
+    assert (workdir / "r" / "checkpoint" / "latest.json").is_file()  # resumable
