@@ -96,7 +96,9 @@ def drive(cfg: Any, run_dir: Path, data_path: str) -> dict[str, Any]:
     from fedrs.io import write_json
     from fedrs.methods import method_class
     from fedrs.orchestrator.driver import Driver
+    from fedrs.orchestrator.preflight import preflight
 
+    preflight(cfg)  # the checks every run gets, before the clock starts
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     t0 = time.perf_counter()

@@ -296,6 +296,9 @@ def run_size(
 
     cfg = RunConfig().replace(**{**base, "federation.num_clients": n, "federation.rounds": rounds})
     shapes = private_shapes(cfg, num_classes)
+    from fedrs.orchestrator.preflight import preflight
+
+    preflight(cfg)  # the checks every run gets, before the clock starts
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     driver = ray.remote(num_cpus=0)(Driver).remote(
