@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -176,26 +177,30 @@ def _defaults(section: Any, keys: tuple[str, ...]) -> str:
     return ", ".join(f"{k}={getattr(section, k)!r}" for k in keys) or "no options"
 
 
+def _print_registry(title: str, registry: dict[str, Any], section: Any, prefix: str) -> int:
+    """One entry per name: its one-line summary, then its config options with defaults."""
+    print(f"{title}\n")
+    for name, cls in sorted(registry.items()):
+        print(f"{name:13} {cls.summary}")
+        print(f"{'':13}   options ({prefix}.KEY): {_defaults(section, cls.options)}")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from fedrs.methods import METHODS
     from fedrs.orchestrator.config import MethodConfig
 
-    print("method.name   what trains and travels\n")
-    for name, cls in sorted(METHODS.items()):
-        print(f"{name:13} {cls.summary}")
-        print(f"{'':13}   options (method.KEY): {_defaults(MethodConfig(), cls.options)}")
-    return 0
+    return _print_registry(
+        "method.name   what trains and travels", METHODS, MethodConfig(), "method"
+    )
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
     from fedrs.orchestrator.config import StrategyConfig
     from fedrs.orchestrator.strategies import STRATEGIES
 
-    print("strategy.name what the server does\n")
-    for name, cls in sorted(STRATEGIES.items()):
-        print(f"{name:13} {cls.summary}")
-        print(f"{'':13}   options (strategy.KEY): {_defaults(StrategyConfig(), cls.options)}")
-    return 0
+    title = "strategy.name what the server does"
+    return _print_registry(title, STRATEGIES, StrategyConfig(), "strategy")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -410,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedrs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fedrs methods | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -114,3 +114,17 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         partition=PartitionSpec(scheme="iid", num_clients=6, min_examples=2),
     )
     return out
+
+
+def small_run(data: Path, **sets: object):
+    """A short run config on ``data``: 2 rounds of 6 clients, 1 local epoch, 2 actors."""
+    from fedrs.orchestrator.config import RunConfig
+
+    base = {
+        "data.path": str(data),
+        "federation.rounds": 2,
+        "federation.clients_per_round": 6,
+        "client.local_epochs": 1,
+        "resources.num_actors": 2,
+    }
+    return RunConfig().replace(**{**base, **sets})

@@ -16,6 +16,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from conftest import small_run
 from fedrs.errors import ConfigError, ShardIntegrityError
 from fedrs.io import dumps, json_safe, new_output_dir, write_json
 from fedrs.methods.base import FitOutput
@@ -255,14 +256,7 @@ def test_joined_cluster_is_checked_against_its_nodes() -> None:
 
 
 def _cfg(data: Path, **sets: Any) -> RunConfig:
-    base = {
-        "data.path": str(data),
-        "federation.rounds": 2,
-        "federation.clients_per_round": 4,
-        "client.local_epochs": 1,
-        "resources.num_actors": 2,
-    }
-    return RunConfig().replace(**{**base, **sets})
+    return small_run(data, **{"federation.clients_per_round": 4, **sets})
 
 
 @pytest.mark.usefixtures("ray_cluster")

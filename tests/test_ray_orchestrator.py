@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from conftest import small_run
 from fedrs.actors.pool import ClientPool
 from fedrs.methods.base import FitOutput
 from fedrs.methods.promptfl import PromptFL
@@ -27,14 +28,7 @@ QUIET = Console(file=io.StringIO())
 
 
 def _cfg(data: Path, **sets: Any) -> RunConfig:
-    base = {
-        "data.path": str(data),
-        "federation.rounds": 2,
-        "federation.clients_per_round": 6,
-        "client.local_epochs": 1,
-        "resources.num_actors": 2,
-    }
-    return RunConfig().replace(**{**base, **sets})
+    return small_run(data, **sets)
 
 
 def _metrics(run_dir: Path) -> list[dict[str, Any]]:
