@@ -1,0 +1,47 @@
+"""Evaluation metrics computed from gathered results (pure numpy; no Ray, no torch).
+
+Image-text retrieval, the standard protocol of RSICD / RSITMD / UCM-Captions (5 captions per
+image): an image query is correct at K when ANY of its captions ranks in the top K captions; a
+caption query when its one image ranks in the top K images. Ties count against the query: a
+candidate scoring the same as the best correct one ranks ahead of it (no credit for a
+constant similarity matrix). R@K and mR are in percent, as the papers report them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the best correct answer: ``(n_images,)`` image->text and
+    ``(n_captions,)`` text->image, from the ``(n_images, n_captions)`` similarity matrix and
+    the image index of each caption."""
+    sim = np.asarray(sim, dtype=np.float64)
+    caption_image = np.asarray(caption_image)
+    n_img, n_txt = sim.shape
+    if caption_image.shape != (n_txt,):
+        raise ValueError(f"caption_image must be ({n_txt},), got {caption_image.shape}")
+    if n_img and (caption_image.min() < 0 or caption_image.max() >= n_img):
+        raise ValueError("caption_image holds an index outside the images")
+    own = np.zeros((n_img, n_txt), dtype=bool)
+    own[caption_image, np.arange(n_txt)] = True
+    if not own.any(axis=1).all():
+        raise ValueError("every image needs at least one caption")
+    best = np.where(own, sim, -np.inf).max(axis=1)  # each image's best correct caption
+    i2t = ((sim >= best[:, None]) & ~own).sum(axis=1)
+    correct = sim[caption_image, np.arange(n_txt)]  # each caption against its image
+    t2i = (sim >= correct[None, :]).sum(axis=0) - 1  # minus the image itself
+    return i2t, t2i
+
+
+def recall_at_k(
+    sim: np.ndarray, caption_image: np.ndarray, ks: tuple[int, ...] = KS
+) -> dict[str, float]:
+    """``i2t_r{K}``, ``t2i_r{K}`` for each K and ``mR`` (their mean), in percent."""
+    i2t, t2i = retrieval_ranks(sim, caption_image)
+    out = {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
+    out |= {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
+    out["mR"] = float(np.mean(list(out.values())))
+    return out
