@@ -155,7 +155,5 @@ class ClientWorker:
             shard = self._view(self.data.clients[self.partition(task.client_id)].local_test)
             private = self._private(task.client_id, task.round + 1)
         stop = len(shard) if task.stop is None else task.stop
-        out = self.method.evaluate(
-            params, private, shard.inputs[task.start : stop], shard.labels[task.start : stop]
-        )
+        out = self.method.evaluate_rows(params, private, shard, task.start, stop)
         return {"client_id": task.client_id, **out}

@@ -173,34 +173,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defaults(section: Any, keys: tuple[str, ...]) -> str:
+def _defaults(section: Any, keys: tuple[str, ...] | None = None) -> str:
+    """``key=default, ...`` of ``keys`` of a config section (all its fields when None)."""
+    import dataclasses
+
+    keys = tuple(f.name for f in dataclasses.fields(section)) if keys is None else keys
     return ", ".join(f"{k}={getattr(section, k)!r}" for k in keys) or "no options"
 
 
-def _print_registry(title: str, registry: dict[str, Any], section: Any, prefix: str) -> int:
-    """One entry per name: its one-line summary, then its config options with defaults."""
+def _print_registry(title: str, rows: list[tuple[str, str, str]]) -> int:
+    """One entry per name: its one-line summary, then its options with defaults."""
     print(f"{title}\n")
-    for name, cls in sorted(registry.items()):
-        print(f"{name:13} {cls.summary}")
-        print(f"{'':13}   options ({prefix}.KEY): {_defaults(section, cls.options)}")
+    for name, summary, options in rows:
+        print(f"{name:13} {summary}\n{'':13}   {options}")
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
     from fedrs.methods import METHODS
-    from fedrs.orchestrator.config import MethodConfig
 
-    return _print_registry(
-        "method.name   what trains and travels", METHODS, MethodConfig(), "method"
-    )
+    rows = [
+        (name, cls.summary, f"options (method.KEY): {_defaults(cls.Options())}")
+        for name, cls in sorted(METHODS.items())
+    ]
+    return _print_registry("method.name   what trains and travels", rows)
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
     from fedrs.orchestrator.config import StrategyConfig
     from fedrs.orchestrator.strategies import STRATEGIES
 
-    title = "strategy.name what the server does"
-    return _print_registry(title, STRATEGIES, StrategyConfig(), "strategy")
+    section = StrategyConfig()
+    rows = [
+        (name, cls.summary, f"options (strategy.KEY): {_defaults(section, cls.options)}")
+        for name, cls in sorted(STRATEGIES.items())
+    ]
+    return _print_registry("strategy.name what the server does", rows)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

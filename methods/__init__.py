@@ -6,10 +6,13 @@ from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
+from fedrs.methods.pe_rsitr import PERSITR
 from fedrs.methods.promptfl import PromptFL
 from fedrs.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot, PERSITR)
+}
 
 
 def method_class(name: str) -> type[Method]:

@@ -6,7 +6,15 @@ per actor, frozen backbone resident):
 * ``init_global(seed)``: the initial global tensors (only these ever travel);
 * ``init_private(client_id, seed)``: a client's private tensors (kept in the client-state store);
 * ``fit(global, private, shard, options)``: local training -> ``FitOutput``;
-* ``evaluate(global, private, images, labels)``: sums for accuracy / loss.
+* ``evaluate_rows(global, private, shard, start, stop)``: a partial result over some rows of
+  a test shard (classification: ``evaluate(global, private, images, labels)``'s sums).
+
+Evaluation is spread over the actors in chunks; the driver combines the partials:
+
+* ``reduce_eval(partials)``: the metrics of one split from its partials, in chunk order
+  (classification: summed counts -> ``accuracy``, ``test_loss``; retrieval: gathered
+  embeddings -> R@K); ``headline`` names the metric that progress lines, the plot and the
+  summary's ``best_...`` follow (``personalized_<headline>``: its mean over clients).
 
 Server side (in the driver, torch-free by default):
 
@@ -35,6 +43,27 @@ if TYPE_CHECKING:
     from fedrs.orchestrator.strategies import ClientUpdate
 
 Params = dict[str, np.ndarray]
+
+
+def check(cond: bool, msg: str) -> None:
+    """A method option's validation: a one-line ConfigError when ``cond`` is false."""
+    if not cond:
+        from fedrs.errors import ConfigError
+
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A method without options."""
+
+
+@dataclass(frozen=True)
+class TemplateOptions:
+    template: str = "a satellite photo of a {}."  # the hand-written class prompt
+
+    def __post_init__(self) -> None:
+        check("{}" in self.template, "method.template must contain '{}' for the class name")
 
 
 @dataclass(frozen=True)
@@ -95,8 +124,10 @@ class Method(ABC):
     """Base class of federated methods; subclasses set ``name`` and implement the hooks."""
 
     name: ClassVar[str]
+    headline: ClassVar[str] = "accuracy"  # the metric progress, plot and summary follow
     summary: ClassVar[str] = ""  # one line for `fedrs methods`
-    options: ClassVar[tuple[str, ...]] = ()  # the method.* config keys it reads
+    # The method's own options (``method.KEY`` in TOML / --set): a frozen, validated dataclass.
+    Options: ClassVar[type] = NoOptions
     trains: ClassVar[bool] = True
     # The image encoder never changes and nothing is inserted into it: image embeddings can be
     # computed once per shard (frozen-feature cache) and fed to ``fit`` / ``evaluate`` as
@@ -130,11 +161,29 @@ class Method(ABC):
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput: ...
 
-    @abstractmethod
     def evaluate(
         self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
     ) -> dict[str, float]:
-        """Return ``{"correct", "loss_sum", "n"}`` over the given examples."""
+        """Classification: ``{"correct", "loss_sum", "n"}`` over the given examples."""
+        raise NotImplementedError(f"{self.name} evaluates through evaluate_rows")
+
+    def evaluate_rows(
+        self, global_params: Params, private: Params, shard: Any, start: int, stop: int
+    ) -> dict[str, Any]:
+        """A partial evaluation over rows ``start:stop`` of a test shard (pixels or cached
+        features in ``shard.inputs``, and whatever else the shard holds)."""
+        return self.evaluate(
+            global_params, private, shard.inputs[start:stop], shard.labels[start:stop]
+        )
+
+    @classmethod
+    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, float | None]:
+        """One split's metrics from its partials (classification: summed counts)."""
+        n = sum(p["n"] for p in partials)
+        return {
+            "accuracy": sum(p["correct"] for p in partials) / n if n else None,
+            "test_loss": sum(p["loss_sum"] for p in partials) / n if n else None,
+        }
 
     def feature_identity(self) -> dict[str, Any]:
         """What cached image embeddings depend on (the cache key)."""

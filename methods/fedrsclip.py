@@ -20,13 +20,22 @@ Ablations by config: ``method.lambda_dpa=0``, ``method.lambda_cmfa=0``,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval, local_sgd
+from fedrs.methods.base import (
+    FitOptions,
+    FitOutput,
+    Method,
+    Params,
+    batched_eval,
+    check,
+    local_sgd,
+)
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import (
     PromptLearner,
@@ -84,6 +93,27 @@ def fedrsclip_loss(
     }
 
 
+@dataclass(frozen=True)
+class FedRSCLIPOptions:
+    """METHODS.md section 1 (the paper plus the standard reading where it is silent)."""
+
+    n_ctx: int = 4  # shared text context vectors (P_s, the only tensor sent)
+    private_prompts: bool = True  # private text context + private visual prompts per client
+    n_ctx_private: int = 4  # private text context vectors (P_p^k)
+    n_vis: int = 4  # private VPT-shallow visual prompt tokens (V^k)
+    lambda_dpa: float = 1.0  # l1: Dual Prompt Alignment
+    lambda_cmfa: float = 0.5  # l2: Cross-Modal Feature Alignment
+
+    def __post_init__(self) -> None:
+        check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
+        check(self.n_ctx_private >= 1, "method.n_ctx_private must be >= 1")
+        check(self.n_vis >= 1, f"method.n_vis must be >= 1, got {self.n_vis}")
+        check(
+            self.lambda_dpa >= 0 and self.lambda_cmfa >= 0,
+            "method.lambda_dpa and method.lambda_cmfa must be >= 0",
+        )
+
+
 def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.ndarray:
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
     return torch.empty(shape).normal_(0.0, std, generator=gen).numpy()
@@ -92,7 +122,7 @@ def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.nd
 class FedRSCLIP(Method):
     name = "fedrsclip"
     summary = "FedRSCLIP: shared + private text prompts, private visual prompts, DPA + CMFA"
-    options = ("n_ctx", "private_prompts", "n_ctx_private", "n_vis", "lambda_dpa", "lambda_cmfa")
+    Options = FedRSCLIPOptions
     global_keys = (SHARED,)
     prompt_keys = (SHARED,)
 

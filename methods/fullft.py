@@ -19,6 +19,7 @@ from fedrs.methods.base import (
     FitOutput,
     Method,
     Params,
+    TemplateOptions,
     batched_eval,
     cross_entropy_step,
     local_sgd,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 class FullFedAvg(Method):
     name = "fullft"
     summary = "full fine-tuning of every CLIP weight, the whole model averaged"
-    options = ("template",)
+    Options = TemplateOptions
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)

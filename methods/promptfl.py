@@ -3,6 +3,7 @@ clients; the frozen CLIP never moves; the server averages the context (FedAvg by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from fedrs.methods.base import (
     Method,
     Params,
     batched_eval,
+    check,
     cross_entropy_step,
     local_sgd,
 )
@@ -28,10 +30,18 @@ if TYPE_CHECKING:
 CTX = "prompt.ctx"
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    n_ctx: int = 4  # learnable context vectors of the text prompt
+
+    def __post_init__(self) -> None:
+        check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
+
+
 class PromptFL(Method):
     name = "promptfl"
     summary = "one shared CoOp text context, trained by every client and averaged"
-    options = ("n_ctx",)
+    Options = PromptOptions
     frozen_image_encoder = True
     global_keys = (CTX,)
     prompt_keys = (CTX,)

@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedrs.methods.base import FitOptions, FitOutput, Method, Params, batched_eval
+from fedrs.methods.base import (
+    FitOptions,
+    FitOutput,
+    Method,
+    Params,
+    TemplateOptions,
+    batched_eval,
+)
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import zero_shot_text_features
 
@@ -18,7 +25,7 @@ if TYPE_CHECKING:
 class ZeroShot(Method):
     name = "zeroshot"
     summary = "zero-shot CLIP with a text template; nothing trains, evaluated once"
-    options = ("template",)
+    Options = TemplateOptions
     trains = False
     frozen_image_encoder = True
 

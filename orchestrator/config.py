@@ -25,29 +25,58 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def method_options_class(name: str) -> type:
+    """The options dataclass of the method registered as ``name`` (one-line error if none)."""
+    from fedrs.methods import METHODS  # here: methods import this module's types
+
+    if name not in METHODS:
+        raise ConfigError(
+            f"unknown method.name {name!r}; choose from {sorted(METHODS)} (`fedrs methods`)"
+        )
+    return METHODS[name].Options
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """What clients train and send (``methods/``)."""
+    """What clients train and send (``methods/``): the method's name and its own options, a
+    frozen dataclass the method defines (``Method.Options``). In TOML and ``--set`` the
+    options sit beside the name (``method.n_ctx = 8``); ``cfg.method.n_ctx`` reads them."""
 
     name: str = "promptfl"
-    n_ctx: int = 4  # context vectors of the (shared) text prompt
-    template: str = "a satellite photo of a {}."  # zero-shot prompt
-    # FedRSCLIP (METHODS.md section 1, standard reading)
-    private_prompts: bool = True  # private text context + private visual prompts per client
-    n_ctx_private: int = 4  # private text context vectors
-    n_vis: int = 4  # private VPT-shallow visual prompt tokens
-    lambda_dpa: float = 1.0  # l1: Dual Prompt Alignment
-    lambda_cmfa: float = 0.5  # l2: Cross-Modal Feature Alignment
+    options: Any = None  # the method's Options instance; None: its defaults
 
     def __post_init__(self) -> None:
-        _check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
-        _check(self.n_ctx_private >= 1, "method.n_ctx_private must be >= 1")
-        _check(self.n_vis >= 1, f"method.n_vis must be >= 1, got {self.n_vis}")
-        _check(
-            self.lambda_dpa >= 0 and self.lambda_cmfa >= 0,
-            "method.lambda_dpa and method.lambda_cmfa must be >= 0",
-        )
-        _check("{}" in self.template, "method.template must contain '{}' for the class name")
+        if self.options is None:
+            object.__setattr__(self, "options", method_options_class(self.name)())
+
+    def __getattr__(self, key: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is not None and not key.startswith("__") and hasattr(options, key):
+            return getattr(options, key)
+        raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
+
+    def to_dict(self, changed_only: bool = False) -> dict[str, Any]:
+        """``{"name", **options}``; ``changed_only``: just the options not at their default."""
+        values = dataclasses.asdict(self.options)
+        if changed_only:
+            defaults = dataclasses.asdict(type(self.options)())
+            values = {k: v for k, v in values.items() if v != defaults[k]}
+        return {"name": self.name, **values}
+
+
+def _build_method(data: dict[str, Any]) -> MethodConfig:
+    name = _coerce(data.get("name", MethodConfig.name), str, "method.name")
+    options_cls = method_options_class(name)
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    for key in data:
+        if key != "name" and key not in known:
+            raise ConfigError(
+                f"unknown config key 'method.{key}': method {name!r} has "
+                + (f"the options {', '.join(sorted(known))}" if known else "no options")
+                + " (`fedrs methods` lists them)"
+            )
+    options = _build(options_cls, {k: v for k, v in data.items() if k != "name"}, "method")
+    return MethodConfig(name, options)
 
 
 @dataclass(frozen=True)
@@ -183,11 +212,15 @@ class RunConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain nested dicts, every key present (``config.json``, ``fedrs config``)."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return out | {"method": self.method.to_dict()}
 
     def replace(self, **overrides: Any) -> RunConfig:
-        """A copy with dotted-key overrides: ``cfg.replace(**{"federation.rounds": 3})``."""
-        return from_dict(self.to_dict(), [f"{k}={v}" for k, v in overrides.items()])
+        """A copy with dotted-key overrides: ``cfg.replace(**{"federation.rounds": 3})``. Method
+        options left at their defaults do not follow a change of ``method.name``."""
+        data = self.to_dict() | {"method": self.method.to_dict(changed_only=True)}
+        return from_dict(data, [f"{k}={v}" for k, v in overrides.items()])
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -241,7 +274,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a table of keys, got {value!r}")
-            kwargs[name] = _build(typ, value, where)  # type: ignore[arg-type]
+            sub = _build_method(value) if typ is MethodConfig else _build(typ, value, where)
+            kwargs[name] = sub
         else:
             kwargs[name] = _coerce(value, typ, where)
     return cls(**kwargs)

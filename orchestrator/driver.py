@@ -281,24 +281,27 @@ class Driver:
         results, failures = self.pool.map(
             "evaluate", ref, chunks + per_client, fed.round_timeout_s, costs
         )
+        reduce, head = self.method_cls.reduce_eval, self.method_cls.headline
         glob = [results[i] for i in range(len(chunks)) if i in results]
-        n = sum(r["n"] for r in glob)
-        pers = [r["correct"] / r["n"] for i, r in results.items() if i >= len(chunks) and r["n"]]
         out: dict[str, Any] = {
-            "accuracy": sum(r["correct"] for r in glob) / n if n else None,
-            "test_loss": sum(r["loss_sum"] for r in glob) / n if n else None,
-            "personalized_accuracy": float(np.mean(pers)) if pers else None,
+            **(reduce(glob) if len(glob) == len(chunks) else {head: None}),
             "eval_failed": len(failures),
         }
+        pers = [reduce([r])[head] for i, r in sorted(results.items()) if i >= len(chunks)]
+        pers = [v for v in pers if v is not None]
+        out[f"personalized_{head}"] = float(np.mean(pers)) if pers else None
         why: dict[str, str] = {}
-        if not n:
+        if out.get(head) is None:
             failed = next(iter(failures.values()), "no test example")
-            why["accuracy"] = why["test_loss"] = (
-                f"no global test example was evaluated ({len(chunks)} tasks, "
-                f"{len(failures)} failed: {failed})"
+            missing = len(chunks) - len(glob)
+            why[head] = (
+                f"the global test split was not fully evaluated ({missing} of {len(chunks)} "
+                f"chunks failed: {failed})"
+                if missing
+                else "the global test split has no example"
             )
         if not pers:
-            why["personalized_accuracy"] = (
+            why[f"personalized_{head}"] = (
                 "no client local split was evaluated"
                 if per_client
                 else "no client has a local split"
@@ -352,14 +355,16 @@ class Driver:
     def finish(self) -> dict[str, Any]:
         """Write summary.json and accuracy.png; release the actors."""
         records = [json.loads(x) for x in (self.run_dir / METRICS).read_text().splitlines() if x]
-        accs = [r["accuracy"] for r in records if r.get("accuracy") is not None]
+        head = self.method_cls.headline
+        accs = [r[head] for r in records if r.get(head) is not None]
         summary = {
             "method": self.cfg.method.name,
             "strategy": self.cfg.strategy.name,
             "strategy_in_effect": self.strategy.describe(),
             "rounds_completed": self.round,
             "final": records[-1] if records else {},
-            "best_accuracy": max(accs) if accs else None,
+            "headline": head,
+            f"best_{head}": max(accs) if accs else None,
             "totals": {
                 key: float(sum(r.get(key, 0) for r in records))
                 for key in (
@@ -379,12 +384,13 @@ class Driver:
             ),
         }
         write_json(self.run_dir / "summary.json", summary)
-        _plot(records, self.run_dir / "accuracy.png")
+        _plot(records, self.run_dir / "accuracy.png", head)
         self.pool.shutdown()
         return summary
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> None:
+def _plot(records: list[dict[str, Any]], path: Path, head: str = "accuracy") -> None:
+    """The headline metric per round: on the global test split and averaged over clients."""
     import io
 
     import matplotlib
@@ -395,14 +401,15 @@ def _plot(records: list[dict[str, Any]], path: Path) -> None:
     from fedrs.io import write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    rounds = [r["round"] for r in records if "accuracy" in r]
+    evaluated = [r for r in records if head in r]
+    rounds = [r["round"] for r in evaluated]
     for key, label in (
-        ("accuracy", "global (held-out split)"),
-        ("personalized_accuracy", "personalised (local splits)"),
+        (head, "global (held-out split)"),
+        (f"personalized_{head}", "personalised (local splits)"),
     ):
         ax.plot(
             rounds,
-            [np.nan if r.get(key) is None else r[key] for r in records if "accuracy" in r],
+            [np.nan if r.get(key) is None else r[key] for r in evaluated],
             marker="o",
             label=label,
         )
@@ -410,7 +417,7 @@ def _plot(records: list[dict[str, Any]], path: Path) -> None:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(head)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

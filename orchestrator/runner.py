@@ -235,15 +235,16 @@ def _drive(
         + (f" ({len(excluded)} left out: damaged shards)" if excluded else "")
         + f"; weights: {checked.weights} -> {run_dir}"
     )
+    head = checked.method_cls.headline
     for ref in driver.run.options(num_returns="streaming").remote(stop_after):
-        console.print(_progress_line(ray.get(ref), cfg.federation.rounds))
+        console.print(_progress_line(ray.get(ref), cfg.federation.rounds, head))
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
     summary["run_dir"] = str(run_dir)
-    acc, best = summary["final"].get("accuracy"), summary["best_accuracy"]
+    acc, best = summary["final"].get(head), summary[f"best_{head}"]
     console.print(
-        f"done: accuracy {_fmt(acc)} (best {_fmt(best)}); "
+        f"done: {head} {_fmt(acc)} (best {_fmt(best)}); "
         f"{int(summary['totals']['bytes_up']):,} B up, {int(summary['totals']['bytes_down']):,} B "
         f"down; files in {run_dir}"
     )
@@ -254,9 +255,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _progress_line(rec: dict[str, Any], rounds: int) -> str:
+def _progress_line(rec: dict[str, Any], rounds: int, head: str = "accuracy") -> str:
     parts = [f"round {rec['round']:>3}/{rounds}"]
-    for key, label in (("accuracy", "acc"), ("personalized_accuracy", "pers"), ("loss", "loss")):
+    short = {"accuracy": "acc"}.get(head, head)
+    for key, label in ((head, short), (f"personalized_{head}", "pers"), ("loss", "loss")):
         if key in rec:
             parts.append(f"{label} {_fmt(rec[key])}")
     parts.append(f"ok {rec.get('clients_ok', 0)}")

@@ -38,8 +38,9 @@ class Strategy(ABC):
 
     def describe(self) -> str:
         """The strategy in effect, in words: its name and the tensors it combines."""
-        keys = ", ".join(self.upload_keys) or "nothing"
-        return f"{self.name} of {keys}"
+        keys = list(self.upload_keys)
+        names = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        return f"{self.name} of {names or 'nothing'}"
 
     def client_options(self) -> dict[str, Any]:
         """Extra local-training options the strategy needs on clients (FedProx: mu)."""

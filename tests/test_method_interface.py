@@ -1,0 +1,214 @@
+"""The general method interface: methods' own options, evaluation partials combined by the
+method (headline metric), the ported methods unchanged, and PE-RSITR on caption shards."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from conftest import make_caption_dataset, small_run
+from fedrs.datasets.manifest import FedDataset
+from fedrs.datasets.partition import PartitionSpec
+from fedrs.errors import ConfigError
+from fedrs.methods import method_class
+from fedrs.methods.base import FitOptions
+from fedrs.orchestrator.config import RunConfig, from_dict
+
+# Final tensors of a short seeded local fit (2 epochs, batch 8, client 1 of a 2-client IID
+# synthetic build at 32 px, 4 scenes per class), computed with the code before the interface
+# was generalised (commit b8a08c3): |sum|, first and last entry of the first tensors, private
+# |sum|, train loss, and the test split's (correct, loss sum). The port must reproduce them.
+PINNED = {
+    "promptfl": {
+        "params": {"prompt.ctx": [9.478554725646973, -0.017912482842803, 0.03434983640909195]},
+        "private": {},
+        "loss": 2.287693802515666,
+        "correct": 3.0,
+        "loss_sum": 68.88256072998047,
+    },
+    "fedrsclip": {
+        "params": {
+            "prompt.shared_ctx": [7.648533821105957, 0.009114768356084824, 0.04002558812499046]
+        },
+        "private": {"prompt.private_ctx": 8.891929626464844, "prompt.visual": 3.868013858795166},
+        "loss": 5.630798594156901,
+        "correct": 3.0,
+        "loss_sum": 68.93218994140625,
+    },
+    "fullft": {
+        "params": {
+            "ln_final.bias": [0.004107318352907896, 7.850504334783182e-05, 1.88144767889753e-05],
+            "ln_final.weight": [63.99907684326172, 1.0002455711364746, 0.999914288520813],
+            "logit_scale": [2.65594482421875, 2.65594482421875, 2.65594482421875],
+            "positional_embedding": [
+                16.739213943481445,
+                -0.007807644549757242,
+                0.012385830283164978,
+            ],
+        },
+        "private": {},
+        "loss": 2.2361111481984457,
+        "correct": 2.0,
+        "loss_sum": 66.52123260498047,
+    },
+}
+SETS = {"promptfl": {}, "fedrsclip": {"strategy.name": "prompt_avg"}, "fullft": {"client.lr": 1e-3}}
+
+
+@pytest.fixture(scope="module")
+def pin_data(tmp_path_factory: pytest.TempPathFactory) -> FedDataset:
+    from fedrs.datasets.synth import build_synthetic
+
+    out = tmp_path_factory.mktemp("pin") / "d"
+    build_synthetic(
+        out,
+        per_class=4,
+        image_size=32,
+        partition=PartitionSpec(scheme="iid", num_clients=2, min_examples=2),
+    )
+    return FedDataset(out)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_ported_methods_reproduce_the_pinned_tensors(pin_data: FedDataset, name: str) -> None:
+    cfg = RunConfig().replace(**{"method.name": name, **SETS[name]})
+    method = method_class(name)(cfg, pin_data.classes)
+    start = method.init_global(0)
+    opts = FitOptions(
+        round=1,
+        client_id=1,
+        seed=0,
+        epochs=2,
+        batch_size=8,
+        lr=cfg.client.lr,
+        momentum=0.9,
+        weight_decay=5e-4,
+        upload_keys=tuple(start),
+    )
+    fit = method.fit(start, method.init_private(1, 0), pin_data.client(1), opts)
+    pin = PINNED[name]
+    for key, (total, first, last) in pin["params"].items():
+        v = fit.params[key].ravel()
+        np.testing.assert_allclose([np.abs(v).sum(), v[0], v[-1]], [total, first, last], rtol=1e-4)
+    got_private = {k: float(np.abs(v).sum()) for k, v in fit.private.items()}
+    assert got_private == pytest.approx(pin["private"], rel=1e-4)
+    assert fit.metrics["train_loss"] == pytest.approx(pin["loss"], rel=1e-4)
+    test = pin_data.test_shard()
+    partial = method.evaluate_rows(fit.params, {}, test, 0, len(test))
+    assert partial["correct"] == pin["correct"]
+    assert partial["loss_sum"] == pytest.approx(pin["loss_sum"], rel=1e-4)
+    metrics = method.reduce_eval([partial])
+    assert metrics["accuracy"] == pytest.approx(pin["correct"] / len(test))
+
+
+def test_each_method_owns_its_validated_options() -> None:
+    cfg = RunConfig().replace(**{"method.name": "fedrsclip", "method.lambda_dpa": 0.25})
+    assert cfg.method.lambda_dpa == 0.25 and cfg.method.n_vis == 4
+    flat = cfg.to_dict()["method"]
+    assert flat["name"] == "fedrsclip" and flat["lambda_dpa"] == 0.25  # config.json: flat keys
+    assert from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"'method.lambda_dpa': method 'promptfl' has the opt"):
+        RunConfig().replace(**{"method.lambda_dpa": 0.5})
+    with pytest.raises(ConfigError, match=r"method\.n_vis must be >= 1"):
+        cfg.replace(**{"method.n_vis": 0})
+    with pytest.raises(ConfigError, match=r"unknown method\.name 'nope'"):
+        RunConfig().replace(**{"method.name": "nope"})
+    # switching methods: options at their defaults do not follow, changed ones must fit
+    assert RunConfig().replace(**{"method.name": "zeroshot"}).method.template
+    with pytest.raises(ConfigError, match=r"'method\.lambda_dpa': method 'zeroshot'"):
+        cfg.replace(**{"method.name": "zeroshot"})
+    with pytest.raises(AttributeError, match="has no option 'n_ctx'"):
+        _ = RunConfig().replace(**{"method.name": "zeroshot"}).method.n_ctx
+
+
+def _caption_build(root: Path, clients: int = 2) -> FedDataset:
+    from fedrs.datasets.builder import BuildSpec, build
+
+    src = make_caption_dataset(root / "src", n=30, n_test=6)
+    spec = BuildSpec.from_args(
+        [f"cap={src}"],
+        str(root / "data"),
+        partition=PartitionSpec(scheme="iid", num_clients=clients, min_examples=1),
+        test_fraction=0.2,
+        image_size=32,
+    )
+    return build(spec)
+
+
+def _pe_cfg(data: Path, **sets: Any) -> RunConfig:
+    base = {
+        "method.name": "pe_rsitr",
+        "method.bottleneck": 16,
+        "federation.clients_per_round": 2,
+        "client.lr": 0.05,
+        "client.batch_size": 8,
+    }
+    return small_run(data, **{**base, **sets})
+
+
+def test_pe_rsitr_trains_only_the_adapter_and_gathers_evaluation(tmp_path: Path) -> None:
+    ds = FedDataset(_caption_build(tmp_path).root)
+    cfg = _pe_cfg(ds.root)
+    method = method_class("pe_rsitr")(cfg, ds.classes)
+    start = method.init_global(0)
+    assert sum(v.size for v in start.values()) == sum(
+        p.numel() for p in method.model.adapter.parameters()
+    )
+    assert all(k.startswith("adapter.") for k in start)
+    opts = FitOptions.from_config(cfg, 1, 0)
+    fit = method.fit(start, {}, ds.client(0), opts)
+    assert set(fit.params) == set(start)
+    moved = sum(float(np.abs(fit.params[k] - start[k]).sum()) for k in start)
+    assert moved > 0 and {"l_cm", "l_v", "l_t"} <= set(fit.metrics)
+    test = ds.test_shard()
+    whole = method.reduce_eval([method.evaluate_rows(fit.params, {}, test, 0, len(test))])
+    parts = [
+        method.evaluate_rows(fit.params, {}, test, s, min(s + 2, len(test))) for s in (0, 2, 4)
+    ]
+    assert method.reduce_eval(parts) == pytest.approx(whole)  # gathered = evaluated in one go
+    assert set(whole) == {
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "mR",
+        "n_images",
+    }
+    assert whole["n_images"] == len(test) == 6
+    # with 6 images, a caption's image is always among the top 10 images
+    assert whole["t2i_r10"] == 100.0
+
+
+def test_pe_rsitr_dry_run_counts_the_paper_adapter() -> None:
+    from fedrs.orchestrator.plan import plan
+
+    p = plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32"}))
+    assert p["trainable_params"] == p["params_sent_per_client"] == 161_088
+    with pytest.raises(ConfigError, match=r"bottleneck=64 must be below the encoders' widths"):
+        plan(RunConfig().replace(**{"method.name": "pe_rsitr"}))  # fedrs-tiny is 64 wide
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_pe_rsitr_federated_run_reports_retrieval(tmp_path: Path) -> None:
+    from fedrs.orchestrator.runner import run
+
+    ds = _caption_build(tmp_path, clients=2)
+    out = io.StringIO()
+    summary = run(_pe_cfg(ds.root), out=str(tmp_path / "r"), console=Console(file=out, width=300))
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    for r in records:
+        assert {"i2t_r1", "t2i_r10", "mR", "personalized_mR"} <= set(r)
+        assert 0 <= r["mR"] <= 100 and r["n_images"] == 6
+    assert summary["headline"] == "mR" and summary["best_mR"] == max(r["mR"] for r in records)
+    assert "mR " in out.getvalue() and "done: mR" in out.getvalue()
+    n = sum(v.size for v in method_class("pe_rsitr")(_pe_cfg(ds.root), []).init_global(0).values())
+    assert summary["totals"]["bytes_up"] == 2 * 2 * n * 4  # 2 rounds x 2 clients, float32
