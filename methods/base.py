@@ -138,6 +138,12 @@ class Method(ABC):
     prompt_keys: tuple[str, ...] = ()
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+        options = getattr(cfg.method, "options", None)
+        if not isinstance(options, self.Options):
+            raise TypeError(
+                f"{type(self).__name__} needs method options {self.Options.__name__}, got "
+                f"{type(options).__name__} (method.name={cfg.method.name!r})"
+            )
         self.cfg = cfg
         self.classes = classes
         self.device = torch.device(device)

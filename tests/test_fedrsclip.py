@@ -111,7 +111,7 @@ def test_shapes_and_2048_shared_params_at_vit_b_sizes(tmp_path: Path) -> None:
 
 def test_fit_sends_only_the_shared_prompt(synth_data: Path) -> None:
     ds = FedDataset(synth_data)
-    method = FedRSCLIP(RunConfig(), ds.classes)
+    method = FedRSCLIP(RunConfig().replace(**{"method.name": "fedrsclip"}), ds.classes)
     g = method.init_global(0)
     priv = method.init_private(3, 0)
     assert set(priv) == {PRIVATE, VISUAL} and priv[VISUAL].shape == (4, 64)
@@ -123,12 +123,17 @@ def test_fit_sends_only_the_shared_prompt(synth_data: Path) -> None:
     assert list(out.params) == [SHARED]  # the payload: shared context only
     assert set(out.private) == {PRIVATE, VISUAL}
     assert not np.array_equal(out.private[VISUAL], priv[VISUAL])  # private prompts trained
+    assert not np.array_equal(out.private[PRIVATE], priv[PRIVATE])  # the private text too
     assert not np.array_equal(out.params[SHARED], g[SHARED])
-    pers = method.evaluate(
-        out.params, out.private, ds.client_test(3).images, ds.client_test(3).labels
-    )
+    local = ds.client_test(3)
+    pers = method.evaluate(out.params, out.private, local.images, local.labels)
+    shared_only = method.evaluate(out.params, {}, local.images, local.labels)
     glob = method.evaluate(out.params, {}, ds.test_shard().images, ds.test_shard().labels)
-    assert pers["n"] == len(ds.client_test(3)) and glob["n"] == len(ds.test_shard())
+    assert pers["n"] == len(local) and glob["n"] == len(ds.test_shard())
+    for ev in (pers, shared_only, glob):
+        assert 0 <= ev["correct"] <= ev["n"] and np.isfinite(ev["loss_sum"]) and ev["loss_sum"] > 0
+    # the private prompts enter the personalised prediction (z_s + z_p) / 2: another loss
+    assert pers["loss_sum"] != pytest.approx(shared_only["loss_sum"], rel=1e-6)
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -192,7 +197,7 @@ def test_private_state_follows_the_client_across_actors(synth_data: Path, tmp_pa
 
 def test_fedprox_anchors_the_shared_prompt_not_the_private_ones(synth_data: Path) -> None:
     ds = FedDataset(synth_data)
-    method = FedRSCLIP(RunConfig(), ds.classes)
+    method = FedRSCLIP(RunConfig().replace(**{"method.name": "fedrsclip"}), ds.classes)
     g, priv = method.init_global(0), method.init_private(0, 0)
 
     def moved(mu: float) -> tuple[float, float]:

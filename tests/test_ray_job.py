@@ -132,10 +132,12 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
         assert (run_dir / "summary.json").is_file()
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        stopped = True
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
+            stopped = False
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         log.close()
-    assert head.returncode is not None
+    assert stopped, "`ray start --block` did not stop its cluster within 60 s of SIGTERM"
