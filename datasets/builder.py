@@ -42,7 +42,14 @@ from fedrs.datasets.decode import decode_into
 from fedrs.datasets.manifest import FORMAT, MANIFEST, FedDataset
 from fedrs.datasets.partition import PartitionSpec, partition
 from fedrs.datasets.shards import write_shard
-from fedrs.datasets.sources import Example, Source, load_class_map, parse_source_arg, scan_source
+from fedrs.datasets.sources import (
+    Example,
+    Source,
+    load_caption_classes,
+    load_class_map,
+    parse_source_arg,
+    scan_source,
+)
 from fedrs.errors import DataError, PartitionError
 from fedrs.io import new_output_dir, write_json
 
@@ -59,6 +66,7 @@ class BuildSpec:
     test_fraction: float = 0.2
     image_size: int = 224
     class_map: str | None = None
+    caption_classes: str | None = None  # caption data: image -> scene class (a file or re:RULE)
     workers: int = 0  # 0: one per core
     skip_bad: bool = False
 
@@ -151,7 +159,8 @@ def _local_test(
 
 def _scan(spec: BuildSpec) -> list[Source]:
     class_map = load_class_map(spec.class_map)
-    sources = [scan_source(name, path, class_map) for name, path in spec.sources]
+    caption_classes = load_caption_classes(spec.caption_classes)
+    sources = [scan_source(name, path, class_map, caption_classes) for name, path in spec.sources]
     kinds = {s.kind for s in sources}
     if len(kinds) > 1:
         raise DataError("cannot mix ImageFolder and caption sources in one build; build them apart")
@@ -214,7 +223,8 @@ def _build_into(
 
     classes = sorted({e.label_name for e in ex if e.label_name is not None})
     class_index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([class_index[e.label_name] for e in ex]) if kind == "classification" else None
+    labelled = kind == "classification" or all(e.label_name is not None for e in ex)
+    labels = np.array([class_index[e.label_name] for e in ex]) if labelled else None
     domains = np.array([e.domain for e in ex])
     rng = np.random.default_rng(spec.partition.seed)
 

@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedrs.errors import DataError
 
@@ -90,6 +91,54 @@ def load_class_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
         if target in mapping and mapping[target] != target:
             raise DataError(f"class map {path}: {alias!r} -> {target!r}, which is itself mapped")
     return mapping
+
+
+def load_caption_classes(spec: str | None) -> Any:
+    """The image -> class mapping of caption datasets (``--caption-classes``): ``re:PATTERN``,
+    a regular expression on the image file name whose group ``class`` (or first group) is the
+    class; or a file mapping file names to classes, a JSON object or ``filename,class`` lines.
+    Returns a callable ``filename -> class or None``; None when not given."""
+    if spec is None:
+        return None
+    if spec.startswith("re:"):
+        try:
+            pattern = re.compile(spec[3:])
+        except re.error as exc:
+            raise DataError(
+                f"--caption-classes {spec!r}: not a regular expression: {exc}"
+            ) from None
+        if not pattern.groups:
+            raise DataError(f"--caption-classes {spec!r}: the pattern needs a group for the class")
+
+        def by_rule(filename: str) -> str | None:
+            m = pattern.search(filename)
+            if m is None:
+                return None
+            return m.group("class") if "class" in pattern.groupindex else m.group(1)
+
+        return by_rule
+    try:
+        text = Path(spec).read_text()
+    except OSError as exc:
+        raise DataError(f"cannot read --caption-classes {spec}: {exc.strerror or exc}") from None
+    try:
+        table = json.loads(text) if spec.endswith(".json") else None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"--caption-classes {spec} is not valid JSON: {exc}") from None
+    if table is None:
+        table = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, sep, cls = line.replace("\t", ",").partition(",")
+            if not sep or not cls.strip():
+                raise DataError(f"--caption-classes {spec}:{n}: expected 'filename,class'")
+            table[name.strip()] = cls.strip()
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise DataError(
+            f'--caption-classes {spec} must map file names to classes: {{"1.jpg": "x"}}'
+        )
+    return table.get
 
 
 def parse_source_arg(arg: str) -> tuple[str, str]:
@@ -163,8 +212,9 @@ def _find_image_dir(root: Path, first_file: str) -> Path:
     raise DataError(f"caption dataset {root}: cannot find the folder holding {first_file!r}")
 
 
-def scan_captions(name: str, root: str) -> Source:
-    """Read a caption dataset in the ``dataset.json`` format."""
+def scan_captions(name: str, root: str, classes: Any = None) -> Source:
+    """Read a caption dataset in the ``dataset.json`` format; ``classes`` (from
+    ``load_caption_classes``) gives each image a scene class, for label-skewed partitions."""
     root_path = Path(root)
     meta_path = root_path / CAPTION_FILE
     try:
@@ -179,10 +229,18 @@ def scan_captions(name: str, root: str) -> Source:
             if not captions:
                 raise ValueError(f"image {rec['filename']!r} has no sentences")
             path = image_dir / str(rec["filename"])
+            label = None
+            if classes is not None:
+                label = classes(str(rec["filename"]))
+                if label is None:
+                    raise DataError(
+                        f"--caption-classes gives no class for image {rec['filename']!r} of {root}"
+                    )
+                label = normalize_class_name(label)
             examples.append(
                 Example(
                     path=str(path),
-                    label_name=None,
+                    label_name=label,
                     domain=name,
                     relpath=os.path.relpath(path, root_path),
                     captions=captions,
@@ -196,8 +254,10 @@ def scan_captions(name: str, root: str) -> Source:
     return Source(name=name, path=str(root), kind="captions", examples=tuple(examples))
 
 
-def scan_source(name: str, path: str, class_map: dict[str, str] | None = None) -> Source:
+def scan_source(
+    name: str, path: str, class_map: dict[str, str] | None = None, caption_classes: Any = None
+) -> Source:
     """Detect the layout of ``path`` and read its examples."""
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, CAPTION_FILE)):
-        return scan_captions(name, path)
+        return scan_captions(name, path, caption_classes)
     return scan_imagefolder(name, path, class_map or {})

@@ -103,6 +103,7 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         image_size=args.image_size,
         class_map=args.class_map,
+        caption_classes=args.caption_classes,
         workers=args.workers,
         skip_bad=args.skip_bad,
     )
@@ -313,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--class-map", default=None, help='JSON file {"alias": "class"} merging synonyms'
+    )
+    b.add_argument(
+        "--caption-classes",
+        default=None,
+        metavar="FILE|re:PATTERN",
+        help="caption data: each image's scene class, from a file (JSON {filename: class} or "
+        "'filename,class' lines) or a regex on the file name with a (?P<class>...) group; "
+        "enables label-skewed partitions of image-caption pairs",
     )
     b.add_argument(
         "--out", required=True, help="output folder (manifest.json + shards; replaced atomically)"

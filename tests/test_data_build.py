@@ -343,3 +343,40 @@ def test_bench_quality_without_inputs_is_a_one_line_error() -> None:
     assert r.stderr.strip() == (
         "fedrs: error: bench quality needs --data IMAGEFOLDER and --captions CAPTION_DATASET"
     )
+
+
+def test_caption_images_get_scene_classes_for_label_skew(tmp_path: Path) -> None:
+    """``--caption-classes``: a file or a file-name rule gives caption images their classes,
+    so image-caption pairs can be split over clients by scene class (Dirichlet)."""
+    from fedrs.datasets.builder import BuildSpec, build
+    from fedrs.errors import DataError
+
+    src = make_caption_dataset(tmp_path / "cap", n=30, n_test=6)
+    table = tmp_path / "classes.csv"
+    table.write_text("".join(f"{i + 1}.jpg,{'forest' if i % 3 else 'river'}\n" for i in range(30)))
+    spec = dict(
+        partition=PartitionSpec(scheme="dirichlet", alpha=0.5, num_clients=2, min_examples=1),
+        image_size=32,
+    )
+    ds = build(
+        BuildSpec.from_args([f"c={src}"], str(tmp_path / "a"), caption_classes=str(table), **spec)
+    )
+    assert ds.kind == "captions" and ds.classes == ["forest", "river"]
+    shard = ds.client(0)
+    assert shard.has_labels and len(shard.captions[0]) == 5
+    assert sum(sum(c["class_counts"]) for c in ds.manifest["clients"]) == 24
+    # a rule on file names: here the digit before ".jpg" decides
+    rule = r"re:(?P<class>[0-4])\.jpg$|(?P<other>[5-9])\.jpg$"
+    with pytest.raises(DataError, match="gives no class for image"):
+        build(BuildSpec.from_args([f"c={src}"], str(tmp_path / "b"), caption_classes=rule, **spec))
+    assert not (tmp_path / "b").exists()
+    ok = build(
+        BuildSpec.from_args(
+            [f"c={src}"], str(tmp_path / "c"), caption_classes=r"re:(\d)\.jpg$", **spec
+        )
+    )
+    assert len(ok.classes) == 10
+    with pytest.raises(DataError, match="needs a group"):
+        build(
+            BuildSpec.from_args([f"c={src}"], str(tmp_path / "d"), caption_classes="re:jpg", **spec)
+        )
