@@ -16,13 +16,19 @@ Evaluation is spread over the actors in chunks; the driver combines the partials
   embeddings -> R@K); ``headline`` names the metric that progress lines, the plot and the
   summary's ``best_...`` follow (``personalized_<headline>``: its mean over clients).
 
-Server side (in the driver, torch-free by default):
+Server side: ``Server``, a ``MethodServer`` built once per run in the driver actor with the
+config, class names and a torch device of its own (``resources.server_num_cpus`` /
+``server_num_gpus``): ``update(round, params, updates)`` runs after the strategy's aggregate
+(CLIP2FL's federated features plug in here); ``state_dict`` / ``load_state_dict`` carry what
+it keeps across rounds through checkpoints and ``--resume``.
 
-* ``server_update(params, updates, state)``: after the strategy's aggregate (CLIP2FL's
-  federated-feature step plugs in here); default: unchanged.
+What travels: every global tensor goes down; clients upload the strategy's keys, less
+``download_only`` (tensors only the server writes), and, per client, only those of
+``upload_keys_for(client)`` (clients of one modality send one branch); ``extra_keys`` name the
+extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may send. Uploads and
+extras are validated (names, shapes, dtypes, finite values) and counted in ``bytes_up``.
 
-``global_keys`` name what the server holds and broadcasts; ``prompt_keys`` the subset that
-prompt averaging combines.
+``prompt_keys`` name the global tensors prompt averaging combines.
 """
 
 from __future__ import annotations
@@ -117,7 +123,28 @@ class FitOutput:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     private: Params = field(default_factory=dict)  # new private state (stays client side)
-    extras: Params = field(default_factory=dict)  # extra payloads for server_update
+    extras: Params = field(default_factory=dict)  # extra payloads (``extra_keys``) for Server
+
+
+class MethodServer:
+    """A method's server side (default: nothing beyond the strategy). Built in the driver
+    actor; ``device`` is its own (a GPU share when ``resources.server_num_gpus`` > 0)."""
+
+    def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+        self.cfg = cfg
+        self.classes = classes
+        self.device = torch.device(device)
+
+    def update(self, round: int, params: Params, updates: list[ClientUpdate]) -> Params:
+        """The new global tensors after the strategy's aggregate of ``updates``."""
+        return params
+
+    def state_dict(self) -> Params:
+        """What the server keeps across rounds, as arrays (checkpointed every round)."""
+        return {}
+
+    def load_state_dict(self, state: Params) -> None:
+        """Restore ``state_dict()`` (``--resume``)."""
 
 
 class Method(ABC):
@@ -136,6 +163,9 @@ class Method(ABC):
     backbone: Backbone
     global_keys: tuple[str, ...] = ()
     prompt_keys: tuple[str, ...] = ()
+    download_only: ClassVar[tuple[str, ...]] = ()  # global tensors clients never upload
+    extra_keys: ClassVar[tuple[str, ...]] = ()  # extra payload names (a trailing "/": a prefix)
+    Server: ClassVar[type[MethodServer]] = MethodServer
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         options = getattr(cfg.method, "options", None)
@@ -207,9 +237,15 @@ class Method(ABC):
             return torch.from_numpy(np.array(inputs, dtype=np.float32)).to(self.device)
         return self.backbone.image_embeddings(self.backbone.preprocess(inputs))
 
-    @staticmethod
-    def server_update(params: Params, updates: list[ClientUpdate], state: dict[str, Any]) -> Params:
-        return params
+    @classmethod
+    def upload_keys_for(cls, client: dict[str, Any]) -> tuple[str, ...] | None:
+        """The tensors the client described by ``client`` (its manifest record) uploads; None:
+        all the strategy asks for. FedDiff-style methods return one branch per modality."""
+        return None
+
+    @classmethod
+    def extra_allowed(cls, name: str) -> bool:
+        return any(name == k or (k.endswith("/") and name.startswith(k)) for k in cls.extra_keys)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -176,12 +176,21 @@ class ResourcesConfig:
     autoscale_wait_s: float = 0.0
     # client actors keep freed heap memory for the next step (glibc malloc; actors/allocator.py)
     retain_freed_memory: bool = True
+    # the driver actor, where the strategy and the method's server side run (0: it only
+    # coordinates; a server that trains every round, like CLIP2FL's, wants a share)
+    server_num_cpus: float = 0.0
+    server_num_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
         _check(self.num_cpus_per_client > 0, "resources.num_cpus_per_client must be > 0")
         _check(self.placement_timeout_s > 0, "resources.placement_timeout_s must be > 0")
         _check(self.autoscale_wait_s >= 0, "resources.autoscale_wait_s must be >= 0")
+        _check(self.server_num_cpus >= 0, "resources.server_num_cpus must be >= 0")
+        _check(
+            0 <= self.server_num_gpus <= 1 or float(self.server_num_gpus).is_integer(),
+            "resources.server_num_gpus must be a fraction in [0, 1] or a whole number",
+        )
         _check(
             0 <= self.num_gpus_per_client <= 1 or float(self.num_gpus_per_client).is_integer(),
             "resources.num_gpus_per_client must be a fraction in [0, 1] or a whole number",

@@ -4,7 +4,7 @@ Each round::
 
     sample clients from (seed, round) ─> broadcast global tensors (one object-store copy)
     ─> clients train on the actor pool ─> validate every update (names, shapes, dtypes,
-    finite values) ─> strategy.aggregate ─> method.server_update ─> evaluate (global test split
+    finite values) ─> strategy.aggregate ─> method's Server.update ─> evaluate (global test split
     and each client's local test split) ─> append metrics.jsonl ─> checkpoint
 
 A client that raises, times out or whose actor dies is a dropout for that round (counted, reason
@@ -19,6 +19,7 @@ round)), so 100,000 registered clients cost it no more memory than 100.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -41,7 +42,7 @@ from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.sampling import sample_usable
 from fedrs.orchestrator.state_store import FileStateStore
 from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
-from fedrs.orchestrator.validation import spec_of, validate_update
+from fedrs.orchestrator.validation import spec_of, validate_extras, validate_update
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -63,6 +64,11 @@ def registered_clients(cfg: RunConfig, partitions: int) -> int:
             f"(one client per partition) or at least {partitions}"
         )
     return n
+
+
+def uploadable(method_cls: type[Method], global_keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The global tensors clients may upload: all but the method's ``download_only``."""
+    return tuple(k for k in global_keys if k not in method_cls.download_only)
 
 
 def process_memory() -> dict[str, float]:
@@ -114,23 +120,32 @@ class Driver:
             (self.run_dir / METRICS).unlink(missing_ok=True)
         self.store = FileStateStore(self.run_dir / STATE_DIR)
         self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
         if state is None:
             self.round = 0
             self.params = self.pool.call_one("init_global", cfg.federation.seed)
-            self.server_state: dict[str, Any] = {}
         else:
-            self.round, self.params, self.server_state = state
+            self.round, self.params, server_state = state
+            self.server.load_state_dict(server_state)
             self._truncate_metrics(self.round)
             log.info("resuming after round %d", self.round)
-        # What the server holds and broadcasts: the method's initial global tensors.
+        # What the server holds and broadcasts: the method's global tensors.
         self.global_keys = tuple(self.params)
         self.strategy = make_strategy(
             cfg.strategy.name,
             mu=cfg.strategy.mu,
-            global_keys=self.global_keys,
+            global_keys=uploadable(method_cls, self.global_keys),
             prompt_keys=method_cls.prompt_keys,
         )
         self.spec = spec_of(self.params, self.strategy.upload_keys)
+
+    def upload_keys(self, client_id: int) -> tuple[str, ...]:
+        """What this client uploads: the strategy's keys, narrowed by its group."""
+        record = self.data.manifest["clients"][client_id % self.data.num_clients]
+        group = self.method_cls.upload_keys_for(record)
+        keys = self.strategy.upload_keys
+        return keys if group is None else tuple(k for k in keys if k in group)
 
     # ------------------------------------------------------------------ the round loop
     def run(self, stop_after: int | None = None) -> Iterator[dict[str, Any]]:
@@ -169,7 +184,13 @@ class Driver:
         download = {k: self.params[k] for k in self.global_keys}
         params_ref = ray.put(download)
         tasks = [
-            FitTask(cid, FitOptions.from_config(self.cfg, rnd, cid, self.strategy))
+            FitTask(
+                cid,
+                dataclasses.replace(
+                    FitOptions.from_config(self.cfg, rnd, cid, self.strategy),
+                    upload_keys=self.upload_keys(cid),
+                ),
+            )
             for cid in sampled
         ]
         parts = self.data.num_clients  # registered client c trains on partition c % parts
@@ -181,7 +202,9 @@ class Driver:
         for ti, reply in sorted(results.items()):
             cid = sampled[ti]
             bytes_up += payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
-            reason = validate_update(reply.get("params"), reply.get("num_examples"), self.spec)
+            spec = {k: self.spec[k] for k in self.upload_keys(cid)}
+            reason = validate_update(reply.get("params"), reply.get("num_examples"), spec)
+            reason = reason or validate_extras(reply.get("extras"), self.method_cls.extra_allowed)
             if reason is not None:
                 rejected[cid] = reason
                 continue
@@ -212,7 +235,7 @@ class Driver:
             )
         fit_s = time.perf_counter() - t0
         params = self.strategy.aggregate(self.params, updates)
-        self.params = self.method_cls.server_update(params, updates, self.server_state)
+        self.params = self.server.update(rnd, params, updates)
         self.round = rnd
         weights = np.array([u.num_examples for u in updates], dtype=float)
         record: dict[str, Any] = {
@@ -251,7 +274,7 @@ class Driver:
             "driver_rss_mb": process_memory().get("rss_mb"),
         }
         self._append(record)
-        checkpoint.save(self.run_dir, rnd, self.params, self.server_state)
+        checkpoint.save(self.run_dir, rnd, self.params, self.server.state_dict())
         return record
 
     # ------------------------------------------------------------------ evaluation

@@ -92,10 +92,12 @@ def resolve_names(
             f"(`fedrs strategies` describes them)"
         )
     shapes = method_cls.tensor_shapes(cfg, model_config(cfg.model.arch), num_classes)
+    from fedrs.orchestrator.driver import uploadable
+
     strategy = make_strategy(
         cfg.strategy.name,
         mu=cfg.strategy.mu,
-        global_keys=tuple(shapes["global"]),
+        global_keys=uploadable(method_cls, tuple(shapes["global"])),
         prompt_keys=method_cls.prompt_keys,
     )
     return method_cls, strategy, shapes

@@ -215,7 +215,9 @@ def spawn_driver(
     connect_ray()
     from fedrs.orchestrator.driver import Driver
 
-    return ray.remote(num_cpus=0)(Driver).remote(
+    res = cfg.resources
+    driver = ray.remote(num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus)(Driver)
+    return driver.remote(
         cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded
     )
 

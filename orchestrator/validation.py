@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -39,4 +40,21 @@ def validate_update(params: Any, num_examples: Any, spec: Spec) -> str | None:
         return f"num_examples {num_examples!r} is not an integer"
     if num_examples <= 0:
         return f"num_examples {num_examples} is not positive"
+    return None
+
+
+def validate_extras(extras: Any, allowed: Callable[[str], bool]) -> str | None:
+    """None when ``extras`` is a dict of finite numeric arrays under allowed names, else a
+    one-line reason for rejecting the update it came with."""
+    if extras is None:
+        return None
+    if not isinstance(extras, dict):
+        return f"extras are a {type(extras).__name__}, not a dict of arrays"
+    for name, value in extras.items():
+        if not isinstance(name, str) or not allowed(name):
+            return f"extra payload {name!r} is not one the method declares"
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
+            return f"extra payload {name} is not a numeric array"
+        if not np.isfinite(value).all():
+            return f"extra payload {name} has non-finite values"
     return None

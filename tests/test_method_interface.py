@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 
 from conftest import make_caption_dataset, small_run
@@ -17,7 +18,8 @@ from fedrs.datasets.manifest import FedDataset
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError
 from fedrs.methods import method_class
-from fedrs.methods.base import FitOptions
+from fedrs.methods.base import FitOptions, MethodServer, Params
+from fedrs.methods.promptfl import PromptFL
 from fedrs.orchestrator.config import RunConfig, from_dict
 
 # Final tensors of a short seeded local fit (2 epochs, batch 8, client 1 of a 2-client IID
@@ -212,3 +214,97 @@ def test_pe_rsitr_federated_run_reports_retrieval(tmp_path: Path) -> None:
     assert "mR " in out.getvalue() and "done: mR" in out.getvalue()
     n = sum(v.size for v in method_class("pe_rsitr")(_pe_cfg(ds.root), []).init_global(0).values())
     assert summary["totals"]["bytes_up"] == 2 * 2 * n * 4  # 2 rounds x 2 clients, float32
+
+
+# ------------------------------------------------------------------ what travels, server side
+def travel_method() -> type:
+    """Defined in a function: Ray ships such classes by value to its workers."""
+
+    class TravelServer(MethodServer):
+        """A stateful torch step every round: a momentum of the averaged context, sent back down
+        in a tensor only the server writes; it also sums the clients' extra payloads."""
+
+        def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
+            super().__init__(cfg, classes, device)
+            self.momentum: torch.Tensor | None = None
+            self.seen = 0.0
+
+        def update(self, round: int, params: Params, updates: list[Any]) -> Params:
+            ctx = torch.from_numpy(params["prompt.ctx"]).to(self.device)
+            self.momentum = ctx if self.momentum is None else 0.9 * self.momentum + ctx
+            self.seen += float(sum(u.extras["stats/n"][0] for u in updates))
+            return {**params, "server.bias": self.momentum.cpu().numpy()}
+
+        def state_dict(self) -> Params:
+            if self.momentum is None:
+                return {}
+            return {"momentum": self.momentum.cpu().numpy(), "seen": np.array([self.seen])}
+
+        def load_state_dict(self, state: Params) -> None:
+            if state:
+                self.momentum = torch.from_numpy(state["momentum"]).to(self.device)
+                self.seen = float(state["seen"][0])
+
+    class Travel(PromptFL):
+        """PromptFL plus: a server-only tensor, a branch only odd clients upload, an extra payload
+        (client 3's is not finite in round 1), and ``TravelServer``."""
+
+        download_only = ("server.bias",)
+        extra_keys = ("stats/",)
+        Server = TravelServer
+
+        def init_global(self, seed: int) -> Params:
+            g = super().init_global(seed)
+            return {
+                **g,
+                "server.bias": np.zeros_like(g["prompt.ctx"]),
+                "branch.b": np.zeros(3, "f4"),
+            }
+
+        @classmethod
+        def upload_keys_for(cls, client: dict[str, Any]) -> tuple[str, ...]:
+            return ("prompt.ctx", "branch.b") if client["id"] % 2 else ("prompt.ctx",)
+
+        def fit(self, global_params: Params, private: Params, shard: Any, options: Any) -> Any:
+            out = super().fit(global_params, private, shard, options)
+            if "branch.b" in options.upload_keys:
+                out.params["branch.b"] = global_params["branch.b"] + 1.0
+            n = np.nan if (options.client_id, options.round) == (3, 1) else float(len(shard))
+            out.extras = {"stats/n": np.array([n])}
+            out.metrics["got_bias"] = float(np.abs(global_params["server.bias"]).sum())
+            return out
+
+    return Travel
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_server_state_group_uploads_and_extras(synth_data: Path, tmp_path: Path) -> None:
+    from fedrs.orchestrator import checkpoint
+    from fedrs.orchestrator.runner import run
+
+    cfg = small_run(synth_data, **{"federation.rounds": 3, "resources.server_num_cpus": 0.5})
+    quiet = Console(file=io.StringIO())
+    Travel = travel_method()
+    run(cfg, out=str(tmp_path / "full"), method_cls=Travel, console=quiet)
+    run(cfg, out=str(tmp_path / "cut"), method_cls=Travel, console=quiet, stop_after=1)
+    run(resume=str(tmp_path / "cut"), method_cls=Travel, console=quiet)
+    rnd, full, server = checkpoint.load(tmp_path / "full")
+    _, cut, cut_server = checkpoint.load(tmp_path / "cut")
+    assert rnd == 3 and set(full) == {"prompt.ctx", "server.bias", "branch.b"}
+    for key in full:  # resumed = uninterrupted, the server's torch state included
+        np.testing.assert_allclose(cut[key], full[key], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(cut_server["momentum"], server["momentum"], atol=1e-6)
+    np.testing.assert_allclose(full["server.bias"], server["momentum"])
+    np.testing.assert_array_equal(full["branch.b"], np.full(3, 3.0))  # odd clients only, +1/round
+    m = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert m[0]["clients_rejected"] == 1 and "non-finite" in m[0]["failures"]["3"]
+    assert m[1]["clients_rejected"] == 0
+    sizes = {
+        c: json.loads((synth_data / "manifest.json").read_text())["clients"][c]["num_examples"]
+        for c in range(6)
+    }
+    assert server["seen"][0] == 3 * sum(sizes.values()) - sizes[3]  # the NaN one was rejected
+    ctx, branch, extra = 4 * 64 * 4, 3 * 4, 8
+    assert m[0]["bytes_up"] == 6 * (ctx + extra) + 3 * branch  # sent bytes, rejected included
+    assert m[0]["bytes_down"] == 6 * (2 * ctx + branch)  # every global tensor goes down
+    assert m[0]["clients"]["0"]["got_bias"] == 0 and m[1]["clients"]["0"]["got_bias"] > 0

@@ -21,16 +21,21 @@ def weighted_average(tensors: list[np.ndarray], weights: list[float]) -> np.ndar
 
 
 def average_keys(current: Params, updates: list[ClientUpdate], keys: tuple[str, ...]) -> Params:
-    """``current`` with each of ``keys`` replaced by the example-weighted mean of ``updates``.
+    """``current`` with each of ``keys`` replaced by the example-weighted mean of the updates
+    that carry it (clients of different groups may upload different tensors); a key no update
+    carries keeps its current value.
 
     Updates are combined in client-id order, so the result does not depend on which client
     finished first.
     """
     ordered = sorted(updates, key=lambda u: u.client_id)
-    weights = [float(u.num_examples) for u in ordered]
     out = dict(current)
     for key in keys:
-        out[key] = weighted_average([u.params[key] for u in ordered], weights)
+        have = [u for u in ordered if key in u.params]
+        if have:
+            out[key] = weighted_average(
+                [u.params[key] for u in have], [float(u.num_examples) for u in have]
+            )
     return out
 
 
