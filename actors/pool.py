@@ -243,7 +243,10 @@ class ClientPool:
         return results, failures
 
     def shutdown(self) -> None:
+        """Kill the actors and free the placement group; calling it again does nothing."""
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+        self.actors = []
         if self.pg is not None:
             remove_placement_group(self.pg)
+            self.pg = None

@@ -186,7 +186,7 @@ def _print_registry(title: str, rows: list[tuple[str, str, str]]) -> int:
     """One entry per name: its one-line summary, then its options with defaults."""
     print(f"{title}\n")
     for name, summary, options in rows:
-        print(f"{name:13} {summary}\n{'':13}   {options}")
+        print(f"{name:21} {summary}\n{'':21}   {options}")
     return 0
 
 
@@ -197,7 +197,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         (name, cls.summary, f"options (method.KEY): {_defaults(cls.Options())}")
         for name, cls in sorted(METHODS.items())
     ]
-    return _print_registry("method.name   what trains and travels", rows)
+    return _print_registry("method.name           what trains and travels", rows)
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
@@ -209,7 +209,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
         (name, cls.summary, f"options (strategy.KEY): {_defaults(section, cls.options)}")
         for name, cls in sorted(STRATEGIES.items())
     ]
-    return _print_registry("strategy.name what the server does", rows)
+    return _print_registry("strategy.name         what the server does", rows)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

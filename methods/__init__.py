@@ -8,11 +8,17 @@ from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
 from fedrs.methods.pe_rsitr import PERSITR
 from fedrs.methods.promptfl import PromptFL
+from fedrs.methods.retrieval_baselines import (
+    RetrievalAdaptFormer,
+    RetrievalCoOp,
+    RetrievalFullFT,
+    RetrievalZeroShot,
+)
 from fedrs.methods.zeroshot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot, PERSITR)
-}
+CLASSIFICATION = (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot)
+RETRIEVAL = (PERSITR, RetrievalZeroShot, RetrievalCoOp, RetrievalFullFT, RetrievalAdaptFormer)
+METHODS: dict[str, type[Method]] = {m.name: m for m in (*CLASSIFICATION, *RETRIEVAL)}
 
 
 def method_class(name: str) -> type[Method]:

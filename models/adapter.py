@@ -86,25 +86,68 @@ class MRSAdapter(nn.Module):
             for layer in (*self.down.values(), *self.up.values(), self.shared):
                 layer.bias.zero_()
 
-    def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, modality: str, block: int = 0) -> torch.Tensor:
+        """The same adapter for every ``block``."""
         h = self.dropout(torch.relu(self.down[modality](x)))
         return torch.cat([self.up[modality](h), self.shared(h)], dim=-1)
+
+
+class BlockAdapters(nn.Module):
+    """AdaptFormer (Chen et al., 2022): per block and per modality, its own bottleneck
+    ``scale * up(ReLU(down(x)))`` beside the MLP; nothing shared. Down: kaiming-uniform(a=sqrt 5),
+    up and biases zero (the adapted model starts as the frozen one)."""
+
+    def __init__(
+        self,
+        text_width: int,
+        vision_width: int,
+        text_layers: int,
+        vision_layers: int,
+        bottleneck: int = BOTTLENECK,
+        scale: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.scale = scale
+
+        def branch(width: int, layers: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                nn.Sequential(nn.Linear(width, bottleneck), nn.ReLU(), nn.Linear(bottleneck, width))
+                for _ in range(layers)
+            )
+
+        self.blocks = nn.ModuleDict(
+            {"text": branch(text_width, text_layers), "vision": branch(vision_width, vision_layers)}
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        with torch.no_grad():
+            for branch in self.blocks.values():
+                for down, _, up in branch:
+                    bound = 1.0 / math.sqrt(down.in_features)
+                    down.weight.uniform_(-bound, bound, generator=generator)
+                    for t in (down.bias, up.weight, up.bias):
+                        t.zero_()
+
+    def forward(self, x: torch.Tensor, modality: str, block: int = 0) -> torch.Tensor:
+        return self.scale * self.blocks[modality][block](x)
 
 
 def _adapted_blocks(
     transformer: nn.Module,
     x: torch.Tensor,
-    adapter: MRSAdapter | None,
+    adapter: nn.Module | None,
     modality: str,
     attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """open_clip's ``Transformer.forward`` with the adapter beside each block's MLP; the
-    blocks' submodules are called as they are (their weights, layer scales, attention path)."""
+    """open_clip's ``Transformer.forward`` with ``adapter(x, modality, block)`` beside each
+    block's MLP; the blocks' submodules are called as they are (weights, layer scales,
+    attention path)."""
     if not getattr(transformer, "batch_first", True):
         x = x.transpose(0, 1)
-    for block in transformer.resblocks:
+    for i, block in enumerate(transformer.resblocks):
         x = x + block.ls_1(block.attention(q_x=block.ln_1(x), attn_mask=attn_mask))
-        side = adapter(x, modality) if adapter is not None else 0.0
+        side = adapter(x, modality, i) if adapter is not None else 0.0
         x = x + block.ls_2(block.mlp(block.ln_2(x))) + side
     if not getattr(transformer, "batch_first", True):
         x = x.transpose(0, 1)
@@ -112,23 +155,38 @@ def _adapted_blocks(
 
 
 class AdaptedCLIP(nn.Module):
-    """A frozen open_clip CLIP (ViT image tower, CLIP text tower) with an MRS-Adapter; only the
-    adapter trains. ``view_dropout`` > 0 gives the augmented views."""
+    """An open_clip CLIP (ViT image tower, CLIP text tower) with what a method trains beside
+    it: an adapter (``adapter(x, modality, block)`` beside every MLP) and / or a learnable text
+    context (CoOp: ``n_ctx`` vectors after each caption's start token). The model itself is
+    used as given (frozen, or a trainable copy). ``view_dropout`` > 0 gives augmented views."""
 
-    def __init__(self, model: nn.Module, adapter: MRSAdapter | None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: nn.Module | None,
+        text_context: nn.Parameter | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.adapter = adapter
+        self.text_context = text_context
 
     def encode_text(self, tokens: torch.Tensor, view_dropout: float = 0.0) -> torch.Tensor:
         """Unnormalised text features; ``(n, L)`` token ids, pooled at the EOT (argmax) token."""
         m = self.model
-        x = m.token_embedding(tokens) + m.positional_embedding
+        x = m.token_embedding(tokens)
+        eot = tokens.argmax(dim=-1)
+        if self.text_context is not None:  # [SOS] ctx_1..ctx_k caption [EOT], cut to length
+            k, length = self.text_context.shape[0], x.shape[1]
+            ctx = self.text_context.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], ctx, x[:, 1 : length - k]], dim=1)
+            eot = (eot + k).clamp(max=length - 1)
+        x = x + m.positional_embedding
         if view_dropout:
             x = nn.functional.dropout(x, view_dropout, training=True)
         x = _adapted_blocks(m.transformer, x, self.adapter, "text", m.attn_mask)
         x = m.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
         proj = m.text_projection
         return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 

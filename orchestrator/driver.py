@@ -120,25 +120,29 @@ class Driver:
             (self.run_dir / METRICS).unlink(missing_ok=True)
         self.store = FileStateStore(self.run_dir / STATE_DIR)
         self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
-        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
-        self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
-        if state is None:
-            self.round = 0
-            self.params = self.pool.call_one("init_global", cfg.federation.seed)
-        else:
-            self.round, self.params, server_state = state
-            self.server.load_state_dict(server_state)
-            self._truncate_metrics(self.round)
-            log.info("resuming after round %d", self.round)
-        # What the server holds and broadcasts: the method's global tensors.
-        self.global_keys = tuple(self.params)
-        self.strategy = make_strategy(
-            cfg.strategy.name,
-            mu=cfg.strategy.mu,
-            global_keys=uploadable(method_cls, self.global_keys),
-            prompt_keys=method_cls.prompt_keys,
-        )
-        self.spec = spec_of(self.params, self.strategy.upload_keys)
+        try:
+            gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+            self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
+            if state is None:
+                self.round = 0
+                self.params = self.pool.call_one("init_global", cfg.federation.seed)
+            else:
+                self.round, self.params, server_state = state
+                self.server.load_state_dict(server_state)
+                self._truncate_metrics(self.round)
+                log.info("resuming after round %d", self.round)
+            # What the server holds and broadcasts: the method's global tensors.
+            self.global_keys = tuple(self.params)
+            self.strategy = make_strategy(
+                cfg.strategy.name,
+                mu=cfg.strategy.mu,
+                global_keys=uploadable(method_cls, self.global_keys),
+                prompt_keys=method_cls.prompt_keys,
+            )
+            self.spec = spec_of(self.params, self.strategy.upload_keys)
+        except BaseException:  # a failed start must not leave actors or reserved resources
+            self.pool.shutdown()
+            raise
 
     def upload_keys(self, client_id: int) -> tuple[str, ...]:
         """What this client uploads: the strategy's keys, narrowed by its group."""
@@ -371,6 +375,10 @@ class Driver:
     def memory(self) -> dict[str, float]:
         """The driver process's resident memory (MiB): ``rss_mb`` now, ``peak_rss_mb`` so far."""
         return process_memory()
+
+    def shutdown(self) -> None:
+        """Release the client actors and their placement group (idempotent)."""
+        self.pool.shutdown()
 
     def describe_actors(self) -> list[dict[str, Any]]:
         return self.pool.describe()

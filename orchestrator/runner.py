@@ -7,6 +7,7 @@ actor; this process streams its per-round metrics and prints progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -187,7 +188,9 @@ def run(
             if started is not None:
                 raise started from None
             raise
-        finally:
+        finally:  # free the actors' reserved resources, also after a failed round
+            with contextlib.suppress(ray.exceptions.RayError):
+                ray.get(driver.shutdown.remote(), timeout=30)
             ray.kill(driver)
     except BaseException:
         if created is not None and checkpoint.latest_round(run_dir) == 0:

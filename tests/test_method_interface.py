@@ -143,15 +143,18 @@ def _caption_build(root: Path, clients: int = 2) -> FedDataset:
     return build(spec)
 
 
-def _pe_cfg(data: Path, **sets: Any) -> RunConfig:
+def _retrieval_cfg(data: Path, name: str, **sets: Any) -> RunConfig:
     base = {
-        "method.name": "pe_rsitr",
-        "method.bottleneck": 16,
+        "method.name": name,
         "federation.clients_per_round": 2,
         "client.lr": 0.05,
         "client.batch_size": 8,
     }
     return small_run(data, **{**base, **sets})
+
+
+def _pe_cfg(data: Path, **sets: Any) -> RunConfig:
+    return _retrieval_cfg(data, "pe_rsitr", **{"method.bottleneck": 16, **sets})
 
 
 def test_pe_rsitr_trains_only_the_adapter_and_gathers_evaluation(tmp_path: Path) -> None:
@@ -308,3 +311,69 @@ def test_server_state_group_uploads_and_extras(synth_data: Path, tmp_path: Path)
     assert m[0]["bytes_up"] == 6 * (ctx + extra) + 3 * branch  # sent bytes, rejected included
     assert m[0]["bytes_down"] == 6 * (2 * ctx + branch)  # every global tensor goes down
     assert m[0]["clients"]["0"]["got_bias"] == 0 and m[1]["clients"]["0"]["got_bias"] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "sets"),
+    [
+        ("retrieval_coop", {}),
+        ("retrieval_fullft", {"client.lr": 1e-3}),
+        ("retrieval_adaptformer", {"method.bottleneck": 8}),
+        ("pe_rsitr", {"method.lambda_views": 0.0}),  # the L_cm-only ablation
+    ],
+)
+def test_retrieval_baselines_train_what_they_declare(
+    tmp_path: Path, name: str, sets: dict[str, Any]
+) -> None:
+    from fedrs.models.backbone import load_backbone, model_config
+
+    ds = FedDataset(_caption_build(tmp_path).root)
+    cfg = _pe_cfg(ds.root, **sets) if name == "pe_rsitr" else _retrieval_cfg(ds.root, name, **sets)
+    cls = method_class(name)
+    shapes = cls.tensor_shapes(cfg, model_config(cfg.model.arch), 0)["global"]
+    method = cls(cfg, ds.classes)
+    start = method.init_global(0)
+    assert {k: v.shape for k, v in start.items()} == shapes  # --dry-run counts what travels
+    frozen = {k: v.clone() for k, v in load_backbone("fedrs-tiny").model.state_dict().items()}
+    fit = method.fit(start, {}, ds.client(0), FitOptions.from_config(cfg, 1, 0))
+    assert set(fit.params) == set(start)
+    assert sum(float(np.abs(fit.params[k] - start[k]).sum()) for k in start) > 0
+    after = load_backbone("fedrs-tiny").model.state_dict()
+    assert all(torch.equal(frozen[k], after[k]) for k in frozen)  # the resident model untouched
+    test = ds.test_shard()
+    whole = method.reduce_eval([method.evaluate_rows(fit.params, {}, test, 0, len(test))])
+    parts = [method.evaluate_rows(fit.params, {}, test, s, s + 3) for s in (0, 3)]
+    assert method.reduce_eval(parts) == pytest.approx(whole)
+    if name == "pe_rsitr":
+        assert set(fit.metrics) >= {"l_cm"} and "l_v" not in fit.metrics
+
+
+def test_adaptformer_starts_as_the_frozen_model_and_zero_shot_is_frozen(tmp_path: Path) -> None:
+    ds = FedDataset(_caption_build(tmp_path).root)
+    test = ds.test_shard()
+    zero = method_class("retrieval_zeroshot")(
+        _retrieval_cfg(ds.root, "retrieval_zeroshot"), ds.classes
+    )
+    assert not zero.trains and zero.init_global(0) == {}
+    cfg = _pe_cfg(ds.root).replace(
+        **{"method.name": "retrieval_adaptformer", "method.bottleneck": 8}
+    )
+    ada = method_class("retrieval_adaptformer")(cfg, ds.classes)
+    a = ada.evaluate_rows(ada.init_global(0), {}, test, 0, len(test))
+    z = zero.evaluate_rows({}, {}, test, 0, len(test))
+    np.testing.assert_allclose(a["image_emb"], z["image_emb"], atol=1e-5)
+    np.testing.assert_allclose(a["text_emb"], z["text_emb"], atol=1e-5)
+
+
+def test_retrieval_dry_run_counts() -> None:
+    from fedrs.orchestrator.plan import plan
+
+    def sent(name: str, **sets: Any) -> int:
+        cfg = RunConfig().replace(**{"method.name": name, "model.arch": "ViT-B-32", **sets})
+        return plan(cfg)["params_sent_per_client"]
+
+    block = lambda w: 2 * w * 64 + 64 + w  # noqa: E731  down + up (with biases)
+    assert sent("retrieval_adaptformer") == 12 * block(512) + 12 * block(768) == 1_982_976
+    assert sent("retrieval_coop") == 4 * 512
+    assert sent("retrieval_zeroshot") == 0
+    assert sent("pe_rsitr") == 161_088
