@@ -249,6 +249,7 @@ BENCHMARKS = {
     "packing": "fedrs.benchmarks.packing",
     "flops": "fedrs.benchmarks.flops",
     "allocator": "fedrs.benchmarks.allocator",
+    "retrieval": "fedrs.benchmarks.retrieval",
 }
 
 

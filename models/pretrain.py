@@ -44,6 +44,23 @@ class PretrainConfig:
     warmup_steps: int = 50
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    # a classification build is captioned by these, filled with each image's class name
+    templates: tuple[str, ...] = (
+        "a satellite photo of a {}.",
+        "an aerial image of a {}.",
+        "a remote sensing image of a {}.",
+        "an overhead view of a {}.",
+        "a photo of a {} seen from above.",
+    )
+
+
+def image_captions(ds: FedDataset, shard: Any, templates: tuple[str, ...]) -> list[list[str]]:
+    """The captions of a shard's images: its own (caption builds), or the templates filled
+    with each image's class name (classification builds)."""
+    if ds.kind == "captions":
+        return shard.captions
+    names = [c.replace("_", " ") for c in ds.classes]
+    return [[t.format(names[y]) for t in templates] for y in shard.labels]
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -108,14 +125,14 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     register_configs()
     ds = FedDataset(cfg.data)
-    if ds.kind != "captions":
-        raise DataError(f"{cfg.data} is a {ds.kind} build; pretraining needs caption shards")
+    if ds.kind != "captions" and not all("{}" in t for t in cfg.templates):
+        raise DataError("every pretraining template needs a '{}' for the class name")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     shards = [ds.client(c.id) for c in ds.clients]
     images = np.concatenate([s.images for s in shards])
-    captions = [caps for s in shards for caps in s.captions]
+    captions = [caps for s in shards for caps in image_captions(ds, s, cfg.templates)]
     model = open_clip.create_model(cfg.arch)
     tokenizer = open_clip.get_tokenizer(cfg.arch)
     size = int(
@@ -173,7 +190,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         )
     model.eval()
     test = ds.test_shard()
-    recall = retrieval_recall(model, tokenizer, test.images, test.captions, size)
+    test_captions = image_captions(ds, test, cfg.templates)
+    recall = retrieval_recall(model, tokenizer, test.images, test_captions, size)
     save_checkpoint(model, cfg.out)
     report = {
         "config": asdict(cfg),

@@ -377,3 +377,53 @@ def test_retrieval_dry_run_counts() -> None:
     assert sent("retrieval_coop") == 4 * 512
     assert sent("retrieval_zeroshot") == 0
     assert sent("pe_rsitr") == 161_088
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_retrieval_benchmark_is_resumable_and_reports_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fedrs bench retrieval` at toy size: builds, runs, aggregates over seeds; a second call
+    reads the finished runs back instead of training again."""
+    from conftest import make_imagefolder
+    from fedrs.benchmarks import retrieval
+
+    captions = make_caption_dataset(tmp_path / "cap", n=30, n_test=6)
+    classes = tmp_path / "classes"
+    for i in range(30):  # the class folder whose sorted order numbers the caption images
+        (classes / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+    for c in range(3):
+        for j in range(10):
+            (classes / f"c{c}" / f"{j:02d}.jpg").write_bytes(b"")
+    make_imagefolder(tmp_path / "pre", {"a": 4})
+    kwargs = dict(
+        data=str(captions),
+        pretrain_data=str(tmp_path / "pre"),
+        class_folder=str(classes),
+        cache=str(tmp_path / "cache"),
+        seeds=[0, 1],
+        rounds=1,
+        local_epochs=1,
+        num_clients=2,
+        methods=["zeroshot", "mrs_hmmc"],
+        settings=["federated"],
+        arch="fedrs-tiny",
+        bottleneck=8,
+    )
+    first = retrieval.run(**kwargs)
+    rows = {r["key"]: r for r in first["rows"]}
+    assert set(rows) == {"zeroshot", "mrs_hmmc"} and all(r["seeds"] == 2 for r in rows.values())
+    assert rows["zeroshot"]["mR_std"] == 0.0  # nothing trains: the same every seed
+    assert rows["mrs_hmmc"]["paper_mR"] == 55.71
+    assert len(first["runs"]) == 4 and "federated" in first["ordering"]
+    table = (tmp_path / "cache" / "ucm_caption_classes.csv").read_text().splitlines()
+    assert table[0] == "1.jpg,c0" and table[10] == "11.jpg,c1"
+    from fedrs.orchestrator import runner
+
+    def no_training(*args: Any, **kw: Any) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(runner, "run", no_training)
+    again = retrieval.run(**kwargs)
+    assert again["rows"] == first["rows"]
+    assert "| MRS-Adapter + HMMC (PE-RSITR) | federated |" in retrieval.markdown(again)

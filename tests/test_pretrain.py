@@ -58,7 +58,14 @@ def test_pretrain_checkpoint_loads_as_model_pretrained(tmp_path: Path) -> None:
     assert not torch.equal(loaded["visual.proj"], random["visual.proj"])  # it did train
 
 
-def test_pretrain_needs_caption_shards(tmp_path: Path, tiny_folder: Path) -> None:
+def test_pretrain_captions_a_classification_build_with_templates(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    """A scene-classification archive (here RSSCN7-like folders) pretrains through captions
+    made from its class names; a template without '{}' is a one-line error."""
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.models.pretrain import image_captions
+
     build(
         BuildSpec(
             sources=(("a", str(tiny_folder)),),
@@ -68,5 +75,27 @@ def test_pretrain_needs_caption_shards(tmp_path: Path, tiny_folder: Path) -> Non
             workers=1,
         )
     )
-    with pytest.raises(DataError, match="needs caption shards"):
-        pretrain(PretrainConfig(data=str(tmp_path / "cls"), out=str(tmp_path / "x.pt")))
+    ds = FedDataset(tmp_path / "cls")
+    caps = image_captions(ds, ds.client(0), ("a photo of a {}.", "an aerial {}"))
+    assert caps[0] == [
+        f"a photo of a {ds.classes[ds.client(0).labels[0]]}.",
+        f"an aerial {ds.classes[ds.client(0).labels[0]]}",
+    ]
+    report = pretrain(
+        PretrainConfig(
+            data=str(tmp_path / "cls"),
+            out=str(tmp_path / "x.pt"),
+            arch="fedrs-tiny",
+            epochs=1,
+            batch_size=16,
+            warmup_steps=1,
+        )
+    )
+    assert report["train_images"] == ds.client(0).images.shape[0]
+    assert 0.0 <= report["test"]["i2t_r1"] <= 1.0
+    with pytest.raises(DataError, match=r"needs a '\{\}'"):
+        pretrain(
+            PretrainConfig(
+                data=str(tmp_path / "cls"), out=str(tmp_path / "y.pt"), templates=("no slot",)
+            )
+        )
