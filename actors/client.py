@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fedrs.actors.allocator import retain_freed_memory
-from fedrs.datasets.features import FeatureCache, FeatureShard, feature_key
+from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
 from fedrs.methods.base import FitOptions, Method
@@ -75,17 +75,19 @@ class ClientWorker:
         self.method = method_cls(self.cfg, self.data.classes, self.device)
         self.store = FileStateStore(state_root)
         self.seed = self.cfg.federation.seed
-        self.use_cache = self.cfg.data.feature_cache and self.method.frozen_image_encoder
+        # what the method computes once per shard (frozen embeddings, teacher outputs, ...)
+        self.cache_spec = self.method.input_cache() if self.cfg.data.feature_cache else None
         self.features: FeatureCache | None = None  # opened on first use
 
-    def _view(self, entry: ShardEntry) -> Shard | FeatureShard:
-        """A shard as the method sees it: pixels, or cached embeddings when the cache is on."""
-        if not self.use_cache:
+    def _view(self, entry: ShardEntry) -> Shard | FeatureShard | CachedShard:
+        """A shard as the method sees it: pixels, with the method's cached array in their place
+        or beside them (``Method.input_cache``)."""
+        spec = self.cache_spec
+        if spec is None:
             return self.data.open_shard(entry)
         if self.features is None:
-            key = feature_key(self.method.feature_identity())
-            self.features = FeatureCache(self.data, key, self.method.encode_images)
-        return self.features.view(entry)
+            self.features = FeatureCache(self.data, feature_key(spec.identity), spec.compute)
+        return self.features.view(entry, replace_inputs=spec.replaces_inputs)
 
     def describe(self) -> dict[str, Any]:
         node_id = None

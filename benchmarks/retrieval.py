@@ -267,9 +267,7 @@ def ordering(rows: list[dict[str, Any]]) -> dict[str, Any]:
         common = [k for k in PAPER_ORDER if k in ours]
         out[setting] = {
             "ranked": sorted(ours, key=lambda k: -ours[k]),
-            "paper_order_holds": all(
-                ours[a] < ours[b] for a, b in itertools.pairwise(common)
-            ),
+            "paper_order_holds": all(ours[a] < ours[b] for a, b in itertools.pairwise(common)),
         }
     return out
 

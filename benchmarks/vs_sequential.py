@@ -306,11 +306,12 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
 def _shard_source(cfg: Any, data: Any, method: Any) -> Any:
     """What ``method.fit`` trains on, as the worker builds it: pixels, or the frozen-feature
     cache (``data.feature_cache``, methods whose image encoder never changes)."""
-    if cfg.data.feature_cache and getattr(method, "frozen_image_encoder", False):
+    spec = method.input_cache() if cfg.data.feature_cache else None
+    if spec is not None:
         from fedrs.datasets.features import FeatureCache, feature_key
 
-        cache = FeatureCache(data, feature_key(method.feature_identity()), method.encode_images)
-        return lambda p: cache.view(data.clients[p].train)
+        cache = FeatureCache(data, feature_key(spec.identity), spec.compute)
+        return lambda p: cache.view(data.clients[p].train, replace_inputs=spec.replaces_inputs)
     return data.client
 
 

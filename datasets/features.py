@@ -1,8 +1,12 @@
 """Frozen-feature cache: image embeddings computed once per shard and stored beside it.
 
-Methods whose image encoder never changes (``Method.frozen_image_encoder``: PromptFL, CoOp,
-zero-shot) see the same image embedding for an image in every epoch, round and client. The
-cache computes those embeddings once per shard and stores them next to the shard::
+A method may compute an array once per shard and keep it (``Method.input_cache``: an
+``InputCache`` with the identity it depends on and the function of the pixels). The CLIP
+methods whose image encoder never changes (``ClipMethod.frozen_image_encoder``: PromptFL, CoOp,
+zero-shot) see the same image embedding for an image in every epoch, round and client; a
+distilling method sees the same frozen teacher outputs. The cache computes such arrays once
+per shard and stores them next to the shard (in place of the pixels as ``inputs``, or beside
+them as ``cached``)::
 
     OUT/shards-<build>/client-00003.arrow
     OUT/shards-<build>/features-<key>/client-00003.arrow   # (N, D) float32, L2-normalised
@@ -62,6 +66,21 @@ class FeatureShard:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+class CachedShard:
+    """A shard with a cached per-image array beside its pixels (``cached``): everything else
+    (``images``, ``labels``, ``captions``, ...) is the shard's own."""
+
+    def __init__(self, shard: Shard, cached: np.ndarray) -> None:
+        self.shard = shard
+        self.cached = cached
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.__dict__["shard"], name)
+
+    def __len__(self) -> int:
+        return len(self.shard)
 
 
 def feature_path(root: Path, entry: ShardEntry, key: str) -> Path:
@@ -134,9 +153,13 @@ class FeatureCache:
         self.computed = 0  # shards embedded by this process (the rest were read from disk)
         self.recomputed = 0  # of which a stale / damaged feature file was replaced
 
-    def view(self, entry: ShardEntry) -> FeatureShard:
+    def view(self, entry: ShardEntry, replace_inputs: bool = True) -> FeatureShard | CachedShard:
+        """The shard with its cached array as ``inputs`` (``replace_inputs``) or beside the
+        pixels as ``cached``."""
         shard = self.data.open_shard(entry)
-        return FeatureShard(self.features(entry, shard), shard.labels)
+        if replace_inputs:
+            return FeatureShard(self.features(entry, shard), shard.labels)
+        return CachedShard(shard, self.features(entry, shard))
 
     def features(self, entry: ShardEntry, shard: Shard) -> np.ndarray:
         feats = self._open.get(entry.shard)

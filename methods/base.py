@@ -29,6 +29,11 @@ extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may sen
 extras are validated (names, shapes, dtypes, finite values) and counted in ``bytes_up``.
 
 ``prompt_keys`` name the global tensors prompt averaging combines.
+
+Nothing here assumes CLIP: ``ClipMethod`` (below) is the base of the methods on a frozen
+open_clip backbone, and a method's per-shard cache (``input_cache``: frozen embeddings in
+place of the pixels, or a teacher's outputs beside them) goes through one shared mechanism,
+``datasets/features.py``.
 """
 
 from __future__ import annotations
@@ -156,11 +161,6 @@ class Method(ABC):
     # The method's own options (``method.KEY`` in TOML / --set): a frozen, validated dataclass.
     Options: ClassVar[type] = NoOptions
     trains: ClassVar[bool] = True
-    # The image encoder never changes and nothing is inserted into it: image embeddings can be
-    # computed once per shard (frozen-feature cache) and fed to ``fit`` / ``evaluate`` as
-    # ``(N, D)`` float32 ``inputs`` in place of ``(N, H, W, 3)`` uint8 pixels.
-    frozen_image_encoder: ClassVar[bool] = False
-    backbone: Backbone
     global_keys: tuple[str, ...] = ()
     prompt_keys: tuple[str, ...] = ()
     download_only: ClassVar[tuple[str, ...]] = ()  # global tensors clients never upload
@@ -221,21 +221,10 @@ class Method(ABC):
             "test_loss": sum(p["loss_sum"] for p in partials) / n if n else None,
         }
 
-    def feature_identity(self) -> dict[str, Any]:
-        """What cached image embeddings depend on (the cache key)."""
-        return self.backbone.identity()
-
-    def encode_images(self, images: np.ndarray) -> np.ndarray:
-        """Frozen, L2-normalised image embeddings ``(n, D)`` of uint8 pixels (the cache fills
-        itself with these)."""
-        return self.backbone.image_embeddings(self.backbone.preprocess(images)).cpu().numpy()
-
-    def image_features(self, inputs: np.ndarray) -> torch.Tensor:
-        """Normalised image features of a batch of ``inputs``: pixels go through the frozen
-        encoder; cached embeddings (2-D float) are used as they are."""
-        if inputs.ndim == 2:
-            return torch.from_numpy(np.array(inputs, dtype=np.float32)).to(self.device)
-        return self.backbone.image_embeddings(self.backbone.preprocess(inputs))
+    def input_cache(self) -> InputCache | None:
+        """What this method computes once per shard and keeps beside it (the shared cache,
+        ``datasets/features.py``; ``data.feature_cache`` switches it off); None: nothing."""
+        return None
 
     @classmethod
     def upload_keys_for(cls, client: dict[str, Any]) -> tuple[str, ...] | None:
@@ -342,3 +331,47 @@ def batched_eval(
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += float((logits.argmax(dim=1) == y).sum())
     return {"correct": correct, "loss_sum": loss_sum, "n": float(len(images))}
+
+
+@dataclass(frozen=True)
+class InputCache:
+    """A per-shard array a method computes once (``compute``: uint8 pixels ``(n, H, W, 3)`` ->
+    float32 ``(n, D)``) and that depends on nothing but the pixels and ``identity`` (the cache
+    key): frozen image embeddings, a frozen teacher's logits, diffusion features. With
+    ``replaces_inputs`` the method's ``fit`` / ``evaluate`` see it as ``shard.inputs`` instead of
+    the pixels; otherwise as ``shard.cached`` beside them."""
+
+    identity: dict[str, Any]
+    compute: Callable[[np.ndarray], np.ndarray]
+    replaces_inputs: bool = True
+
+
+class ClipMethod(Method):
+    """A method on a frozen open_clip backbone (``self.backbone``, loaded once per actor)."""
+
+    backbone: Backbone
+    # The image encoder never changes and nothing is inserted into it: image embeddings can be
+    # computed once per shard (frozen-feature cache) and fed to ``fit`` / ``evaluate`` as
+    # ``(N, D)`` float32 ``inputs`` in place of ``(N, H, W, 3)`` uint8 pixels.
+    frozen_image_encoder: ClassVar[bool] = False
+
+    def input_cache(self) -> InputCache | None:
+        if not self.frozen_image_encoder:
+            return None
+        return InputCache(self.feature_identity(), self.encode_images)
+
+    def feature_identity(self) -> dict[str, Any]:
+        """What cached image embeddings depend on (the cache key)."""
+        return self.backbone.identity()
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """Frozen, L2-normalised image embeddings ``(n, D)`` of uint8 pixels (the cache fills
+        itself with these)."""
+        return self.backbone.image_embeddings(self.backbone.preprocess(images)).cpu().numpy()
+
+    def image_features(self, inputs: np.ndarray) -> torch.Tensor:
+        """Normalised image features of a batch of ``inputs``: pixels go through the frozen
+        encoder; cached embeddings (2-D float) are used as they are."""
+        if inputs.ndim == 2:
+            return torch.from_numpy(np.array(inputs, dtype=np.float32)).to(self.device)
+        return self.backbone.image_embeddings(self.backbone.preprocess(inputs))

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from fedrs.methods.base import (
+    ClipMethod,
     FitOptions,
     FitOutput,
-    Method,
     Params,
     batched_eval,
     check,
@@ -119,7 +119,7 @@ def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.nd
     return torch.empty(shape).normal_(0.0, std, generator=gen).numpy()
 
 
-class FedRSCLIP(Method):
+class FedRSCLIP(ClipMethod):
     name = "fedrsclip"
     summary = "FedRSCLIP: shared + private text prompts, private visual prompts, DPA + CMFA"
     Options = FedRSCLIPOptions

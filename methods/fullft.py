@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from fedrs.methods.base import (
+    ClipMethod,
     FitOptions,
     FitOutput,
-    Method,
     Params,
     TemplateOptions,
     batched_eval,
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from fedrs.orchestrator.config import RunConfig
 
 
-class FullFedAvg(Method):
+class FullFedAvg(ClipMethod):
     name = "fullft"
     summary = "full fine-tuning of every CLIP weight, the whole model averaged"
     Options = TemplateOptions

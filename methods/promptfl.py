@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from fedrs.methods.base import (
+    ClipMethod,
     FitOptions,
     FitOutput,
-    Method,
     Params,
     batched_eval,
     check,
@@ -38,7 +38,7 @@ class PromptOptions:
         check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
 
 
-class PromptFL(Method):
+class PromptFL(ClipMethod):
     name = "promptfl"
     summary = "one shared CoOp text context, trained by every client and averaged"
     Options = PromptOptions

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedrs.methods.base import FitOptions, FitOutput, Method, Params, local_sgd, to_numpy
+from fedrs.methods.base import ClipMethod, FitOptions, FitOutput, Params, local_sgd, to_numpy
 from fedrs.models.adapter import AdaptedCLIP, hmmc_loss
 from fedrs.models.backbone import load_backbone
 from fedrs.orchestrator.metrics import recall_at_k
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 EVAL_BATCH = 128
 
 
-class RetrievalMethod(Method):
+class RetrievalMethod(ClipMethod):
     """Base of the retrieval methods: subclasses define ``build`` and ``tensor_shapes``."""
 
     headline = "mR"

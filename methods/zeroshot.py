@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedrs.methods.base import (
+    ClipMethod,
     FitOptions,
     FitOutput,
-    Method,
     Params,
     TemplateOptions,
     batched_eval,
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from fedrs.orchestrator.config import RunConfig
 
 
-class ZeroShot(Method):
+class ZeroShot(ClipMethod):
     name = "zeroshot"
     summary = "zero-shot CLIP with a text template; nothing trains, evaluated once"
     Options = TemplateOptions

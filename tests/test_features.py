@@ -206,3 +206,33 @@ assert "pandas" not in sys.modules, "pandas was imported"
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_cached_array_can_sit_beside_the_pixels(synth_data: Path, tmp_path: Path) -> None:
+    """``InputCache(replaces_inputs=False)`` (a distilling method's teacher outputs): the
+    shard keeps its pixels and labels and gains ``cached``, computed once and then read back."""
+    import shutil
+
+    from fedrs.datasets.features import CachedShard
+    from fedrs.methods.base import InputCache
+
+    data_dir = tmp_path / "d"
+    shutil.copytree(synth_data, data_dir)
+    data = FedDataset(data_dir)
+    calls = []
+
+    def teacher(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :3].astype(np.float32)
+
+    spec = InputCache({"teacher": "toy"}, teacher, replaces_inputs=False)
+    cache = FeatureCache(data, feature_key(spec.identity), spec.compute)
+    view = cache.view(data.clients[1].train, replace_inputs=spec.replaces_inputs)
+    assert isinstance(view, CachedShard) and len(view) == data.clients[1].train.num_examples
+    assert view.images.shape[0] == view.cached.shape[0] and view.cached.shape[1] == 3
+    np.testing.assert_array_equal(view.labels, data.client(1).labels)
+    np.testing.assert_array_equal(view.cached, teacher(np.asarray(view.images)))
+    again = FeatureCache(FedDataset(data_dir), feature_key(spec.identity), spec.compute)
+    n = len(calls)
+    np.testing.assert_array_equal(again.view(data.clients[1].train, False).cached, view.cached)
+    assert len(calls) == n and again.computed == 0  # read from the file, not recomputed
