@@ -11,7 +11,15 @@ label      int16 (null for caption data)   index into the manifest's ``classes``
 domain     string                          source (domain) name
 path       string                          image path relative to its source root
 captions   list<string> (caption data)     the image's captions
+array:<m>  fixed_size_binary(prod(shape))  per-example arrays of modality m (optional)
 =========  ==============================  ===========================================
+
+Modality arrays (``arrays={"hsi": (N, 144, 7, 7) float16, "lidar": (N, 21) float32, ...}``):
+multi-band rasters, per-pixel patches or feature vectors of any shape and of dtype float16,
+float32, uint8, uint16 or int16, one column each, stored raw like the pixels; their shapes and
+dtypes are in the schema metadata and ``Shard.arrays[m]`` is a zero-copy ``(N, *shape)`` view.
+A client that holds one modality and not another simply has no column for it
+(``Shard.modalities``).
 
 The image shape is stored in the schema metadata. Because the file is uncompressed IPC,
 ``Shard.images`` is a read-only ``(N, H, W, 3)`` numpy view straight onto the mapped file.
@@ -32,9 +40,16 @@ from fedrs.errors import ShardIntegrityError
 from fedrs.io import atomic_open
 
 SHAPE_KEY = b"fedrs.image_shape"
+ARRAYS_KEY = b"fedrs.arrays"  # {modality: {"shape": [...], "dtype": "float16"}}
+ARRAY_PREFIX = "array:"
+ARRAY_DTYPES = ("float16", "float32", "uint8", "uint16", "int16")
 
 
-def shard_schema(image_shape: tuple[int, int, int], with_captions: bool) -> pa.Schema:
+def shard_schema(
+    image_shape: tuple[int, int, int],
+    with_captions: bool,
+    arrays: dict[str, np.ndarray] | None = None,
+) -> pa.Schema:
     fields = [
         pa.field("id", pa.int32(), nullable=False),
         pa.field("image", pa.binary(int(np.prod(image_shape))), nullable=False),
@@ -44,7 +59,17 @@ def shard_schema(image_shape: tuple[int, int, int], with_captions: bool) -> pa.S
     ]
     if with_captions:
         fields.append(pa.field("captions", pa.list_(pa.string()), nullable=False))
-    return pa.schema(fields, metadata={SHAPE_KEY: json.dumps(list(image_shape)).encode()})
+    layout = {}
+    for name, arr in (arrays or {}).items():
+        if str(arr.dtype) not in ARRAY_DTYPES:
+            raise ValueError(f"modality {name!r}: dtype {arr.dtype} is not one of {ARRAY_DTYPES}")
+        layout[name] = {"shape": list(arr.shape[1:]), "dtype": str(arr.dtype)}
+        width = int(np.prod(arr.shape[1:], dtype=np.int64)) * arr.dtype.itemsize
+        fields.append(pa.field(ARRAY_PREFIX + name, pa.binary(width), nullable=False))
+    meta = {SHAPE_KEY: json.dumps(list(image_shape)).encode()}
+    if layout:
+        meta[ARRAYS_KEY] = json.dumps(layout).encode()
+    return pa.schema(fields, metadata=meta)
 
 
 def write_shard(
@@ -55,6 +80,7 @@ def write_shard(
     domains: Sequence[str],
     paths: Sequence[str],
     captions: Sequence[Sequence[str]] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> dict[str, object]:
     """Write one shard atomically; return ``{"num_examples", "bytes", "sha256"}``.
 
@@ -63,7 +89,11 @@ def write_shard(
     """
     images = np.ascontiguousarray(images, dtype=np.uint8)
     n = images.shape[0]
-    schema = shard_schema(tuple(images.shape[1:]), captions is not None)  # type: ignore[arg-type]
+    arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+    for name, arr in arrays.items():
+        if arr.shape[0] != n:
+            raise ValueError(f"modality {name!r} has {arr.shape[0]} rows, the images {n}")
+    schema = shard_schema(tuple(images.shape[1:]), captions is not None, arrays)  # type: ignore[arg-type]
     image_arr = pa.FixedSizeBinaryArray.from_buffers(
         schema.field("image").type, n, [None, pa.py_buffer(images)]
     )
@@ -76,6 +106,9 @@ def write_shard(
     ]
     if captions is not None:
         columns.append(pa.array([list(c) for c in captions], type=pa.list_(pa.string())))
+    for name, arr in arrays.items():
+        typ = schema.field(ARRAY_PREFIX + name).type
+        columns.append(pa.FixedSizeBinaryArray.from_buffers(typ, n, [None, pa.py_buffer(arr)]))
     batch = pa.RecordBatch.from_arrays(columns, schema=schema)
     with atomic_open(path, "wb") as fh, pa.ipc.new_file(fh, schema) as writer:
         writer.write_batch(batch)
@@ -150,6 +183,37 @@ class Shard:
             else np.full(len(self.table), -1, dtype=np.int64)
         )
         self.ids = _int_column(self.table, "id", self.path)
+        self.arrays = self._array_views()
+
+    def _array_views(self) -> dict[str, np.ndarray]:
+        """Zero-copy ``(N, *shape)`` views of the modality columns."""
+        meta = self.table.schema.metadata or {}
+        try:
+            layout = json.loads(meta[ARRAYS_KEY]) if ARRAYS_KEY in meta else {}
+        except (ValueError, TypeError):
+            raise ShardIntegrityError(f"shard {self.path}: unreadable modality layout") from None
+        views = {}
+        for name, spec in layout.items():
+            col = self.table.column(ARRAY_PREFIX + name)
+            arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+            dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+            width = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            n = len(arr)
+            if arr.type.byte_width != width or arr.null_count:
+                raise ShardIntegrityError(f"shard {self.path}: modality {name} does not match")
+            if n == 0:
+                views[name] = np.empty((0, *shape), dtype=dtype)
+                continue
+            data = np.frombuffer(
+                arr.buffers()[1], dtype=np.uint8, count=n * width, offset=arr.offset * width
+            )
+            views[name] = data.view(dtype).reshape(n, *shape)
+        return views
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modality arrays this shard holds (beside its pixels)."""
+        return sorted(self.arrays)
 
     def _image_view(self) -> np.ndarray:
         col = self.table.column("image")

@@ -53,6 +53,63 @@ def test_images_are_zero_copy_views_of_the_mapped_file(tmp_path: Path) -> None:
     assert shard.image_shape == (5, 6, 3)
 
 
+def test_modality_arrays_are_zero_copy_and_typed(tmp_path: Path) -> None:
+    """Multi-band rasters, per-pixel patches and feature vectors ride beside the pixels (a
+    client that lacks a modality has no column for it)."""
+    rng = np.random.default_rng(1)
+    n = 5
+    hsi = rng.normal(size=(n, 144, 7, 7)).astype(np.float16)  # 144-band patches
+    lidar = rng.integers(0, 60000, (n, 21)).astype(np.uint16)  # raw LiDAR features
+    imgs = np.zeros((n, 4, 4, 3), np.uint8)
+    info = write_shard(
+        tmp_path / "m.arrow",
+        imgs,
+        np.arange(n),
+        np.arange(n),
+        ["houston"] * n,
+        [f"px{i}" for i in range(n)],
+        arrays={"hsi": hsi, "lidar": lidar},
+    )
+    shard = Shard(tmp_path / "m.arrow", sha256=str(info["sha256"]), nbytes=int(info["bytes"]))
+    assert shard.modalities == ["hsi", "lidar"]
+    assert shard.arrays["hsi"].dtype == np.float16 and shard.arrays["hsi"].shape == hsi.shape
+    np.testing.assert_array_equal(shard.arrays["hsi"], hsi)
+    np.testing.assert_array_equal(shard.arrays["lidar"], lidar)
+    assert not shard.arrays["hsi"].flags.owndata and not shard.arrays["hsi"].flags.writeable
+    only = write_shard(
+        tmp_path / "l.arrow",
+        imgs,
+        np.arange(n),
+        np.arange(n),
+        ["h"] * n,
+        ["p"] * n,
+        arrays={"lidar": lidar},
+    )
+    assert Shard(tmp_path / "l.arrow", nbytes=int(only["bytes"])).modalities == ["lidar"]
+    assert Shard(tmp_path / "m.arrow").arrays["hsi"][2, 100, 3, 3] == hsi[2, 100, 3, 3]
+    with pytest.raises(ValueError, match="dtype float64 is not one of"):
+        write_shard(
+            tmp_path / "x.arrow",
+            imgs,
+            np.arange(n),
+            None,
+            ["h"] * n,
+            ["p"] * n,
+            arrays={"bad": np.zeros((n, 2))},
+        )
+    with pytest.raises(ValueError, match="has 4 rows, the images 5"):
+        write_shard(
+            tmp_path / "y.arrow",
+            imgs,
+            np.arange(n),
+            None,
+            ["h"] * n,
+            ["p"] * n,
+            arrays={"short": np.zeros((4, 2), np.float32)},
+        )
+    assert not (tmp_path / "x.arrow").exists() and not (tmp_path / "y.arrow").exists()
+
+
 def test_truncated_and_tampered_shards_are_rejected(built: FedDataset) -> None:
     entry = built.clients[1].train
     path = built.root / entry.shard
