@@ -183,7 +183,8 @@ class Method(ABC):
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:
         """``{"global": {name: shape}, "private": {...}}`` from the architecture config alone,
-        without building a model (``fedrs run --dry-run``)."""
+        without building a model (``fedrs run --dry-run``); an optional ``"extras"`` scope
+        gives the extra payloads a client sends at most per round (counted as sent)."""
         raise NotImplementedError(f"{cls.name} does not describe its tensors")
 
     @abstractmethod

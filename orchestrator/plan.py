@@ -33,13 +33,15 @@ def _advice(check: Any, *args: Any, **kwargs: Any) -> str | None:
     return None
 
 
-def plan(cfg: RunConfig) -> dict[str, Any]:
+def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     data = check_data(cfg, None)
-    method, strategy, shapes = resolve_names(cfg, data.num_classes)
+    method, strategy, shapes = resolve_names(cfg, data.num_classes, method_cls)
     registered = check_federation(cfg, data)
     mcfg = model_config(cfg.model.arch)
     size = {k: math.prod(s) for k, s in (shapes["global"] | shapes["private"]).items()}
-    sent = sum(size[k] for k in strategy.upload_keys if k in size)
+    extras = shapes.get("extras", {})  # per-client payloads beside the tensors (at most)
+    trained = sum(size[k] for k in strategy.upload_keys if k in size)
+    sent = trained + sum(math.prod(s) for s in extras.values())
     received = sum(size[k] for k in shapes["global"])
     private = sum(size[k] for k in shapes["private"])
     fed, res = cfg.federation, cfg.resources
@@ -71,9 +73,10 @@ def plan(cfg: RunConfig) -> dict[str, Any]:
             "rounds": rounds,
         },
         "tensors": {
-            scope: {k: list(s) for k, s in shapes[scope].items()} for scope in ("global", "private")
+            scope: {k: list(s) for k, s in shapes.get(scope, {}).items()}
+            for scope in ("global", "private", "extras")
         },
-        "trainable_params": sent + private if method.trains else 0,
+        "trainable_params": trained + private if method.trains else 0,
         "private_params_per_client": private,
         "params_sent_per_client": sent,
         "params_received_per_client": received,
@@ -107,7 +110,7 @@ def render(p: dict[str, Any]) -> str:
         f"({p['bytes_received_per_client']:,} B)",
         f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down",
     ]
-    for scope in ("global", "private"):
+    for scope in ("global", "private", "extras"):
         for name, shape in p["tensors"][scope].items():
             lines.append(f"  {scope:7} {name:24} {'x'.join(map(str, shape))}")
     lines += [f"warning: this machine could not run it: {w}" for w in p["warnings"]]

@@ -427,3 +427,25 @@ def test_retrieval_benchmark_is_resumable_and_reports_seeds(
     again = retrieval.run(**kwargs)
     assert again["rows"] == first["rows"]
     assert "| MRS-Adapter + HMMC (PE-RSITR) | federated |" in retrieval.markdown(again)
+
+
+def test_dry_run_counts_download_only_tensors_and_extras() -> None:
+    from fedrs.orchestrator.plan import plan
+
+    class Planned(PromptFL):
+        download_only = ("server.bias",)
+
+        @classmethod
+        def tensor_shapes(cls, cfg: Any, model_cfg: Any, num_classes: int) -> Any:
+            ctx = super().tensor_shapes(cfg, model_cfg, num_classes)["global"]
+            return {
+                "global": {**ctx, "server.bias": (4, 64)},
+                "private": {},
+                "extras": {"stats/n": (1,)},
+            }
+
+    p = plan(RunConfig(), method_cls=Planned)
+    assert p["params_sent_per_client"] == 4 * 64 + 1  # the context and the extra, not the bias
+    assert p["params_received_per_client"] == 2 * 4 * 64  # every global tensor goes down
+    assert p["trainable_params"] == 4 * 64
+    assert p["tensors"]["extras"] == {"stats/n": [1]}
