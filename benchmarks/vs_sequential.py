@@ -315,13 +315,15 @@ def _shard_source(cfg: Any, data: Any, method: Any) -> Any:
     return data.client
 
 
-def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, float]:
+def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, Any]:
     """The driver's evaluation, in one process: the global test split with the global tensors
-    alone, and every client's local split with its private state."""
+    alone, and every client's local split with its private state; the method's own metrics
+    (``evaluate_rows`` over the whole split, ``reduce_eval``)."""
     from fedrs.orchestrator.driver import PERSONALIZED_EVAL_MAX
 
+    head = method.headline
     test = data.test_shard()
-    glob = method.evaluate(params, {}, test.images, test.labels)
+    out = dict(method.reduce_eval([method.evaluate_rows(params, {}, test, 0, len(test))]))
     pers = []
     if data.num_clients <= PERSONALIZED_EVAL_MAX:
         for c in range(data.num_clients):
@@ -329,14 +331,11 @@ def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, 
                 continue
             shard = data.client_test(c)
             state = private.get(c) or method.init_private(c, method.cfg.federation.seed)
-            r = method.evaluate(params, state, shard.images, shard.labels)
-            if r["n"]:
-                pers.append(r["correct"] / r["n"])
-    n = glob["n"]
-    return {
-        "accuracy": glob["correct"] / n if n else float("nan"),
-        "personalized_accuracy": float(np.mean(pers)) if pers else float("nan"),
-    }
+            value = method.reduce_eval([method.evaluate_rows(params, state, shard, 0, len(shard))])
+            if value.get(head) is not None:
+                pers.append(value[head])
+    out[f"personalized_{head}"] = float(np.mean(pers)) if pers else None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
