@@ -868,7 +868,7 @@ def run(
                     "fedrs_records": [
                         {
                             k: r.get(k)
-                            for k in ("round", "fit_s", "wall_s", "clients", "accuracy")
+                            for k in ("round", "fit_s", "wall_s", "eval_s", "clients", "accuracy")
                             if k in r
                         }
                         for r in fr["records"]
@@ -876,6 +876,12 @@ def run(
                     "accuracy": {
                         "sequential": seq["rounds"][-1].get("accuracy"),
                         "fedrs": fr["records"][-1].get("accuracy"),
+                    },
+                    # the final evaluation (global split + every client's local split): in one
+                    # process, and gathered from the actors' chunks
+                    "eval_s": {
+                        "sequential": seq["rounds"][-1].get("eval_s"),
+                        "fedrs": fr["records"][-1].get("eval_s"),
                     },
                     "final_params_max_abs_diff": diff,
                     # steady state, fedrs: cores used by the client actors, by the rest of this

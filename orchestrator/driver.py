@@ -254,7 +254,9 @@ class Driver:
             ),
         }
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
+            t_eval = time.perf_counter()
             record |= self.evaluate(rnd, sampled)
+            record["eval_s"] = time.perf_counter() - t_eval  # spread over the actors
         record |= {
             "clients_sampled": len(sampled),
             "clients_ok": len(updates),

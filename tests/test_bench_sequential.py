@@ -56,6 +56,8 @@ def test_sequential_loop_computes_what_fedrs_computes(synth_data: Path) -> None:
     assert [r["round"] for r in detail["fedrs_records"]] == [1, 2, 3]
     assert all(len(r["clients"]) == 4 for r in detail["seq_rounds"])
     assert "eval_s" in detail["seq_rounds"][-1] and "eval_s" not in detail["seq_rounds"][0]
+    assert detail["eval_s"]["sequential"] > 0 and detail["eval_s"]["fedrs"] > 0
+    assert "eval_s" in detail["fedrs_records"][-1] and "eval_s" not in detail["fedrs_records"][0]
     assert detail["steady_rounds"] == [2]
     for key in ("efficiency_steady", "efficiency_total", "speedup_steady"):
         assert math.isfinite(detail[key]) and detail[key] > 0
