@@ -20,7 +20,7 @@ from fedrs.actors.allocator import retain_freed_memory
 from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
-from fedrs.methods.base import FitOptions, Method
+from fedrs.methods.base import FitOptions, InputCache, Method
 from fedrs.orchestrator.config import from_dict
 from fedrs.orchestrator.state_store import FileStateStore
 
@@ -75,13 +75,17 @@ class ClientWorker:
         self.method = method_cls(self.cfg, self.data.classes, self.device)
         self.store = FileStateStore(state_root)
         self.seed = self.cfg.federation.seed
-        # what the method computes once per shard (frozen embeddings, teacher outputs, ...)
-        self.cache_spec = self.method.input_cache() if self.cfg.data.feature_cache else None
+        # what the method computes once per shard (frozen embeddings, teacher outputs, ...):
+        # asked for on first use
+        self.cache_spec: InputCache | None = None
+        self.cache_checked = not self.cfg.data.feature_cache
         self.features: FeatureCache | None = None  # opened on first use
 
     def _view(self, entry: ShardEntry) -> Shard | FeatureShard | CachedShard:
         """A shard as the method sees it: pixels, with the method's cached array in their place
         or beside them (``Method.input_cache``)."""
+        if not self.cache_checked:
+            self.cache_spec, self.cache_checked = self.method.input_cache(), True
         spec = self.cache_spec
         if spec is None:
             return self.data.open_shard(entry)

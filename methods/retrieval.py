@@ -65,7 +65,7 @@ class RetrievalMethod(ClipMethod):
         named = self.trainable()
         with torch.no_grad():
             for key, value in params.items():
-                named[key].copy_(torch.from_numpy(np.asarray(value)).to(self.device))
+                named[key].copy_(torch.from_numpy(np.array(value)).to(self.device))
         return named
 
     def fit(

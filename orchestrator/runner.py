@@ -193,9 +193,10 @@ def run(
                 ray.get(driver.shutdown.remote(), timeout=30)
             ray.kill(driver)
     except BaseException:
-        if created is not None and checkpoint.latest_round(run_dir) == 0:
+        done = (run_dir / checkpoint.DIR / "latest.json").is_file()
+        if created is not None and not done:
             shutil.rmtree(created, ignore_errors=True)  # nothing worth resuming: leave no trace
-        elif checkpoint.latest_round(run_dir) > 0:
+        elif done:
             log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
         raise
 
