@@ -98,3 +98,42 @@ def peak_rss_mb(pid: int | None = None) -> dict[str, float]:
             if key in ("VmRSS", "VmHWM"):
                 out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# cached inputs of the quality studies (builds and pretrained backbones, keyed by their settings)
+
+
+def cache_key(*parts: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cached_build(out: Any, **spec: Any) -> str:
+    """The dataset ``BuildSpec(out=out, **spec)`` describes, built once (kept in ``out``)."""
+    from pathlib import Path
+
+    from fedrs.datasets.builder import BuildSpec, build
+    from fedrs.datasets.manifest import MANIFEST
+
+    if not (Path(out) / MANIFEST).is_file():
+        build(BuildSpec(out=str(out), **spec))
+    return str(out)
+
+
+def cached_pretrain(
+    shards: str, cache: Any, arch: str, epochs: int, seed: int, *tag: str
+) -> tuple[str, dict[str, Any]]:
+    """``fedrs pretrain`` of ``arch`` on ``shards``, once: (checkpoint, its report)."""
+    import json
+    from pathlib import Path
+
+    from fedrs.models.pretrain import PretrainConfig, pretrain
+
+    ckpt = Path(cache) / f"{arch}-{cache_key(shards, epochs, seed, *tag)}.pt"
+    if ckpt.is_file():
+        return str(ckpt), json.loads(ckpt.with_suffix(".json").read_text())
+    config = PretrainConfig(data=shards, out=str(ckpt), arch=arch, epochs=epochs, seed=seed)
+    return str(ckpt), pretrain(config)

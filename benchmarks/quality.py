@@ -17,9 +17,7 @@ pretrains itself (no pretrained CLIP can be downloaded here).
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +25,14 @@ from typing import Any
 
 from rich.console import Console
 
-from fedrs.benchmarks.common import machine_info, print_table, write_result
+from fedrs.benchmarks.common import (
+    cache_key,
+    cached_build,
+    cached_pretrain,
+    machine_info,
+    print_table,
+    write_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,58 +64,34 @@ METHODS: list[tuple[str, dict[str, Any], bool]] = [
 ]
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def pretrained_backbone(captions: str, cache: Path, epochs: int, seed: int) -> tuple[str, dict]:
-    from fedrs.datasets.builder import BuildSpec, build
-    from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
-    from fedrs.models.pretrain import PretrainConfig, pretrain
 
-    shards = cache / f"captions-{_key(str(Path(captions).resolve()), IMAGE_SIZE)}"
-    if not (shards / MANIFEST).is_file():
-        build(
-            BuildSpec(
-                sources=(("captions", captions),),
-                out=str(shards),
-                image_size=IMAGE_SIZE,
-                partition=PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
-            )
-        )
-    ckpt = cache / f"{ARCH}-{_key(str(shards), epochs, seed)}.pt"
-    if ckpt.is_file():
-        log.info("reusing pretrained backbone %s", ckpt)
-        return str(ckpt), json.loads(ckpt.with_suffix(".json").read_text())
-    report = pretrain(
-        PretrainConfig(data=str(shards), out=str(ckpt), arch=ARCH, epochs=epochs, seed=seed)
+    shards = cached_build(
+        cache / f"captions-{cache_key(str(Path(captions).resolve()), IMAGE_SIZE)}",
+        sources=(("captions", captions),),
+        image_size=IMAGE_SIZE,
+        partition=PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
     )
-    return str(ckpt), report
+    return cached_pretrain(shards, cache, ARCH, epochs, seed)
 
 
 def federated_build(
     data: str, cache: Path, alpha: float | None, num_clients: int, seed: int
 ) -> str:
-    from fedrs.datasets.builder import BuildSpec, build
-    from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
 
     scheme = "dirichlet" if alpha is not None else "iid"
     n = num_clients if alpha is not None else 1
-    out = cache / f"rs-{_key(str(Path(data).resolve()), scheme, alpha, n, seed, IMAGE_SIZE)}"
-    if not (out / MANIFEST).is_file():
-        build(
-            BuildSpec(
-                sources=(("rsscn7", data),),
-                out=str(out),
-                image_size=IMAGE_SIZE,
-                partition=PartitionSpec(
-                    scheme=scheme, num_clients=n, seed=seed, alpha=alpha, min_examples=10
-                ),
-            )
-        )
-    return str(out)
+    key = cache_key(str(Path(data).resolve()), scheme, alpha, n, seed, IMAGE_SIZE)
+    return cached_build(
+        cache / f"rs-{key}",
+        sources=(("rsscn7", data),),
+        image_size=IMAGE_SIZE,
+        partition=PartitionSpec(
+            scheme=scheme, num_clients=n, seed=seed, alpha=alpha, min_examples=10
+        ),
+    )
 
 
 def run(
@@ -164,7 +145,7 @@ def run(
             cfg = RunConfig().replace(**sets)
             t0 = time.perf_counter()
             summary = run_federation(
-                cfg, out=str(runs_dir / _key(label, alpha, sets)), console=quiet
+                cfg, out=str(runs_dir / cache_key(label, alpha, sets)), console=quiet
             )
             final = summary["final"]
             p = plan(cfg)

@@ -38,8 +38,15 @@ from typing import Any
 
 from rich.console import Console
 
-from fedrs.benchmarks.common import machine_info, print_table, write_result
-from fedrs.benchmarks.quality import ARCH, IMAGE_SIZE, _key
+from fedrs.benchmarks.common import (
+    cache_key,
+    cached_build,
+    cached_pretrain,
+    machine_info,
+    print_table,
+    write_result,
+)
+from fedrs.benchmarks.quality import ARCH, IMAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -78,60 +85,38 @@ def class_table(class_folder: str, out: Path) -> Path:
 def builds(
     captions: str, class_folder: str, cache: Path, num_clients: int, alpha: float, seed: int
 ) -> dict[str, str]:
-    from fedrs.datasets.builder import BuildSpec, build
-    from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
 
     table = class_table(class_folder, cache / "ucm_caption_classes.csv")
-    out = {}
-    for setting, part in (
-        ("centralized", PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1)),
-        (
-            "federated",
-            PartitionSpec(
-                scheme="dirichlet", num_clients=num_clients, alpha=alpha, seed=seed, min_examples=5
-            ),
+    parts = {
+        "centralized": PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
+        "federated": PartitionSpec(
+            scheme="dirichlet", num_clients=num_clients, alpha=alpha, seed=seed, min_examples=5
         ),
-    ):
-        path = cache / f"captions-{_key(str(Path(captions).resolve()), setting, part.__dict__)}"
-        if not (path / MANIFEST).is_file():
-            build(
-                BuildSpec(
-                    sources=(("ucmcap", captions),),
-                    out=str(path),
-                    image_size=IMAGE_SIZE,
-                    partition=part,
-                    caption_classes=str(table),
-                )
-            )
-        out[setting] = str(path)
-    return out
+    }
+    return {
+        setting: cached_build(
+            cache / f"captions-{cache_key(str(Path(captions).resolve()), setting, part.__dict__)}",
+            sources=(("ucmcap", captions),),
+            image_size=IMAGE_SIZE,
+            partition=part,
+            caption_classes=str(table),
+        )
+        for setting, part in parts.items()
+    }
 
 
 def backbone(pretrain_data: str, cache: Path, epochs: int, seed: int) -> tuple[str, dict]:
     """``fedrs-rs`` pretrained on a classification archive, captioned by templates."""
-    from fedrs.datasets.builder import BuildSpec, build
-    from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
-    from fedrs.models.pretrain import PretrainConfig, pretrain
 
-    shards = cache / f"pretrain-{_key(str(Path(pretrain_data).resolve()), IMAGE_SIZE)}"
-    if not (shards / MANIFEST).is_file():
-        build(
-            BuildSpec(
-                sources=(("pretrain", pretrain_data),),
-                out=str(shards),
-                image_size=IMAGE_SIZE,
-                partition=PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
-            )
-        )
-    ckpt = cache / f"{ARCH}-{_key(str(shards), epochs, seed, 'templates')}.pt"
-    if ckpt.is_file():
-        return str(ckpt), json.loads(ckpt.with_suffix(".json").read_text())
-    report = pretrain(
-        PretrainConfig(data=str(shards), out=str(ckpt), arch=ARCH, epochs=epochs, seed=seed)
+    shards = cached_build(
+        cache / f"pretrain-{cache_key(str(Path(pretrain_data).resolve()), IMAGE_SIZE)}",
+        sources=(("pretrain", pretrain_data),),
+        image_size=IMAGE_SIZE,
+        partition=PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
     )
-    return str(ckpt), report
+    return cached_pretrain(shards, cache, ARCH, epochs, seed, "templates")
 
 
 def one_run(cfg: Any, run_dir: Path) -> dict[str, Any]:
@@ -203,7 +188,7 @@ def run(
                     sets["method.bottleneck"] = bottleneck
                 cfg = RunConfig().replace(**sets)
                 t0 = time.perf_counter()
-                summary = one_run(cfg, cache_dir / "runs" / _key(key, setting, seed, sets))
+                summary = one_run(cfg, cache_dir / "runs" / cache_key(key, setting, seed, sets))
                 final = summary["final"]
                 per_seed.append(final)
                 runs.append(
