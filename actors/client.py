@@ -94,11 +94,12 @@ class ClientWorker:
         return self.features.view(entry, replace_inputs=spec.replaces_inputs)
 
     def describe(self) -> dict[str, Any]:
-        node_id = None
+        node_id = pg_id = None
         try:
             import ray
 
-            node_id = ray.get_runtime_context().get_node_id()
+            ctx = ray.get_runtime_context()
+            node_id, pg_id = ctx.get_node_id(), ctx.get_placement_group_id()
         except Exception:
             pass
         return {
@@ -106,6 +107,7 @@ class ClientWorker:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "node_id": node_id,
+            "placement_group_id": pg_id,
             "gpu_ids": self.gpu_ids,
             "device": self.device,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),

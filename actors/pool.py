@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -52,6 +53,47 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def client_bundle(cfg: RunConfig) -> dict[str, float]:
+    """One client actor's reservation: ``{"CPU": .., "GPU": ..}`` (GPU only when asked)."""
+    res = cfg.resources
+    bundle: dict[str, float] = {"CPU": res.num_cpus_per_client}
+    if res.num_gpus_per_client > 0:
+        bundle["GPU"] = res.num_gpus_per_client
+    return bundle
+
+
+def driver_bundle(cfg: RunConfig) -> dict[str, float]:
+    """The driver actor's reservation (empty: it only coordinates)."""
+    res = cfg.resources
+    return {k: v for k, v in (("CPU", res.server_num_cpus), ("GPU", res.server_num_gpus)) if v}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Bundles of a placement group reserved by someone else (a ``fedrs sweep`` trial's, made
+    by Ray Tune): the driver actor goes to bundle ``driver_bundle``, client actor i to bundle
+    ``first_client_bundle + i``. The owner removes the group, not the pool."""
+
+    pg: Any
+    driver_bundle: int = 0
+    first_client_bundle: int = 0
+
+    def strategy(self, bundle: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(
+            placement_group=self.pg,
+            placement_group_bundle_index=bundle,
+            placement_group_capture_child_tasks=False,
+        )
+
+
+def trial_bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], int]:
+    """The bundles one whole run needs in a single placement group, and the index of its
+    first client bundle: ``[driver (if it reserves anything), client x num_actors]``."""
+    head = driver_bundle(cfg)
+    clients = [client_bundle(cfg) for _ in range(cfg.resources.num_actors)]
+    return ([head] if head else []) + clients, int(bool(head))
+
+
 class ClientPool:
     def __init__(
         self,
@@ -60,21 +102,25 @@ class ClientPool:
         data_path: str,
         state_root: str,
         pg_timeout_s: float = 120.0,
+        placement: Placement | None = None,
     ) -> None:
         res = cfg.resources
-        bundle: dict[str, float] = {"CPU": res.num_cpus_per_client}
-        if res.num_gpus_per_client > 0:
-            bundle["GPU"] = res.num_gpus_per_client
-        self.pg = placement_group(
-            [dict(bundle) for _ in range(res.num_actors)], strategy=res.placement_strategy
-        )
-        if not self.pg.wait(timeout_seconds=res.placement_timeout_s):
-            remove_placement_group(self.pg)
-            raise SchedulingError(
-                f"cannot place {res.num_actors} client actors of {bundle} with "
-                f"{res.placement_strategy} on this cluster (resources: "
-                f"{ray.cluster_resources()}); lower resources.num_actors or the per-client share"
+        bundle = client_bundle(cfg)
+        if placement is None:  # a group of our own, removed by shutdown()
+            self.pg = placement_group(
+                [dict(bundle) for _ in range(res.num_actors)], strategy=res.placement_strategy
             )
+            if not self.pg.wait(timeout_seconds=res.placement_timeout_s):
+                remove_placement_group(self.pg)
+                raise SchedulingError(
+                    f"cannot place {res.num_actors} client actors of {bundle} with "
+                    f"{res.placement_strategy} on this cluster (resources: "
+                    f"{ray.cluster_resources()}); lower resources.num_actors or the per-client "
+                    "share"
+                )
+            placement = Placement(self.pg)
+        else:
+            self.pg = None
         remote_cls = ray.remote(ClientWorker)
         self.actors = [
             remote_cls.options(
@@ -82,9 +128,7 @@ class ClientPool:
                 num_gpus=res.num_gpus_per_client,
                 max_restarts=res.max_actor_restarts,
                 max_task_retries=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=i
-                ),
+                scheduling_strategy=placement.strategy(placement.first_client_bundle + i),
             ).remote(cfg.to_dict(), method_cls, data_path, state_root, i)
             for i in range(res.num_actors)
         ]

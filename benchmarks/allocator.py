@@ -31,14 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedrs.benchmarks.common import (
-    machine_info,
-    new_figure,
-    plot_path,
-    print_table,
-    save_figure,
-    write_result,
-)
+from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
+from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("default alone", "tuned alone", "default pair", "tuned pair")

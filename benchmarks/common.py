@@ -65,41 +65,6 @@ def plot_path(json_path: str | None, default_stem: str) -> str:
     return default_stem + ".png"
 
 
-def save_figure(fig: Any, path: str) -> None:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    from fedrs.io import write_bytes
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
-
-
-def new_figure(width: float = 6.0, height: float = 3.5) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(width, height))
-
-
-def peak_rss_mb(pid: int | None = None) -> dict[str, float]:
-    """Current and peak resident memory (MiB) of a process, from /proc (Linux)."""
-    out = {}
-    with open(f"/proc/{pid or 'self'}/status") as fh:
-        for line in fh:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # cached inputs of the quality studies (builds and pretrained backbones, keyed by their settings)
 

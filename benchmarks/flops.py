@@ -74,14 +74,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrs.benchmarks.common import (
-    machine_info,
-    new_figure,
-    plot_path,
-    print_table,
-    save_figure,
-    write_result,
-)
+from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
+from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 

@@ -46,14 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.benchmarks.common import (
-    machine_info,
-    new_figure,
-    plot_path,
-    print_table,
-    save_figure,
-    write_result,
-)
+from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
 from fedrs.benchmarks.vs_sequential import (
     build_data,
     cpu_between,
@@ -61,6 +54,7 @@ from fedrs.benchmarks.vs_sequential import (
     steady_index,
     transpose_rows,
 )
+from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 1.0  # packing should at least not lose throughput

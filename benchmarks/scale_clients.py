@@ -57,14 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.benchmarks.common import (
-    machine_info,
-    new_figure,
-    plot_path,
-    print_table,
-    save_figure,
-    write_result,
-)
+from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
+from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 1 / 1.2
@@ -229,9 +223,9 @@ class StateHolder:
         return [self.refs.get(client_id)]  # in a list: the caller gets the ref, not the value
 
     def memory(self) -> dict[str, float]:
-        from fedrs.benchmarks.common import peak_rss_mb
+        from fedrs.io import process_memory
 
-        return peak_rss_mb()
+        return process_memory()
 
 
 def measure_object_store(n: int, shapes: Shapes, seed: int, reads: int) -> dict[str, Any]:

@@ -375,16 +375,10 @@ def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Pat
 
 
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict:
-    from fedrs.benchmarks.common import (
-        machine_info,
-        new_figure,
-        plot_path,
-        print_table,
-        save_figure,
-        write_result,
-    )
+    from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
     from fedrs.benchmarks.vs_sequential import max_abs_diff, transpose_rows
     from fedrs.errors import ConfigError
+    from fedrs.io import new_figure, save_figure
 
     unknown = set(options) - set(DEFAULTS)
     if unknown:

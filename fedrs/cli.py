@@ -16,6 +16,7 @@ Federated learning of CLIP on remote-sensing imagery, on Ray.
 
   fedrs data build|synth|show   make and inspect federated datasets (Arrow client shards)
   fedrs run [CONFIG]            run a federation (no arguments: synthetic data, tiny CLIP)
+  fedrs sweep SWEEP.toml        many runs as Ray Tune trials; `fedrs sweep report DIR`
   fedrs methods | strategies    what can be run, with options and defaults
   fedrs config [CONFIG]         every config key with its value (defaults + CONFIG + --set)
   fedrs pretrain                pretrain a small CLIP on image-caption shards
@@ -174,6 +175,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    target = list(args.target)
+    if target[:1] == ["report"]:
+        if len(target) != 2:
+            print("fedrs: error: usage: fedrs sweep report DIR", file=sys.stderr)
+            return 2
+        from fedrs.orchestrator.sweep_report import report
+
+        for name, path in report(target[1], x=args.x, y=args.y, metric=args.metric).items():
+            print(f"{name}: {path}")
+        return 0
+    from fedrs.orchestrator.sweep import run_sweep
+
+    if bool(target) == bool(args.resume) or len(target) > 1:
+        print("fedrs: error: give one sweep file or --resume DIR", file=sys.stderr)
+        return 2
+    if args.resume and args.out:
+        print("fedrs: error: --resume continues DIR in place: drop --out", file=sys.stderr)
+        return 2
+    run_sweep(
+        target[0] if target else None,
+        out=args.out,
+        resume=args.resume,
+        overrides=args.set,
+        mlflow=args.mlflow,
+    )
+    return 0
+
+
 def _defaults(section: Any, keys: tuple[str, ...] | None = None) -> str:
     """``key=default, ...`` of ``keys`` of a config section (all its fields when None)."""
     import dataclasses
@@ -250,6 +280,7 @@ BENCHMARKS = {
     "flops": "fedrs.benchmarks.flops",
     "allocator": "fedrs.benchmarks.allocator",
     "retrieval": "fedrs.benchmarks.retrieval",
+    "sweep": "fedrs.benchmarks.sweep",
 }
 
 
@@ -373,6 +404,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--json", default=None, help="with --dry-run: write the plan as JSON here")
     r.set_defaults(func=_cmd_run)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="many runs as Ray Tune trials (grid / random axes, seeds); `sweep report DIR`",
+        description="fedrs sweep SWEEP.toml [--set k=v] [--out DIR] | fedrs sweep --resume DIR "
+        "| fedrs sweep report DIR [--x AXIS --y AXIS --metric M]",
+    )
+    sw.add_argument(
+        "target", nargs="*", metavar="SWEEP.toml | report DIR", help="a sweep file, or report DIR"
+    )
+    sw.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a [base] key"
+    )
+    sw.add_argument("--out", default=None, help="sweep directory (default sweeps/<name>-<time>)")
+    sw.add_argument("--resume", default=None, metavar="DIR", help="run the unfinished trials")
+    sw.add_argument("--mlflow", default=None, metavar="URI", help="also log to MLflow at URI")
+    sw.add_argument("--x", default=None, help="report: heatmap columns axis")
+    sw.add_argument("--y", default=None, help="report: heatmap rows axis")
+    sw.add_argument("--metric", default=None, help="report: metric (default the headline)")
+    sw.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("pretrain", help="contrastive pretraining of a small CLIP on captions")
     p.add_argument("--data", required=True, help="a caption build (fedrs data build)")

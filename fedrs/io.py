@@ -116,3 +116,38 @@ def new_output_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise
+
+
+def new_figure(width: float = 6.0, height: float = 3.5) -> tuple[Any, Any]:
+    """A matplotlib figure and axes on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def process_memory(pid: int | None = None) -> dict[str, float]:
+    """A process's resident memory in MiB, from /proc (Linux): ``rss_mb`` (VmRSS) now and
+    ``peak_rss_mb`` (VmHWM) so far; this process by default."""
+    out = {}
+    with open(f"/proc/{pid or 'self'}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
+    return out

@@ -32,10 +32,10 @@ import numpy as np
 import ray
 
 from fedrs.actors.client import EvalTask, FitTask
-from fedrs.actors.pool import ClientPool
+from fedrs.actors.pool import ClientPool, Placement
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError
-from fedrs.io import dumps, json_safe, write_json
+from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.config import RunConfig
@@ -71,13 +71,6 @@ def uploadable(method_cls: type[Method], global_keys: tuple[str, ...]) -> tuple[
     return tuple(k for k in global_keys if k not in method_cls.download_only)
 
 
-def process_memory() -> dict[str, float]:
-    """This process's resident memory in MiB: ``rss_mb`` (VmRSS) and ``peak_rss_mb`` (VmHWM)."""
-    from fedrs.benchmarks.common import peak_rss_mb
-
-    return peak_rss_mb()
-
-
 def nbytes(params: dict[str, np.ndarray]) -> int:
     return int(sum(v.nbytes for v in params.values()))
 
@@ -98,6 +91,7 @@ class Driver:
         method_cls: type[Method],
         resume: bool = False,
         excluded: dict[int, str] | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -119,7 +113,9 @@ class Driver:
                 shutil.rmtree(self.run_dir / stale, ignore_errors=True)
             (self.run_dir / METRICS).unlink(missing_ok=True)
         self.store = FileStateStore(self.run_dir / STATE_DIR)
-        self.pool = ClientPool(cfg, method_cls, data_path, str(self.store.root))
+        self.pool = ClientPool(
+            cfg, method_cls, data_path, str(self.store.root), placement=placement
+        )
         try:
             gpus = ray.get_gpu_ids() if ray.is_initialized() else []
             self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")

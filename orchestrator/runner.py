@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import ray
 from rich.console import Console
 
 from fedrs import reaper
+from fedrs.actors.pool import Placement
+from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError, FedrsError, remote_error
 from fedrs.io import first_missing, write_json
 from fedrs.methods import method_class
@@ -89,24 +92,33 @@ def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
     if cfg.data.path:
         return str(Path(cfg.data.path).resolve())
     from fedrs.datasets.manifest import MANIFEST
-    from fedrs.datasets.partition import PartitionSpec
     from fedrs.datasets.synth import build_synthetic
 
     out = run_dir / SYNTH_DIR
     if not (out / MANIFEST).is_file():
-        d = cfg.data
-        part = PartitionSpec(
-            scheme=d.partition,
-            num_clients=d.num_clients,
-            seed=cfg.federation.seed,
-            alpha=d.alpha,
-            classes_per_client=d.classes_per_client,
-            imbalance_factor=d.imbalance_factor,
-            min_examples=5,
-        )
         log.info("building the synthetic default dataset in %s", out)
-        build_synthetic(out, per_class=d.per_class, image_size=d.image_size, partition=part)
+        build_synthetic(
+            out,
+            per_class=cfg.data.per_class,
+            image_size=cfg.data.image_size,
+            partition=data_partition(cfg),
+        )
     return str(out.resolve())
+
+
+def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:
+    """The partition ``cfg.data`` asks for, seeded by ``federation.seed`` (the synthetic
+    default's, and a sweep's builds from sources)."""
+    d = cfg.data
+    return PartitionSpec(
+        scheme=d.partition,
+        num_clients=d.num_clients,
+        seed=cfg.federation.seed,
+        alpha=d.alpha,
+        classes_per_client=d.classes_per_client,
+        imbalance_factor=d.imbalance_factor,
+        min_examples=min_examples,
+    )
 
 
 def connect_ray() -> None:
@@ -151,9 +163,13 @@ def run(
     stop_after: int | None = None,
     console: Console | None = None,
     overwrite: bool = False,
+    placement: Placement | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a federation; return the summary. ``stop_after`` ends early after that
-    round, as an interruption would (tests use it to check resume).
+    round, as an interruption would (tests use it to check resume). ``placement``: run the
+    driver and client actors in bundles reserved elsewhere (a sweep trial's placement group);
+    ``on_round`` sees every round's record as it arrives.
 
     Nothing is written before preflight passes. A run that fails before its first round
     leaves no new directory; one that fails later keeps its checkpoints for ``--resume``."""
@@ -176,9 +192,11 @@ def run(
     try:
         if overwrite and not resume:
             clear_run_files(run_dir)
-        driver = spawn_driver(cfg, run_dir, checked.method_cls, bool(resume), checked=checked)
+        driver = spawn_driver(
+            cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
+        )
         try:
-            return _drive(driver, checked, run_dir, stop_after, console)
+            return _drive(driver, checked, run_dir, stop_after, console, on_round)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
                 raise exc.cause from None
@@ -207,6 +225,7 @@ def spawn_driver(
     method_cls: type[Method],
     resume: bool = False,
     checked: Checked | None = None,
+    placement: Placement | None = None,
 ) -> Any:
     """Preflight (unless already ``checked``), prepare the data, record the config and start
     the driver actor (which spawns the client actors); returns its handle. ``run`` streams its
@@ -221,13 +240,20 @@ def spawn_driver(
 
     res = cfg.resources
     driver = ray.remote(num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus)(Driver)
+    if placement is not None:
+        driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
     return driver.remote(
-        cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded
+        cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded, placement
     )
 
 
 def _drive(
-    driver: Any, checked: Checked, run_dir: Path, stop_after: int | None, console: Console
+    driver: Any,
+    checked: Checked,
+    run_dir: Path,
+    stop_after: int | None,
+    console: Console,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Stream the driver's rounds to the console; finish the run and return its summary."""
     cfg = checked.cfg
@@ -243,11 +269,15 @@ def _drive(
     )
     head = checked.method_cls.headline
     for ref in driver.run.options(num_returns="streaming").remote(stop_after):
-        console.print(_progress_line(ray.get(ref), cfg.federation.rounds, head))
+        rec = ray.get(ref)
+        console.print(_progress_line(rec, cfg.federation.rounds, head))
+        if on_round is not None:
+            on_round(rec)
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
     summary["run_dir"] = str(run_dir)
+    summary["actors"] = actors  # where they ran (node, placement group, device)
     acc, best = summary["final"].get(head), summary[f"best_{head}"]
     console.print(
         f"done: {head} {_fmt(acc)} (best {_fmt(best)}); "

@@ -1,0 +1,637 @@
+"""Heterogeneity sweeps: many fedrs runs as Ray Tune trials (``fedrs sweep``).
+
+    fedrs sweep SWEEP.toml [--set k=v ...] [--out DIR]      # a new sweep
+    fedrs sweep --resume DIR                                 # finish an interrupted one
+    fedrs sweep report DIR                                   # table, heatmap, curves
+
+The sweep file holds ``[base]`` (a run config exactly as a ``fedrs run`` TOML), ``[grid]``
+(dotted run-config keys -> lists of values; every combination is a trial), optionally
+``[random]`` (keys -> ``{choice = [...]}``, ``{uniform = [lo, hi]}``, ``{loguniform = [lo, hi]}``
+or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point), ``[build]``
+(``fedrs data build`` options: ``sources``, ``image_size``, ...; each trial's partition comes
+from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``, ``mode``,
+``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``). A grid value may be a table
+when the key is a section (``method = [{name = "promptfl"}, {name = "fedrsclip", ...}]``): it
+replaces that section of the base.
+
+Trials are expanded once, deterministically, and stored in ``DIR/sweep.json``; Ray Tune only
+schedules them. Each trial is a whole fedrs run (``DIR/trials/NAME``) whose driver and client
+actors live in the trial's own placement group (``actors.pool.trial_bundles``: fractional GPUs
+as in ``fedrs run``), so Tune starts as many trials at once as the cluster's free resources
+hold. A trial that fails is recorded with its one-line error (``DIR/status/NAME.json``) and the
+others go on; ``--resume`` submits only the trials that have not finished, continuing an
+interrupted one from its checkpoint. Trials that need the same data build share one, built once
+under a file lock in ``DIR/builds``. Results: ``DIR/results.parquet`` and ``.csv``, one row per
+trial (rewritten as trials end); TensorBoard event files per trial under ``DIR/tune`` (Tune's
+loggers); MLflow when asked (``--mlflow URI``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from fedrs.errors import ConfigError, FedrsError
+from fedrs.io import write_json
+from fedrs.orchestrator.config import RunConfig, from_dict
+
+log = logging.getLogger(__name__)
+
+SPEC = "sweep.json"
+TRIALS, STATUS, BUILDS, TUNE = "trials", "status", "builds", "tune"
+RANDOM_KINDS = ("choice", "uniform", "loguniform", "randint")
+BUILD_KEYS = {
+    "sources": list,
+    "image_size": int,
+    "test_fraction": float,
+    "class_map": str,
+    "caption_classes": str,
+    "min_examples": int,
+    "skip_bad": bool,
+    "workers": int,
+}
+
+
+class SweepError(FedrsError):
+    """A sweep file or sweep directory that cannot be used (one line)."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The ``[sweep]`` table."""
+
+    metric: str = ""  # what "best" means; "" = the base method's headline (accuracy, mR, ...)
+    mode: str = "max"
+    num_samples: int = 1  # draws of [random] per grid point
+    seed: int = 0  # of the random draws
+    max_concurrent: int = 0  # 0: as many trials as the cluster's resources hold
+    max_retries: int = 0  # Tune retries of a failed trial
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("max", "min"):
+            raise SweepError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
+        for key in ("num_samples", "max_concurrent", "max_retries"):
+            if getattr(self, key) < (1 if key == "num_samples" else 0):
+                raise SweepError(f"sweep.{key} is out of range: {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    axes: dict[str, Any]  # axis key -> this trial's value
+    cfg: RunConfig
+
+    @property
+    def seed_axes(self) -> list[str]:
+        return [k for k in self.axes if is_seed_axis(k)]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    random: dict[str, dict[str, Any]] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    options: SweepOptions = field(default_factory=SweepOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "grid": self.grid,
+            "random": self.random,
+            "build": self.build,
+            "sweep": dataclasses.asdict(self.options),
+        }
+
+    @property
+    def axes(self) -> list[str]:
+        return list(self.grid) + list(self.random)
+
+
+def is_seed_axis(key: str) -> bool:
+    """Seed axes are what a report averages over (``federation.seed``, ``...seed``)."""
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+# ------------------------------------------------------------------------------ the file
+def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Sweep:
+    """Validate a sweep table (``tomllib`` output); ``overrides`` are ``--set`` for the base."""
+    unknown = set(data) - {"base", "grid", "random", "build", "sweep"}
+    if unknown:
+        raise SweepError(
+            f"unknown sweep table(s) {sorted(unknown)}; a sweep file has [base], [grid], "
+            "[random], [build] and [sweep]"
+        )
+    base = data.get("base", {})
+    grid = data.get("grid", {})
+    rand = data.get("random", {})
+    build = data.get("build", {})
+    for name, table in (("base", base), ("grid", grid), ("random", rand), ("build", build)):
+        if not isinstance(table, dict):
+            raise SweepError(f"[{name}] must be a table")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"grid axis {key!r} must be a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise SweepError(f"grid axis {key!r} repeats a value: {values}")
+    for key, dist in rand.items():
+        if key in grid:
+            raise SweepError(f"{key!r} is both a grid and a random axis")
+        _check_random(key, dist)
+    for key, value in build.items():
+        if key not in BUILD_KEYS:
+            raise SweepError(f"unknown [build] key {key!r}; known: {', '.join(sorted(BUILD_KEYS))}")
+        if not isinstance(value, BUILD_KEYS[key]) or isinstance(value, bool) is not (
+            BUILD_KEYS[key] is bool
+        ):
+            raise SweepError(f"[build] {key} must be a {BUILD_KEYS[key].__name__}, got {value!r}")
+    if build and not build.get("sources"):
+        raise SweepError('[build] needs sources = ["NAME=PATH", ...]')
+    if build and base.get("data", {}).get("path"):
+        raise SweepError("give either [build] or base data.path, not both")
+    try:
+        opts = SweepOptions(**data.get("sweep", {}))
+    except TypeError as exc:
+        raise SweepError(f"[sweep]: {exc}") from None
+    if rand and opts.num_samples == 1 and "num_samples" not in data.get("sweep", {}):
+        log.info("[random] without sweep.num_samples: one draw per grid point")
+    base = json.loads(json.dumps(base))
+    for assignment in overrides or []:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+        _set_dotted(base, key.strip(), value.strip())
+    return Sweep(base, grid, rand, build, opts)
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SweepError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SweepError(f"sweep file {path} is not valid TOML: {exc}") from None
+    return parse_sweep(data, overrides)
+
+
+def _check_random(key: str, dist: Any) -> None:
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in RANDOM_KINDS:
+        raise SweepError(
+            f"random axis {key!r} must be one of {{choice = [...]}}, {{uniform = [lo, hi]}}, "
+            f"{{loguniform = [lo, hi]}}, {{randint = [lo, hi]}}; got {dist!r}"
+        )
+    kind, arg = next(iter(dist.items()))
+    if not isinstance(arg, list) or not arg:
+        raise SweepError(f"random axis {key!r}: {kind} needs a non-empty list")
+    if kind != "choice":
+        ok = len(arg) == 2 and all(isinstance(a, int | float) for a in arg) and arg[0] < arg[1]
+        if not ok or (kind == "loguniform" and arg[0] <= 0):
+            raise SweepError(f"random axis {key!r}: {kind} needs [lo, hi] with lo < hi")
+
+
+def _draw(dist: dict[str, Any], rng: random.Random) -> Any:
+    kind, arg = next(iter(dist.items()))
+    if kind == "choice":
+        return arg[rng.randrange(len(arg))]
+    if kind == "uniform":
+        return rng.uniform(arg[0], arg[1])
+    if kind == "loguniform":
+        return math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1])))
+    return rng.randint(int(arg[0]), int(arg[1]))
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part!r} is not a section")
+    if isinstance(value, dict) and len(parts) == 1:
+        data[key] = json.loads(json.dumps(value))  # a whole section replaced
+    else:
+        node[parts[-1]] = value
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        name = value.get("name")
+        rest = {k: v for k, v in value.items() if k != "name"}
+        return (str(name) if name else "") + (
+            ("+" + ",".join(f"{k}={v}" for k, v in sorted(rest.items()))) if rest else ""
+        )
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def expand(sweep: Sweep) -> list[Trial]:
+    """Every trial of ``sweep``, each with a validated run config (a bad value is one line
+    naming the trial's axes before anything runs). Names are stable: index + value hash."""
+    rng = random.Random(sweep.options.seed)
+    points = list(itertools.product(*sweep.grid.values())) or [()]
+    trials = []
+    for point in points:
+        for _ in range(sweep.options.num_samples if sweep.random else 1):
+            axes = dict(zip(sweep.grid, point, strict=True))
+            axes |= {k: _draw(d, rng) for k, d in sweep.random.items()}
+            data = json.loads(json.dumps(sweep.base))
+            for key, value in axes.items():
+                _set_dotted(data, key, value)
+            try:
+                cfg = from_dict(data)
+            except ConfigError as exc:
+                raise ConfigError(f"trial {_axes_text(axes)}: {exc}") from None
+            digest = hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:6]
+            trials.append(Trial(f"t{len(trials):03d}-{digest}", axes, cfg))
+    return trials
+
+
+def _axes_text(axes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_label(v)}" for k, v in axes.items()) or "(base)"
+
+
+# ------------------------------------------------------------------------------ data builds
+def build_key(cfg: RunConfig, build: dict[str, Any]) -> str | None:
+    """Which data build a trial needs (None: it names ``data.path`` itself). Trials with the
+    same key share one build: sources and their options, partition, seed, image size."""
+    if cfg.data.path:
+        return None
+    from fedrs.orchestrator.runner import data_partition
+
+    part = dataclasses.asdict(data_partition(cfg, build.get("min_examples", 5)))
+    what = {"build": build} if build else {"synthetic": [cfg.data.per_class, cfg.data.image_size]}
+    blob = json.dumps({**what, "partition": part}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
+    """The data path of a trial: ``data.path``, or its shared build (made now, once: the
+    first trial to need it builds it under a file lock, the others wait and reuse it)."""
+    key = build_key(cfg, build)
+    if key is None:
+        return str(Path(cfg.data.path).resolve())
+    from filelock import FileLock
+
+    from fedrs.datasets.manifest import MANIFEST
+    from fedrs.orchestrator.runner import data_partition
+
+    out = builds / key
+    builds.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(builds / f"{key}.lock")):
+        if not (out / MANIFEST).is_file():
+            part = data_partition(cfg, build.get("min_examples", 5))
+            if build:
+                from fedrs.datasets.builder import BuildSpec
+                from fedrs.datasets.builder import build as build_data
+
+                options = {k: v for k, v in build.items() if k not in ("sources", "min_examples")}
+                build_data(
+                    BuildSpec.from_args(build["sources"], str(out), partition=part, **options)
+                )
+            else:
+                from fedrs.datasets.synth import build_synthetic
+
+                build_synthetic(
+                    out,
+                    per_class=cfg.data.per_class,
+                    image_size=cfg.data.image_size,
+                    partition=part,
+                )
+            log.info("built %s", out)
+    return str(out.resolve())
+
+
+# ------------------------------------------------------------------------------ one trial
+def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
+    path = sweep_dir / STATUS / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"status": "pending"}
+
+
+def is_finished(sweep_dir: Path, trial: Trial) -> bool:
+    from fedrs.orchestrator.checkpoint import latest_round
+    from fedrs.orchestrator.runner import finished_summary
+
+    run_dir = sweep_dir / TRIALS / trial.name
+    try:
+        return finished_summary(run_dir, trial.cfg, latest_round(run_dir)) is not None
+    except FedrsError:  # a damaged checkpoint: the trial runs again and says why
+        return False
+
+
+class RunClock:
+    """Where a run's wall time goes, from the moments its round records arrive: ``start_s``
+    (preflight, driver and actor spawn, backbone, first parameters: before round 1 began),
+    ``rounds_s`` (the rounds themselves, as the driver timed them), ``finish_s`` (summary,
+    plot, actor shutdown); ``data_s`` is set by the caller."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.t0 = time.perf_counter()
+        self.report = report
+        self.marks: list[tuple[float, float]] = []  # (arrival since t0, the round's wall_s)
+        self.data_s = 0.0
+
+    def on_round(self, rec: dict[str, Any]) -> None:
+        self.marks.append((time.perf_counter() - self.t0, float(rec.get("wall_s") or 0.0)))
+        if self.report is not None:
+            self.report(rec)
+
+    def split(self) -> dict[str, float]:
+        total = time.perf_counter() - self.t0
+        if not self.marks:
+            return {"total_s": total, "data_s": self.data_s}
+        first_arrival, first_wall = self.marks[0]
+        return {
+            "total_s": total,
+            "data_s": self.data_s,
+            "start_s": max(0.0, first_arrival - first_wall - self.data_s),
+            "rounds_s": sum(w for _, w in self.marks),
+            "finish_s": total - self.marks[-1][0],
+        }
+
+
+def _report_round(rec: dict[str, Any]) -> None:
+    from ray import tune
+
+    tune.report({k: v for k, v in rec.items() if _is_number(v)})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def run_trial(config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial]) -> None:
+    """Tune's trainable: one fedrs run in the trial's placement group."""
+    import ray
+    from rich.console import Console
+
+    from fedrs.actors.pool import Placement, trial_bundles
+    from fedrs.orchestrator.checkpoint import latest_round
+    from fedrs.orchestrator.runner import run
+
+    root = Path(sweep_dir)
+    trial = trials[config["trial"]]
+    status = root / STATUS / f"{trial.name}.json"
+    clock = RunClock(_report_round)
+    record: dict[str, Any] = {"status": "running", "started": time.time(), "node": os.uname()[1]}
+    try:
+        write_json(status, record)
+        sweep = json.loads((root / SPEC).read_text())
+        data_path = ensure_build(trial.cfg, sweep["build"], root / BUILDS)
+        cfg = trial.cfg.replace(**{"data.path": data_path})
+        clock.data_s = time.perf_counter() - clock.t0
+        pg = ray.util.get_current_placement_group()
+        placement = None
+        if pg is not None:
+            _, first = trial_bundles(cfg)
+            placement = Placement(pg, driver_bundle=0, first_client_bundle=first)
+            record["placement_group_id"] = pg.id.hex()
+        run_dir = root / TRIALS / trial.name
+        resume = latest_round(run_dir) > 0
+        summary = run(
+            None if resume else cfg,
+            out=None if resume else str(run_dir),
+            resume=str(run_dir) if resume else None,
+            overwrite=not resume and run_dir.is_dir(),
+            placement=placement,
+            on_round=clock.on_round,
+            console=Console(quiet=True),
+        )
+        record |= {
+            "status": "finished",
+            "resumed": resume,
+            "actors": summary.get("actors", []),
+        }
+    except BaseException as exc:
+        text = str(exc).strip().splitlines()
+        record |= {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": "),
+        }
+        raise
+    finally:
+        timing = clock.split()
+        record |= {"wall_s": timing["total_s"], "timing": timing}
+        write_json(status, record)
+
+
+# ------------------------------------------------------------------------------ the sweep
+def new_sweep_dir(out: str | None, source: str | None) -> Path:
+    if not out:
+        stem = Path(source).stem if source else "sweep"
+        base = Path("sweeps") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+        return path
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        hint = f"; continue it with --resume {out}" if (path / SPEC).is_file() else ""
+        raise SweepError(f"--out {out} exists and is not empty{hint}")
+    return path
+
+
+def load_trials(sweep_dir: Path) -> tuple[Sweep, list[Trial]]:
+    """The sweep and trials stored in ``sweep_dir`` (as first expanded)."""
+    try:
+        stored = json.loads((sweep_dir / SPEC).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise SweepError(f"{sweep_dir} holds no sweep ({SPEC} missing or damaged)") from None
+    sweep = parse_sweep(stored["spec"])
+    trials = [Trial(t["name"], t["axes"], from_dict(t["config"])) for t in stored["trials"]]
+    return sweep, trials
+
+
+def run_sweep(
+    path: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    overrides: list[str] | None = None,
+    mlflow: str | None = None,
+    console: Any = None,
+) -> Path:
+    """Run (or resume) a sweep; return its directory. Results are written as trials end."""
+    from ray import tune
+    from rich.console import Console
+
+    from fedrs.orchestrator.preflight import ClusterError, cluster_nodes, placement_problem
+    from fedrs.orchestrator.runner import connect_ray
+    from fedrs.orchestrator.sweep_report import write_results
+
+    console = console or Console()
+    if resume:
+        sweep_dir = Path(resume)
+        sweep, trials = load_trials(sweep_dir)
+        if overrides:
+            raise SweepError("--resume continues the stored sweep: drop --set")
+    else:
+        if path is None:
+            raise SweepError("give a sweep file (SWEEP.toml) or --resume DIR")
+        sweep = load_sweep(path, overrides)
+        trials = expand(sweep)
+        sweep_dir = new_sweep_dir(out, path)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            sweep_dir / SPEC,
+            {
+                "spec": sweep.to_dict(),
+                "trials": [
+                    {"name": t.name, "axes": t.axes, "config": t.cfg.to_dict()} for t in trials
+                ],
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+    sweep_dir = sweep_dir.resolve()
+    if mlflow:
+        try:
+            import mlflow as _  # noqa: F401
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+        except ImportError:
+            raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
+    todo = [t for t in trials if not is_finished(sweep_dir, t)]
+    done = len(trials) - len(todo)
+    console.print(
+        f"[bold]fedrs sweep[/] {len(trials)} trials over {', '.join(sweep.axes) or 'no axes'}"
+        + (f"; {done} already finished, {len(todo)} to run" if done else "")
+        + f" -> {sweep_dir}"
+    )
+    metric = sweep.options.metric or _headline(trials[0].cfg)
+    if not todo:
+        write_results(sweep_dir, trials, metric)
+        return sweep_dir
+    connect_ray()
+    nodes = cluster_nodes()
+    for t in todo:
+        problem = placement_problem(t.cfg, nodes)
+        if problem:
+            raise ClusterError(f"trial {t.name} ({_axes_text(t.axes)}): {problem}")
+    from fedrs.actors.pool import trial_bundles
+
+    by_name = {t.name: t for t in todo}
+
+    def resources(spec: dict[str, Any]) -> Any:
+        cfg = by_name[spec["trial"]].cfg
+        bundles, _ = trial_bundles(cfg)
+        # an empty head bundle: Tune's trainable (which only waits on the driver) reserves
+        # nothing, so a trial costs exactly what `fedrs run` would
+        return tune.PlacementGroupFactory([{}, *bundles], strategy=cfg.resources.placement_strategy)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep_dir=str(sweep_dir), trials=by_name), resources
+    )
+    attempt = 1 + sum(1 for _ in (sweep_dir / TUNE).glob("attempt-*"))
+    callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
+    if mlflow:
+        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.name for t in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.options.max_concurrent or None,
+            trial_dirname_creator=lambda tr: tr.config["trial"],
+            trial_name_creator=lambda tr: tr.config["trial"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"attempt-{attempt}",
+            storage_path=str(sweep_dir / TUNE),
+            failure_config=tune.FailureConfig(max_failures=sweep.options.max_retries),
+            verbose=0,
+            callbacks=callbacks,
+        ),
+    )
+    try:
+        tuner.fit()
+    finally:
+        rows = write_results(sweep_dir, trials, metric)
+    failed = [r for r in rows if r["status"] == "failed"]
+    finished = sum(r["status"] == "finished" for r in rows)
+    console.print(
+        f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}; "
+        f"results in {sweep_dir / 'results.csv'}"
+    )
+    for r in failed:
+        console.print(
+            f"  [red]failed[/] {r['trial']} ({_axes_text(_row_axes(r, sweep))}): {r['error']}"
+        )
+    return sweep_dir
+
+
+def _row_axes(row: dict[str, Any], sweep: Sweep) -> dict[str, Any]:
+    return {k: row.get(k) for k in sweep.axes}
+
+
+def _headline(cfg: RunConfig) -> str:
+    from fedrs.methods import method_class
+
+    return method_class(cfg.method.name).headline
+
+
+class SweepProgress(Callback):
+    """Console progress from Tune's trial events: done / running / failed and best so far."""
+
+    def __init__(
+        self, console: Any, trials: list[Trial], sweep_dir: Path, metric: str, mode: str
+    ) -> None:
+        self.console, self.total, self.metric, self.mode = console, len(trials), metric, mode
+        self.sweep_dir = sweep_dir
+        self.axes = {t.name: t.axes for t in trials}
+        self.done = sum(is_finished(sweep_dir, t) for t in trials)
+        self.running: set[str] = set()
+        self.failed = 0
+        self.best: tuple[float, str] | None = None
+
+    def line(self, what: str) -> None:
+        best = (
+            f"best {self.metric} {self.best[0]:.4f} ({_axes_text(self.axes[self.best[1]])})"
+            if self.best
+            else f"best {self.metric} -"
+        )
+        self.console.print(
+            f"[{self.done} done | {len(self.running)} running | {self.failed} failed | "
+            f"{self.total} trials] {what}; {best}"
+        )
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.config["trial"])
+        self.line(f"started {trial.config['trial']}")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        name = trial.config["trial"]
+        value = result.get(self.metric)
+        if _is_number(value) and (
+            self.best is None or (value > self.best[0]) == (self.mode == "max")
+        ):
+            self.best = (float(value), name)
+        if result.get("round") is not None:
+            self.line(f"{name} round {int(result['round'])}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.discard(trial.config["trial"])
+        self.done += 1
+        self.line(f"finished {trial.config['trial']}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name = trial.config["trial"]
+        self.running.discard(name)
+        self.failed += 1
+        self.line(f"[red]FAILED[/] {name}: {trial_status(self.sweep_dir, name).get('error')}")

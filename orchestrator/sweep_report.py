@@ -1,0 +1,296 @@
+"""A sweep's results: the per-trial table (Parquet + CSV) and ``fedrs sweep report``.
+
+The table has one row per trial: its axes, ``status`` (finished / failed / running / pending),
+the one-line ``error`` of a failed trial, every number of its final round record
+(``final_<key>``), ``best_<headline>``, ``rounds_completed``, ``bytes_up`` / ``bytes_down``,
+``wall_s`` and ``run_dir``.
+
+The report groups finished trials over the seed axes (``*.seed``): per group n, mean, sample
+standard deviation and a 95% confidence interval of the mean (Student t); a heatmap of the
+group means over two axes (the others averaged); and per-round curves, mean with a band of
++-1 standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrs.io import atomic_open, new_figure, save_figure, write_bytes
+from fedrs.orchestrator.sweep import (
+    TRIALS,
+    SweepError,
+    Trial,
+    _label,
+    is_seed_axis,
+    load_trials,
+    trial_status,
+)
+
+RESULTS = "results"
+BOOKKEEPING = ("round", "clients", "clients_ok", "clients_failed", "clients_rejected")
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v) if math.isfinite(v) else None
+
+
+def trial_row(sweep_dir: Path, trial: Trial, metric: str) -> dict[str, Any]:
+    """One trial's row (from its run directory and status file)."""
+    run_dir = sweep_dir / TRIALS / trial.name
+    status = trial_status(sweep_dir, trial.name)
+    row: dict[str, Any] = {"trial": trial.name}
+    row |= {k: _label(v) if isinstance(v, dict) else v for k, v in trial.axes.items()}
+    summary: dict[str, Any] = {}
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        summary = json.loads((run_dir / "summary.json").read_text())
+    state = status.get("status", "pending")
+    if summary and summary.get("rounds_completed", 0) >= trial.cfg.federation.rounds:
+        state = "finished"
+    row["status"] = state
+    row["error"] = status.get("error") if state == "failed" else None
+    final = summary.get("final", {})
+    for key, value in final.items():
+        if key not in BOOKKEEPING and _number(value) is not None:
+            row[f"final_{key}"] = _number(value)
+    head = summary.get("headline", metric)
+    row[f"best_{head}"] = _number(summary.get(f"best_{head}"))
+    totals = summary.get("totals", {})
+    row["rounds_completed"] = summary.get("rounds_completed", 0)
+    row["bytes_up"] = _number(totals.get("bytes_up"))
+    row["bytes_down"] = _number(totals.get("bytes_down"))
+    row["wall_s"] = _number(status.get("wall_s"))
+    row["run_dir"] = str(run_dir)
+    return row
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def write_results(sweep_dir: Path, trials: list[Trial], metric: str) -> list[dict[str, Any]]:
+    """Rewrite ``results.parquet`` and ``results.csv`` (atomically); return the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [trial_row(sweep_dir, t, metric) for t in trials]
+    cols = _columns(rows)
+    table: dict[str, list[Any]] = {c: [r.get(c) for r in rows] for c in cols}
+    for col, values in table.items():  # one type per column: numbers as float, else text
+        present = [v for v in values if v is not None]
+        if present and all(_number(v) is not None for v in present):
+            if not all(isinstance(v, int) for v in present):
+                table[col] = [None if v is None else float(v) for v in values]
+        elif present:
+            table[col] = [None if v is None else str(v) for v in values]
+    buf = io.BytesIO()
+    pq.write_table(pa.table(table), buf)
+    write_bytes(sweep_dir / f"{RESULTS}.parquet", buf.getvalue())
+    with atomic_open(sweep_dir / f"{RESULTS}.csv", "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    path = sweep_dir / f"{RESULTS}.parquet"
+    if not path.is_file():
+        raise SweepError(f"{sweep_dir} has no {path.name} yet (no trial has ended)")
+    return pq.read_table(path).to_pylist()
+
+
+# ------------------------------------------------------------------------------ statistics
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """Two-sided Student-t quantile for a mean of ``n`` values (n - 1 degrees of freedom)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+def describe(values: list[float]) -> dict[str, Any]:
+    """n, mean, sample standard deviation (ddof 1) and the 95% CI half-width of the mean."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "ci95": None}
+    std = float(x.std(ddof=1)) if n > 1 else None
+    ci = t_quantile(n) * std / math.sqrt(n) if std is not None else None
+    return {"n": n, "mean": float(x.mean()), "std": std, "ci95": ci}
+
+
+def group_rows(
+    rows: list[dict[str, Any]], axes: list[str], metrics: list[str]
+) -> list[dict[str, Any]]:
+    """Finished rows grouped over the seed axes: per group of the other axes, each metric's
+    n / mean / std / ci95 (``describe``), plus how many of the group's trials failed."""
+    keys = [a for a in axes if not is_seed_axis(a)]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for values, members in groups.items():
+        done = [r for r in members if r.get("status") == "finished"]
+        g: dict[str, Any] = dict(zip(keys, values, strict=True))
+        g["trials"], g["failed"] = len(members), sum(r.get("status") == "failed" for r in members)
+        for m in metrics:
+            g[m] = describe([r.get(m) for r in done])
+        out.append(g)
+    return out
+
+
+def _fmt(d: dict[str, Any]) -> str:
+    if d["mean"] is None:
+        return "-"
+    if d["std"] is None:
+        return f"{d['mean']:.4f} (n=1)"
+    return f"{d['mean']:.4f} ± {d['std']:.4f} [±{d['ci95']:.4f}] (n={d['n']})"
+
+
+def markdown(groups: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> str:
+    head = [*keys, *metrics, "trials", "failed"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for g in groups:
+        cells = [str(g[k]) for k in keys] + [_fmt(g[m]) for m in metrics]
+        lines.append("| " + " | ".join([*cells, str(g["trials"]), str(g["failed"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ figures
+def heatmap(rows: list[dict[str, Any]], x: str, y: str, metric: str, path: Path) -> None:
+    """Mean of ``metric`` over finished trials for each (x, y) cell (other axes averaged)."""
+    done = [r for r in rows if r.get("status") == "finished" and r.get(metric) is not None]
+    xs = sorted({r[x] for r in done}, key=_sort_key)
+    ys = sorted({r[y] for r in done}, key=_sort_key)
+    grid = np.full((len(ys), len(xs)), np.nan)
+    for i, yv in enumerate(ys):
+        for j, xv in enumerate(xs):
+            cell = [r[metric] for r in done if r[x] == xv and r[y] == yv]
+            if cell:
+                grid[i, j] = float(np.mean(cell))
+    fig, ax = new_figure(1.6 + 1.3 * len(xs), 1.2 + 0.6 * len(ys))
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=8)
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=8)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"{metric} (mean over seeds and other axes)", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    save_figure(fig, path)
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, int | float) else (1, str(v))
+
+
+def curves(
+    sweep_dir: Path,
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    metric: str,
+    path: Path,
+) -> None:
+    """Per group (non-seed axes), the metric per round: mean over seeds, band +-1 std."""
+    fig, ax = new_figure(7.0, 4.0)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "finished":
+            groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    for values, members in groups.items():
+        series: dict[int, list[float]] = {}
+        for r in members:
+            metrics = Path(r["run_dir"]) / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            for line in metrics.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                if _number(rec.get(metric)) is not None:
+                    series.setdefault(int(rec["round"]), []).append(float(rec[metric]))
+        if not series:
+            continue
+        rounds = sorted(series)
+        mean = np.array([np.mean(series[r]) for r in rounds])
+        std = np.array([np.std(series[r], ddof=1) if len(series[r]) > 1 else 0 for r in rounds])
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        line = ax.plot(rounds, mean, marker="o", ms=3, label=label or "all")[0]
+        ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{metric} per round: mean over seeds, band ±1 std", fontsize=9)
+    save_figure(fig, path)
+
+
+# ------------------------------------------------------------------------------ the report
+def report(
+    sweep_dir: str | Path,
+    x: str | None = None,
+    y: str | None = None,
+    metric: str | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, ``heatmap.png`` (two axes; needs two non-seed axes) and
+    ``curves.png`` into the sweep directory; return their paths."""
+    sweep_dir = Path(sweep_dir)
+    sweep, trials = load_trials(sweep_dir)
+    from fedrs.orchestrator.sweep import _headline
+
+    head = sweep.options.metric or _headline(trials[0].cfg)
+    rows = write_results(sweep_dir, trials, head)  # fresh: also counts trials still running
+    axes = sweep.axes
+    keys = [a for a in axes if not is_seed_axis(a)]
+    final = f"final_{metric or head}"
+    metrics = [final] + [
+        m for m in (f"best_{head}", f"final_personalized_{head}") if any(r.get(m) for r in rows)
+    ]
+    metrics = list(dict.fromkeys(metrics))
+    if not any(r.get(final) is not None for r in rows):
+        raise SweepError(f"no finished trial has {final!r} (known: {_columns(rows)})")
+    groups = group_rows(rows, axes, metrics)
+    status = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed")}
+    text = [
+        f"# Sweep {sweep_dir.name}\n",
+        f"{len(rows)} trials: {status['finished']} finished, {status['failed']} failed, "
+        f"{len(rows) - sum(status.values())} not finished. Axes: {', '.join(axes) or '-'}; "
+        f"seed axes averaged: {', '.join(a for a in axes if is_seed_axis(a)) or 'none'}.\n",
+        "Cells: mean ± sample std [± 95% CI half-width of the mean, Student t] (n finished).\n",
+        markdown(groups, keys, metrics),
+    ]
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        text.append("\nFailed trials:\n")
+        text += [f"- {r['trial']}: {r['error']}" for r in failed]
+    out = {"report": sweep_dir / "report.md"}
+    x, y = x or (keys[0] if keys else None), y or (keys[1] if len(keys) > 1 else None)
+    for name in (x, y):
+        if name is not None and name not in axes:
+            raise SweepError(f"{name!r} is not an axis of this sweep (axes: {axes})")
+    if x and y and x != y:
+        out["heatmap"] = sweep_dir / "heatmap.png"
+        heatmap(rows, x, y, final, out["heatmap"])
+        text.append("\n![heatmap](heatmap.png)\n")
+    out["curves"] = sweep_dir / "curves.png"
+    curves(sweep_dir, rows, keys, metric or head, out["curves"])
+    text.append("\n![curves](curves.png)\n")
+    with atomic_open(out["report"], "w") as fh:
+        fh.write("\n".join(text))
+    return out

@@ -1,0 +1,242 @@
+"""`fedrs sweep`: the sweep file, trial expansion, shared builds, the report's statistics, and
+a small sweep on the session's 2-node cluster (placement, a failing trial, resume)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+
+import pytest
+
+from fedrs.errors import ConfigError
+from fedrs.orchestrator.sweep import (
+    SweepError,
+    build_key,
+    ensure_build,
+    expand,
+    parse_sweep,
+)
+from fedrs.orchestrator.sweep_report import describe, group_rows, markdown
+
+BASE = {
+    "model": {"arch": "fedrs-tiny"},
+    "data": {"num_clients": 3, "per_class": 4, "image_size": 32, "partition": "iid"},
+    "federation": {"rounds": 2, "clients_per_round": 2},
+    "client": {"local_epochs": 1},
+    "resources": {"num_actors": 1, "num_cpus_per_client": 0.5},
+}
+
+
+def test_grid_expands_to_every_combination_with_stable_names() -> None:
+    spec = {"base": BASE, "grid": {"data.alpha": [0.1, 0.5], "federation.seed": [0, 1, 2]}}
+    trials = expand(parse_sweep(spec))
+    assert len(trials) == 6
+    assert {(t.cfg.data.alpha, t.cfg.federation.seed) for t in trials} == {
+        (a, s) for a in (0.1, 0.5) for s in (0, 1, 2)
+    }
+    assert [t.name for t in trials] == [t.name for t in expand(parse_sweep(spec))]
+    assert len({t.name for t in trials}) == 6
+    assert trials[0].seed_axes == ["federation.seed"]
+
+
+def test_random_axes_are_drawn_reproducibly_within_bounds() -> None:
+    spec = {
+        "base": BASE,
+        "grid": {"federation.seed": [0, 1]},
+        "random": {
+            "client.lr": {"loguniform": [1e-4, 1e-1]},
+            "client.batch_size": {"choice": [8, 16]},
+        },
+        "sweep": {"num_samples": 3, "seed": 7},
+    }
+    a, b = expand(parse_sweep(spec)), expand(parse_sweep(spec))
+    assert len(a) == 6
+    assert [t.cfg.client.lr for t in a] == [t.cfg.client.lr for t in b]
+    assert all(1e-4 <= t.cfg.client.lr <= 1e-1 for t in a)
+    assert {t.cfg.client.batch_size for t in a} <= {8, 16}
+    other = expand(parse_sweep({**spec, "sweep": {"num_samples": 3, "seed": 8}}))
+    assert [t.cfg.client.lr for t in other] != [t.cfg.client.lr for t in a]
+
+
+def test_a_section_axis_replaces_the_method_table() -> None:
+    spec = {
+        "base": {**BASE, "method": {"name": "promptfl", "n_ctx": 8}},
+        "grid": {"method": [{"name": "promptfl", "n_ctx": 8}, {"name": "zeroshot"}]},
+    }
+    trials = expand(parse_sweep(spec))
+    assert [t.cfg.method.name for t in trials] == ["promptfl", "zeroshot"]
+    assert trials[0].cfg.method.n_ctx == 8
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "words"),
+    [
+        ({"base": BASE, "grid": {"data.alpha": [0.1, -1.0]}}, ConfigError, "data.alpha=-1"),
+        ({"base": BASE, "grid": {"data.nope": [1]}}, ConfigError, "data.nope"),
+        ({"base": BASE, "grids": {}}, SweepError, "unknown sweep table"),
+        ({"base": BASE, "grid": {"data.alpha": []}}, SweepError, "non-empty list"),
+        ({"base": BASE, "random": {"client.lr": {"normal": [0, 1]}}}, SweepError, "loguniform"),
+        ({"base": BASE, "random": {"client.lr": {"uniform": [1, 0]}}}, SweepError, "lo < hi"),
+        ({"base": BASE, "build": {"sources": []}}, SweepError, "sources"),
+        ({"base": BASE, "build": {"sizes": 3}}, SweepError, "unknown [build] key"),
+        ({"base": BASE, "sweep": {"mode": "best"}}, SweepError, "sweep.mode"),
+    ],
+)
+def test_bad_sweep_files_are_one_line_errors(spec: dict, error: type, words: str) -> None:
+    with pytest.raises(error) as info:
+        expand(parse_sweep(spec))
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_trials_share_a_build_when_sources_partition_seed_and_size_agree() -> None:
+    spec = {
+        "base": {**BASE, "data": {**BASE["data"], "partition": "dirichlet"}},
+        "grid": {
+            "method.name": ["promptfl", "zeroshot"],
+            "data.alpha": [0.1, 0.5],
+            "federation.seed": [0, 1],
+        },
+    }
+    trials = expand(parse_sweep(spec))
+    keys = {}
+    for t in trials:
+        keys.setdefault(build_key(t.cfg, {}), set()).add((t.cfg.data.alpha, t.cfg.federation.seed))
+    assert len(keys) == 4  # alpha x seed; the method does not change the data
+    assert all(len(v) == 1 for v in keys.values())
+    with_path = trials[0].cfg.replace(**{"data.path": "/somewhere"})
+    assert build_key(with_path, {}) is None
+
+
+def test_a_shared_build_is_made_once_under_concurrency(tmp_path: Path, monkeypatch) -> None:
+    import fedrs.datasets.synth as synth
+
+    calls = []
+    real = synth.build_synthetic
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "build_synthetic", counted)
+    cfg = expand(parse_sweep({"base": BASE}))[0].cfg
+    paths: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: paths.append(ensure_build(cfg, {}, tmp_path / "b")))
+        for _ in range(3)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1
+    assert len(set(paths)) == 1 and (Path(paths[0]) / "manifest.json").is_file()
+
+
+def test_report_statistics_match_hand_computed_values() -> None:
+    rows = [
+        {"method.name": "a", "federation.seed": 0, "status": "finished", "final_accuracy": 0.5},
+        {"method.name": "a", "federation.seed": 1, "status": "finished", "final_accuracy": 0.6},
+        {"method.name": "a", "federation.seed": 2, "status": "finished", "final_accuracy": 0.7},
+        {"method.name": "b", "federation.seed": 0, "status": "finished", "final_accuracy": 0.2},
+        {"method.name": "b", "federation.seed": 1, "status": "failed", "final_accuracy": None},
+    ]
+    groups = group_rows(rows, ["method.name", "federation.seed"], ["final_accuracy"])
+    a = next(g for g in groups if g["method.name"] == "a")
+    b = next(g for g in groups if g["method.name"] == "b")
+    assert a["final_accuracy"]["n"] == 3
+    assert a["final_accuracy"]["mean"] == pytest.approx(0.6)
+    assert a["final_accuracy"]["std"] == pytest.approx(0.1)  # sqrt(((.1)^2 * 2) / 2)
+    # t(0.975, 2 dof) = 4.302653
+    assert a["final_accuracy"]["ci95"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert (b["trials"], b["failed"], b["final_accuracy"]["n"]) == (2, 1, 1)
+    assert b["final_accuracy"]["std"] is None
+    text = markdown(groups, ["method.name"], ["final_accuracy"])
+    assert "| a | 0.6000 ± 0.1000" in text and "(n=3)" in text
+    assert "| b | 0.2000 (n=1) | 2 | 1 |" in text
+    assert describe([]) == {"n": 0, "mean": None, "std": None, "ci95": None}
+
+
+@pytest.mark.slow
+def test_a_sweep_places_trials_records_failures_and_resumes(ray_cluster, tmp_path: Path) -> None:
+    import tomllib
+
+    from fedrs.orchestrator.sweep import STATUS, TRIALS, run_sweep
+    from fedrs.orchestrator.sweep_report import read_results, report
+
+    bad = tmp_path / "no-such-weights.pt"
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text(
+        f"""
+[base]
+model.arch = "fedrs-tiny"
+data.partition = "iid"
+data.num_clients = 3
+data.per_class = 4
+data.image_size = 32
+federation.rounds = 2
+federation.clients_per_round = 2
+client.local_epochs = 1
+resources.num_actors = 2
+resources.num_cpus_per_client = 0.5
+resources.num_gpus_per_client = 0.5
+
+[grid]
+"model.pretrained" = ["", "{bad}"]
+"federation.seed" = [0, 1]
+"""
+    )
+    assert tomllib.loads(sweep_file.read_text())["grid"]
+    out = tmp_path / "sweep"
+    run_sweep(str(sweep_file), out=str(out))
+    rows = {r["trial"]: r for r in read_results(out)}
+    assert len(rows) == 4
+    good = [r for r in rows.values() if r["model.pretrained"] == ""]
+    failed = [r for r in rows.values() if r["model.pretrained"] != ""]
+    assert [r["status"] for r in good] == ["finished", "finished"]
+    assert [r["status"] for r in failed] == ["failed", "failed"]
+    assert all("no-such-weights.pt" in r["error"] and "\n" not in r["error"] for r in failed)
+    assert all(r["final_accuracy"] is not None and r["bytes_up"] > 0 for r in good)
+    # each finished trial's actors ran in that trial's own placement group
+    groups = set()
+    for r in good:
+        status = json.loads((out / STATUS / f"{r['trial']}.json").read_text())
+        pg = status["placement_group_id"]
+        assert {a["placement_group_id"] for a in status["actors"]} == {pg}
+        assert {a["gpu_ids"] != [] for a in status["actors"]} == {True}  # fractional GPUs
+        groups.add(pg)
+    assert len(groups) == 2
+    # the two seeds of a partition each got a build, shared by the failing trial of that seed
+    assert len(list((out / "builds").glob("*/manifest.json"))) == 2
+
+    # --resume re-runs nothing that finished; the failed trials are tried again
+    before = {
+        r["trial"]: (out / TRIALS / r["trial"] / "metrics.jsonl").stat().st_mtime_ns for r in good
+    }
+    run_sweep(resume=str(out))
+    after = {t: (out / TRIALS / t / "metrics.jsonl").stat().st_mtime_ns for t in before}
+    assert before == after
+    assert len(list((out / "tune").glob("attempt-*"))) == 2
+    paths = report(out)
+    text = paths["report"].read_text()
+    assert "2 finished, 2 failed" in text and "(n=2)" in text  # both seeds of the good row
+    assert paths["curves"].stat().st_size > 0
+
+
+def test_a_trial_reserves_its_driver_and_clients_in_one_group() -> None:
+    from fedrs.actors.pool import trial_bundles
+
+    cfg = expand(parse_sweep({"base": BASE}))[0].cfg
+    assert trial_bundles(cfg) == ([{"CPU": 0.5}], 0)  # the driver only coordinates: no bundle
+    cfg = cfg.replace(
+        **{
+            "resources.num_actors": 3,
+            "resources.num_gpus_per_client": 0.25,
+            "resources.server_num_cpus": 1.0,
+        }
+    )
+    bundles, first = trial_bundles(cfg)
+    assert first == 1
+    assert bundles == [{"CPU": 1.0}] + [{"CPU": 0.5, "GPU": 0.25}] * 3
