@@ -793,6 +793,7 @@ def run(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     from fedrs.methods import method_class
 
+    head = method_class(method).headline
     if not method_class(method).trains:
         raise ValueError(f"method {method!r} does not train: there are no rounds to compare")
     try:
@@ -880,6 +881,12 @@ def run(
                     "accuracy": {
                         "sequential": seq["rounds"][-1].get("accuracy"),
                         "fedrs": fr["records"][-1].get("accuracy"),
+                    },
+                    # the method's headline (accuracy, or mR for retrieval methods)
+                    "final_metric": {
+                        "name": head,
+                        "sequential": seq["rounds"][-1].get(head),
+                        "fedrs": fr["records"][-1].get(head),
                     },
                     # the final evaluation (global split + every client's local split): in one
                     # process, and gathered from the actors' chunks

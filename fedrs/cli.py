@@ -194,14 +194,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and args.out:
         print("fedrs: error: --resume continues DIR in place: drop --out", file=sys.stderr)
         return 2
-    run_sweep(
+    result = run_sweep(
         target[0] if target else None,
         out=args.out,
         resume=args.resume,
         overrides=args.set,
         mlflow=args.mlflow,
     )
-    return 0
+    return 1 if result.failed else 0  # scripts see a sweep with failed trials
 
 
 def _defaults(section: Any, keys: tuple[str, ...] | None = None) -> str:

@@ -122,6 +122,14 @@ class Sweep:
         return list(self.grid) + list(self.random)
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    dir: Path
+    trials: int
+    finished: int
+    failed: int
+
+
 def is_seed_axis(key: str) -> bool:
     """Seed axes are what a report averages over (``federation.seed``, ``...seed``)."""
     return key.rsplit(".", 1)[-1] == "seed"
@@ -236,6 +244,8 @@ def _label(value: Any) -> str:
         )
     if isinstance(value, float):
         return f"{value:.4g}"
+    if value == "":
+        return '""'
     return str(value)
 
 
@@ -261,8 +271,12 @@ def expand(sweep: Sweep) -> list[Trial]:
     return trials
 
 
-def _axes_text(axes: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_label(v)}" for k, v in axes.items()) or "(base)"
+def _axes_text(axes: dict[str, Any], short: bool = False) -> str:
+    """``data.alpha=0.1, method.name=promptfl`` (``short``: ``alpha=0.1, name=promptfl``)."""
+    return (
+        ", ".join(f"{k.rsplit('.', 1)[-1] if short else k}={_label(v)}" for k, v in axes.items())
+        or "(base)"
+    )
 
 
 # ------------------------------------------------------------------------------ data builds
@@ -377,7 +391,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def run_trial(config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial]) -> None:
+def run_trial(
+    config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial], build: dict[str, Any]
+) -> None:
     """Tune's trainable: one fedrs run in the trial's placement group."""
     import ray
     from rich.console import Console
@@ -393,8 +409,7 @@ def run_trial(config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial]) 
     record: dict[str, Any] = {"status": "running", "started": time.time(), "node": os.uname()[1]}
     try:
         write_json(status, record)
-        sweep = json.loads((root / SPEC).read_text())
-        data_path = ensure_build(trial.cfg, sweep["build"], root / BUILDS)
+        data_path = ensure_build(trial.cfg, build, root / BUILDS)
         cfg = trial.cfg.replace(**{"data.path": data_path})
         clock.data_s = time.perf_counter() - clock.t0
         pg = ray.util.get_current_placement_group()
@@ -467,8 +482,9 @@ def run_sweep(
     overrides: list[str] | None = None,
     mlflow: str | None = None,
     console: Any = None,
-) -> Path:
-    """Run (or resume) a sweep; return its directory. Results are written as trials end."""
+) -> SweepResult:
+    """Run (or resume) a sweep; return where it is and how many trials finished or failed.
+    Results are written as trials end."""
     from ray import tune
     from rich.console import Console
 
@@ -516,7 +532,7 @@ def run_sweep(
     metric = sweep.options.metric or _headline(trials[0].cfg)
     if not todo:
         write_results(sweep_dir, trials, metric)
-        return sweep_dir
+        return SweepResult(sweep_dir, len(trials), len(trials), 0)
     connect_ray()
     nodes = cluster_nodes()
     for t in todo:
@@ -535,12 +551,16 @@ def run_sweep(
         return tune.PlacementGroupFactory([{}, *bundles], strategy=cfg.resources.placement_strategy)
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep_dir=str(sweep_dir), trials=by_name), resources
+        tune.with_parameters(
+            run_trial, sweep_dir=str(sweep_dir), trials=by_name, build=sweep.build
+        ),
+        resources,
     )
     attempt = 1 + sum(1 for _ in (sweep_dir / TUNE).glob("attempt-*"))
     callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
     if mlflow:
         callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner: the lines above say it
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.name for t in todo])},
@@ -557,9 +577,13 @@ def run_sweep(
             callbacks=callbacks,
         ),
     )
+    quiet = logging.getLogger("ray.tune")  # our progress lines say it; tracebacks: error.txt
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         tuner.fit()
     finally:
+        quiet.setLevel(level)
         rows = write_results(sweep_dir, trials, metric)
     failed = [r for r in rows if r["status"] == "failed"]
     finished = sum(r["status"] == "finished" for r in rows)
@@ -569,9 +593,10 @@ def run_sweep(
     )
     for r in failed:
         console.print(
-            f"  [red]failed[/] {r['trial']} ({_axes_text(_row_axes(r, sweep))}): {r['error']}"
+            f"  [red]failed[/] {r['trial']} ({_axes_text(_row_axes(r, sweep))}): {r['error']}",
+            soft_wrap=True,
         )
-    return sweep_dir
+    return SweepResult(sweep_dir, len(trials), finished, len(failed))
 
 
 def _row_axes(row: dict[str, Any], sweep: Sweep) -> dict[str, Any]:
@@ -593,21 +618,43 @@ class SweepProgress(Callback):
         self.console, self.total, self.metric, self.mode = console, len(trials), metric, mode
         self.sweep_dir = sweep_dir
         self.axes = {t.name: t.axes for t in trials}
+        self.trials = trials
         self.done = sum(is_finished(sweep_dir, t) for t in trials)
         self.running: set[str] = set()
         self.failed = 0
         self.best: tuple[float, str] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks; a console won't
+        return {k: v for k, v in self.__dict__.items() if k != "console"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from rich.console import Console
+
+        self.__dict__.update(state)
+        self.console = Console()
+
     def line(self, what: str) -> None:
         best = (
-            f"best {self.metric} {self.best[0]:.4f} ({_axes_text(self.axes[self.best[1]])})"
+            f"best {self.metric} {self.best[0]:.4f} "
+            f"({_axes_text(self.axes[self.best[1]], short=True)})"
             if self.best
             else f"best {self.metric} -"
         )
         self.console.print(
-            f"[{self.done} done | {len(self.running)} running | {self.failed} failed | "
-            f"{self.total} trials] {what}; {best}"
+            f"[{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed] "
+            f"{what} | {best}",
+            soft_wrap=True,
+            highlight=False,
         )
+
+    def _table(self) -> None:
+        """Rewrite the results table as each trial ends (an interrupted sweep keeps it)."""
+        from fedrs.orchestrator.sweep_report import write_results
+
+        try:
+            write_results(self.sweep_dir, self.trials, self.metric)
+        except OSError as exc:  # a full disk must not stop the trials still running
+            log.warning("could not update the results table: %s", exc)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.config["trial"])
@@ -629,9 +676,14 @@ class SweepProgress(Callback):
         self.running.discard(trial.config["trial"])
         self.done += 1
         self.line(f"finished {trial.config['trial']}")
+        self._table()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = trial.config["trial"]
         self.running.discard(name)
         self.failed += 1
-        self.line(f"[red]FAILED[/] {name}: {trial_status(self.sweep_dir, name).get('error')}")
+        self.line(
+            f"[red]FAILED[/] {name}: {trial_status(self.sweep_dir, name).get('error')} "
+            f"(traceback: {Path(trial.path or '.') / 'error.txt'})"
+        )
+        self._table()
