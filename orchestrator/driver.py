@@ -92,6 +92,29 @@ class Driver:
         resume: bool = False,
         excluded: dict[int, str] | None = None,
         placement: Placement | None = None,
+        pool: ClientPool | None = None,
+    ) -> None:
+        """``pool``: client actors already started by the caller (``runner.spawn_driver``
+        starts them while this actor starts, so the two start-ups overlap); else made here."""
+        try:
+            self._start(cfg, run_dir, data_path, method_cls, resume, excluded, placement, pool)
+        except BaseException:  # a failed start must not leave actors or reserved resources
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown()
+            elif pool is not None:
+                pool.shutdown()
+            raise
+
+    def _start(
+        self,
+        cfg: RunConfig,
+        run_dir: str,
+        data_path: str,
+        method_cls: type[Method],
+        resume: bool,
+        excluded: dict[int, str] | None,
+        placement: Placement | None,
+        pool: ClientPool | None,
     ) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -113,32 +136,28 @@ class Driver:
                 shutil.rmtree(self.run_dir / stale, ignore_errors=True)
             (self.run_dir / METRICS).unlink(missing_ok=True)
         self.store = FileStateStore(self.run_dir / STATE_DIR)
-        self.pool = ClientPool(
-            cfg, method_cls, data_path, str(self.store.root), placement=placement
+        if pool is None:
+            pool = ClientPool(cfg, method_cls, data_path, str(self.store.root), placement=placement)
+        self.pool = pool
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
+        if state is None:
+            self.round = 0
+            self.params = self.pool.call_one("init_global", cfg.federation.seed)
+        else:
+            self.round, self.params, server_state = state
+            self.server.load_state_dict(server_state)
+            self._truncate_metrics(self.round)
+            log.info("resuming after round %d", self.round)
+        # What the server holds and broadcasts: the method's global tensors.
+        self.global_keys = tuple(self.params)
+        self.strategy = make_strategy(
+            cfg.strategy.name,
+            mu=cfg.strategy.mu,
+            global_keys=uploadable(method_cls, self.global_keys),
+            prompt_keys=method_cls.prompt_keys,
         )
-        try:
-            gpus = ray.get_gpu_ids() if ray.is_initialized() else []
-            self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
-            if state is None:
-                self.round = 0
-                self.params = self.pool.call_one("init_global", cfg.federation.seed)
-            else:
-                self.round, self.params, server_state = state
-                self.server.load_state_dict(server_state)
-                self._truncate_metrics(self.round)
-                log.info("resuming after round %d", self.round)
-            # What the server holds and broadcasts: the method's global tensors.
-            self.global_keys = tuple(self.params)
-            self.strategy = make_strategy(
-                cfg.strategy.name,
-                mu=cfg.strategy.mu,
-                global_keys=uploadable(method_cls, self.global_keys),
-                prompt_keys=method_cls.prompt_keys,
-            )
-            self.spec = spec_of(self.params, self.strategy.upload_keys)
-        except BaseException:  # a failed start must not leave actors or reserved resources
-            self.pool.shutdown()
-            raise
+        self.spec = spec_of(self.params, self.strategy.upload_keys)
 
     def upload_keys(self, client_id: int) -> tuple[str, ...]:
         """What this client uploads: the strategy's keys, narrowed by its group."""

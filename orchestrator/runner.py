@@ -236,15 +236,33 @@ def spawn_driver(
     data_path = ensure_data(cfg, run_dir)
     write_json(run_dir / "config.json", cfg.to_dict())
     connect_ray()
-    from fedrs.orchestrator.driver import Driver
+    from fedrs.actors.pool import ClientPool
+    from fedrs.orchestrator.driver import STATE_DIR, Driver
 
     res = cfg.resources
+    # The client actors start now, while the driver actor starts: each start-up is a process
+    # importing torch (and open_clip), seconds that would otherwise add up one after the other.
+    # The driver takes the pool over (and shuts it down); should it fail to start, so do they.
+    pool = ClientPool(
+        cfg, method_cls, data_path, str((run_dir / STATE_DIR).resolve()), placement=placement
+    )
     driver = ray.remote(num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus)(Driver)
     if placement is not None:
         driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
-    return driver.remote(
-        cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded, placement
-    )
+    try:
+        return driver.remote(
+            cfg,
+            str(run_dir.resolve()),
+            data_path,
+            method_cls,
+            resume,
+            checked.data.excluded,
+            placement,
+            pool,
+        )
+    except BaseException:
+        pool.shutdown()
+        raise
 
 
 def _drive(

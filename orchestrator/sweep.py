@@ -566,6 +566,7 @@ def run_sweep(
         param_space={"trial": tune.grid_search([t.name for t in todo])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=sweep.options.max_concurrent or None,
+            reuse_actors=True,  # a trainable process (imports done) serves trial after trial
             trial_dirname_creator=lambda tr: tr.config["trial"],
             trial_name_creator=lambda tr: tr.config["trial"],
         ),
