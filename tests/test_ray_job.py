@@ -130,6 +130,26 @@ def test_ray_job_submit_fedrs_run(synth_data: Path, tmp_path: Path) -> None:
         ]
         assert rounds == [1, 2]
         assert (run_dir / "summary.json").is_file()
+
+        # a sweep submitted the same way: its trials run on the job's cluster
+        sweep_file = tmp_path / "sweep.toml"
+        sweep_file.write_text(
+            f'[base]\ndata.path = "{synth_data}"\nfederation.rounds = 1\n'
+            "federation.clients_per_round = 2\nclient.local_epochs = 1\n"
+            'resources.num_actors = 1\n\n[grid]\n"federation.seed" = [0, 1]\n'
+        )
+        sweep_dir = tmp_path / "sweep"
+        job = subprocess.run(
+            [*submit[: submit.index("run")], "sweep", str(sweep_file), "--out", str(sweep_dir)],
+            capture_output=True,
+            text=True,
+            timeout=400,
+            env=env,
+        )
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "2/2 done" in job.stdout and "0 failed" in job.stdout
+        table = (sweep_dir / "results.csv").read_text().splitlines()
+        assert len(table) == 3 and all(",finished," in row for row in table[1:])
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
         stopped = True
