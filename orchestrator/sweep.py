@@ -28,6 +28,7 @@ loggers); MLflow when asked (``--mlflow URI``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -493,6 +494,18 @@ def run_sweep(
     from fedrs.orchestrator.sweep_report import write_results
 
     console = console or Console()
+    if mlflow:
+        try:
+            import mlflow as _
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+        except ImportError:
+            raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
+        try:  # a store MLflow refuses is one line now, not a traceback from inside Tune
+            _.set_tracking_uri(mlflow)
+            _.search_experiments(max_results=1)
+        except Exception as exc:
+            first = str(exc).strip().split(". ")[0]
+            raise SweepError(f"--mlflow {mlflow}: {first}") from None
     if resume:
         sweep_dir = Path(resume)
         sweep, trials = load_trials(sweep_dir)
@@ -504,6 +517,15 @@ def run_sweep(
         sweep = load_sweep(path, overrides)
         trials = expand(sweep)
         sweep_dir = new_sweep_dir(out, path)
+    todo = [t for t in trials if not is_finished(sweep_dir, t)]
+    if todo:  # before anything is written: a trial no node can host is one line now
+        connect_ray()
+        nodes = cluster_nodes()
+        for t in todo:
+            problem = placement_problem(t.cfg, nodes)
+            if problem:
+                raise ClusterError(f"trial {t.name} ({_axes_text(t.axes)}): {problem}")
+    if not resume:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             sweep_dir / SPEC,
@@ -516,29 +538,17 @@ def run_sweep(
             },
         )
     sweep_dir = sweep_dir.resolve()
-    if mlflow:
-        try:
-            import mlflow as _  # noqa: F401
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-        except ImportError:
-            raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
-    todo = [t for t in trials if not is_finished(sweep_dir, t)]
     done = len(trials) - len(todo)
     console.print(
         f"[bold]fedrs sweep[/] {len(trials)} trials over {', '.join(sweep.axes) or 'no axes'}"
         + (f"; {done} already finished, {len(todo)} to run" if done else "")
-        + f" -> {sweep_dir}"
+        + f" -> {sweep_dir}",
+        soft_wrap=True,
     )
     metric = sweep.options.metric or _headline(trials[0].cfg)
     if not todo:
         write_results(sweep_dir, trials, metric)
         return SweepResult(sweep_dir, len(trials), len(trials), 0)
-    connect_ray()
-    nodes = cluster_nodes()
-    for t in todo:
-        problem = placement_problem(t.cfg, nodes)
-        if problem:
-            raise ClusterError(f"trial {t.name} ({_axes_text(t.axes)}): {problem}")
     from fedrs.actors.pool import trial_bundles
 
     by_name = {t.name: t for t in todo}
@@ -624,6 +634,18 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.failed = 0
         self.best: tuple[float, str] | None = None
+        for t in trials:  # a resumed sweep: the best of the trials that already finished
+            if is_finished(sweep_dir, t):
+                with contextlib.suppress(OSError, ValueError):
+                    summary = json.loads((sweep_dir / TRIALS / t.name / "summary.json").read_text())
+                    self.seen(t.name, {metric: summary.get(f"best_{metric}")})
+
+    def seen(self, name: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if _is_number(value) and (
+            self.best is None or (value > self.best[0]) == (self.mode == "max")
+        ):
+            self.best = (float(value), name)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks; a console won't
         return {k: v for k, v in self.__dict__.items() if k != "console"}
@@ -665,11 +687,7 @@ class SweepProgress(Callback):
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
         name = trial.config["trial"]
-        value = result.get(self.metric)
-        if _is_number(value) and (
-            self.best is None or (value > self.best[0]) == (self.mode == "max")
-        ):
-            self.best = (float(value), name)
+        self.seen(name, result)
         if result.get("round") is not None:
             self.line(f"{name} round {int(result['round'])}")
 
