@@ -159,6 +159,9 @@ class ClientWorker:
     def evaluate(self, params: Params, task: EvalTask) -> dict[str, Any]:
         if task.kind == "test":
             shard, private = self._view(self.data.test), {}
+        elif task.kind == "client_global":  # a client's personalised model, global split
+            shard = self._view(self.data.test)
+            private = self._private(task.client_id, task.round + 1)
         else:
             shard = self._view(self.data.clients[self.partition(task.client_id)].local_test)
             private = self._private(task.client_id, task.round + 1)

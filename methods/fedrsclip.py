@@ -15,11 +15,22 @@ Implemented as ../shared/METHODS.md section 1 gives the standard reading of the 
 * server: prompt averaging of P_s, P_s <- sum_k (n_k / n) P_s^k (strategy ``prompt_avg``).
 
 Ablations by config: ``method.lambda_dpa=0``, ``method.lambda_cmfa=0``,
-``method.private_prompts=false`` (no private context, no visual prompts: shared prompt + CMFA).
+``method.private_prompts=false`` (no private context, no visual prompts: shared prompt + CMFA),
+``method.visual_prompts=false`` (private text context kept, no visual prompts),
+``method.dpa_stop_shared=true`` (DPA's gradient stopped on the shared side: it pulls only the
+private prompt toward the shared one, never the one tensor that is sent).
+
+``method.share_visual_mean=true`` (for evaluation): clients also send their visual prompts V^k
+(an extra payload, counted in ``bytes_up``); the server keeps their example-weighted mean of the
+round (``prompt.visual_mean``, sent down, never uploaded as a model tensor) and the global split
+is evaluated both with the shared prompt alone (``accuracy``) and with it plus the mean visual
+prompts (``accuracy_visual_mean``): the shared prompt is trained only against visually
+prompted image features.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +42,7 @@ from fedrs.methods.base import (
     ClipMethod,
     FitOptions,
     FitOutput,
+    MethodServer,
     Params,
     batched_eval,
     check,
@@ -47,10 +59,12 @@ from fedrs.models.prompt import (
 if TYPE_CHECKING:
     from fedrs.datasets.shards import Shard
     from fedrs.orchestrator.config import RunConfig
+    from fedrs.orchestrator.strategies import ClientUpdate
 
 SHARED = "prompt.shared_ctx"
 PRIVATE = "prompt.private_ctx"
 VISUAL = "prompt.visual"
+VISUAL_MEAN = "prompt.visual_mean"  # server-written: the mean of the clients' visual prompts
 
 
 def fedrsclip_loss(
@@ -61,6 +75,7 @@ def fedrsclip_loss(
     scale: float,
     lambda_dpa: float,
     lambda_cmfa: float,
+    dpa_stop_shared: bool = False,
 ) -> dict[str, torch.Tensor]:
     """All loss terms from L2-normalised features.
 
@@ -77,7 +92,8 @@ def fedrsclip_loss(
     if text_private is not None:
         z_p = scale * image @ text_private.t()
         ce_p = nn.functional.cross_entropy(z_p, labels)
-        dpa = (1.0 - (text_shared * text_private).sum(dim=-1)).mean()
+        anchor = text_shared.detach() if dpa_stop_shared else text_shared
+        dpa = (1.0 - (anchor * text_private).sum(dim=-1)).mean()
         logits = 0.5 * (z_s + z_p)
     else:
         ce_p, dpa, logits = zero, zero, z_s
@@ -103,6 +119,9 @@ class FedRSCLIPOptions:
     n_vis: int = 4  # private VPT-shallow visual prompt tokens (V^k)
     lambda_dpa: float = 1.0  # l1: Dual Prompt Alignment
     lambda_cmfa: float = 0.5  # l2: Cross-Modal Feature Alignment
+    visual_prompts: bool = True  # private visual prompt tokens (with private_prompts)
+    dpa_stop_shared: bool = False  # DPA moves only the private prompt
+    share_visual_mean: bool = False  # send V^k; evaluate the global split with their mean too
 
     def __post_init__(self) -> None:
         check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
@@ -119,12 +138,29 @@ def _normal(shape: tuple[int, ...], seed: list[int], std: float = 0.02) -> np.nd
     return torch.empty(shape).normal_(0.0, std, generator=gen).numpy()
 
 
+class FedRSCLIPServer(MethodServer):
+    """With ``share_visual_mean``: the example-weighted mean of this round's visual prompts
+    (the clients' extras) becomes ``prompt.visual_mean``; otherwise nothing."""
+
+    def update(self, round: int, params: Params, updates: list[ClientUpdate]) -> Params:
+        from fedrs.orchestrator.strategies.fedavg import weighted_average
+
+        sent = sorted((u for u in updates if VISUAL in u.extras), key=lambda u: u.client_id)
+        if VISUAL_MEAN not in params or not sent:
+            return params
+        mean = weighted_average([u.extras[VISUAL] for u in sent], [u.num_examples for u in sent])
+        return {**params, VISUAL_MEAN: mean.astype(np.float32)}
+
+
 class FedRSCLIP(ClipMethod):
     name = "fedrsclip"
     summary = "FedRSCLIP: shared + private text prompts, private visual prompts, DPA + CMFA"
     Options = FedRSCLIPOptions
     global_keys = (SHARED,)
     prompt_keys = (SHARED,)
+    download_only = (VISUAL_MEAN,)
+    extra_keys = (VISUAL,)
+    Server = FedRSCLIPServer
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
@@ -145,11 +181,15 @@ class FedRSCLIP(ClipMethod):
     ) -> dict[str, dict[str, tuple[int, ...]]]:
         text_w, vis_w = model_cfg["text_cfg"]["width"], model_cfg["vision_cfg"]["width"]
         m = cfg.method
-        private = {PRIVATE: (m.n_ctx_private, text_w), VISUAL: (m.n_vis, vis_w)}
-        return {
-            "global": {SHARED: (m.n_ctx, text_w)},
-            "private": private if m.private_prompts else {},
-        }
+        visual = m.private_prompts and m.visual_prompts
+        private = {PRIVATE: (m.n_ctx_private, text_w)} if m.private_prompts else {}
+        if visual:
+            private[VISUAL] = (m.n_vis, vis_w)
+        glob = {SHARED: (m.n_ctx, text_w)}
+        extras = {}
+        if visual and m.share_visual_mean:
+            glob[VISUAL_MEAN] = extras[VISUAL] = (m.n_vis, vis_w)
+        return {"global": glob, "private": private, "extras": extras}
 
     def _shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         from fedrs.models.backbone import model_config
@@ -157,8 +197,11 @@ class FedRSCLIP(ClipMethod):
         return self.tensor_shapes(self.cfg, model_config(self.cfg.model.arch), len(self.classes))
 
     def init_global(self, seed: int) -> Params:
-        shape = self._shapes()["global"][SHARED]
-        return {SHARED: _normal(shape, [seed, 0])}
+        shapes = self._shapes()["global"]
+        out = {SHARED: _normal(shapes[SHARED], [seed, 0])}
+        if VISUAL_MEAN in shapes:  # no client has reported yet: no visual prompt
+            out[VISUAL_MEAN] = np.zeros(shapes[VISUAL_MEAN], dtype=np.float32)
+        return out
 
     def init_private(self, client_id: int, seed: int) -> Params:
         return {
@@ -185,6 +228,7 @@ class FedRSCLIP(ClipMethod):
         params = {SHARED: self._tensor(global_params[SHARED], True)}
         if self.private is not None:
             params[PRIVATE] = self._tensor(private[PRIVATE], True)
+        if VISUAL in private:
             params[VISUAL] = self._tensor(private[VISUAL], True)
         images, labels = shard.images, shard.labels
 
@@ -198,22 +242,26 @@ class FedRSCLIP(ClipMethod):
                 self.scale,
                 m.lambda_dpa,
                 m.lambda_cmfa,
+                m.dpa_stop_shared,
             )
             return out["loss"], int((out["logits"].argmax(1) == y).sum())
 
         metrics = local_sgd(params, step, len(shard), options, global_params.keys())
         arrays = {k: v.detach().cpu().numpy().copy() for k, v in params.items()}
+        extras = {VISUAL: arrays[VISUAL].copy()} if m.share_visual_mean and VISUAL in arrays else {}
         return FitOutput(
             params={SHARED: arrays.pop(SHARED)},  # only the shared prompt leaves the client
             num_examples=len(shard),
             metrics=metrics,
             private=arrays,
+            extras=extras,
         )
 
     def evaluate(
         self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray
     ) -> dict[str, float]:
-        """With a client's private prompts: (z_s + z_p) / 2; without (global test): z_s."""
+        """With a client's private prompts: (z_s + z_p) / 2; without (global test): z_s, and
+        with ``share_visual_mean`` also z_s on features prompted by the clients' mean V."""
         with torch.no_grad():
             text_s = self._text(self.shared, self._tensor(global_params[SHARED], False))
             personal = bool(private) and self.private is not None
@@ -222,11 +270,30 @@ class FedRSCLIP(ClipMethod):
                 if personal
                 else None
             )
-            visual = self._tensor(private[VISUAL], False) if personal else None
+            visual = self._tensor(private[VISUAL], False) if VISUAL in private else None
 
-        def logits(x: np.ndarray) -> torch.Tensor:
-            f = self._image(x, visual)
-            z = self.scale * f @ text_s.t()
-            return z if text_p is None else 0.5 * (z + self.scale * f @ text_p.t())
+        def logits_with(visual: torch.Tensor | None) -> Callable[[np.ndarray], torch.Tensor]:
+            def logits(x: np.ndarray) -> torch.Tensor:
+                f = self._image(x, visual)
+                z = self.scale * f @ text_s.t()
+                return z if text_p is None else 0.5 * (z + self.scale * f @ text_p.t())
 
-        return batched_eval(logits, images, labels)
+            return logits
+
+        out = batched_eval(logits_with(visual), images, labels)
+        if not personal and VISUAL_MEAN in global_params:
+            vmean = batched_eval(
+                logits_with(self._tensor(global_params[VISUAL_MEAN], False)), images, labels
+            )
+            out |= {"correct_visual_mean": vmean["correct"], "loss_visual_mean": vmean["loss_sum"]}
+        return out
+
+    @classmethod
+    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, float | None]:
+        out = super().reduce_eval(partials)
+        if partials and all("correct_visual_mean" in p for p in partials):
+            n = sum(p["n"] for p in partials)
+            out["accuracy_visual_mean"] = (
+                sum(p["correct_visual_mean"] for p in partials) / n if n else None
+            )
+        return out

@@ -151,6 +151,9 @@ class FederationConfig:
     min_clients: int = 1  # fewer successful reports than this fails the run
     round_timeout_s: float = 600.0  # a client still running then is a dropout
     eval_every: int = 1
+    # also evaluate every client's personalised model (its private state) on the global test
+    # split: personalized_global_<headline>, the mean over clients (clients x test-split cost)
+    eval_personal_global: bool = False
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")

@@ -71,6 +71,18 @@ def uploadable(method_cls: type[Method], global_keys: tuple[str, ...]) -> tuple[
     return tuple(k for k in global_keys if k not in method_cls.download_only)
 
 
+def global_change(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far a round moved the global tensors: ``global_change`` = ||new - old|| over all of
+    them, and ``global_change_rel`` = that / ||old|| (0 when nothing travels)."""
+    keys = [k for k in new if k in old and np.shape(old[k]) == np.shape(new[k])]
+    diff = sum(float(np.sum((new[k].astype(np.float64) - old[k]) ** 2)) for k in keys)
+    norm = sum(float(np.sum(old[k].astype(np.float64) ** 2)) for k in keys)
+    return {
+        "global_change": diff**0.5,
+        "global_change_rel": (diff / norm) ** 0.5 if norm > 0 else 0.0,
+    }
+
+
 def nbytes(params: dict[str, np.ndarray]) -> int:
     return int(sum(v.nbytes for v in params.values()))
 
@@ -254,7 +266,9 @@ class Driver:
             )
         fit_s = time.perf_counter() - t0
         params = self.strategy.aggregate(self.params, updates)
-        self.params = self.server.update(rnd, params, updates)
+        params = self.server.update(rnd, params, updates)
+        change = global_change(self.params, params)
+        self.params = params
         self.round = rnd
         weights = np.array([u.num_examples for u in updates], dtype=float)
         record: dict[str, Any] = {
@@ -268,6 +282,7 @@ class Driver:
                 )
             ),
         }
+        record |= change  # does the global model move at all? (per round, every method)
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
             record |= self.evaluate(rnd, sampled)
@@ -319,11 +334,20 @@ class Driver:
             if self.data.clients[c % parts].local_test.num_examples > 0
             and c % parts not in self.excluded
         ]
-        costs = [t.stop - t.start for t in chunks] + [
-            self.data.clients[t.client_id % parts].local_test.num_examples for t in per_client
+        # each client's personalised model on the whole global split (federation.
+        # eval_personal_global): what a newcomer gets from one of them, not only the shared part
+        on_global = [
+            EvalTask("client_global", rnd, client_id=t.client_id)
+            for t in per_client
+            if fed.eval_personal_global
         ]
+        costs = (
+            [t.stop - t.start for t in chunks]
+            + [self.data.clients[t.client_id % parts].local_test.num_examples for t in per_client]
+            + [n_test for _ in on_global]
+        )
         results, failures = self.pool.map(
-            "evaluate", ref, chunks + per_client, fed.round_timeout_s, costs
+            "evaluate", ref, chunks + per_client + on_global, fed.round_timeout_s, costs
         )
         reduce, head = self.method_cls.reduce_eval, self.method_cls.headline
         glob = [results[i] for i in range(len(chunks)) if i in results]
@@ -331,9 +355,18 @@ class Driver:
             **(reduce(glob) if len(glob) == len(chunks) else {head: None}),
             "eval_failed": len(failures),
         }
-        pers = [reduce([r])[head] for i, r in sorted(results.items()) if i >= len(chunks)]
+        first_global = len(chunks) + len(per_client)
+        pers = [
+            reduce([r])[head]
+            for i, r in sorted(results.items())
+            if len(chunks) <= i < first_global
+        ]
         pers = [v for v in pers if v is not None]
         out[f"personalized_{head}"] = float(np.mean(pers)) if pers else None
+        if on_global:
+            vals = [reduce([r])[head] for i, r in sorted(results.items()) if i >= first_global]
+            vals = [v for v in vals if v is not None]
+            out[f"personalized_global_{head}"] = float(np.mean(vals)) if vals else None
         why: dict[str, str] = {}
         if out.get(head) is None:
             failed = next(iter(failures.values()), "no test example")

@@ -493,6 +493,7 @@ SAFE_ON_RESUME = (
     "federation.round_timeout_s",
     "federation.min_clients",
     "federation.eval_every",
+    "federation.eval_personal_global",
     "resources.",
     "data.feature_cache",
     "data.bad_shards",

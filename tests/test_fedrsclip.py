@@ -213,3 +213,88 @@ def test_fedprox_anchors_the_shared_prompt_not_the_private_ones(synth_data: Path
     (free_shared, free_vis), (prox_shared, prox_vis) = moved(0.0), moved(5.0)
     assert prox_shared < 0.5 * free_shared  # pulled back towards the global prompt
     assert prox_vis > 0.5 * free_vis  # private visual prompts are not anchored
+
+
+def test_dpa_stop_shared_moves_only_the_private_prompt() -> None:
+    img = _unit([1, 0], [0, 1])
+    y = torch.tensor([0, 1])
+    grads = {}
+    for stop in (False, True):
+        ts = _unit([1, 0], [0, 1]).requires_grad_(True)
+        tp = _unit([1, 1], [1, 0]).requires_grad_(True)
+        out = fedrsclip_loss(img, ts, tp, y, 2.0, 1.0, 0.0, dpa_stop_shared=stop)
+        out["dpa"].backward()
+        grads[stop] = (ts.grad, tp.grad)
+    assert float(grads[False][0].abs().sum()) > 0  # plain DPA pulls the shared prompt too
+    assert grads[True][0] is None or float(grads[True][0].abs().sum()) == 0.0
+    assert torch.allclose(grads[True][1], grads[False][1])  # the private side is unchanged
+
+
+def test_visual_prompt_options_and_the_visual_mean(synth_data: Path) -> None:
+    from fedrs.methods.fedrsclip import VISUAL_MEAN, FedRSCLIPServer
+    from fedrs.orchestrator.strategies import ClientUpdate
+
+    ds = FedDataset(synth_data)
+    base = RunConfig().replace(**{"method.name": "fedrsclip"})
+    no_vis = FedRSCLIP(base.replace(**{"method.visual_prompts": False}), ds.classes)
+    assert set(no_vis.init_private(0, 0)) == {PRIVATE}
+    opts = FitOptions(
+        round=1, client_id=0, seed=0, epochs=1, batch_size=16, lr=0.01, upload_keys=(SHARED,)
+    )
+    out = no_vis.fit(no_vis.init_global(0), no_vis.init_private(0, 0), ds.client(0), opts)
+    assert set(out.private) == {PRIVATE} and not out.extras
+
+    cfg = base.replace(**{"method.share_visual_mean": True})
+    method = FedRSCLIP(cfg, ds.classes)
+    g = method.init_global(0)
+    assert set(g) == {SHARED, VISUAL_MEAN} and not g[VISUAL_MEAN].any()
+    assert FedRSCLIP.download_only == (VISUAL_MEAN,)
+    ups = []
+    for cid in (0, 1):
+        fit = method.fit(g, method.init_private(cid, 0), ds.client(cid), opts)
+        assert set(fit.extras) == {VISUAL} and np.array_equal(
+            fit.extras[VISUAL], fit.private[VISUAL]
+        )
+        ups.append(ClientUpdate(cid, fit.params, fit.num_examples, {}, fit.extras))
+    new = FedRSCLIPServer(cfg, ds.classes).update(1, dict(g), ups)
+    w = np.array([u.num_examples for u in ups], dtype=float)
+    want = (w[0] * ups[0].extras[VISUAL] + w[1] * ups[1].extras[VISUAL]) / w.sum()
+    assert np.allclose(new[VISUAL_MEAN], want, atol=1e-6)
+    test = ds.test_shard()
+    part = method.evaluate(new, {}, test.images, test.labels)
+    reduced = FedRSCLIP.reduce_eval([part])
+    assert set(reduced) == {"accuracy", "test_loss", "accuracy_visual_mean"}
+    assert part["loss_visual_mean"] != pytest.approx(part["loss_sum"], rel=1e-6)
+    local = ds.client_test(0)
+    personal = method.evaluate(
+        new, ups[0].extras | {PRIVATE: fit.private[PRIVATE]}, local.images, local.labels
+    )
+    assert "correct_visual_mean" not in personal  # only the global split is evaluated twice
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_run_reports_three_global_evaluations_and_the_shared_change(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """Shared prompt alone, with the mean visual prompts, each personalised model on the
+    global split; and how far each round moved the shared prompt."""
+    from conftest import small_run
+    from fedrs.orchestrator.runner import run
+
+    cfg = small_run(
+        synth_data,
+        **{
+            "method.name": "fedrsclip",
+            "method.share_visual_mean": True,
+            "federation.eval_personal_global": True,
+            "federation.clients_per_round": 3,
+        },
+    )
+    run(cfg, out=str(tmp_path / "r"), console=Console(file=io.StringIO()))
+    recs = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for rec in recs:
+        assert 0 <= rec["accuracy"] <= 1 and 0 <= rec["accuracy_visual_mean"] <= 1
+        assert 0 <= rec["personalized_global_accuracy"] <= 1
+        assert rec["global_change"] > 0 and 0 < rec["global_change_rel"] < 10
+    # three uploads of V^k (4 x 64 float32) beside the shared prompt (4 x 64) per round
+    assert recs[0]["bytes_up"] == 3 * (4 * 64 * 4 + 4 * 64 * 4)
