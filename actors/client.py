@@ -159,12 +159,13 @@ class ClientWorker:
     def evaluate(self, params: Params, task: EvalTask) -> dict[str, Any]:
         if task.kind == "test":
             shard, private = self._view(self.data.test), {}
-        elif task.kind == "client_global":  # a client's personalised model, global split
-            shard = self._view(self.data.test)
+        else:  # a client's own model, on its local split or on the global one
+            part = self.data.clients[self.partition(task.client_id)]
+            shard = self._view(self.data.test if task.kind == "client_global" else part.local_test)
             private = self._private(task.client_id, task.round + 1)
-        else:
-            shard = self._view(self.data.clients[self.partition(task.client_id)].local_test)
-            private = self._private(task.client_id, task.round + 1)
+            if self.method.personalizes:
+                options = FitOptions.from_config(self.cfg, task.round, task.client_id)
+                private = self.method.personalize(params, private, self._view(part.train), options)
         stop = len(shard) if task.stop is None else task.stop
         out = self.method.evaluate_rows(params, private, shard, task.start, stop)
         return {"client_id": task.client_id, **out}

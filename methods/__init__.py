@@ -7,6 +7,7 @@ from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
 from fedrs.methods.pe_rsitr import PERSITR
+from fedrs.methods.personal import LocalCoOp, PromptFLFineTune
 from fedrs.methods.promptfl import PromptFL
 from fedrs.methods.retrieval_baselines import (
     RetrievalAdaptFormer,
@@ -16,7 +17,7 @@ from fedrs.methods.retrieval_baselines import (
 )
 from fedrs.methods.zeroshot import ZeroShot
 
-CLASSIFICATION = (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot)
+CLASSIFICATION = (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot, LocalCoOp, PromptFLFineTune)
 RETRIEVAL = (PERSITR, RetrievalZeroShot, RetrievalCoOp, RetrievalFullFT, RetrievalAdaptFormer)
 METHODS: dict[str, type[Method]] = {m.name: m for m in (*CLASSIFICATION, *RETRIEVAL)}
 

@@ -166,6 +166,12 @@ class Method(ABC):
     download_only: ClassVar[tuple[str, ...]] = ()  # global tensors clients never upload
     extra_keys: ClassVar[tuple[str, ...]] = ()  # extra payload names (a trailing "/": a prefix)
     Server: ClassVar[type[MethodServer]] = MethodServer
+    # False: clients never share a model (local training only); the global split is then
+    # evaluated only through each client's own model (federation.eval_personal_global)
+    global_model: ClassVar[bool] = True
+    # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
+    # training shard (e.g. fine-tuning the global prompt locally); see there
+    personalizes: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         options = getattr(cfg.method, "options", None)
@@ -197,6 +203,13 @@ class Method(ABC):
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput: ...
+
+    def personalize(
+        self, global_params: Params, private: Params, shard: Shard, options: FitOptions
+    ) -> Params:
+        """The private tensors a client evaluates with, made from the current global ones on
+        its training ``shard`` (``personalizes`` methods; deterministic in ``options``)."""
+        return private
 
     def evaluate(
         self, global_params: Params, private: Params, images: np.ndarray, labels: np.ndarray

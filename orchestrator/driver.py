@@ -324,6 +324,7 @@ class Driver:
         chunks = [
             EvalTask("test", rnd, start=s, stop=min(s + step, n_test))
             for s in range(0, n_test, step)
+            if self.method_cls.global_model
         ]
         n = self.num_registered
         clients = list(range(n)) if n <= PERSONALIZED_EVAL_MAX else (sampled or [])
@@ -357,9 +358,7 @@ class Driver:
         }
         first_global = len(chunks) + len(per_client)
         pers = [
-            reduce([r])[head]
-            for i, r in sorted(results.items())
-            if len(chunks) <= i < first_global
+            reduce([r])[head] for i, r in sorted(results.items()) if len(chunks) <= i < first_global
         ]
         pers = [v for v in pers if v is not None]
         out[f"personalized_{head}"] = float(np.mean(pers)) if pers else None
@@ -376,6 +375,8 @@ class Driver:
                 f"chunks failed: {failed})"
                 if missing
                 else "the global test split has no example"
+                if self.method_cls.global_model
+                else f"{self.method_cls.name} trains no global model (local training only)"
             )
         if not pers:
             why[f"personalized_{head}"] = (

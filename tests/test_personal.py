@@ -1,0 +1,76 @@
+"""Personalised baselines: local-only CoOp sends nothing; PromptFL + local fine-tuning keeps
+PromptFL's global model and fine-tunes each client's copy before it is evaluated."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from conftest import small_run
+from fedrs.datasets.manifest import FedDataset
+from fedrs.methods.base import FitOptions
+from fedrs.methods.personal import LocalCoOp, PromptFLFineTune
+from fedrs.methods.promptfl import CTX
+
+
+def _opts(cid: int = 0, epochs: int = 1) -> FitOptions:
+    return FitOptions(round=1, client_id=cid, seed=0, epochs=epochs, batch_size=16, lr=0.01)
+
+
+def test_local_coop_keeps_everything_on_the_client(synth_data: Path) -> None:
+    ds = FedDataset(synth_data)
+    method = LocalCoOp(small_run(synth_data, **{"method.name": "local_coop"}), ds.classes)
+    assert method.init_global(0) == {}
+    start = method.init_private(2, 0)
+    out = method.fit({}, start, ds.client(2), _opts(2))
+    assert out.params == {} and set(out.private) == {CTX}
+    assert not np.array_equal(out.private[CTX], start[CTX])
+    local = ds.client_test(2)
+    assert method.evaluate({}, out.private, local.images, local.labels)["n"] == len(local)
+
+
+def test_promptfl_ft_fine_tunes_from_the_global_context(synth_data: Path) -> None:
+    ds = FedDataset(synth_data)
+    cfg = small_run(synth_data, **{"method.name": "promptfl_ft", "method.ft_epochs": 2})
+    method = PromptFLFineTune(cfg, ds.classes)
+    g = method.init_global(0)
+    tuned = method.personalize(g, {}, ds.client(1), _opts(1))
+    again = method.personalize(g, {}, ds.client(1), _opts(1))
+    assert np.array_equal(tuned[CTX], again[CTX])  # deterministic in the options
+    assert not np.array_equal(tuned[CTX], g[CTX])
+    # two epochs of fine-tuning = PromptFL's local training for two epochs from the same start
+    fit = method.fit(g, {}, ds.client(1), _opts(1, epochs=2))
+    assert np.allclose(tuned[CTX], fit.params[CTX], atol=1e-6)
+    local = ds.client_test(1)
+    assert method.evaluate(g, tuned, local.images, local.labels) != method.evaluate(
+        g, {}, local.images, local.labels
+    )
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_runs_report_what_each_baseline_has(synth_data: Path, tmp_path: Path) -> None:
+    from fedrs.orchestrator.runner import run
+
+    recs = {}
+    for name in ("local_coop", "promptfl", "promptfl_ft"):
+        cfg = small_run(
+            synth_data,
+            **{"method.name": name, "federation.eval_personal_global": True},
+        )
+        run(cfg, out=str(tmp_path / name), console=Console(file=io.StringIO()))
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        recs[name] = json.loads(lines[-1])
+    local = recs["local_coop"]
+    assert local["accuracy"] is None and "no global model" in local["null_reasons"]["accuracy"]
+    assert local["bytes_up"] == local["bytes_down"] == 0
+    assert 0 <= local["personalized_accuracy"] <= 1
+    assert 0 <= local["personalized_global_accuracy"] <= 1
+    # fine-tuning leaves PromptFL's global model as it is, and changes the clients' models
+    assert recs["promptfl_ft"]["accuracy"] == recs["promptfl"]["accuracy"]
+    assert recs["promptfl_ft"]["bytes_up"] == recs["promptfl"]["bytes_up"]
+    assert recs["promptfl_ft"]["personalized_accuracy"] != recs["promptfl"]["personalized_accuracy"]
