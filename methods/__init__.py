@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput, Method
+from fedrs.methods.fedpgp import FedPGP
 from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
 from fedrs.methods.pe_rsitr import PERSITR
@@ -17,7 +18,15 @@ from fedrs.methods.retrieval_baselines import (
 )
 from fedrs.methods.zeroshot import ZeroShot
 
-CLASSIFICATION = (PromptFL, FedRSCLIP, FullFedAvg, ZeroShot, LocalCoOp, PromptFLFineTune)
+CLASSIFICATION = (
+    PromptFL,
+    FedRSCLIP,
+    FullFedAvg,
+    ZeroShot,
+    LocalCoOp,
+    PromptFLFineTune,
+    FedPGP,
+)
 RETRIEVAL = (PERSITR, RetrievalZeroShot, RetrievalCoOp, RetrievalFullFT, RetrievalAdaptFormer)
 METHODS: dict[str, type[Method]] = {m.name: m for m in (*CLASSIFICATION, *RETRIEVAL)}
 

@@ -74,3 +74,42 @@ def test_runs_report_what_each_baseline_has(synth_data: Path, tmp_path: Path) ->
     assert recs["promptfl_ft"]["accuracy"] == recs["promptfl"]["accuracy"]
     assert recs["promptfl_ft"]["bytes_up"] == recs["promptfl"]["bytes_up"]
     assert recs["promptfl_ft"]["personalized_accuracy"] != recs["promptfl"]["personalized_accuracy"]
+
+
+def test_fedpgp_contrastive_loss_by_hand() -> None:
+    import math
+
+    import torch
+
+    from fedrs.methods.fedpgp import prompt_contrastive
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # cos 1, then 0
+    neg = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # cos 0, then 1
+    tau = 0.5
+    want = 0.5 * (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(1 / (1 + math.exp(2))))
+    assert float(prompt_contrastive(a, pos, neg, tau)) == pytest.approx(want, rel=1e-6)
+
+
+def test_fedpgp_personal_context_starts_at_the_shared_one_and_stays_home(
+    synth_data: Path,
+) -> None:
+    from fedrs.methods.fedpgp import SHARED, FedPGP, U, V
+
+    ds = FedDataset(synth_data)
+    method = FedPGP(
+        small_run(synth_data, **{"method.name": "fedpgp", "method.rank": 2}), ds.classes
+    )
+    g, priv = method.init_global(0), method.init_private(1, 0)
+    assert priv[U].shape == (4, 2) and priv[V].shape == (2, 64) and not priv[U].any()
+    local = ds.client_test(1)
+    # U = 0: the personal model is the shared one
+    assert method.evaluate(g, priv, local.images, local.labels) == method.evaluate(
+        g, {}, local.images, local.labels
+    )
+    out = method.fit(g, priv, ds.client(1), _opts(1, epochs=2))
+    assert list(out.params) == [SHARED] and set(out.private) == {U, V}
+    assert out.private[U].any()  # the low-rank term learned something
+    assert method.evaluate(out.params, out.private, local.images, local.labels) != (
+        method.evaluate(out.params, {}, local.images, local.labels)
+    )
