@@ -188,13 +188,42 @@ def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Swe
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read and validate a sweep file; relative paths in it become absolute (trials run in
+    other processes, other folders, other nodes)."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise SweepError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SweepError(f"sweep file {path} is not valid TOML: {exc}") from None
-    return parse_sweep(data, overrides)
+    return absolute_paths(parse_sweep(data, overrides))
+
+
+def _absolute(value: str) -> str:
+    return value if not value or value.startswith("re:") else str(Path(value).resolve())
+
+
+def absolute_paths(sweep: Sweep) -> Sweep:
+    """``[build]`` sources / class files and the base's ``data.path`` made absolute, and
+    ``model.pretrained`` when it names an existing file (else it is an open_clip tag)."""
+    from fedrs.datasets.sources import parse_source_arg
+
+    build = dict(sweep.build)
+    if "sources" in build:
+        build["sources"] = [
+            f"{n}={_absolute(p)}" for n, p in (parse_source_arg(str(s)) for s in build["sources"])
+        ]
+    for key in ("class_map", "caption_classes"):
+        if key in build:
+            build[key] = _absolute(build[key])
+    base = json.loads(json.dumps(sweep.base))
+    data, model = base.get("data", {}), base.get("model", {})
+    if isinstance(data, dict) and data.get("path"):
+        data["path"] = _absolute(str(data["path"]))
+    weights = model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(weights, str) and weights and Path(weights).is_file():
+        model["pretrained"] = _absolute(weights)
+    return dataclasses.replace(sweep, base=base, build=build)
 
 
 def _check_random(key: str, dist: Any) -> None:
@@ -518,6 +547,10 @@ def run_sweep(
         trials = expand(sweep)
         sweep_dir = new_sweep_dir(out, path)
     todo = [t for t in trials if not is_finished(sweep_dir, t)]
+    from fedrs.orchestrator.preflight import check_weights
+
+    for arch, weights in dict.fromkeys((t.cfg.model.arch, t.cfg.model.pretrained) for t in todo):
+        check_weights(arch, weights)  # a missing checkpoint is one line, not a failed trial each
     if todo:  # before anything is written: a trial no node can host is one line now
         connect_ray()
         nodes = cluster_nodes()

@@ -166,14 +166,12 @@ def test_a_sweep_places_trials_records_failures_and_resumes(ray_cluster, tmp_pat
     from fedrs.orchestrator.sweep import STATUS, TRIALS, run_sweep
     from fedrs.orchestrator.sweep_report import read_results, report
 
-    bad = tmp_path / "no-such-weights.pt"
     sweep_file = tmp_path / "s.toml"
     sweep_file.write_text(
-        f"""
+        """
 [base]
 model.arch = "fedrs-tiny"
 data.partition = "iid"
-data.num_clients = 3
 data.per_class = 4
 data.image_size = 32
 federation.rounds = 2
@@ -184,7 +182,7 @@ resources.num_cpus_per_client = 0.5
 resources.num_gpus_per_client = 0.5
 
 [grid]
-"model.pretrained" = ["", "{bad}"]
+"data.num_clients" = [3, 500]      # 500 clients cannot be built from this data: the trial fails
 "federation.seed" = [0, 1]
 """
     )
@@ -193,11 +191,11 @@ resources.num_gpus_per_client = 0.5
     run_sweep(str(sweep_file), out=str(out))
     rows = {r["trial"]: r for r in read_results(out)}
     assert len(rows) == 4
-    good = [r for r in rows.values() if r["model.pretrained"] == ""]
-    failed = [r for r in rows.values() if r["model.pretrained"] != ""]
+    good = [r for r in rows.values() if r["data.num_clients"] == 3]
+    failed = [r for r in rows.values() if r["data.num_clients"] == 500]
     assert [r["status"] for r in good] == ["finished", "finished"]
     assert [r["status"] for r in failed] == ["failed", "failed"]
-    assert all("no-such-weights.pt" in r["error"] and "\n" not in r["error"] for r in failed)
+    assert all("too many clients" in r["error"] and "\n" not in r["error"] for r in failed)
     assert all(r["final_accuracy"] is not None and r["bytes_up"] > 0 for r in good)
     # each finished trial's actors ran in that trial's own placement group
     groups = set()
@@ -208,8 +206,9 @@ resources.num_gpus_per_client = 0.5
         assert {a["gpu_ids"] != [] for a in status["actors"]} == {True}  # fractional GPUs
         groups.add(pg)
     assert len(groups) == 2
-    # the two seeds of a partition each got a build, shared by the failing trial of that seed
+    # one build per seed of the good partition; the failed builds left nothing behind
     assert len(list((out / "builds").glob("*/manifest.json"))) == 2
+    assert len([p for p in (out / "builds").iterdir() if p.is_dir()]) == 2
 
     # --resume re-runs nothing that finished; the failed trials are tried again
     before = {
