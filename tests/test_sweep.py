@@ -239,3 +239,21 @@ def test_a_trial_reserves_its_driver_and_clients_in_one_group() -> None:
     bundles, first = trial_bundles(cfg)
     assert first == 1
     assert bundles == [{"CPU": 1.0}] + [{"CPU": 0.5, "GPU": 0.25}] * 3
+
+
+def test_relative_paths_in_a_sweep_file_become_absolute(tmp_path: Path, monkeypatch) -> None:
+    from fedrs.orchestrator.sweep import load_sweep
+
+    (tmp_path / "w.pt").write_bytes(b"x")
+    (tmp_path / "s.toml").write_text(
+        '[base]\nmodel.pretrained = "w.pt"\n\n[build]\nsources = ["ucm=data/ucm", "rs/rsscn7"]\n'
+        'caption_classes = "re:(\\\\d+)"\nclass_map = "map.csv"\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep("s.toml")
+    assert sweep.base["model"]["pretrained"] == str(tmp_path / "w.pt")
+    assert sweep.build["sources"] == [f"ucm={tmp_path}/data/ucm", f"rsscn7={tmp_path}/rs/rsscn7"]
+    assert sweep.build["caption_classes"] == "re:(\\d+)"  # a rule, not a path
+    assert sweep.build["class_map"] == str(tmp_path / "map.csv")
+    tag = load_sweep("s.toml", ["model.pretrained=openai"])
+    assert tag.base["model"]["pretrained"] == "openai"  # an open_clip tag stays a tag
