@@ -43,7 +43,7 @@ def _fitter(cfg_dict: dict[str, Any], data_path: str, tuned: bool, conn: Any) ->
     import torch
 
     from fedrs.actors.allocator import retain_freed_memory
-    from fedrs.benchmarks.vs_sequential import build_local, fit_options
+    from fedrs.benchmarks.harness import build_local, fit_options
     from fedrs.datasets.manifest import FedDataset
     from fedrs.orchestrator.config import from_dict
 
@@ -82,7 +82,7 @@ def run(
     block: int = 2,
     seed: int = 0,
 ) -> dict[str, Any]:
-    from fedrs.benchmarks.vs_sequential import build_data
+    from fedrs.benchmarks.harness import build_data
     from fedrs.orchestrator.config import RunConfig
 
     if cycles < 1 or block < 1:

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
-from fedrs.benchmarks.vs_sequential import (
+from fedrs.benchmarks.harness import (
     build_data,
     cpu_between,
     cpu_snapshot,

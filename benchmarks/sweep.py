@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from fedrs.benchmarks.common import machine_info, print_table, write_result
-from fedrs.benchmarks.vs_sequential import machine_cpu
+from fedrs.benchmarks.harness import machine_cpu
 
 log = logging.getLogger(__name__)
 TARGET = 0.85

@@ -130,7 +130,7 @@ def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
     from one round's line to the next (round 1 from the line printed once the actors are up)."""
     import ray
 
-    from fedrs.benchmarks.vs_sequential import run_fedrs
+    from fedrs.benchmarks.harness import run_fedrs
     from fedrs.orchestrator.config import from_dict
 
     t0 = time.perf_counter()
@@ -266,7 +266,7 @@ def _flower_apps(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -
 def _flower(cfg_dict: dict[str, Any], data: str, warm: bool, rounds: int) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
-    from fedrs.benchmarks.vs_sequential import max_abs_diff
+    from fedrs.benchmarks.harness import max_abs_diff
 
     client_app, server_app, timed = _flower_apps(cfg_dict, data, warm, rounds)
     t0 = time.perf_counter()
@@ -376,7 +376,7 @@ def _measure(system: str, cfg: dict[str, Any], data: str, rounds: int, work: Pat
 
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict:
     from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
-    from fedrs.benchmarks.vs_sequential import max_abs_diff, transpose_rows
+    from fedrs.benchmarks.harness import max_abs_diff, transpose_rows
     from fedrs.errors import ConfigError
     from fedrs.io import new_figure, save_figure
 

@@ -59,467 +59,59 @@ allocator's share of the efficiency from parallelism's).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import json
 import logging
 import os
-import re
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
+from fedrs.benchmarks.harness import (
+    actor_pids,
+    build_data,
+    cpu_between,
+    cpu_snapshot,
+    max_abs_diff,
+    merge_cpu,
+    run_fedrs,
+    steady_index,
+    transpose_rows,
+)
+from fedrs.benchmarks.research_loop import (
+    SequentialLoop,
+    private_example,
+    run_ceiling,
+    run_sequential,
+    state_store_cost,
+)
 from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 0.85
-_ROUND_LINE = re.compile(r"^\s*round\s+(\d+)/")
 
 
 # ---------------------------------------------------------------------------------------------
 # data and config
 
 
-def build_data(
-    out: Path, partition: str, num_clients: int, per_class: int, image_size: int, seed: int, alpha
-) -> str:
-    """The synthetic RS scenes, partitioned ``iid`` (equal clients) or ``dirichlet``."""
-    from fedrs.datasets.manifest import MANIFEST
-    from fedrs.datasets.partition import PartitionSpec
-    from fedrs.datasets.synth import build_synthetic
-
-    if not (out / MANIFEST).is_file():
-        spec = PartitionSpec(
-            scheme=partition, num_clients=num_clients, seed=seed, alpha=alpha, min_examples=5
-        )
-        build_synthetic(out, per_class=per_class, image_size=image_size, partition=spec)
-    return str(out.resolve())
-
-
-def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
-    """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client."""
-    from fedrs.methods.base import FitOptions
-
-    return FitOptions.from_config(cfg, rnd, cid, strategy)
-
-
-def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], Any]:
-    """The method on the CPU, its initial global tensors and the run's strategy, built in this
-    process as a client actor (method) and the driver (strategy) build them:
-    ``(method_cls, method, params, strategy)``."""
-    from fedrs.methods import method_class
-    from fedrs.orchestrator.strategies import make_strategy
-
-    method_cls = method_class(cfg.method.name)
-    method = method_cls(cfg, data.classes, "cpu")
-    params = method.init_global(cfg.federation.seed)
-    strategy = make_strategy(
-        cfg.strategy.name,
-        mu=cfg.strategy.mu,
-        global_keys=tuple(params),
-        prompt_keys=method_cls.prompt_keys,
-    )
-    return method_cls, method, params, strategy
-
-
 # ---------------------------------------------------------------------------------------------
 # CPU accounting from /proc (Linux): who used the cores while a phase ran
-
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def machine_cpu() -> dict[str, float]:
-    """Cumulative CPU seconds of the whole machine: busy (all processes) and steal (VM)."""
-    try:
-        with open("/proc/stat") as fh:
-            v = [int(x) for x in fh.readline().split()[1:9]]
-    except OSError:
-        return {}
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return {"busy": (user + nice + system + irq + softirq) / _TICK, "steal": steal / _TICK}
-
-
-def tree_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
-    """{pid: (name, cumulative CPU s)} of ``root`` (this process) and all its descendants: with
-    a local Ray instance, GCS, raylet, agents, the driver actor and the client actors."""
-    root = root or os.getpid()
-    procs: dict[int, tuple[int, str, float]] = {}
-    try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                text = fh.read()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        rest = text[text.rindex(")") + 2 :].split()
-        procs[pid] = (int(rest[1]), name, (int(rest[11]) + int(rest[12])) / _TICK)
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = {}, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in procs:
-            out[pid] = (procs[pid][1], procs[pid][2])
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def cpu_snapshot() -> dict[str, Any]:
-    return {"t": time.perf_counter(), "machine": machine_cpu(), "tree": tree_cpu()}
-
-
-def cpu_between(a: dict[str, Any], b: dict[str, Any], actors: set[int]) -> dict[str, Any]:
-    """Cores used between two snapshots: by the client actors, by the rest of this process
-    tree (Ray's daemons, the driver actor, idle workers, this process), and by everything else
-    on the machine (other users) - CPU seconds per wall second."""
-    wall = b["t"] - a["t"]
-    if wall <= 0 or not a["machine"] or not b["machine"]:
-        return {}
-    used: dict[str, float] = {}
-    for pid, (name, cpu) in b["tree"].items():
-        if pid in a["tree"]:
-            key = "client_actors" if pid in actors else name
-            used[key] = used.get(key, 0.0) + cpu - a["tree"][pid][1]
-    ours = sum(used.values())
-    busy = b["machine"]["busy"] - a["machine"]["busy"]
-    rest = {k: v / wall for k, v in sorted(used.items(), key=lambda kv: -kv[1])}
-    return {
-        "wall_s": wall,
-        "client_actors_cores": rest.pop("client_actors", 0.0),
-        "orchestration_cores": sum(rest.values()),
-        "orchestration_by_process": {k: round(v, 4) for k, v in rest.items() if v >= 0.001},
-        "other_users_cores": max(0.0, busy - ours) / wall,
-        "steal_cores": (b["machine"]["steal"] - a["machine"]["steal"]) / wall,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
 # the sequential baseline
 
 
-class SequentialLoop:
-    """The research-code loop: one process, one torch thread, the method built once; each round
-    trains the sampled clients one after another, then aggregates. Private client state stays
-    in a dict in memory. ``round`` runs one round, so rounds can alternate with fedrs's."""
-
-    def __init__(self, cfg: Any, data_path: str) -> None:
-        from fedrs.datasets.manifest import FedDataset
-
-        with _threads():
-            t0 = time.perf_counter()
-            self.cfg, fed = cfg, cfg.federation
-            self.data = FedDataset(data_path)
-            self.method_cls, self.method, self.params, self.strategy = build_local(cfg, self.data)
-            self.global_keys = tuple(self.params)
-            self.registered = fed.num_clients or self.data.num_clients
-            self.private: dict[int, dict[str, np.ndarray]] = {}
-            self.server = self.method_cls.Server(cfg, self.data.classes)
-            self.shard_of = _shard_source(cfg, self.data, self.method)
-            self.build_s = time.perf_counter() - t0
-        self.rounds: list[dict[str, Any]] = []
-
-    def round(self, rnd: int) -> dict[str, Any]:
-        from fedrs.orchestrator.sampling import sample_clients
-        from fedrs.orchestrator.strategies import ClientUpdate
-
-        fed, method = self.cfg.federation, self.method
-        with _threads():
-            t, cpu, busy = time.perf_counter(), time.process_time(), machine_cpu().get("busy", 0)
-            sampled = sample_clients(self.registered, fed.clients_per_round, fed.seed, rnd)
-            download = {k: self.params[k] for k in self.global_keys}
-            updates, client_s = [], {}
-            for cid in sampled:
-                tc = time.perf_counter()
-                state = self.private.get(cid) or method.init_private(cid, fed.seed)
-                out = method.fit(
-                    download,
-                    state,
-                    self.shard_of(cid % self.data.num_clients),
-                    fit_options(self.cfg, self.strategy, rnd, cid),
-                )
-                if out.private:
-                    self.private[cid] = out.private
-                updates.append(
-                    ClientUpdate(cid, out.params, out.num_examples, out.metrics, out.extras)
-                )
-                client_s[str(cid)] = time.perf_counter() - tc
-            fit_s = time.perf_counter() - t
-            params = self.strategy.aggregate(self.params, updates)
-            self.params = self.server.update(rnd, params, updates)
-            train_s = time.perf_counter() - t
-            rec = {"round": rnd, "fit_s": fit_s, "train_s": train_s, "clients": client_s}
-            if rnd % fed.eval_every == 0 or rnd == fed.rounds:
-                te = time.perf_counter()
-                glob = {k: self.params[k] for k in self.global_keys}
-                rec |= _evaluate(method, self.data, glob, self.private)
-                rec["eval_s"] = time.perf_counter() - te
-            rec["round_s"] = time.perf_counter() - t
-            rec["cpu_s"] = time.process_time() - cpu  # < round_s: the machine was busy
-            # cores used meanwhile by every other process on the machine
-            rec["other_cores"] = (
-                max(0.0, machine_cpu().get("busy", 0) - busy - rec["cpu_s"]) / rec["round_s"]
-            )
-        if "eval_s" in rec:  # the fair one-process reference: the same evaluation on all the
-            # cores fedrs's actors get (torch threads = workers), outside the timed round
-            te = time.perf_counter()
-            with _threads(self.cfg.resources.num_actors):
-                _evaluate(method, self.data, glob, self.private)
-            rec["eval_s_all_threads"] = time.perf_counter() - te
-        self.rounds.append(rec)
-        return rec
-
-    def result(self) -> dict[str, Any]:
-        return {"build_s": self.build_s, "rounds": self.rounds, "params": self.params, "threads": 1}
-
-
-@contextlib.contextmanager
-def _threads(n: int = 1) -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
-    """All rounds of the sequential loop, back to back."""
-    loop = SequentialLoop(cfg, data_path)
-    for rnd in range(1, cfg.federation.rounds + 1):
-        loop.round(rnd)
-    return loop.result()
-
-
-def _shard_source(cfg: Any, data: Any, method: Any) -> Any:
-    """What ``method.fit`` trains on, as the worker builds it: pixels, or the frozen-feature
-    cache (``data.feature_cache``, methods whose image encoder never changes)."""
-    spec = method.input_cache() if cfg.data.feature_cache else None
-    if spec is not None:
-        from fedrs.datasets.features import FeatureCache, feature_key
-
-        cache = FeatureCache(data, feature_key(spec.identity), spec.compute)
-        return lambda p: cache.view(data.clients[p].train, replace_inputs=spec.replaces_inputs)
-    return data.client
-
-
-def _evaluate(method: Any, data: Any, params: dict, private: dict) -> dict[str, Any]:
-    """The driver's evaluation, in one process: the global test split with the global tensors
-    alone, and every client's local split with its private state; the method's own metrics
-    (``evaluate_rows`` over the whole split, ``reduce_eval``)."""
-    from fedrs.orchestrator.driver import PERSONALIZED_EVAL_MAX
-
-    head = method.headline
-    test = data.test_shard()
-    out = dict(method.reduce_eval([method.evaluate_rows(params, {}, test, 0, len(test))]))
-    pers = []
-    if data.num_clients <= PERSONALIZED_EVAL_MAX:
-        for c in range(data.num_clients):
-            if data.clients[c].local_test.num_examples == 0:
-                continue
-            shard = data.client_test(c)
-            state = private.get(c) or method.init_private(c, method.cfg.federation.seed)
-            value = method.reduce_eval([method.evaluate_rows(params, state, shard, 0, len(shard))])
-            if value.get(head) is not None:
-                pers.append(value[head])
-    out[f"personalized_{head}"] = float(np.mean(pers)) if pers else None
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # the machine's own ceiling: the same clients in plain processes, no orchestrator
 
 
-def _ceiling_worker(
-    cfg_dict: dict[str, Any],
-    data_path: str,
-    plan: list[list[int]],
-    barrier: Any,
-    queue: Any,
-    rank: int,
-    retain_freed: bool,
-) -> None:
-    import torch
-
-    from fedrs.actors.allocator import retain_freed_memory
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.config import from_dict
-
-    if retain_freed:
-        retain_freed_memory()
-    torch.set_num_threads(1)
-    cfg = from_dict(cfg_dict)
-    data = FedDataset(data_path)
-    _, method, params, strategy = build_local(cfg, data)
-    shard_of = _shard_source(cfg, data, method)
-    warm = next((c for _, cs in plan for c in cs), 0)  # first-call costs, as round 1 pays them
-    method.fit(
-        params,
-        method.init_private(warm, cfg.federation.seed),
-        shard_of(warm % data.num_clients),
-        fit_options(cfg, strategy, 0, warm),
-    )
-    times = []
-    for rnd, clients in plan:
-        barrier.wait()
-        t = time.perf_counter()
-        for cid in clients:
-            method.fit(
-                params,
-                method.init_private(cid, cfg.federation.seed),
-                shard_of(cid % data.num_clients),
-                fit_options(cfg, strategy, rnd, cid),
-            )
-        times.append(time.perf_counter() - t)
-    queue.put((rank, times, time.process_time()))
-
-
-def run_ceiling(
-    cfg: Any, data_path: str, rounds: list[int], workers: int, retain_freed: bool = False
-) -> dict[str, Any]:
-    """The steady-state rounds' clients split statically over ``workers`` plain processes (one
-    torch thread each, started together at a barrier every round): what this machine gives for
-    ``workers`` concurrent trainers with no orchestration at all. ``retain_freed``: the
-    processes tune their allocator as fedrs's actors do (``actors/allocator.py``)."""
-    import multiprocessing as mp
-
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.sampling import sample_clients
-
-    fed = cfg.federation
-    registered = fed.num_clients or FedDataset(data_path, verify=False).num_clients
-    sampled = {r: sample_clients(registered, fed.clients_per_round, fed.seed, r) for r in rounds}
-    ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_ceiling_worker,
-            args=(
-                cfg.to_dict(),
-                data_path,
-                [(r, sampled[r][k::workers]) for r in rounds],
-                barrier,
-                queue,
-                k,
-                retain_freed,
-            ),
-        )
-        for k in range(workers)
-    ]
-    t0, busy0, own0 = time.perf_counter(), machine_cpu().get("busy", 0.0), time.process_time()
-    for proc in procs:
-        proc.start()
-    replies = [queue.get(timeout=3600) for _ in procs]
-    for proc in procs:
-        proc.join()
-    wall = time.perf_counter() - t0
-    ours = sum(r[2] for r in replies) + time.process_time() - own0
-    got = {r[0]: r[1] for r in replies}
-    per_round = [max(got[k][i] for k in got) for i in range(len(rounds))]
-    return {
-        "rounds": rounds,
-        "round_s": per_round,
-        "per_process_s": [got[k] for k in sorted(got)],
-        # cores other users' processes took during the whole phase (start-up included)
-        "other_cores": max(0.0, machine_cpu().get("busy", 0.0) - busy0 - ours) / wall,
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # fedrs, timed from outside
-
-
-class _Clock(io.TextIOBase):
-    """A console file that timestamps every line written to it."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self._buf = ""
-
-        self.cpu: dict[int, dict[str, Any]] = {}  # round -> snapshot as its line arrived
-
-    def write(self, text: str) -> int:
-        now = time.perf_counter()
-        self._buf += text
-        *done, self._buf = self._buf.split("\n")
-        self.lines.extend((now, line) for line in done)
-        for line in done:
-            if m := _ROUND_LINE.match(line):
-                self.cpu[int(m.group(1))] = cpu_snapshot()
-        return len(text)
-
-    def writable(self) -> bool:
-        return True
-
-
-def _actor_pids(records: list[dict[str, Any]]) -> set[int]:
-    """The client actors' process ids, from the ``worker`` ("index:pid") of each client."""
-    return {
-        int(str(c.get("worker", ":")).split(":")[-1] or 0)
-        for rec in records
-        for c in rec["clients"].values()
-    }
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from fedrs.orchestrator.driver import METRICS
-
-    text = (run_dir / METRICS).read_text()
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
-
-
-def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """``runner.run`` as ``fedrs run`` calls it; per-round periods from the times its round lines
-    reach the console (round 1 counts from the header line, printed once the actors are up)."""
-    from rich.console import Console
-
-    from fedrs.orchestrator import checkpoint
-    from fedrs.orchestrator.runner import run as run_federation
-
-    clock = _Clock()
-    console = Console(file=clock, width=240, color_system=None, force_terminal=False)
-    t0 = time.perf_counter()
-    summary = run_federation(cfg, out=str(run_dir), console=console)
-    t_end = time.perf_counter()
-    header = next((t for t, line in clock.lines if "client actors" in line), None)
-    ends = {int(m.group(1)): t for t, line in clock.lines if (m := _ROUND_LINE.match(line))}
-    records = read_metrics(run_dir)
-    if header is None or len(ends) != len(records):
-        raise RuntimeError("could not time fedrs's rounds from its console lines")
-    periods, prev = [], header
-    for rec in records:
-        periods.append(ends[rec["round"]] - prev)
-        prev = ends[rec["round"]]
-    saved = checkpoint.load(run_dir)
-    actors = _actor_pids(records)
-    steady = [i + 1 for i in steady_index(len(records))]
-    first, last = steady[0] - 1, steady[-1]  # from the end of the round before the window
-    cpu = (
-        cpu_between(clock.cpu[first], clock.cpu[last], actors)
-        if first in clock.cpu and last in clock.cpu
-        else {}
-    )
-    return {
-        "cpu_steady": cpu,
-        "spawn_s": header - t0,  # data check, driver actor, placement group, actors, init_global
-        "finish_s": t_end - prev,  # summary, plot, actors released
-        "periods": periods,
-        "records": records,
-        "summary": summary,
-        "params": saved[1] if saved else {},
-    }
 
 
 def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict[str, Any]]:
@@ -552,7 +144,7 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
         params = ray.get(driver.params_snapshot.remote())
     finally:
         ray.kill(driver)
-    actors = _actor_pids(records)
+    actors = actor_pids(records)
     steady = [cpu_between(*snaps[i], actors) for i in steady_index(len(records))]
     fedrs = {
         "cpu_steady": merge_cpu([c for c in steady if c]),
@@ -566,30 +158,8 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
     return seq.result(), fedrs
 
 
-def merge_cpu(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """``cpu_between`` over several intervals as one: cores weighted by each interval's wall."""
-    wall = sum(p["wall_s"] for p in parts)
-    if not parts or wall <= 0:
-        return {}
-    out: dict[str, Any] = {"wall_s": wall}
-    for key in ("client_actors_cores", "orchestration_cores", "other_users_cores", "steal_cores"):
-        out[key] = sum(p[key] * p["wall_s"] for p in parts) / wall
-    by: dict[str, float] = {}
-    for p in parts:
-        for name, cores in p["orchestration_by_process"].items():
-            by[name] = by.get(name, 0.0) + cores * p["wall_s"] / wall
-    out["orchestration_by_process"] = {k: round(v, 4) for k, v in sorted(by.items())}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # comparison
-
-
-def steady_index(rounds: int) -> list[int]:
-    """Round indices (0-based) of the steady state: no first round, no final evaluation round."""
-    idx = list(range(1, rounds - 1)) if rounds >= 3 else list(range(1, rounds))
-    return idx or [0]
 
 
 def _worker_busy(rec: dict[str, Any]) -> dict[str, float]:
@@ -695,28 +265,6 @@ def summarize(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["ceiling_efficiency_median"] = round(float(np.median(ceil)), 3)
         out.append(row)
     return out
-
-
-def state_store_cost(params: dict[str, np.ndarray], repeats: int = 20) -> float:
-    """Seconds per save + load of one client's private tensors in the file state store (the part
-    of an actor's client time that the in-memory sequential loop does not pay)."""
-    from fedrs.orchestrator.state_store import FileStateStore
-
-    if not params:
-        return 0.0
-    with tempfile.TemporaryDirectory(prefix="fedrs-store-") as tmp:
-        store = FileStateStore(tmp)
-        t0 = time.perf_counter()
-        for r in range(1, repeats + 1):
-            store.save(0, r, params)
-            store.load(0, r + 1)
-        return (time.perf_counter() - t0) / repeats
-
-
-def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    if set(a) != set(b):
-        return float("inf")
-    return max((float(np.max(np.abs(a[k] - b[k]))) for k in a), default=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,7 +457,7 @@ def run(
             )
             if i == 0 and rep == 0:
                 store_s = state_store_cost(
-                    _private_example(cfg, path) if method == "fedrsclip" else {}
+                    private_example(cfg, path) if method == "fedrsclip" else {}
                 )
     finally:
         if started_ray and ray.is_initialized():  # an error left it running
@@ -969,22 +517,6 @@ def run(
     return result
 
 
-def _private_example(cfg: Any, data_path: str) -> dict[str, np.ndarray]:
-    """One client's private tensors, to time the state store with the real sizes."""
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.methods import method_class
-
-    m = method_class(cfg.method.name)
-    shapes = m.tensor_shapes(cfg, _model_cfg(cfg.model.arch), FedDataset(data_path).num_classes)
-    return {k: np.zeros(s, np.float32) for k, s in shapes["private"].items()}
-
-
-def _model_cfg(arch: str) -> dict[str, Any]:
-    from fedrs.models.backbone import model_config
-
-    return model_config(arch)
-
-
 def plot(result: dict[str, Any], path: str) -> None:
     fig, ax = new_figure(9.0, 3.8)
     w = result["setup"]["workers"]
@@ -1031,15 +563,6 @@ PROFILE_NOTES = {
     "after_round_s": "jsonl, checkpoint, stream to runner",
     "round_s": "fedrs round seen by runner.run",
 }
-
-
-def transpose_rows(
-    rows: list[dict[str, Any]], key: str, skip: tuple[str, ...] = ()
-) -> list[dict[str, Any]]:
-    """One row per figure, one column per ``key`` value (tables that fit 80 columns); the
-    ``skip`` figures are left out."""
-    names = [k for k in rows[0] if k != key and k not in skip]
-    return [{"figure": n, **{str(r[key]): r[n] for r in rows}} for n in names]
 
 
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:

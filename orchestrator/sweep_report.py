@@ -262,10 +262,18 @@ def report(
     axes = sweep.axes
     keys = [a for a in axes if not is_seed_axis(a)]
     final = f"final_{metric or head}"
-    metrics = [final] + [
-        m for m in (f"best_{head}", f"final_personalized_{head}") if any(r.get(m) for r in rows)
+    # the final metric, its best round, and every other final figure of the same kind
+    # (personalised, personalised on the global split, with the mean visual prompts, ...)
+    related = sorted(
+        c
+        for c in _columns(rows)
+        if c.startswith("final_") and (metric or head) in c and "train" not in c
+    )
+    metrics = [
+        m
+        for m in dict.fromkeys([final, f"best_{metric or head}", *related])
+        if any(r.get(m) is not None for r in rows)
     ]
-    metrics = list(dict.fromkeys(metrics))
     if not any(r.get(final) is not None for r in rows):
         raise SweepError(f"no finished trial has {final!r} (known: {_columns(rows)})")
     groups = group_rows(rows, axes, metrics)

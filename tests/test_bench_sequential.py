@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrs.benchmarks import packing, vs_sequential
+from fedrs.benchmarks import harness, packing, vs_sequential
 
 TINY = {
     "arch": "fedrs-tiny",
@@ -22,18 +22,18 @@ TINY = {
 
 
 def test_clock_timestamps_each_line() -> None:
-    clock = vs_sequential._Clock()
+    clock = harness.RoundClock()
     clock.write("header: 2 client actors\nround   1/3")
     clock.write("  ok 4\nround   2/3  ok 4\n")
     lines = [line for _, line in clock.lines]
     assert lines == ["header: 2 client actors", "round   1/3  ok 4", "round   2/3  ok 4"]
-    assert vs_sequential._ROUND_LINE.match(lines[2]).group(1) == "2"
+    assert harness.ROUND_LINE.match(lines[2]).group(1) == "2"
 
 
 def test_steady_rounds_skip_warmup_and_evaluation() -> None:
-    assert vs_sequential.steady_index(5) == [1, 2, 3]
-    assert vs_sequential.steady_index(2) == [1]
-    assert vs_sequential.steady_index(1) == [0]
+    assert harness.steady_index(5) == [1, 2, 3]
+    assert harness.steady_index(2) == [1]
+    assert harness.steady_index(1) == [0]
 
 
 @pytest.mark.usefixtures("ray_cluster")
