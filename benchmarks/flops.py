@@ -67,7 +67,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,225 +75,28 @@ import numpy as np
 import torch
 
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
+from fedrs.benchmarks.flopcount import (
+    BUSY_CPU_SHARE,
+    FlopCount,
+    Peaks,
+    count_flops,
+    flop_category,
+    op_category,
+    summarize,
+)
 from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
 TARGET = 0.6
-BUSY_CPU_SHARE = 0.9  # a row whose process got less CPU than this was timed on a busy machine
-MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
-ATTENTION_OPS = ("_scaled_dot_product", "_flash_attention", "_efficient_attention", "softmax")
-NORM_ACT_OPS = ("layer_norm", "gelu", "sigmoid", "silu", "tanh")
-COPY_OPS = ("copy_", "clone", "cat", "contiguous", "_to_copy", "fill_", "zero_", "index", "stack")
-CONV_OPS = ("conv",)
 
 
 # ---------------------------------------------------------------------------------------------
 # FLOP counting
 
 
-@dataclass
-class FlopCount:
-    """FLOPs ``FlopCounterMode`` saw, split into forward and backward (inside autograd)."""
-
-    total: int = 0
-    backward: int = 0
-    by_op: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def forward(self) -> int:
-        return self.total - self.backward
-
-
-def _op_name(op: Any) -> str:
-    """``aten.mm`` / ``aten.mm.default`` -> ``mm``."""
-    name = str(op)
-    name = name.split(".", 1)[1] if name.startswith("aten.") else name
-    return name.split(".")[0]
-
-
-def _native_mha_flops(
-    query: tuple[int, ...],
-    key: tuple[int, ...],
-    value: tuple[int, ...],
-    embed_dim: int,
-    *args: Any,
-    out_shape: Any = None,
-    **kwargs: Any,
-) -> int:
-    """FLOPs of ``aten._native_multi_head_attention``, the fused kernel
-    ``nn.MultiheadAttention`` runs without autograd (``torch.no_grad`` + ``eval``: a frozen
-    encoder's forward). ``FlopCounterMode`` has no formula for it and would count zero: the
-    q / k / v and output projections plus ``Q K^T`` and ``A V``, as for the unfused path."""
-    batch = math.prod(query[:-2]) if len(query) > 2 else 1
-    length, source = query[-2], key[-2]
-    e = embed_dim
-    projections = 2 * batch * (length + 2 * source) * e * e + 2 * batch * length * e * e
-    return projections + 4 * batch * length * source * e
-
-
-def _sdpa_cpu_flops(
-    query: tuple[int, ...], key: tuple[int, ...], value: tuple[int, ...], *args: Any, **kwargs: Any
-) -> int:
-    """FLOPs of the CPU fused attention kernel ``_scaled_dot_product_flash_attention_for_cpu``
-    on ``(B, H, L, d)`` inputs: ``Q K^T`` and ``A V``, as torch counts its CUDA kernels."""
-    batch_heads, length, source = math.prod(query[:-2]), query[-2], key[-2]
-    return 2 * batch_heads * length * source * (query[-1] + value[-1])
-
-
-def _sdpa_cpu_backward_flops(
-    grad_out: tuple[int, ...],
-    query: tuple[int, ...],
-    key: tuple[int, ...],
-    value: tuple[int, ...],
-    *args: Any,
-    **kwargs: Any,
-) -> int:
-    """Its backward: ``dV = A^T dO``, ``dA = dO V^T``, ``dQ = dS K``, ``dK = dS^T Q``."""
-    return 2 * _sdpa_cpu_flops(query, key, value)
-
-
-def _extra_formulas() -> dict[Any, Any]:
-    """FLOP formulas for the attention kernels ``FlopCounterMode`` may have none for. Which
-    ones it knows moves between torch releases (2.14 has none for the CPU fused kernel that
-    ``scaled_dot_product_attention`` and ``nn.MultiheadAttention`` run), so each is added only
-    where this torch has the op and lacks a formula: torch's own formula wins where it exists."""
-    from torch.utils import flop_counter
-
-    known = getattr(flop_counter, "flop_registry", {})
-    formulas = {
-        "_native_multi_head_attention": _native_mha_flops,
-        "_scaled_dot_product_flash_attention_for_cpu": _sdpa_cpu_flops,
-        "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_cpu_backward_flops,
-    }
-    out = {}
-    for name, formula in formulas.items():
-        try:
-            op = getattr(torch.ops.aten, name)
-        except (AttributeError, RuntimeError):  # not in this torch
-            continue
-        if op not in known:
-            out[op] = formula
-    return out
-
-
-@contextlib.contextmanager
-def count_flops() -> Iterator[FlopCount]:
-    """Count the FLOPs of everything run inside (matmuls, convolutions, attention: the ops
-    ``torch.utils.flop_counter`` knows, plus the fused no-grad ``nn.MultiheadAttention``
-    kernel; elementwise ops count zero). The FLOPs executed while ``torch.autograd.backward``
-    runs (``loss.backward()`` calls it) are the backward share."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    result = FlopCount()
-    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
-    original = torch.autograd.backward
-
-    def backward(*args: Any, **kwargs: Any) -> Any:
-        before = counter.get_total_flops()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            result.backward += counter.get_total_flops() - before
-
-    torch.autograd.backward = backward  # type: ignore[assignment]
-    try:
-        with counter:
-            yield result
-    finally:
-        torch.autograd.backward = original  # type: ignore[assignment]
-        result.total = counter.get_total_flops()
-        for op, flops in counter.get_flop_counts().get("Global", {}).items():
-            name = _op_name(op)
-            result.by_op[name] = result.by_op.get(name, 0) + int(flops)
-
-
-def matmul_flops(n: int) -> int:
-    """FLOPs of one ``n x n`` by ``n x n`` matrix product (a multiply and an add per term)."""
-    return 2 * n**3
-
-
 # ---------------------------------------------------------------------------------------------
 # peak
-
-
-def measure_peak(
-    threads: int, sizes: tuple[int, ...], repeats: int = 5, min_s: float = 1.0
-) -> dict[str, Any]:
-    """fp32 ``torch.mm`` GFLOP/s with ``threads`` torch threads, after one warm-up call per size:
-    ``median_gflops`` (``best_gflops``) is the best size's median (fastest) call."""
-    torch.set_num_threads(threads)
-    per_size = []
-    gen = torch.Generator().manual_seed(0)
-    for n in sizes:
-        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-        t0 = time.perf_counter()
-        torch.mm(a, b)  # warm-up: MKL / oneDNN dispatch, page faults of the output
-        est = max(time.perf_counter() - t0, 1e-6)
-        reps = max(repeats, math.ceil(min_s / est))
-        times = []
-        c0 = time.process_time()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - t0)
-        cpu_share = (time.process_time() - c0) / sum(times) / threads
-        flops = matmul_flops(n)
-        per_size.append(
-            {
-                "n": n,
-                "repeats": reps,
-                "median_gflops": flops / statistics.median(times) / 1e9,
-                "best_gflops": flops / min(times) / 1e9,
-                "cpu_share": cpu_share,
-            }
-        )
-    return {
-        "threads": threads,
-        "median_gflops": max(r["median_gflops"] for r in per_size),
-        "best_gflops": max(r["best_gflops"] for r in per_size),
-        "sizes": per_size,
-    }
-
-
-def summarize(times: list[float], stat: str) -> float:
-    """The time a set of repeats stands for: their median, or their best (shortest)."""
-    return statistics.median(times) if stat == "median" else min(times)
-
-
-class Peaks:
-    """Every peak measurement of a run, per thread count. A row's peak is the highest any
-    measurement at its thread count reached (so machine noise can only lower the ratio)."""
-
-    def __init__(self, sizes: tuple[int, ...], repeats: int, stat: str, min_s: float) -> None:
-        self.sizes, self.repeats, self.stat, self.min_s = sizes, repeats, stat, min_s
-        self.runs: dict[int, list[dict[str, Any]]] = {}
-
-    def measure(self, threads: int) -> float:
-        run = measure_peak(threads, self.sizes, self.repeats, self.min_s)
-        self.runs.setdefault(threads, []).append(run)
-        return float(run[f"{self.stat}_gflops"])
-
-    def peak(self, threads: int) -> float:
-        return max(float(r[f"{self.stat}_gflops"]) for r in self.runs[threads])
-
-    def busy(self, threads: int) -> bool:
-        """Whether even the best measurement ran with less CPU than ``BUSY_CPU_SHARE`` (median
-        over its sizes): then the peak is too low and the ratios at that thread count too high."""
-        best = max(self.runs[threads], key=lambda r: r[f"{self.stat}_gflops"])
-        return statistics.median(s["cpu_share"] for s in best["sizes"]) < BUSY_CPU_SHARE
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            str(t): {
-                "threads": t,
-                "peak_gflops": self.peak(t),
-                "busy": self.busy(t),
-                "measurements": [r[f"{self.stat}_gflops"] for r in runs],
-                "runs": runs,
-            }
-            for t, runs in self.runs.items()
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,31 +286,6 @@ def measure_row(
 # profile
 
 
-def _category(op: str) -> str:
-    name = op.removeprefix("aten::")
-    if name in MATMUL_OPS:
-        return "matmul"
-    if any(k in name for k in ATTENTION_OPS):
-        return "attention"
-    if any(k in name for k in CONV_OPS):
-        return "convolution"
-    if any(k in name for k in NORM_ACT_OPS):
-        return "norm / activation"
-    if any(name == k or name.startswith(k) for k in COPY_OPS):
-        return "copies / layout"
-    return "other aten"
-
-
-def _flop_category(op: str) -> str:
-    if op in MATMUL_OPS:
-        return "matmul"
-    if any(k in op for k in ATTENTION_OPS):
-        return "attention"
-    if "conv" in op:
-        return "convolution"
-    return "other aten"
-
-
 @contextlib.contextmanager
 def _labelled_preprocess(client: Client) -> Iterator[None]:
     """Mark ``Backbone.preprocess`` calls in the profile (this instance, for this block only)."""
@@ -549,11 +327,11 @@ def profile_step(client: Client, data: ClientData, count: FlopCount) -> dict[str
         if not ev.key.startswith("aten::"):
             continue
         s = ev.self_cpu_time_total / 1e6
-        groups[_category(ev.key)] = groups.get(_category(ev.key), 0.0) + s
+        groups[op_category(ev.key)] = groups.get(op_category(ev.key), 0.0) + s
         ops.append((ev.key, s, ev.count))
     flops: dict[str, int] = {}
     for op, f in count.by_op.items():
-        flops[_flop_category(op)] = flops.get(_flop_category(op), 0) + f
+        flops[flop_category(op)] = flops.get(flop_category(op), 0) + f
     aten_s = sum(groups.values())
     table = [
         {

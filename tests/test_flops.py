@@ -6,13 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedrs.benchmarks.flops import (
-    FlopCount,
-    choose_steps,
-    count_flops,
-    matmul_flops,
-    summarize,
-)
+from fedrs.benchmarks.flopcount import FlopCount, count_flops, matmul_flops, summarize
+from fedrs.benchmarks.flops import choose_steps
 
 
 def test_matmul_flops() -> None:
@@ -88,7 +83,7 @@ def test_batch_first_attention_matches_open_clip() -> None:
 
 @pytest.mark.parametrize("threads", [1])
 def test_measure_peak_shape(threads: int) -> None:
-    from fedrs.benchmarks.flops import measure_peak
+    from fedrs.benchmarks.flopcount import measure_peak
 
     saved = torch.get_num_threads()
     try:
