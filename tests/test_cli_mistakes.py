@@ -291,3 +291,32 @@ def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
         alive = {p: t for p, t in ours.items() if (reaper.process_info(p) or (0, -1))[1] == t}
     assert not alive, {p: names[p] for p in alive}
     assert (workdir / "r" / "checkpoint" / "latest.json").is_file()  # resumable
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["sweep"], "give one sweep file or --resume DIR"),
+        (["sweep", "no-such.toml"], "cannot read sweep file no-such.toml"),
+        (["sweep", "bad.toml"], "unknown sweep table(s) ['grids']"),
+        (["sweep", "ok.toml", "--set", "data.alpha=-1"], "data.alpha must be > 0"),
+        (["sweep", "ok.toml", "--out", "taken"], "--out taken exists and is not empty"),
+        (["sweep", "--resume", "taken"], "holds no sweep"),
+        (["sweep", "--resume", "taken", "--out", "x"], "drop --out"),
+        (["sweep", "report"], "usage: fedrs sweep report DIR"),
+        (["sweep", "report", "taken"], "holds no sweep"),
+        (["sweep", "ok.toml", "--mlflow", "file:/tmp/x"], "--mlflow"),
+    ],
+)
+def test_sweep_mistakes_are_one_line_and_write_nothing(
+    workdir: Path, args: list[str], needle: str
+) -> None:
+    (workdir / "bad.toml").write_text("[grids]\n")
+    (workdir / "ok.toml").write_text('[grid]\n"federation.seed" = [0, 1]\n')
+    (workdir / "taken").mkdir()
+    (workdir / "taken" / "notes.txt").write_text("mine")
+    before = tree(workdir)
+    proc = fedrs(workdir, *args)
+    assert_one_line_error(proc, needle)
+    assert tree(workdir) == before
+    assert sorted(p.name for p in workdir.iterdir()) == ["bad.toml", "ok.toml", "taken"]
