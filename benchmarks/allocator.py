@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
-from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 CONDITIONS = ("default alone", "tuned alone", "default pair", "tuned pair")
@@ -177,24 +177,11 @@ def run(
     }
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    fig, ax = new_figure()
-    rows = result["rows"]
-    ax.bar(
-        [r["condition"] for r in rows],
-        [r["fit_ms_median"] for r in rows],
-        color=["tab:gray", "tab:blue"] * 2,
-    )
-    ax.set_ylabel("client fit, ms (median)")
-    ax.set_title(f"allocator tuning: {result['setup']['arch']}, pair ratio {result['ratio']}")
-    save_figure(fig, path)
-
-
 def main(json_path: str | None = None, **options: Any) -> dict[str, Any]:
     result = run(**options)
     print_table(f"client fit by allocator setting ({result['setup']['arch']})", result["rows"])
     path = plot_path(json_path, "allocator")
-    plot(result, path)
+    plots.allocator(result, path)
     result["plot"] = path
     log.info(
         "allocator: pair %.3fx, alone %.3fx faster tuned; plot %s",

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
 from fedrs.benchmarks.flopcount import (
     BUSY_CPU_SHARE,
@@ -84,7 +85,6 @@ from fedrs.benchmarks.flopcount import (
     op_category,
     summarize,
 )
-from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -677,39 +677,6 @@ def run(
     }
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    """Achieved GFLOP/s of each row beside the matmul peak at its thread count, and each
-    experiment's "after" (hatched) beside its row."""
-    bars = [
-        (f"{r['method']}\n{r['arch']}\nb{r['batch']} {r['threads']}t", r, "")
-        + (("\n(busy)",) if r["busy"] else ("",))
-        for r in result["rows"]
-    ]
-    for exp in result.get("experiments", []):
-        if "after" in exp:
-            label, row = bars[exp["row_index"]][:2]
-            bars.append((f"{label}\n+{exp['name']}", {**row, **exp["after"]}, "//", ""))
-    fig, ax = new_figure(max(6.0, 1.1 * len(bars) + 2), 4.2)
-    x = np.arange(len(bars))
-    ax.bar(x - 0.2, [b[1]["peak_gflops"] for b in bars], 0.4, label="torch.mm peak", color="#bbb")
-    ax.bar(
-        x + 0.2,
-        [b[1]["gflops"] for b in bars],
-        0.4,
-        label="local training",
-        color="#3a7",
-        hatch=[b[2] for b in bars],
-    )
-    for i, (_, r, _, _) in enumerate(bars):
-        ax.text(i + 0.2, r["gflops"], f"{r['ratio']:.2f}", ha="center", va="bottom", fontsize=8)
-    labels = [label + busy for label, _, _, busy in bars]
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylabel("fp32 GFLOP/s")
-    ax.set_title(f"achieved / peak (headline {result['ratio']:.2f}, target {TARGET})")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
     result = run(data=data, **options)
     print_table(
@@ -795,7 +762,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         )
     print(f"headline {result['headline']}: ratio {result['ratio']:.3f} (target {TARGET})")
     png = plot_path(json_path, "flops")
-    plot(result, png)
+    plots.flops(result, png)
     result["plot"] = png
     write_result(result, json_path)
     return result

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
 from fedrs.benchmarks.harness import (
     build_data,
@@ -54,7 +55,6 @@ from fedrs.benchmarks.harness import (
     steady_index,
     transpose_rows,
 )
-from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 1.0  # packing should at least not lose throughput
@@ -299,22 +299,6 @@ def run(
     }
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    fig, ax = new_figure(6.0, 3.5)
-    rows = sorted(result["rows"], key=lambda r: -r["gpu_per_client"])
-    labels = [f"{r['gpu_per_client']:g}\n({r['actors']} actors)" for r in rows]
-    ax.bar(labels, [r["updates_per_s"] for r in rows], color="tab:blue")
-    for i, r in enumerate(rows):
-        ax.text(i, r["updates_per_s"], f"{r['actors_per_gpu']}/GPU", ha="center", va="bottom")
-    kind = "real GPUs" if result["real_gpus"] else "logical GPUs, CPU-bound"
-    ax.set_xlabel("GPU per client actor")
-    ax.set_ylabel("client updates / s (steady state)")
-    ax.set_title(f"fractional GPU packing ({result['gpus']} {kind})")
-    ax.margins(y=0.15)
-    ax.grid(axis="y", alpha=0.3)
-    save_figure(fig, path)
-
-
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
     result = run(data=data, **options)
     kind = "real GPUs" if result["real_gpus"] else "LOGICAL GPUs: CPU-bound"
@@ -331,7 +315,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         ],
     )
     path = plot_path(json_path, "packing")
-    plot(result, path)
+    plots.packing(result, path)
     result["plot"] = path
     log.info(
         "ratio %.3f (%s); %s; plot %s",

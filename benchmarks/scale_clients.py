@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
-from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 1 / 1.2
@@ -500,40 +500,6 @@ def run(
     return result
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    fig, _ = new_figure(10, 3.6)
-    fig.clf()
-    ax_t, ax_m = fig.subplots(1, 2)
-    n = [r["registered"] for r in result["rows"]]
-    ax_t.plot(n, [r["round_s"] for r in result["rows"]], marker="o", label="round (median)")
-    ax_t.plot(n, [r["populate_s"] for r in result["rows"]], marker="s", label="store pre-fill")
-    ax_t.set_xscale("log")
-    ax_t.set_yscale("log")
-    ax_t.set_xlabel("registered clients")
-    ax_t.set_ylabel("seconds")
-    ax_t.set_title(f"{result['setup']['clients_per_round']} clients / round")
-    ax_t.legend()
-    ax_t.grid(alpha=0.3, which="both")
-    ax_m.plot(n, [r["driver_rss_mb"] for r in result["rows"]], marker="o", label="driver RSS")
-    ax_m.plot(n, [r["driver_peak_rss_mb"] for r in result["rows"]], marker="^", label="peak")
-    obj = [s for s in result["store"] if s["backend"] == "ray object store"]
-    if obj:
-        ax_m.plot(
-            [s["n"] for s in obj],
-            [s["holder_rss_growth_mb"] for s in obj],
-            marker="x",
-            label="object-store holder: growth",
-        )
-    ax_m.set_xscale("log")
-    ax_m.set_ylim(bottom=0)
-    ax_m.set_xlabel("registered clients")
-    ax_m.set_ylabel("MiB")
-    ax_m.set_title("driver memory")
-    ax_m.legend()
-    ax_m.grid(alpha=0.3, which="both")
-    save_figure(fig, path)
-
-
 def main(json_path: str | None = None, **options: Any) -> dict[str, Any]:
     result = run(**options)
     print_table(
@@ -579,5 +545,5 @@ def main(json_path: str | None = None, **options: Any) -> dict[str, Any]:
         result["wall_s"],
     )
     write_result(result, json_path)
-    plot(result, plot_path(json_path, "scale_clients"))
+    plots.scale_clients(result, plot_path(json_path, "scale_clients"))
     return result

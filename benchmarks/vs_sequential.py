@@ -69,6 +69,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
 from fedrs.benchmarks.harness import (
     actor_pids,
@@ -88,7 +89,6 @@ from fedrs.benchmarks.research_loop import (
     run_sequential,
     state_store_cost,
 )
-from fedrs.io import new_figure, save_figure
 
 log = logging.getLogger(__name__)
 TARGET = 0.85
@@ -517,41 +517,6 @@ def run(
     return result
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    fig, ax = new_figure(9.0, 3.8)
-    w = result["setup"]["workers"]
-    first = [d for d in result["details"] if d.get("repeat", 1) == 1]
-    for d, style in zip(first, ("-", ":"), strict=False):
-        rounds = [r["round"] for r in d["seq_rounds"]]
-        seq = [r["round_s"] for r in d["seq_rounds"]]
-        ax.plot(rounds, seq, "s" + style, color="tab:gray", label=f"sequential ({d['partition']})")
-        ax.plot(
-            rounds,
-            [s / w for s in seq],
-            style,
-            color="tab:gray",
-            alpha=0.5,
-            label=f"sequential / {w} ({d['partition']})",
-        )
-        ax.plot(
-            rounds,
-            d["fedrs_periods_s"],
-            "o" + style,
-            color="tab:blue",
-            label=f"fedrs, {w} actors ({d['partition']})",
-        )
-    ax.set_xlabel("round (last: evaluation on both sides)")
-    ax.set_ylabel("seconds per round")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(
-        f"fedrs vs sequential loop: efficiency {result['ratio']:.2f} "
-        f"(steady state, {result['rows'][0]['partition']}, median of repeats; repeat 1 shown)"
-    )
-    save_figure(fig, path)
-
-
 PROFILE_NOTES = {
     "client_fit_sum_s": "clients' time: sequential / in actors",
     "compute_inflation": "in actors / sequential",
@@ -604,7 +569,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             [{"cost": k, "s": round(v, 3)} for k, v in d["fixed_costs_s"].items()],
         )
     path = plot_path(json_path, "vs_sequential")
-    plot(result, path)
+    plots.vs_sequential(result, path)
     result["plot"] = path
     log.info(
         "efficiency %.3f steady state (target %.2f), %.3f total; plot %s",
