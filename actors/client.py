@@ -80,6 +80,7 @@ class ClientWorker:
         self.cache_spec: InputCache | None = None
         self.cache_checked = not self.cfg.data.feature_cache
         self.features: FeatureCache | None = None  # opened on first use
+        self._personal: tuple[Any, Params] = (None, {})  # last (client, round) personalised
 
     def _view(self, entry: ShardEntry) -> Shard | FeatureShard | CachedShard:
         """A shard as the method sees it: pixels, with the method's cached array in their place
@@ -163,9 +164,15 @@ class ClientWorker:
             part = self.data.clients[self.partition(task.client_id)]
             shard = self._view(self.data.test if task.kind == "client_global" else part.local_test)
             private = self._private(task.client_id, task.round + 1)
-            if self.method.personalizes:
-                options = FitOptions.from_config(self.cfg, task.round, task.client_id)
-                private = self.method.personalize(params, private, self._view(part.train), options)
+            if self.method.personalizes:  # once per client and round (local + global split)
+                key = (task.client_id, task.round)
+                if self._personal[0] != key:
+                    options = FitOptions.from_config(self.cfg, task.round, task.client_id)
+                    tuned = self.method.personalize(
+                        params, private, self._view(part.train), options
+                    )
+                    self._personal = (key, tuned)
+                private = self._personal[1]
         stop = len(shard) if task.stop is None else task.stop
         out = self.method.evaluate_rows(params, private, shard, task.start, stop)
         return {"client_id": task.client_id, **out}

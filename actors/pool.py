@@ -12,6 +12,7 @@ round never hangs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -289,8 +290,10 @@ class ClientPool:
     def shutdown(self) -> None:
         """Kill the actors and free the placement group; calling it again does nothing."""
         for actor in self.actors:
-            ray.kill(actor, no_restart=True)
+            with contextlib.suppress(RayError, ValueError):  # already gone
+                ray.kill(actor, no_restart=True)
         self.actors = []
         if self.pg is not None:
-            remove_placement_group(self.pg)
+            with contextlib.suppress(RayError, ValueError):  # removed by another copy
+                remove_placement_group(self.pg)
             self.pg = None

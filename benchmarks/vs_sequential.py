@@ -122,10 +122,10 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
     import ray
 
     from fedrs.methods import method_class
-    from fedrs.orchestrator.runner import spawn_driver
+    from fedrs.orchestrator.runner import shutdown_pool, spawn_driver
 
     t0 = time.perf_counter()
-    driver = spawn_driver(cfg, run_dir, method_class(cfg.method.name))
+    driver, pool = spawn_driver(cfg, run_dir, method_class(cfg.method.name))
     try:
         ray.get(driver.describe_actors.remote())  # the client actors are up
         spawn_s = time.perf_counter() - t0
@@ -144,6 +144,7 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
         params = ray.get(driver.params_snapshot.remote())
     finally:
         ray.kill(driver)
+        shutdown_pool(pool)
     actors = actor_pids(records)
     steady = [cpu_between(*snaps[i], actors) for i in steady_index(len(records))]
     fedrs = {

@@ -281,7 +281,7 @@ class FedRSCLIP(ClipMethod):
             return logits
 
         out = batched_eval(logits_with(visual), images, labels)
-        if not personal and VISUAL_MEAN in global_params:
+        if not personal and VISUAL_MEAN in global_params and global_params[VISUAL_MEAN].any():
             vmean = batched_eval(
                 logits_with(self._tensor(global_params[VISUAL_MEAN], False)), images, labels
             )

@@ -267,7 +267,12 @@ class Driver:
         fit_s = time.perf_counter() - t0
         params = self.strategy.aggregate(self.params, updates)
         params = self.server.update(rnd, params, updates)
-        change = global_change(self.params, params)
+        change = global_change(  # what clients train, not what only the server writes
+            *(
+                {k: v for k, v in d.items() if k not in self.method_cls.download_only}
+                for d in (self.params, params)
+            )
+        )
         self.params = params
         self.round = rnd
         weights = np.array([u.num_examples for u in updates], dtype=float)
@@ -338,9 +343,9 @@ class Driver:
         # each client's personalised model on the whole global split (federation.
         # eval_personal_global): what a newcomer gets from one of them, not only the shared part
         on_global = [
-            EvalTask("client_global", rnd, client_id=t.client_id)
-            for t in per_client
-            if fed.eval_personal_global
+            EvalTask("client_global", rnd, client_id=c)
+            for c in clients
+            if fed.eval_personal_global and c % parts not in self.excluded
         ]
         costs = (
             [t.stop - t.start for t in chunks]

@@ -382,18 +382,41 @@ def _fits(node: dict[str, float], bundle: dict[str, float]) -> int:
     return int(n) if n != math.inf else 1 << 30
 
 
-def placement_problem(cfg: RunConfig, nodes: list[dict[str, float]]) -> str | None:
-    """Why the client actors' placement group can never be placed on ``nodes``, or None."""
+def _room(fits: list[int], strategy: str) -> int:
+    """How many client bundles nodes with ``fits`` room each can take under ``strategy``."""
+    if strategy == "STRICT_PACK":
+        return max(fits, default=0)
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for f in fits if f >= 1)
+    return sum(fits)
+
+
+def placement_problem(
+    cfg: RunConfig, nodes: list[dict[str, float]], driver_in_group: bool = False
+) -> str | None:
+    """Why the client actors' placement group can never be placed on ``nodes``, or None.
+    With ``driver_in_group`` (a sweep trial's one group) the driver's own reservation
+    (``resources.server_num_cpus`` / ``server_num_gpus``) is a bundle of the same group: it
+    needs a node too, under the same strategy."""
     res = cfg.resources
     bundle = {"CPU": res.num_cpus_per_client, "GPU": res.num_gpus_per_client}
-    fits = [_fits(n, bundle) for n in nodes]
     strategy, count = res.placement_strategy, res.num_actors
-    if strategy == "STRICT_PACK":
-        possible = max(fits, default=0)
-    elif strategy == "STRICT_SPREAD":
-        possible = sum(1 for f in fits if f >= 1)
-    else:
-        possible = sum(fits)
+    server = {"CPU": res.server_num_cpus, "GPU": res.server_num_gpus}
+    if not any(server.values()):
+        possible = _room([_fits(n, bundle) for n in nodes], strategy)
+    else:  # try each node as the driver's; the best choice decides
+        possible = 0
+        for i, host in enumerate(nodes):
+            if _fits(host, server) < 1:
+                continue
+            left = {k: float(host.get(k, 0)) - server.get(k, 0.0) for k in ("CPU", "GPU")}
+            rest = [left if j == i else n for j, n in enumerate(nodes)]
+            if driver_in_group and strategy == "STRICT_SPREAD":
+                rest = [n for j, n in enumerate(nodes) if j != i]
+            fits = [_fits(n, bundle) for n in rest]
+            if driver_in_group and strategy == "STRICT_PACK":
+                fits = [_fits(left, bundle)]
+            possible = max(possible, _room(fits, strategy))
     if possible >= count:
         return None
     have = {
@@ -406,6 +429,8 @@ def placement_problem(cfg: RunConfig, nodes: list[dict[str, float]]) -> str | No
         if bundle["GPU"] > 0 and have["GPU"] == 0
         else "lower resources.num_actors or the per-client share"
     )
+    if any(server.values()):
+        hint = f"the driver's { ({k: v for k, v in server.items() if v > 0}) } counted; {hint}"
     return (
         f"cannot place {count} client actors of {asked} ({strategy}): the cluster has "
         f"{len(nodes)} node(s) with {have['CPU']:g} CPU and {have['GPU']:g} GPU in all, room "

@@ -192,7 +192,7 @@ def run(
     try:
         if overwrite and not resume:
             clear_run_files(run_dir)
-        driver = spawn_driver(
+        driver, pool = spawn_driver(
             cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
         )
         try:
@@ -210,6 +210,7 @@ def run(
             with contextlib.suppress(ray.exceptions.RayError):
                 ray.get(driver.shutdown.remote(), timeout=30)
             ray.kill(driver)
+            shutdown_pool(pool)  # a driver that never started (or hung) released nothing
     except BaseException:
         done = (run_dir / checkpoint.DIR / "latest.json").is_file()
         if created is not None and not done:
@@ -226,10 +227,11 @@ def spawn_driver(
     resume: bool = False,
     checked: Checked | None = None,
     placement: Placement | None = None,
-) -> Any:
-    """Preflight (unless already ``checked``), prepare the data, record the config and start
-    the driver actor (which spawns the client actors); returns its handle. ``run`` streams its
-    rounds; benchmarks may call ``run_round`` on it one round at a time."""
+) -> tuple[Any, Any]:
+    """Preflight (unless already ``checked``), prepare the data, record the config, start the
+    client actors and the driver actor that takes them over; returns (driver handle, client
+    pool): the driver shuts the pool down, ``shutdown_pool`` is the caller's safety net.
+    ``run`` streams its rounds; benchmarks may call ``run_round`` one round at a time."""
     if checked is None:
         checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +252,7 @@ def spawn_driver(
     if placement is not None:
         driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
     try:
-        return driver.remote(
+        handle = driver.remote(
             cfg,
             str(run_dir.resolve()),
             data_path,
@@ -263,6 +265,13 @@ def spawn_driver(
     except BaseException:
         pool.shutdown()
         raise
+    return handle, pool
+
+
+def shutdown_pool(pool: Any) -> None:
+    """Release client actors and their placement group whatever state they are in."""
+    with contextlib.suppress(Exception):
+        pool.shutdown()
 
 
 def _drive(

@@ -203,6 +203,17 @@ def _absolute(value: str) -> str:
     return value if not value or value.startswith("re:") else str(Path(value).resolve())
 
 
+def _absolute_config_paths(data: dict[str, Any]) -> None:
+    """``data.path``, and ``model.pretrained`` when it names an existing file, made absolute
+    in a run-config table (in place): trials run in other folders."""
+    d, m = data.get("data"), data.get("model")
+    if isinstance(d, dict) and isinstance(d.get("path"), str) and d["path"]:
+        d["path"] = _absolute(d["path"])
+    weights = m.get("pretrained") if isinstance(m, dict) else None
+    if isinstance(weights, str) and weights and Path(weights).is_file():
+        m["pretrained"] = _absolute(weights)
+
+
 def absolute_paths(sweep: Sweep) -> Sweep:
     """``[build]`` sources / class files and the base's ``data.path`` made absolute, and
     ``model.pretrained`` when it names an existing file (else it is an open_clip tag)."""
@@ -217,12 +228,7 @@ def absolute_paths(sweep: Sweep) -> Sweep:
         if key in build:
             build[key] = _absolute(build[key])
     base = json.loads(json.dumps(sweep.base))
-    data, model = base.get("data", {}), base.get("model", {})
-    if isinstance(data, dict) and data.get("path"):
-        data["path"] = _absolute(str(data["path"]))
-    weights = model.get("pretrained") if isinstance(model, dict) else None
-    if isinstance(weights, str) and weights and Path(weights).is_file():
-        model["pretrained"] = _absolute(weights)
+    _absolute_config_paths(base)
     return dataclasses.replace(sweep, base=base, build=build)
 
 
@@ -284,14 +290,24 @@ def expand(sweep: Sweep) -> list[Trial]:
     naming the trial's axes before anything runs). Names are stable: index + value hash."""
     rng = random.Random(sweep.options.seed)
     points = list(itertools.product(*sweep.grid.values())) or [()]
+    # random draws are made once per point of the non-seed axes and shared by its seeds, so a
+    # report can average a configuration over its seeds
+    draws: dict[tuple, list[dict[str, Any]]] = {}
     trials = []
     for point in points:
-        for _ in range(sweep.options.num_samples if sweep.random else 1):
-            axes = dict(zip(sweep.grid, point, strict=True))
-            axes |= {k: _draw(d, rng) for k, d in sweep.random.items()}
+        grid_axes = dict(zip(sweep.grid, point, strict=True))
+        key = tuple(json.dumps(v) for k, v in grid_axes.items() if not is_seed_axis(k))
+        if key not in draws:
+            draws[key] = [
+                {k: _draw(d, rng) for k, d in sweep.random.items()}
+                for _ in range(sweep.options.num_samples if sweep.random else 1)
+            ]
+        for drawn in draws[key]:
+            axes = grid_axes | drawn
             data = json.loads(json.dumps(sweep.base))
-            for key, value in axes.items():
-                _set_dotted(data, key, value)
+            for key_, value in axes.items():
+                _set_dotted(data, key_, value)
+            _absolute_config_paths(data)
             try:
                 cfg = from_dict(data)
             except ConfigError as exc:
@@ -555,7 +571,7 @@ def run_sweep(
         connect_ray()
         nodes = cluster_nodes()
         for t in todo:
-            problem = placement_problem(t.cfg, nodes)
+            problem = placement_problem(t.cfg, nodes, driver_in_group=True)
             if problem:
                 raise ClusterError(f"trial {t.name} ({_axes_text(t.axes)}): {problem}")
     if not resume:
@@ -667,11 +683,11 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.failed = 0
         self.best: tuple[float, str] | None = None
-        for t in trials:  # a resumed sweep: the best of the trials that already finished
+        for t in trials:  # a resumed sweep: the best round of the trials already finished
             if is_finished(sweep_dir, t):
                 with contextlib.suppress(OSError, ValueError):
-                    summary = json.loads((sweep_dir / TRIALS / t.name / "summary.json").read_text())
-                    self.seen(t.name, {metric: summary.get(f"best_{metric}")})
+                    for line in (sweep_dir / TRIALS / t.name / "metrics.jsonl").open():
+                        self.seen(t.name, json.loads(line))
 
     def seen(self, name: str, result: dict[str, Any]) -> None:
         value = result.get(self.metric)
@@ -734,6 +750,14 @@ class SweepProgress(Callback):
         name = trial.config["trial"]
         self.running.discard(name)
         self.failed += 1
+        status = trial_status(self.sweep_dir, name)
+        if status.get("status") != "failed":  # its process died: it could not say so itself
+            lines = str(getattr(trial, "error_msg", "") or "").strip().splitlines()
+            last = next((x for x in reversed(lines) if x.strip()), "the trial's process died")
+            write_json(
+                self.sweep_dir / STATUS / f"{name}.json",
+                {**status, "status": "failed", "error": last.strip()[:500]},
+            )
         self.line(
             f"[red]FAILED[/] {name}: {trial_status(self.sweep_dir, name).get('error')} "
             f"(traceback: {Path(trial.path or '.') / 'error.txt'})"

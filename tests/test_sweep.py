@@ -3,12 +3,14 @@ a small sweep on the session's 2-node cluster (placement, a failing trial, resum
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import threading
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from fedrs.errors import ConfigError
 from fedrs.orchestrator.sweep import (
@@ -58,6 +60,9 @@ def test_random_axes_are_drawn_reproducibly_within_bounds() -> None:
     assert {t.cfg.client.batch_size for t in a} <= {8, 16}
     other = expand(parse_sweep({**spec, "sweep": {"num_samples": 3, "seed": 8}}))
     assert [t.cfg.client.lr for t in other] != [t.cfg.client.lr for t in a]
+    # the seeds of a configuration share its draws: a report averages them
+    by_seed = {s: [t.cfg.client.lr for t in a if t.cfg.federation.seed == s] for s in (0, 1)}
+    assert by_seed[0] == by_seed[1] and len(set(by_seed[0])) == 3
 
 
 def test_a_section_axis_replaces_the_method_table() -> None:
@@ -257,3 +262,43 @@ def test_relative_paths_in_a_sweep_file_become_absolute(tmp_path: Path, monkeypa
     assert sweep.build["class_map"] == str(tmp_path / "map.csv")
     tag = load_sweep("s.toml", ["model.pretrained=openai"])
     assert tag.base["model"]["pretrained"] == "openai"  # an open_clip tag stays a tag
+
+
+def test_a_trial_whose_process_died_is_recorded_as_failed(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from fedrs.io import write_json
+    from fedrs.orchestrator.sweep import STATUS, SweepProgress, trial_status
+
+    trials = expand(parse_sweep({"base": BASE, "grid": {"federation.seed": [0, 1]}}))
+    write_json(tmp_path / STATUS / f"{trials[0].name}.json", {"status": "running"})
+    progress = SweepProgress(Console(file=io.StringIO()), trials, tmp_path, "accuracy", "max")
+    dead = SimpleNamespace(
+        config={"trial": trials[0].name},
+        error_msg="Traceback ...\nray.exceptions.ActorDiedError: The actor died unexpectedly",
+        path=None,
+    )
+    progress.on_trial_error(0, [], dead)
+    status = trial_status(tmp_path, trials[0].name)
+    assert status["status"] == "failed" and "ActorDiedError" in status["error"]
+    assert progress.failed == 1
+
+
+def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:
+    from fedrs.orchestrator.preflight import placement_problem
+
+    cfg = expand(parse_sweep({"base": BASE}))[0].cfg.replace(
+        **{
+            "resources.num_actors": 4,
+            "resources.num_cpus_per_client": 1.0,
+            "resources.server_num_cpus": 1.0,
+        }
+    )
+    assert "room for 3" in placement_problem(cfg, [{"CPU": 4}], driver_in_group=True)
+    assert placement_problem(cfg, [{"CPU": 5}], driver_in_group=True) is None
+    spread = cfg.replace(
+        **{"resources.placement_strategy": "STRICT_SPREAD", "resources.num_actors": 2}
+    )
+    assert placement_problem(spread, [{"CPU": 4}, {"CPU": 4}], driver_in_group=True)
+    assert placement_problem(spread, [{"CPU": 4}, {"CPU": 4}]) is None  # driver outside
+    assert placement_problem(spread, [{"CPU": 4}] * 3, driver_in_group=True) is None
