@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -151,3 +152,14 @@ def process_memory(pid: int | None = None) -> dict[str, float]:
             if key in ("VmRSS", "VmHWM"):
                 out["rss_mb" if key == "VmRSS" else "peak_rss_mb"] = int(value.split()[0]) / 1024
     return out
+
+
+def fresh_path(parent: str | os.PathLike[str], stem: str = "") -> Path:
+    """``parent/<stem-><timestamp>``, suffixed ``-2``, ``-3``, ... if that exists: a default
+    output folder that never collides with an earlier one."""
+    base = Path(parent) / f"{stem + '-' if stem else ''}{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path

@@ -383,6 +383,12 @@ class ClipMethod(Method):
         itself with these)."""
         return self.backbone.image_embeddings(self.backbone.preprocess(images)).cpu().numpy()
 
+    def tensor(self, value: np.ndarray, train: bool = False) -> torch.Tensor:
+        """An array (a received or stored tensor) on this method's device, float32; with
+        ``train`` a fresh ``nn.Parameter`` that local training may update."""
+        t = torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device)
+        return nn.Parameter(t) if train else t
+
     def image_features(self, inputs: np.ndarray) -> torch.Tensor:
         """Normalised image features of a batch of ``inputs``: pixels go through the frozen
         encoder; cached embeddings (2-D float) are used as they are."""

@@ -114,18 +114,14 @@ class FedPGP(ClipMethod):
             V: torch.empty(shapes[V]).normal_(0.0, 0.02, generator=gen).numpy(),
         }
 
-    def _tensor(self, value: np.ndarray, train: bool) -> torch.Tensor:
-        t = torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device)
-        return nn.Parameter(t) if train else t
-
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput:
         m = self.cfg.method
         params = {
-            SHARED: self._tensor(global_params[SHARED], True),
-            U: self._tensor(private[U], True),
-            V: self._tensor(private[V], True),
+            SHARED: self.tensor(global_params[SHARED], True),
+            U: self.tensor(private[U], True),
+            V: self.tensor(private[V], True),
         }
         inputs, labels = shard.inputs, shard.labels
         scale = self.model.logit_scale
@@ -154,9 +150,9 @@ class FedPGP(ClipMethod):
     ) -> dict[str, float]:
         """P_G alone on the global split; P_G + U V with a client's private state."""
         with torch.no_grad():
-            ctx = self._tensor(global_params[SHARED], False)
+            ctx = self.tensor(global_params[SHARED], False)
             if U in private:
-                ctx = ctx + self._tensor(private[U], False) @ self._tensor(private[V], False)
+                ctx = ctx + self.tensor(private[U], False) @ self.tensor(private[V], False)
             text = self.model.text_features(ctx)
         scale = self.model.logit_scale
         return batched_eval(lambda x: scale * self.image_features(x) @ text.t(), images, labels)

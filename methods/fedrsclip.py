@@ -217,19 +217,15 @@ class FedRSCLIP(ClipMethod):
         feats = encode_image_prompted(self.backbone, self.backbone.preprocess(images), visual)
         return nn.functional.normalize(feats, dim=-1)
 
-    def _tensor(self, value: np.ndarray, train: bool) -> torch.Tensor:
-        t = torch.from_numpy(np.array(value, dtype=np.float32)).to(self.device)
-        return nn.Parameter(t) if train else t
-
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput:
         m = self.cfg.method
-        params = {SHARED: self._tensor(global_params[SHARED], True)}
+        params = {SHARED: self.tensor(global_params[SHARED], True)}
         if self.private is not None:
-            params[PRIVATE] = self._tensor(private[PRIVATE], True)
+            params[PRIVATE] = self.tensor(private[PRIVATE], True)
         if VISUAL in private:
-            params[VISUAL] = self._tensor(private[VISUAL], True)
+            params[VISUAL] = self.tensor(private[VISUAL], True)
         images, labels = shard.images, shard.labels
 
         def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
@@ -263,14 +259,12 @@ class FedRSCLIP(ClipMethod):
         """With a client's private prompts: (z_s + z_p) / 2; without (global test): z_s, and
         with ``share_visual_mean`` also z_s on features prompted by the clients' mean V."""
         with torch.no_grad():
-            text_s = self._text(self.shared, self._tensor(global_params[SHARED], False))
+            text_s = self._text(self.shared, self.tensor(global_params[SHARED], False))
             personal = bool(private) and self.private is not None
             text_p = (
-                self._text(self.private, self._tensor(private[PRIVATE], False))
-                if personal
-                else None
+                self._text(self.private, self.tensor(private[PRIVATE], False)) if personal else None
             )
-            visual = self._tensor(private[VISUAL], False) if VISUAL in private else None
+            visual = self.tensor(private[VISUAL], False) if VISUAL in private else None
 
         def logits_with(visual: torch.Tensor | None) -> Callable[[np.ndarray], torch.Tensor]:
             def logits(x: np.ndarray) -> torch.Tensor:
@@ -283,7 +277,7 @@ class FedRSCLIP(ClipMethod):
         out = batched_eval(logits_with(visual), images, labels)
         if not personal and VISUAL_MEAN in global_params and global_params[VISUAL_MEAN].any():
             vmean = batched_eval(
-                logits_with(self._tensor(global_params[VISUAL_MEAN], False)), images, labels
+                logits_with(self.tensor(global_params[VISUAL_MEAN], False)), images, labels
             )
             out |= {"correct_visual_mean": vmean["correct"], "loss_visual_mean": vmean["loss_sum"]}
         return out

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from fedrs import reaper
 from fedrs.actors.pool import Placement
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError, FedrsError, remote_error
-from fedrs.io import first_missing, write_json
+from fedrs.io import first_missing, fresh_path, write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint
@@ -54,12 +53,7 @@ def new_run_dir(out: str | None, overwrite: bool = False) -> Path:
     ``overwrite`` and the folder is a fedrs run (its files are then replaced); the default
     ``runs/<timestamp>`` never collides with an earlier run."""
     if not out:
-        base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-        return path
+        return fresh_path("runs")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")

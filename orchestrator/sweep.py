@@ -11,7 +11,7 @@ or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point), 
 (``fedrs data build`` options: ``sources``, ``image_size``, ...; each trial's partition comes
 from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``, ``mode``,
 ``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``). A grid value may be a table
-when the key is a section (``method = [{name = "promptfl"}, {name = "fedrsclip", ...}]``): it
+when the key is a section (``method = [{name = "A"}, {name = "B", option = 1}]``): it
 replaces that section of the base.
 
 Trials are expanded once, deterministically, and stored in ``DIR/sweep.json``; Ray Tune only
@@ -47,7 +47,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fedrs.errors import ConfigError, FedrsError
-from fedrs.io import write_json
+from fedrs.io import fresh_path, write_json
 from fedrs.orchestrator.config import RunConfig, from_dict
 
 log = logging.getLogger(__name__)
@@ -496,13 +496,7 @@ def run_trial(
 # ------------------------------------------------------------------------------ the sweep
 def new_sweep_dir(out: str | None, source: str | None) -> Path:
     if not out:
-        stem = Path(source).stem if source else "sweep"
-        base = Path("sweeps") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
-        return path
+        return fresh_path("sweeps", Path(source).stem if source else "sweep")
     path = Path(out)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         hint = f"; continue it with --resume {out}" if (path / SPEC).is_file() else ""
