@@ -201,7 +201,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         overrides=args.set,
         mlflow=args.mlflow,
     )
-    return 1 if result.failed else 0  # scripts see a sweep with failed trials
+    # scripts see a sweep with failed trials, or one stopped before all trials ran
+    return 1 if result.failed or result.finished < result.trials else 0
 
 
 def _defaults(section: Any, keys: tuple[str, ...] | None = None) -> str:

@@ -641,9 +641,16 @@ def run_sweep(
         rows = write_results(sweep_dir, trials, metric)
     failed = [r for r in rows if r["status"] == "failed"]
     finished = sum(r["status"] == "finished" for r in rows)
+    left = len(trials) - finished - len(failed)
     console.print(
-        f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}; "
-        f"results in {sweep_dir / 'results.csv'}"
+        (
+            f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}"
+            if not left
+            else f"sweep stopped: {finished} finished, {len(failed)} failed, {left} not run or "
+            f"cut short of {len(trials)}; continue with fedrs sweep --resume {sweep_dir}"
+        )
+        + f"; results in {sweep_dir / 'results.csv'}",
+        soft_wrap=True,
     )
     for r in failed:
         console.print(
