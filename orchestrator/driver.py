@@ -439,6 +439,10 @@ class Driver:
     def describe_actors(self) -> list[dict[str, Any]]:
         return self.pool.describe()
 
+    def placement_group_id(self) -> str | None:
+        """The placement group this driver actor runs in (a sweep trial's), else None."""
+        return ray.get_runtime_context().get_placement_group_id()
+
     def finish(self) -> dict[str, Any]:
         """Write summary.json and accuracy.png; release the actors."""
         records = [json.loads(x) for x in (self.run_dir / METRICS).read_text().splitlines() if x]

@@ -299,6 +299,7 @@ def _drive(
     summary = ray.get(driver.finish.remote())
     summary["run_dir"] = str(run_dir)
     summary["actors"] = actors  # where they ran (node, placement group, device)
+    summary["driver_placement_group_id"] = ray.get(driver.placement_group_id.remote())
     acc, best = summary["final"].get(head), summary[f"best_{head}"]
     console.print(
         f"done: {head} {_fmt(acc)} (best {_fmt(best)}); "

@@ -479,6 +479,7 @@ def run_trial(
             "status": "finished",
             "resumed": resume,
             "actors": summary.get("actors", []),
+            "driver_placement_group_id": summary.get("driver_placement_group_id"),
         }
     except BaseException as exc:
         text = str(exc).strip().splitlines()

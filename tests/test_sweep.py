@@ -208,6 +208,7 @@ resources.num_gpus_per_client = 0.5
         status = json.loads((out / STATUS / f"{r['trial']}.json").read_text())
         pg = status["placement_group_id"]
         assert {a["placement_group_id"] for a in status["actors"]} == {pg}
+        assert status["driver_placement_group_id"] == pg  # the driver actor too
         assert {a["gpu_ids"] != [] for a in status["actors"]} == {True}  # fractional GPUs
         groups.add(pg)
     assert len(groups) == 2
