@@ -132,7 +132,11 @@ class ClientWorker:
         """Train one client; the reply carries where the actor's time went (``phases``)."""
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
+        computed = self.features.computed if self.features is not None else 0
         shard = self._view(self.data.clients[self.partition(cid)].train)
+        cache = None
+        if self.features is not None:  # the method's per-shard cache: read, or computed now
+            cache = "miss" if self.features.computed > computed else "hit"
         t1 = time.perf_counter()
         private = self._private(cid, rnd)
         t2 = time.perf_counter()
@@ -147,6 +151,7 @@ class ClientWorker:
             "metrics": out.metrics,
             "extras": out.extras,
             "worker": f"{self.index}:{os.getpid()}",
+            "cache": cache,
             "fit_s": t4 - t0,
             # data: open the shard / its cached features (embedding it on a cache miss)
             "phases": {

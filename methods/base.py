@@ -139,6 +139,7 @@ class MethodServer:
         self.cfg = cfg
         self.classes = classes
         self.device = torch.device(device)
+        self.metrics: dict[str, float] = {}  # of the last update, logged as server_<name>
 
     def update(self, round: int, params: Params, updates: list[ClientUpdate]) -> Params:
         """The new global tensors after the strategy's aggregate of ``updates``."""
@@ -227,13 +228,31 @@ class Method(ABC):
         )
 
     @classmethod
-    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, float | None]:
-        """One split's metrics from its partials (classification: summed counts)."""
+    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, Any]:
+        """One split's metrics from its partials (classification: summed counts): accuracy,
+        loss, ``accuracy_<v>`` for each ``correct_<v>`` count a method adds (another head, a
+        teacher), and with per-class counts ``per_class_accuracy`` and ``balanced_accuracy``."""
         n = sum(p["n"] for p in partials)
-        return {
+        out: dict[str, Any] = {
             "accuracy": sum(p["correct"] for p in partials) / n if n else None,
             "test_loss": sum(p["loss_sum"] for p in partials) / n if n else None,
         }
+        variants = {k for p in partials for k in p if k.startswith("correct_")}
+        for key in sorted(variants):
+            if all(key in p for p in partials):
+                out["accuracy_" + key[len("correct_") :]] = (
+                    sum(p[key] for p in partials) / n if n else None
+                )
+        counted = [p for p in partials if len(p.get("class_n", ()))]  # chunks with examples
+        if counted and len(counted) == sum(1 for p in partials if p["n"]):
+            per_class = class_accuracy(
+                sum(np.asarray(p["class_correct"], float) for p in counted),
+                sum(np.asarray(p["class_n"], float) for p in counted),
+            )
+            seen = [a for a in per_class if a is not None]
+            out["per_class_accuracy"] = per_class
+            out["balanced_accuracy"] = float(np.mean(seen)) if seen else None
+        return out
 
     def input_cache(self) -> InputCache | None:
         """What this method computes once per shard and keeps beside it (the shared cache,
@@ -335,16 +354,37 @@ def batched_eval(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int = 256,
-) -> dict[str, float]:
-    """Sum correct predictions and cross-entropy over ``images`` in batches."""
+) -> dict[str, Any]:
+    """Sum correct predictions and cross-entropy over ``images`` in batches, with the correct
+    predictions and examples per class (``class_correct``, ``class_n``)."""
     correct = loss_sum = 0.0
+    class_correct = class_n = np.zeros(0)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             logits = logits_fn(images[start : start + batch_size])
             y = torch.as_tensor(labels[start : start + batch_size], device=logits.device)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += float((logits.argmax(dim=1) == y).sum())
-    return {"correct": correct, "loss_sum": loss_sum, "n": float(len(images))}
+            hit = (logits.argmax(dim=1) == y).cpu().numpy()
+            correct += float(hit.sum())
+            y_np, c = y.cpu().numpy(), logits.shape[1]
+            class_correct = _add(class_correct, np.bincount(y_np, weights=hit, minlength=c))
+            class_n = _add(class_n, np.bincount(y_np, minlength=c).astype(float))
+    return {
+        "correct": correct,
+        "loss_sum": loss_sum,
+        "n": float(len(images)),
+        "class_correct": class_correct,
+        "class_n": class_n,
+    }
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return b if len(a) == 0 else a + b
+
+
+def class_accuracy(correct: Any, n: Any) -> list[float | None]:
+    """Per-class accuracy (None for a class without test examples)."""
+    return [float(c / k) if k else None for c, k in zip(correct, n, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -281,13 +281,3 @@ class FedRSCLIP(ClipMethod):
             )
             out |= {"correct_visual_mean": vmean["correct"], "loss_visual_mean": vmean["loss_sum"]}
         return out
-
-    @classmethod
-    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, float | None]:
-        out = super().reduce_eval(partials)
-        if partials and all("correct_visual_mean" in p for p in partials):
-            n = sum(p["n"] for p in partials)
-            out["accuracy_visual_mean"] = (
-                sum(p["correct_visual_mean"] for p in partials) / n if n else None
-            )
-        return out

@@ -154,9 +154,17 @@ class FederationConfig:
     # also evaluate every client's personalised model (its private state) on the global test
     # split: personalized_global_<headline>, the mean over clients (clients x test-split cost)
     eval_personal_global: bool = False
+    # long-tail groups of classes by their training examples (summed over the clients):
+    # many-shot above many_shot_above, few-shot below few_shot_below, medium-shot in between
+    many_shot_above: int = 100
+    few_shot_below: int = 20
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
+        _check(
+            0 <= self.few_shot_below <= self.many_shot_above + 1,
+            "federation.few_shot_below must be >= 0 and <= federation.many_shot_above + 1",
+        )
         _check(self.clients_per_round >= 1, "federation.clients_per_round must be >= 1")
         _check(self.num_clients >= 0, "federation.num_clients must be >= 0")
         _check(self.min_clients >= 1, "federation.min_clients must be >= 1")

@@ -39,6 +39,7 @@ from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
 from fedrs.orchestrator.sampling import sample_usable
 from fedrs.orchestrator.state_store import FileStateStore
 from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
@@ -81,6 +82,20 @@ def global_change(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dic
         "global_change": diff**0.5,
         "global_change_rel": (diff / norm) ** 0.5 if norm > 0 else 0.0,
     }
+
+
+def declared_extras(
+    cfg: RunConfig, method_cls: type[Method], num_classes: int
+) -> dict[str, tuple[int, ...]] | None:
+    """The extra payloads' shapes the method declares (``tensor_shapes``' ``"extras"``), by
+    name; None when it declares none (names and values are still checked)."""
+    from fedrs.models.backbone import model_config
+
+    try:
+        shapes = method_cls.tensor_shapes(cfg, model_config(cfg.model.arch), num_classes)
+    except NotImplementedError:
+        return None
+    return shapes.get("extras") or None
 
 
 def nbytes(params: dict[str, np.ndarray]) -> int:
@@ -170,6 +185,7 @@ class Driver:
             prompt_keys=method_cls.prompt_keys,
         )
         self.spec = spec_of(self.params, self.strategy.upload_keys)
+        self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
 
     def upload_keys(self, client_id: int) -> tuple[str, ...]:
         """What this client uploads: the strategy's keys, narrowed by its group."""
@@ -235,7 +251,9 @@ class Driver:
             bytes_up += payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
             spec = {k: self.spec[k] for k in self.upload_keys(cid)}
             reason = validate_update(reply.get("params"), reply.get("num_examples"), spec)
-            reason = reason or validate_extras(reply.get("extras"), self.method_cls.extra_allowed)
+            reason = reason or validate_extras(
+                reply.get("extras"), self.method_cls.extra_allowed, self.extra_shapes
+            )
             if reason is not None:
                 rejected[cid] = reason
                 continue
@@ -265,8 +283,10 @@ class Driver:
                 f"federation.min_clients={fed.min_clients} (client {first[0]}: {first[1]})"
             )
         fit_s = time.perf_counter() - t0
+        t_server = time.perf_counter()
         params = self.strategy.aggregate(self.params, updates)
         params = self.server.update(rnd, params, updates)
+        server_s = time.perf_counter() - t_server  # on the server's own device
         change = global_change(  # what clients train, not what only the server writes
             *(
                 {k: v for k, v in d.items() if k not in self.method_cls.download_only}
@@ -288,6 +308,10 @@ class Driver:
             ),
         }
         record |= change  # does the global model move at all? (per round, every method)
+        record |= {f"server_{k}": v for k, v in self.server.metrics.items()}
+        cache = [r.get("cache") for r in results.values() if r.get("cache") is not None]
+        if cache:  # the method's per-shard cache (teacher outputs, frozen embeddings)
+            record |= {"cache_hits": cache.count("hit"), "cache_misses": cache.count("miss")}
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
             record |= self.evaluate(rnd, sampled)
@@ -301,6 +325,7 @@ class Driver:
             "clients": {
                 str(sampled[ti]): {
                     "worker": r.get("worker"),
+                    "cache": r.get("cache"),
                     "num_examples": r.get("num_examples"),
                     "fit_s": r.get("fit_s"),
                     "phases": r.get("phases"),
@@ -311,6 +336,7 @@ class Driver:
             "bytes_up": bytes_up,
             "bytes_down": nbytes(download) * len(sampled),
             "fit_s": fit_s,
+            "server_s": server_s,
             "wall_s": time.perf_counter() - t0,
             "driver_rss_mb": process_memory().get("rss_mb"),
         }
@@ -361,6 +387,13 @@ class Driver:
             **(reduce(glob) if len(glob) == len(chunks) else {head: None}),
             "eval_failed": len(failures),
         }
+        if out.get("per_class_accuracy"):
+            out |= shot_accuracy(
+                out["per_class_accuracy"],
+                self.train_class_counts(),
+                fed.many_shot_above,
+                fed.few_shot_below,
+            )
         first_global = len(chunks) + len(per_client)
         pers = [
             reduce([r])[head] for i, r in sorted(results.items()) if len(chunks) <= i < first_global
@@ -392,6 +425,14 @@ class Driver:
         if why:
             out["null_reasons"] = why
         return out
+
+    def train_class_counts(self) -> list[int]:
+        """Training examples per class, summed over the data partitions."""
+        counts = np.zeros(len(self.data.classes), dtype=int)
+        for client in self.data.clients:
+            c = np.asarray(client.train.class_counts, dtype=int)
+            counts[: len(c)] += c
+        return counts.tolist()
 
     # ------------------------------------------------------------------ files
     def _append(self, record: dict[str, Any]) -> None:
@@ -474,6 +515,21 @@ class Driver:
                 sum(v.size for k, v in self.params.items() if k in self.strategy.upload_keys)
             ),
         }
+        final_classes = next(
+            (r["per_class_accuracy"] for r in reversed(records) if r.get("per_class_accuracy")),
+            None,
+        )
+        if final_classes:  # long-tail view: per-class accuracy by training frequency
+            fed = self.cfg.federation
+            counts = self.train_class_counts()
+            summary["long_tail"] = {
+                "train_counts": counts,
+                "groups": shot_groups(counts, fed.many_shot_above, fed.few_shot_below),
+                "many_shot_above": fed.many_shot_above,
+                "few_shot_below": fed.few_shot_below,
+                "per_class_accuracy": final_classes,
+            }
+            _plot_classes(summary["long_tail"], self.data.classes, self.run_dir / "per_class.png")
         write_json(self.run_dir / "summary.json", summary)
         _plot(records, self.run_dir / "accuracy.png", head)
         self.pool.shutdown()
@@ -516,3 +572,30 @@ def _plot(records: list[dict[str, Any]], path: Path, head: str = "accuracy") -> 
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     write_bytes(path, buf.getvalue())
+
+
+def _plot_classes(long_tail: dict[str, Any], classes: list[str], path: Path) -> None:
+    """Final per-class accuracy on the global split, classes by training examples (most
+    first), coloured by long-tail group."""
+    from fedrs.io import new_figure, save_figure
+
+    order = np.argsort(long_tail["train_counts"], kind="stable")[::-1]
+    colours = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    fig, ax = new_figure(max(6.0, 0.3 * len(classes)), 3.5)
+    accs = long_tail["per_class_accuracy"]
+    ax.bar(
+        range(len(order)),
+        [np.nan if accs[i] is None else accs[i] for i in order],
+        color=[colours[long_tail["groups"][i]] for i in order],
+    )
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(
+        [f"{classes[i]} ({long_tail['train_counts'][i]})" for i in order], rotation=90, fontsize=7
+    )
+    ax.set_ylabel("accuracy (global split)")
+    ax.set_ylim(0, 1)
+    for group, colour in colours.items():
+        ax.bar([], [], color=colour, label=f"{group}-shot")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)

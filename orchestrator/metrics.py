@@ -1,5 +1,9 @@
 """Evaluation metrics computed from gathered results (pure numpy; no Ray, no torch).
 
+Long-tailed classification: classes are grouped by their training examples (many-shot above
+``many_above``, few-shot below ``few_below``, medium-shot in between: OLTR's 100 / 20 by
+default) and each group's accuracy is the mean of its classes' accuracies.
+
 Image-text retrieval, the standard protocol of RSICD / RSITMD / UCM-Captions (5 captions per
 image): an image query is correct at K when ANY of its captions ranks in the top K captions; a
 caption query when its one image ranks in the top K images. Ties count against the query: a
@@ -44,4 +48,26 @@ def recall_at_k(
     out = {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
     out |= {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
     out["mR"] = float(np.mean(list(out.values())))
+    return out
+
+
+def shot_groups(train_counts: list[int], many_above: int, few_below: int) -> list[str]:
+    """Each class's group by its training examples: "many", "medium" or "few"."""
+    return [
+        "many" if n > many_above else "few" if n < few_below else "medium" for n in train_counts
+    ]
+
+
+def shot_accuracy(
+    per_class: list[float | None], train_counts: list[int], many_above: int, few_below: int
+) -> dict[str, float | None]:
+    """``many_shot_accuracy``, ``medium_shot_accuracy``, ``few_shot_accuracy``: the mean
+    per-class accuracy of each group (None when the group has no class with test examples)."""
+    if len(per_class) != len(train_counts):
+        raise ValueError(f"{len(per_class)} per-class accuracies for {len(train_counts)} classes")
+    groups = shot_groups(train_counts, many_above, few_below)
+    out: dict[str, float | None] = {}
+    for group in ("many", "medium", "few"):
+        accs = [a for a, g in zip(per_class, groups, strict=True) if g == group and a is not None]
+        out[f"{group}_shot_accuracy"] = float(np.mean(accs)) if accs else None
     return out

@@ -42,6 +42,7 @@ RUN_FILES = (
     "metrics.jsonl",
     "summary.json",
     "accuracy.png",
+    "per_class.png",
     "checkpoint",
     "client_state",
     SYNTH_DIR,

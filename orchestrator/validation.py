@@ -43,18 +43,25 @@ def validate_update(params: Any, num_examples: Any, spec: Spec) -> str | None:
     return None
 
 
-def validate_extras(extras: Any, allowed: Callable[[str], bool]) -> str | None:
-    """None when ``extras`` is a dict of finite numeric arrays under allowed names, else a
-    one-line reason for rejecting the update it came with."""
+def validate_extras(
+    extras: Any,
+    allowed: Callable[[str], bool],
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> str | None:
+    """None when ``extras`` is a dict of finite numeric arrays under allowed names (and, when
+    the method declares them, of the declared shapes), else a one-line reason for rejecting
+    the update it came with."""
     if extras is None:
         return None
     if not isinstance(extras, dict):
         return f"extras are a {type(extras).__name__}, not a dict of arrays"
     for name, value in extras.items():
-        if not isinstance(name, str) or not allowed(name):
+        if not isinstance(name, str) or not allowed(name) or (shapes and name not in shapes):
             return f"extra payload {name!r} is not one the method declares"
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu":
             return f"extra payload {name} is not a numeric array"
+        if shapes and tuple(value.shape) != tuple(shapes[name]):
+            return f"extra payload {name} has shape {tuple(value.shape)}, expected {shapes[name]}"
         if not np.isfinite(value).all():
             return f"extra payload {name} has non-finite values"
     return None

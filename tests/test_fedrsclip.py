@@ -263,7 +263,13 @@ def test_visual_prompt_options_and_the_visual_mean(synth_data: Path) -> None:
     test = ds.test_shard()
     part = method.evaluate(new, {}, test.images, test.labels)
     reduced = FedRSCLIP.reduce_eval([part])
-    assert set(reduced) == {"accuracy", "test_loss", "accuracy_visual_mean"}
+    assert set(reduced) == {
+        "accuracy",
+        "test_loss",
+        "accuracy_visual_mean",
+        "per_class_accuracy",
+        "balanced_accuracy",
+    }
     assert part["loss_visual_mean"] != pytest.approx(part["loss_sum"], rel=1e-6)
     local = ds.client_test(0)
     personal = method.evaluate(
