@@ -245,6 +245,17 @@ def curves(
 
 
 # ------------------------------------------------------------------------------ the report
+def _whole_cells(rows: list[dict[str, Any]], keys: list[str], column: str) -> bool:
+    """True when, in every cell, all finished trials have ``column`` or none has: a figure only
+    some seeds of a cell report (trials run by different versions) would mislead."""
+    cells: dict[tuple, set[bool]] = {}
+    for r in rows:
+        if r["status"] == "finished":
+            cell = tuple(str(r.get(k)) for k in keys)
+            cells.setdefault(cell, set()).add(r.get(column) is not None)
+    return all(len(v) == 1 for v in cells.values())
+
+
 def report(
     sweep_dir: str | Path,
     x: str | None = None,
@@ -273,6 +284,7 @@ def report(
         m
         for m in dict.fromkeys([final, f"best_{metric or head}", *related])
         if any(r.get(m) is not None for r in rows)
+        and (m in (final, f"best_{metric or head}") or _whole_cells(rows, keys, m))
     ]
     if not any(r.get(final) is not None for r in rows):
         raise SweepError(f"no finished trial has {final!r} (known: {_columns(rows)})")

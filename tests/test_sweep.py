@@ -20,7 +20,7 @@ from fedrs.orchestrator.sweep import (
     expand,
     parse_sweep,
 )
-from fedrs.orchestrator.sweep_report import describe, group_rows, markdown
+from fedrs.orchestrator.sweep_report import _whole_cells, describe, group_rows, markdown
 
 BASE = {
     "model": {"arch": "fedrs-tiny"},
@@ -162,6 +162,13 @@ def test_report_statistics_match_hand_computed_values() -> None:
     assert "| a | 0.6000 ± 0.1000" in text and "(n=3)" in text
     assert "| b | 0.2000 (n=1) | 2 | 1 |" in text
     assert describe([]) == {"n": 0, "mean": None, "std": None, "ci95": None}
+    # a figure only some finished seeds of a cell have (older trials) is left out of the table
+    assert _whole_cells(rows, ["method.name"], "final_accuracy")
+    rows[1]["final_balanced_accuracy"] = 0.4
+    assert not _whole_cells(rows, ["method.name"], "final_balanced_accuracy")
+    for r in rows[:3]:
+        r["final_balanced_accuracy"] = 0.4
+    assert _whole_cells(rows, ["method.name"], "final_balanced_accuracy")
 
 
 @pytest.mark.slow
