@@ -69,6 +69,9 @@ class BuildSpec:
     caption_classes: str | None = None  # caption data: image -> scene class (a file or re:RULE)
     workers: int = 0  # 0: one per core
     skip_bad: bool = False
+    # drop images that are (near) duplicates of another build's global test split: data for
+    # pretraining a backbone (a CLIP2FL teacher) that must never have seen those test images
+    exclude_near: str | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -80,6 +83,8 @@ class BuildSpec:
             raise DataError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if not 8 <= self.image_size <= 4096:
             raise DataError(f"--image-size must be in [8, 4096], got {self.image_size}")
+        if self.exclude_near and not (Path(self.exclude_near) / MANIFEST).is_file():
+            raise DataError(f"--exclude-near {self.exclude_near}: no fedrs build there")
 
     @classmethod
     def from_args(cls, sources: list[str], out: str, **kwargs: Any) -> BuildSpec:
@@ -169,6 +174,42 @@ def _scan(spec: BuildSpec) -> list[Source]:
     return sources
 
 
+THUMB = 16  # near-duplicate check: 16 x 16 grey thumbnails, standardised
+# distance below which two thumbnails are one image: UC Merced re-encoded as UCM-Captions at
+# another size lies within 0.052 of its original, the next nearest image 0.24 or more away
+NEAR = 0.1
+
+
+def thumbnails(images: np.ndarray, rows: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
+    """``(n, THUMB * THUMB)`` grey thumbnails of uint8 ``(N, H, W, 3)`` images (the given
+    ``rows`` of them), each with zero mean and unit norm (brightness and contrast do not
+    matter); read in batches, so a memory-mapped array is never loaded whole."""
+    import torch
+
+    rows = np.arange(len(images)) if rows is None else rows
+    out = []
+    for s in range(0, len(rows), batch):
+        x = torch.from_numpy(np.array(images[rows[s : s + batch]], dtype=np.float32)).mean(-1)
+        x = torch.nn.functional.interpolate(
+            x[:, None], size=(THUMB, THUMB), mode="bilinear", antialias=True, align_corners=False
+        )
+        x = x.flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        out.append((x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, THUMB * THUMB), np.float32)
+
+
+def near_duplicates(images: np.ndarray, rows: np.ndarray, reference_build: str) -> np.ndarray:
+    """Mask over ``rows`` of the ``images`` whose thumbnail lies within ``NEAR`` of a
+    thumbnail of ``reference_build``'s global test split."""
+    ref = FedDataset(reference_build, verify=False).test_shard()
+    a, b = thumbnails(images, rows), thumbnails(ref.images)
+    if not len(a) or not len(b):
+        return np.zeros(len(a), dtype=bool)
+    dist2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(dist2.min(1), 0.0)) < NEAR
+
+
 def build(spec: BuildSpec) -> FedDataset:
     """Build a federated dataset as ``spec`` says; return it opened."""
     sources = _scan(spec)
@@ -217,6 +258,11 @@ def _build_into(
     for _, msg in errors:
         log.warning("skipped: %s", msg)
     valid = np.array([i for i in range(len(examples)) if i not in bad], dtype=np.int64)
+    near = 0
+    if spec.exclude_near:
+        dup = near_duplicates(pixels, valid, spec.exclude_near)
+        near, valid = int(dup.sum()), valid[~dup]
+        log.info("excluded %d images found in the test split of %s", near, spec.exclude_near)
     ex = [examples[i] for i in valid]
     if not ex:
         raise DataError("no readable images left after skipping bad ones")
@@ -320,6 +366,7 @@ def _build_into(
         "counts": {
             "found": found,
             "skipped_bad": len(bad),
+            "excluded_near_test": near,  # --exclude-near: images of that build's test split
             "test": len(test_rows),
             "train": n_train,
             "dropped": len(train_rows) - n_train,  # long-tail subsampling / unassigned classes

@@ -78,6 +78,12 @@ def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int
         action="store_true",
         help="drop unreadable images (counted in the manifest) instead of failing",
     )
+    g.add_argument(
+        "--exclude-near",
+        metavar="BUILD",
+        help="leave out images that are (near) duplicates of BUILD's test split (counted): "
+        "pretraining data that must not contain those test images",
+    )
 
 
 def _partition_spec(args: argparse.Namespace):
@@ -107,12 +113,16 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
         caption_classes=args.caption_classes,
         workers=args.workers,
         skip_bad=args.skip_bad,
+        exclude_near=args.exclude_near,
     )
     ds = build(spec)
     counts = ds.manifest["counts"]
+    excluded = counts.get("excluded_near_test")
     print(
         f"built {ds.num_clients} client shards + test ({counts['train']} train, "
-        f"{counts['test']} test, {len(ds.classes)} classes) -> {ds.root}/manifest.json"
+        f"{counts['test']} test, {len(ds.classes)} classes"
+        + (f"; {excluded} images of {args.exclude_near}'s test split left out" if excluded else "")
+        + f") -> {ds.root}/manifest.json"
     )
     return 0
 

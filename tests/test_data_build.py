@@ -380,3 +380,45 @@ def test_caption_images_get_scene_classes_for_label_skew(tmp_path: Path) -> None
         build(
             BuildSpec.from_args([f"c={src}"], str(tmp_path / "d"), caption_classes="re:jpg", **spec)
         )
+
+
+def test_exclude_near_leaves_out_another_builds_test_images(tmp_path: Path) -> None:
+    """A pretraining build must not contain the evaluation build's test images, even
+    re-encoded at another size and format; every other image stays."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def textured() -> Image.Image:  # smooth random texture: no two alike
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        return Image.fromarray(small).resize((64, 64), Image.BICUBIC)
+
+    originals = {}
+    for c in ("a", "b"):
+        (tmp_path / "eval" / c).mkdir(parents=True)
+        for i in range(10):
+            originals[f"{c}/{i}"] = textured()
+            originals[f"{c}/{i}"].save(tmp_path / "eval" / c / f"{i}.jpg", quality=95)
+    evaluation = build(
+        _spec({"eval": tmp_path / "eval"}, tmp_path / "e", image_size=32, num_clients=2)
+    )
+    test_paths = {Path(p).parent.name + "/" + Path(p).stem for p in evaluation.test_shard().paths}
+    assert len(test_paths) == 4
+    for c in ("a", "b"):  # the pretraining source: copies of every image, plus new ones
+        (tmp_path / "pre" / c).mkdir(parents=True)
+        for i in range(10):
+            originals[f"{c}/{i}"].resize((48, 48)).save(tmp_path / "pre" / c / f"copy{i}.png")
+            textured().save(tmp_path / "pre" / c / f"new{i}.png")
+    spec = _spec({"pre": tmp_path / "pre"}, tmp_path / "p", image_size=24, num_clients=2)
+    kept = build(BuildSpec(**{**spec.__dict__, "exclude_near": str(tmp_path / "e")}))
+    counts = kept.manifest["counts"]
+    assert counts["found"] == 40 and counts["excluded_near_test"] == 4
+    assert counts["train"] + counts["test"] + counts["dropped"] == 36
+    names = {
+        Path(p).parent.name + "/" + Path(p).stem.replace("copy", "")
+        for shard in [kept.test_shard(), *(kept.client(c.id) for c in kept.clients)]
+        for p in shard.paths
+    }
+    assert not names & test_paths and len(names) == 36
+    with pytest.raises(DataError, match="no fedrs build"):
+        BuildSpec(**{**spec.__dict__, "exclude_near": str(tmp_path / "nowhere")})
