@@ -64,6 +64,7 @@ BUILD_KEYS = {
     "min_examples": int,
     "skip_bad": bool,
     "workers": int,
+    "seed": int,  # one split / partition for every trial (default: each trial's federation.seed)
 }
 
 
@@ -331,12 +332,18 @@ def build_key(cfg: RunConfig, build: dict[str, Any]) -> str | None:
     same key share one build: sources and their options, partition, seed, image size."""
     if cfg.data.path:
         return None
-    from fedrs.orchestrator.runner import data_partition
-
-    part = dataclasses.asdict(data_partition(cfg, build.get("min_examples", 5)))
+    part = dataclasses.asdict(_partition(cfg, build))
     what = {"build": build} if build else {"synthetic": [cfg.data.per_class, cfg.data.image_size]}
     blob = json.dumps({**what, "partition": part}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _partition(cfg: RunConfig, build: dict[str, Any]) -> Any:
+    """The trial's partition: its data.* keys, seeded by [build] seed or federation.seed."""
+    from fedrs.orchestrator.runner import data_partition
+
+    part = data_partition(cfg, build.get("min_examples", 5))
+    return dataclasses.replace(part, seed=build["seed"]) if "seed" in build else part
 
 
 def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
@@ -348,18 +355,18 @@ def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
     from filelock import FileLock
 
     from fedrs.datasets.manifest import MANIFEST
-    from fedrs.orchestrator.runner import data_partition
 
     out = builds / key
     builds.mkdir(parents=True, exist_ok=True)
     with FileLock(str(builds / f"{key}.lock")):
         if not (out / MANIFEST).is_file():
-            part = data_partition(cfg, build.get("min_examples", 5))
+            part = _partition(cfg, build)
             if build:
                 from fedrs.datasets.builder import BuildSpec
                 from fedrs.datasets.builder import build as build_data
 
-                options = {k: v for k, v in build.items() if k not in ("sources", "min_examples")}
+                skip = ("sources", "min_examples", "seed")
+                options = {k: v for k, v in build.items() if k not in skip}
                 build_data(
                     BuildSpec.from_args(build["sources"], str(out), partition=part, **options)
                 )

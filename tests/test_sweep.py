@@ -113,6 +113,9 @@ def test_trials_share_a_build_when_sources_partition_seed_and_size_agree() -> No
     assert all(len(v) == 1 for v in keys.values())
     with_path = trials[0].cfg.replace(**{"data.path": "/somewhere"})
     assert build_key(with_path, {}) is None
+    # [build] seed: one split for every run seed (the alphas still differ)
+    pinned = {t.cfg.data.alpha: build_key(t.cfg, {"seed": 7}) for t in trials}
+    assert len({build_key(t.cfg, {"seed": 7}) for t in trials}) == len(pinned) == 2
 
 
 def test_a_shared_build_is_made_once_under_concurrency(tmp_path: Path, monkeypatch) -> None:
