@@ -12,7 +12,8 @@ or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point), 
 from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``, ``mode``,
 ``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``). A grid value may be a table
 when the key is a section (``method = [{name = "A"}, {name = "B", option = 1}]``): it
-replaces that section of the base.
+replaces that section of the base; under a free name (``arm = [{label = "fedprox",
+"method.name" = "student", "strategy.name" = "fedprox"}, ...]``) its keys are set together.
 
 Trials are expanded once, deterministically, and stored in ``DIR/sweep.json``; Ray Tune only
 schedules them. Each trial is a whole fedrs run (``DIR/trials/NAME``) whose driver and client
@@ -272,8 +273,20 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node[parts[-1]] = value
 
 
+def is_bundle_axis(key: str, value: Any) -> bool:
+    """A grid axis named freely (not a config key or section) whose values are tables of
+    dotted keys set together: ``arm = [{label = "fedprox", "method.name" = "student",
+    "strategy.name" = "fedprox"}, ...]``."""
+    from fedrs.orchestrator.config import RunConfig
+
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    return isinstance(value, dict) and "." not in key and key not in sections
+
+
 def _label(value: Any) -> str:
     if isinstance(value, dict):
+        if "label" in value:
+            return str(value["label"])
         name = value.get("name")
         rest = {k: v for k, v in value.items() if k != "name"}
         return (str(name) if name else "") + (
@@ -307,7 +320,12 @@ def expand(sweep: Sweep) -> list[Trial]:
             axes = grid_axes | drawn
             data = json.loads(json.dumps(sweep.base))
             for key_, value in axes.items():
-                _set_dotted(data, key_, value)
+                if is_bundle_axis(key_, value):  # several keys set together
+                    for k, v in value.items():
+                        if k != "label":
+                            _set_dotted(data, k, v)
+                else:
+                    _set_dotted(data, key_, value)
             _absolute_config_paths(data)
             try:
                 cfg = from_dict(data)

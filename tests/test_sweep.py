@@ -15,6 +15,7 @@ from rich.console import Console
 from fedrs.errors import ConfigError
 from fedrs.orchestrator.sweep import (
     SweepError,
+    _label,
     build_key,
     ensure_build,
     expand,
@@ -73,6 +74,23 @@ def test_a_section_axis_replaces_the_method_table() -> None:
     trials = expand(parse_sweep(spec))
     assert [t.cfg.method.name for t in trials] == ["promptfl", "zeroshot"]
     assert trials[0].cfg.method.n_ctx == 8
+    # a free-named axis sets several keys together (a method with its strategy)
+    arms = [
+        {"label": "avg", "method.name": "promptfl"},
+        {"label": "prox", "method.name": "promptfl", "strategy.name": "fedprox"},
+        {"method": {"name": "zeroshot"}, "federation.rounds": 1},
+    ]
+    trials = expand(parse_sweep({"base": BASE, "grid": {"arm": arms}}))
+    got = [(t.cfg.method.name, t.cfg.strategy.name, t.cfg.federation.rounds) for t in trials]
+    base_rounds = trials[0].cfg.federation.rounds
+    assert got == [
+        ("promptfl", "fedavg", base_rounds),
+        ("promptfl", "fedprox", base_rounds),
+        ("zeroshot", "fedavg", 1),
+    ]
+    assert [_label(a) for a in arms][:2] == ["avg", "prox"]
+    with pytest.raises(ConfigError, match=r"strategy\.nope"):
+        expand(parse_sweep({"base": BASE, "grid": {"arm": [{"strategy.nope": 1}]}}))
 
 
 @pytest.mark.parametrize(
