@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: machine description, result tables, JSON output."""
+"""Shared benchmark plumbing: options given as lists, machine description, the result dict,
+tables, JSON and figure output, cached inputs."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -63,6 +65,36 @@ def plot_path(json_path: str | None, default_stem: str) -> str:
         base, _ = os.path.splitext(json_path)
         return base + ".png"
     return default_stem + ".png"
+
+
+def as_list(value: Any, cast: Callable[[Any], Any] | None = None) -> list[Any]:
+    """A list option as ``--set`` gives it: ``a,b`` arrives as a list, ``a`` as a scalar;
+    None, ``""`` and ``none`` are the empty list. ``cast`` converts every item."""
+    if value is None or value in ("", "none"):
+        return []
+    items = list(value) if isinstance(value, list | tuple) else [value]
+    return [cast(v) for v in items] if cast else items
+
+
+def bench_result(name: str, ratio: Any, **fields: Any) -> dict[str, Any]:
+    """A benchmark's top-level result: its name, its headline ``ratio``, ``fields`` and the
+    machine it ran on."""
+    return {"benchmark": name, "ratio": ratio, **fields, "machine": machine_info()}
+
+
+def save_outputs(
+    result: dict[str, Any],
+    json_path: str | None,
+    stem: str,
+    draw: Callable[[dict[str, Any], str], None],
+) -> dict[str, Any]:
+    """Draw ``result``'s figure (beside the JSON, else ``stem.png``), record its path under
+    ``plot`` and write the JSON."""
+    path = plot_path(json_path, stem)
+    draw(result, path)
+    result["plot"] = path
+    write_result(result, json_path)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""FLOP counting and the matmul peak, for ``fedrs bench flops``: ``count_flops`` (torch's
-``FlopCounterMode`` plus formulas for the CPU attention kernels it lacks), ``measure_peak``
-(fp32 ``torch.mm`` GFLOP/s per thread count) and the op categories of the step profile.
+"""FLOP counting, the matmul peak and the step profile, for ``fedrs bench flops``:
+``count_flops`` (torch's ``FlopCounterMode`` plus formulas for the CPU attention kernels it
+lacks), ``measure_peak`` (fp32 ``torch.mm`` GFLOP/s per thread count) and ``profile_fit`` (self
+CPU time and FLOPs per op group of one call under ``torch.profiler``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 BUSY_CPU_SHARE = 0.9  # a row whose process got less CPU than this was timed on a busy machine
@@ -246,3 +248,89 @@ def flop_category(op: str) -> str:
     if "conv" in op:
         return "convolution"
     return "other aten"
+
+
+@contextlib.contextmanager
+def _labelled_preprocess(backbone: Any) -> Iterator[None]:
+    """Mark ``backbone.preprocess`` calls in the profile (this instance, for this block only)."""
+    if backbone is None:
+        yield
+        return
+    original = backbone.preprocess
+
+    def preprocess(images: Any) -> torch.Tensor:
+        with torch.profiler.record_function("fedrs.preprocess"):
+            return original(images)
+
+    backbone.preprocess = preprocess
+    try:
+        yield
+    finally:
+        del backbone.preprocess  # back to the class's method
+
+
+def profile_fit(fit: Callable[[], Any], backbone: Any, count: FlopCount) -> dict[str, Any]:
+    """``fit()`` under ``torch.profiler``: self CPU time per op group with the FLOPs ``count``
+    saw in it, the time in ``backbone.preprocess`` and the slowest aten ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with _labelled_preprocess(backbone), profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        fit()
+        wall = time.perf_counter() - t0
+    groups: dict[str, float] = {}
+    ops: list[tuple[str, float, int]] = []
+    preprocess_s = 0.0
+    for ev in prof.key_averages():
+        if ev.key == "fedrs.preprocess":
+            preprocess_s = ev.cpu_time_total / 1e6
+        elif ev.key.startswith("aten::"):
+            s = ev.self_cpu_time_total / 1e6
+            groups[op_category(ev.key)] = groups.get(op_category(ev.key), 0.0) + s
+            ops.append((ev.key, s, ev.count))
+    flops: dict[str, int] = {}
+    for op, f in count.by_op.items():
+        flops[flop_category(op)] = flops.get(flop_category(op), 0) + f
+    table = [
+        {
+            "group": g,
+            "seconds": s,
+            "share": s / wall,
+            "gflop": flops.get(g, 0) / 1e9,
+            "gflops": flops.get(g, 0) / s / 1e9 if s > 0 else 0.0,
+        }
+        for g, s in sorted(groups.items(), key=lambda kv: -kv[1])
+    ]
+    outside = wall - sum(groups.values())
+    table.append(
+        {"group": "outside aten ops", "seconds": outside, "share": outside / wall}
+        | {"gflop": 0.0, "gflops": 0.0}
+    )
+    ops.sort(key=lambda o: -o[1])
+    return {
+        "wall_s": wall,
+        "flops": count.total,
+        "gflops_under_profiler": count.total / wall / 1e9,
+        "groups": table,
+        "preprocess_s": preprocess_s,
+        "top_ops": [{"op": k, "seconds": s, "calls": c} for k, s, c in ops[:12]],
+    }
+
+
+def preprocess_cost(backbone: Any, batch: int, repeats: int = 5) -> dict[str, Any]:
+    """Median seconds of ``backbone.preprocess`` (after a warm-up call) for one batch stored at
+    the model's size and one stored at half of it (bicubic upsampling: data built smaller)."""
+    if backbone is None:
+        return {}
+    size, out = backbone.image_size, {}
+    rng = np.random.default_rng(0)
+    for stored in (size, size // 2):
+        images = rng.integers(0, 256, (batch, stored, stored, 3), dtype=np.uint8)
+        backbone.preprocess(images)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            backbone.preprocess(images)
+            times.append(time.perf_counter() - t0)
+        out["at_model_size" if stored == size else f"from_{stored}px"] = statistics.median(times)
+    return {"preprocess_batch_s": out}

@@ -2,9 +2,9 @@
 ``vs-flower``, ``allocator``, ``sweep``): the synthetic workload's data, the method and strategy
 built in-process exactly as actors and driver build them, fedrs timed from outside (round lines
 as they reach the console), CPU accounting from /proc (who used the cores while a phase ran),
-steady-state windows and comparisons of final tensors. Output (tables, JSON, machine
-description, cached inputs) is in ``common.py``; a benchmark module states its workload and
-its comparison.
+steady-state windows and comparisons of final tensors. Child processes and a local Ray are in
+``harness_proc.py``; output (tables, JSON, figures, the result dict, machine description) in
+``common.py``; a benchmark module states its workload and its comparison.
 """
 
 from __future__ import annotations
@@ -25,19 +25,53 @@ ROUND_LINE = re.compile(r"^\s*round\s+(\d+)/")
 
 
 def build_data(
-    out: Path, partition: str, num_clients: int, per_class: int, image_size: int, seed: int, alpha
+    out: Path,
+    partition: str,
+    num_clients: int,
+    per_class: int,
+    image_size: int,
+    seed: int,
+    alpha: float | None,
+    min_examples: int = 5,
 ) -> str:
-    """The synthetic RS scenes, partitioned ``iid`` (equal clients) or ``dirichlet``."""
+    """The synthetic RS scenes, partitioned ``iid`` (equal clients) or ``dirichlet``, built once
+    into ``out``."""
     from fedrs.datasets.manifest import MANIFEST
     from fedrs.datasets.partition import PartitionSpec
     from fedrs.datasets.synth import build_synthetic
 
     if not (out / MANIFEST).is_file():
         spec = PartitionSpec(
-            scheme=partition, num_clients=num_clients, seed=seed, alpha=alpha, min_examples=5
+            scheme=partition,
+            num_clients=num_clients,
+            seed=seed,
+            alpha=alpha,
+            min_examples=min_examples,
         )
         build_synthetic(out, per_class=per_class, image_size=image_size, partition=spec)
     return str(out.resolve())
+
+
+def datasets(
+    data: str | None,
+    root: Path,
+    parts: list[tuple[str, float | None]],
+    clients: int,
+    per_class: int,
+    image_size: int,
+    seed: int,
+) -> list[tuple[str, str]]:
+    """(label, path): the data given, else one synthetic build per (partition, alpha) of
+    ``parts`` in ``root`` (labels ``iid``, ``dirichlet(alpha)``)."""
+    if data:
+        return [("given", str(Path(data).resolve()))]
+    return [
+        (
+            p if a is None else f"{p}({a})",
+            build_data(root / f"data-{p}", p, clients, per_class, image_size, seed, a),
+        )
+        for p, a in parts
+    ]
 
 
 def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:

@@ -49,12 +49,13 @@ import numpy as np
 from fedrs.benchmarks import plots
 from fedrs.benchmarks.common import machine_info, plot_path, print_table, write_result
 from fedrs.benchmarks.harness import (
-    build_data,
     cpu_between,
     cpu_snapshot,
+    datasets,
     steady_index,
     transpose_rows,
 )
+from fedrs.benchmarks.harness_proc import driver_actor, local_ray_args
 
 log = logging.getLogger(__name__)
 TARGET = 1.0  # packing should at least not lose throughput
@@ -69,14 +70,8 @@ def start_ray(gpus: int) -> tuple[bool, int, bool]:
     real = torch.cuda.is_available()
     started = False
     if not ray.is_initialized():
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            num_cpus=os.cpu_count(),
-            num_gpus=torch.cuda.device_count() if real else gpus,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        n_gpus = torch.cuda.device_count() if real else gpus
+        ray.init(**local_ray_args(os.cpu_count(), num_gpus=n_gpus, log_to_driver=False))
         started = True
     total = int(ray.cluster_resources().get("GPU", 0))
     return started, min(total, gpus) if not started else total, real
@@ -88,36 +83,24 @@ def drive(cfg: Any, run_dir: Path, data_path: str) -> dict[str, Any]:
     import ray
 
     from fedrs.io import write_json
-    from fedrs.methods import method_class
-    from fedrs.orchestrator.driver import Driver
-    from fedrs.orchestrator.preflight import preflight
 
-    preflight(cfg)  # the checks every run gets, before the clock starts
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
-    t0 = time.perf_counter()
-    driver = ray.remote(num_cpus=0)(Driver).remote(
-        cfg, str(run_dir.resolve()), data_path, method_class(cfg.method.name), False
-    )
-    try:
-        actors = ray.get(driver.describe_actors.remote())
-        ready = time.perf_counter()
+    with driver_actor(cfg, run_dir, data_path) as up:
         records, ends, cpu = [], [], [cpu_snapshot()]
-        for ref in driver.run.options(num_returns="streaming").remote(None):
+        for ref in up.handle.run.options(num_returns="streaming").remote(None):
             records.append(ray.get(ref))
             ends.append(time.perf_counter())
             cpu.append(cpu_snapshot())
-        summary = ray.get(driver.finish.remote())
-    finally:
-        ray.kill(driver)
-    periods = list(np.diff([ready, *ends]))
+        summary = ray.get(up.handle.finish.remote())
+    periods = list(np.diff([up.ready, *ends]))
     steady = steady_index(len(records))  # snapshot k was taken as round k's record arrived
-    window = cpu_between(cpu[steady[0]], cpu[steady[-1] + 1], {a["pid"] for a in actors})
+    window = cpu_between(cpu[steady[0]], cpu[steady[-1] + 1], {a["pid"] for a in up.actors})
     return {
         "cpu_steady": window,
-        "spawn_s": ready - t0,
+        "spawn_s": up.spawn_s,
         "finish_s": time.perf_counter() - ends[-1],
-        "actors": actors,
+        "actors": up.actors,
         "records": records,
         "periods": [float(p) for p in periods],
         "summary": summary,
@@ -166,11 +149,7 @@ def run(
     tmp = tempfile.TemporaryDirectory(prefix="fedrs-packing-")
     root = Path(keep) if keep else Path(tmp.name)
     root.mkdir(parents=True, exist_ok=True)
-    path = (
-        str(Path(data).resolve())
-        if data
-        else build_data(root / "data", "iid", clients, per_class, image_size, seed, None)
-    )
+    [(_, path)] = datasets(data, root, [("iid", None)], clients, per_class, image_size, seed)
     started, n_gpus, real = start_ray(gpus)
     rows, details = [], []
     try:

@@ -140,3 +140,13 @@ def allocator(result: dict[str, Any], path: str) -> None:
     ax.set_ylabel("client fit, ms (median)")
     ax.set_title(f"allocator tuning: {result['setup']['arch']}, pair ratio {result['ratio']}")
     save_figure(fig, path)
+
+
+def vs_flower(result: dict[str, Any], path: str) -> None:
+    fig, ax = new_figure(7, 3.5)
+    rows = result["rows"]
+    labels = [f"{r['method']}\n{r['system']}" for r in rows]
+    ax.bar(labels, [r["upd/s"] for r in rows], color=["C0", "C1", "C2"] * len(rows))
+    ax.set_ylabel("client updates / s (rounds 2..R)")
+    ax.set_title("fedrs vs Flower simulation, same client work")
+    save_figure(fig, path)

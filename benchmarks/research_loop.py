@@ -1,18 +1,29 @@
 """The baseline of ``fedrs bench vs-sequential``: the loop of prompt-FL research code (PromptFL,
 FedOTP, FedPGP: one process, one torch thread, the method built once, each round's clients
-trained one after another, then the strategy), its in-process evaluation, and the ``ceiling``
-control (the same clients split statically over plain processes, no Ray, no orchestrator).
+trained one after another, then the strategy), its in-process evaluation, the loop interleaved
+round by round with fedrs, and the ``ceiling`` control (the same clients split statically over
+plain processes, no Ray, no orchestrator).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedrs.benchmarks.harness import build_local, fit_options, machine_cpu, threads
+from fedrs.benchmarks.harness import (
+    actor_pids,
+    build_local,
+    cpu_between,
+    cpu_snapshot,
+    fit_options,
+    machine_cpu,
+    merge_cpu,
+    steady_index,
+    threads,
+)
 
 
 class SequentialLoop:
@@ -96,6 +107,49 @@ def run_sequential(cfg: Any, data_path: str) -> dict[str, Any]:
     for rnd in range(1, cfg.federation.rounds + 1):
         loop.round(rnd)
     return loop.result()
+
+
+def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict[str, Any]]:
+    """Sequential round r, then fedrs round r (the driver actor's ``run_round``), for every r;
+    fedrs's actors sit idle while the loop runs. (sequential result, fedrs result)."""
+    import ray
+
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.runner import shutdown_pool, spawn_driver
+
+    t0 = time.perf_counter()
+    driver, pool = spawn_driver(cfg, run_dir, method_class(cfg.method.name))
+    try:
+        ray.get(driver.describe_actors.remote())  # the client actors are up
+        spawn_s = time.perf_counter() - t0
+        seq = SequentialLoop(cfg, data_path)
+        periods, records, snaps = [], [], []
+        for rnd in range(1, cfg.federation.rounds + 1):
+            seq.round(rnd)
+            a = cpu_snapshot()
+            t = time.perf_counter()  # after the /proc scan: only the round is timed
+            records.append(ray.get(driver.run_round.remote(rnd)))
+            periods.append(time.perf_counter() - t)
+            snaps.append((a, cpu_snapshot()))
+        t = time.perf_counter()
+        summary = ray.get(driver.finish.remote())
+        finish_s = time.perf_counter() - t
+        params = ray.get(driver.params_snapshot.remote())
+    finally:
+        ray.kill(driver)
+        shutdown_pool(pool)
+    actors = actor_pids(records)
+    steady = [cpu_between(*snaps[i], actors) for i in steady_index(len(records))]
+    fedrs = {
+        "cpu_steady": merge_cpu([c for c in steady if c]),
+        "spawn_s": spawn_s,
+        "finish_s": finish_s,
+        "periods": periods,
+        "records": records,
+        "summary": summary,
+        "params": params,
+    }
+    return seq.result(), fedrs
 
 
 def shard_source(cfg: Any, data: Any, method: Any) -> Any:
@@ -226,30 +280,3 @@ def run_ceiling(
         # cores other users' processes took during the whole phase (start-up included)
         "other_cores": max(0.0, machine_cpu().get("busy", 0.0) - busy0 - ours) / wall,
     }
-
-
-def state_store_cost(params: dict[str, np.ndarray], repeats: int = 20) -> float:
-    """Seconds per save + load of one client's private tensors in the file state store (the part
-    of an actor's client time that the in-memory sequential loop does not pay)."""
-    from fedrs.orchestrator.state_store import FileStateStore
-
-    if not params:
-        return 0.0
-    with tempfile.TemporaryDirectory(prefix="fedrs-store-") as tmp:
-        store = FileStateStore(tmp)
-        t0 = time.perf_counter()
-        for r in range(1, repeats + 1):
-            store.save(0, r, params)
-            store.load(0, r + 1)
-        return (time.perf_counter() - t0) / repeats
-
-
-def private_example(cfg: Any, data_path: str) -> dict[str, np.ndarray]:
-    """One client's private tensors, to time the state store with the real sizes."""
-    from fedrs.datasets.manifest import FedDataset
-    from fedrs.methods import method_class
-    from fedrs.models.backbone import model_config
-
-    m = method_class(cfg.method.name)
-    shapes = m.tensor_shapes(cfg, model_config(cfg.model.arch), FedDataset(data_path).num_classes)
-    return {k: np.zeros(s, np.float32) for k, s in shapes["private"].items()}

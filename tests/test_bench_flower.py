@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrs.benchmarks import vs_flower
+from fedrs.benchmarks import flower_baseline, vs_flower
 from fedrs.errors import ConfigError
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def test_both_sides_get_the_same_gpu_share() -> None:
     assert vs_flower._gpus_per_client(opts) == (0.25 if torch.cuda.is_available() else 0.0)
     opts["gpus_per_client"] = 0.25  # as _gpus_per_client passes a valid share on a GPU machine
     cfg = vs_flower._run_config(opts, "fedrsclip", "/nonexistent")
-    backend = vs_flower._backend_config(cfg)
+    backend = flower_baseline.backend_config(cfg)
     assert cfg["resources"]["num_gpus_per_client"] == 0.25
     assert backend["client_resources"] == {"num_cpus": 1, "num_gpus": 0.25}
     assert backend["init_args"]["num_cpus"] == cfg["resources"]["num_actors"] == 4

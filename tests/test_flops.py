@@ -112,7 +112,7 @@ def test_count_flops_sees_the_fused_no_grad_attention() -> None:
 
 def test_text_to_eot_matches_open_clip_encode_text() -> None:
     """The fullft_text experiment's text encoding equals open_clip's full-length one."""
-    from fedrs.benchmarks.flops import _encode_text_to_eot, fullft_text_to_eot
+    from fedrs.benchmarks.flops_client import _encode_text_to_eot, fullft_text_to_eot
     from fedrs.methods.fullft import FullFedAvg
     from fedrs.models.backbone import load_backbone
     from fedrs.models.prompt import class_prompts
