@@ -46,9 +46,10 @@ from fedrs.benchmarks.common import (
     print_table,
     write_result,
 )
-from fedrs.benchmarks.quality import ARCH, IMAGE_SIZE
 
 log = logging.getLogger(__name__)
+ARCH = "fedrs-rs"  # the small remote-sensing CLIP `fedrs pretrain` makes
+IMAGE_SIZE = 96
 
 # key: (label, config overrides, the paper's UCM-Captions mR or None)
 METHODS: dict[str, tuple[str, dict[str, Any], float | None]] = {

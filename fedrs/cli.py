@@ -283,7 +283,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "data-format": "fedrs.benchmarks.data_format",
-    "quality": "fedrs.benchmarks.quality",
     "vs-flower": "fedrs.benchmarks.vs_flower",
     "vs-sequential": "fedrs.benchmarks.vs_sequential",
     "scale-clients": "fedrs.benchmarks.scale_clients",
@@ -314,7 +313,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     module = importlib.import_module(BENCHMARKS[args.name])
     kwargs = {"json_path": args.json}
-    for key in ("data", "captions", "cache", "rounds"):
+    for key in ("data", "cache", "rounds"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     for assignment in args.set or []:
@@ -454,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="a built dataset directory (default: synthetic)"
     )
     bench.add_argument("--json", default=None, help="write the result JSON here")
-    bench.add_argument("--captions", default=None, help="quality: caption dataset to pretrain on")
-    bench.add_argument("--cache", default=None, help="quality: where builds/checkpoints are cached")
+    bench.add_argument("--cache", default=None, help="retrieval: builds / checkpoints cache")
     bench.add_argument("--rounds", type=int, default=None, help="federated rounds")
     bench.add_argument(
         "--set",

@@ -335,16 +335,6 @@ def test_cli_errors_are_single_lines(tmp_path: Path, tiny_folder: Path) -> None:
     )
 
 
-def test_bench_quality_without_inputs_is_a_one_line_error() -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "fedrs.cli", "bench", "quality"], capture_output=True, text=True
-    )
-    assert r.returncode == 2
-    assert r.stderr.strip() == (
-        "fedrs: error: bench quality needs --data IMAGEFOLDER and --captions CAPTION_DATASET"
-    )
-
-
 def test_caption_images_get_scene_classes_for_label_skew(tmp_path: Path) -> None:
     """``--caption-classes``: a file or a file-name rule gives caption images their classes,
     so image-caption pairs can be split over clients by scene class (Dirichlet)."""
