@@ -71,6 +71,9 @@ class ClientWorker:
         self.gpu_ids = _assigned_gpus()
         # Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU(s): the first visible one is ours.
         self.device = "cuda:0" if self.gpu_ids and torch.cuda.is_available() else "cpu"
+        if self.device != "cpu":  # runs replay exactly (--resume) on GPUs too: no autotuned,
+            torch.backends.cudnn.deterministic = True  # non-deterministic convolutions
+            torch.backends.cudnn.benchmark = False
         self.data = FedDataset(data_path)
         self.method = method_cls(self.cfg, self.data.classes, self.device)
         self.store = FileStateStore(state_root)

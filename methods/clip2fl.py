@@ -95,8 +95,12 @@ class Clip2FLOptions:
             "retrain_batch_size",
         ):
             check(getattr(self, name) >= 1, f"method.{name} must be >= 1")
-        for name in ("kd_alpha", "lambda_pcl", "feature_steps", "retrain_epochs"):
+        for name in ("kd_alpha", "lambda_pcl", "feature_steps"):
             check(getattr(self, name) >= 0, f"method.{name} must be >= 0")
+        check(
+            not self.retrain or self.retrain_epochs >= 1,
+            "method.retrain_epochs must be >= 1 (0 would evaluate an untrained classifier)",
+        )
         for name in ("kd_temperature", "pcl_temperature", "feature_lr", "retrain_lr"):
             check(getattr(self, name) > 0, f"method.{name} must be > 0")
         check(
@@ -106,7 +110,8 @@ class Clip2FLOptions:
 
     @property
     def uses_teacher(self) -> bool:
-        return self.kd_alpha > 0 or (self.retrain and self.lambda_pcl > 0)
+        """Clients need the teacher's logits only to distil (L_PCL is the server's)."""
+        return self.kd_alpha > 0
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ class Clip2FLServer(MethodServer):
             self.text = _teacher_text(cfg, classes, self.device)[1].float()
 
     def update(self, round: int, params: Params, updates: list[ClientUpdate]) -> Params:
+        self.metrics = {}
         if not self.opts.retrain:
             return params
         targets = class_gradient_means(updates, len(self.classes))
@@ -317,7 +323,8 @@ class CLIP2FL(Method):
         self.teacher = self.text = None
         if self.opts.uses_teacher:
             self.teacher, self.text = _teacher_text(cfg, classes, self.device)
-        self.global_keys = (*self._student_state(), HEAD_W, HEAD_B)
+        heads = (HEAD_W, HEAD_B) if self.opts.retrain else ()  # the student arm: no re-training
+        self.global_keys = (*self._student_state(), *heads)
 
     @classmethod
     def extra_names(cls, num_classes: int) -> list[str]:
@@ -332,12 +339,10 @@ class CLIP2FL(Method):
         with torch.device("meta"):  # shapes only, no memory
             state = Student(num_classes, dim, opts.scaling).state_dict()
         shapes = {PREFIX + k: tuple(v.shape) for k, v in state.items() if v.is_floating_point()}
-        shapes |= {HEAD_W: (num_classes, dim), HEAD_B: (num_classes,)}
-        extras = (
-            {name: (num_classes, dim + 1) for name in cls.extra_names(num_classes)}
-            if opts.retrain
-            else {}
-        )
+        extras = {}
+        if opts.retrain:  # the re-trained classifier goes down; per-class gradients come up
+            shapes |= {HEAD_W: (num_classes, dim), HEAD_B: (num_classes,)}
+            extras = {name: (num_classes, dim + 1) for name in cls.extra_names(num_classes)}
         return {"global": shapes, "private": {}, "extras": extras}
 
     def _student_state(self) -> dict[str, torch.Tensor]:
@@ -352,8 +357,9 @@ class CLIP2FL(Method):
             fresh = Student(len(self.classes), _embed_dim(self.cfg), self.opts.scaling)
         self.student.load_state_dict(fresh.state_dict())
         out = {k: v.detach().cpu().numpy().copy() for k, v in self._student_state().items()}
-        out[HEAD_W] = out[PREFIX + "head.weight"].copy()  # re-trained = FedAvg head until then
-        out[HEAD_B] = out[PREFIX + "head.bias"].copy()
+        if self.opts.retrain:  # re-trained = the FedAvg head until the server's first step
+            out[HEAD_W] = out[PREFIX + "head.weight"].copy()
+            out[HEAD_B] = out[PREFIX + "head.bias"].copy()
         return out
 
     def _load(self, params: Params) -> None:
@@ -377,14 +383,14 @@ class CLIP2FL(Method):
         student, opts = self.student, self.opts
         student.train()
         gen, _ = self._generator(options, 1)
-        teacher = shard.cached if opts.kd_alpha > 0 else None
+        teacher = self._teacher_source(shard) if opts.kd_alpha > 0 else None
 
         def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
             _, logits = student(student.pixels(images[rows], gen))
             y = torch.as_tensor(labels[rows], device=logits.device)
             loss = F.cross_entropy(logits, y)
             if teacher is not None:
-                t = _tensor(teacher[rows], logits.device)
+                t = _tensor(teacher(rows), logits.device)
                 loss = loss + opts.kd_alpha * kd_loss(logits, t, opts.kd_temperature)
             return loss, int((logits.argmax(1) == y).sum())
 
@@ -411,17 +417,20 @@ class CLIP2FL(Method):
         weight, bias = (_tensor(global_params[k], self.device) for k in (HEAD_W, HEAD_B))
         gen, rng = self._generator(options, 2)
         out: Params = {}
+        reps = self.opts.grad_repeats
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
             size = min(len(rows), self.opts.grad_batch_size)
-            total = torch.zeros(len(self.classes), weight.shape[1] + 1, device=self.device)
-            for _ in range(self.opts.grad_repeats):
-                pick = np.sort(rng.choice(rows, size=size, replace=False))
-                feats = self.student.backbone(self.student.pixels(images[pick], gen))
-                y = torch.full((size,), int(c), device=self.device)
-                gw, gb = classifier_grad(feats, y, weight, bias)
-                total += torch.cat([gw, gb[:, None]], dim=1)
-            out[f"{GRAD}{int(c)}"] = (total / self.opts.grad_repeats).cpu().numpy()
+            # the repeats' samples (each without replacement) in one forward pass (eval mode:
+            # a sample's features do not depend on its batch)
+            picks = np.concatenate(
+                [np.sort(rng.choice(rows, size=size, replace=False)) for _ in range(reps)]
+            )
+            feats = self.student.backbone(self.student.pixels(images[picks], gen))
+            y = torch.full((reps, size), int(c), device=self.device)
+            gw, gb = classifier_grad(feats.view(reps, size, -1), y, weight, bias)
+            total = torch.cat([gw, gb[..., None]], dim=-1).mean(0)  # (C, D + 1)
+            out[f"{GRAD}{int(c)}"] = total.cpu().numpy()
         return out
 
     def input_cache(self) -> InputCache | None:
@@ -435,6 +444,14 @@ class CLIP2FL(Method):
             "output": "logits*100",
         }
         return InputCache(identity, self._teacher_logits, replaces_inputs=False)
+
+    def _teacher_source(self, shard: Any) -> Callable[[np.ndarray], np.ndarray]:
+        """Teacher logits by rows: from the shard's cache, or (``data.feature_cache=false``)
+        computed from the pixels on every call, as research code without a cache does."""
+        cached = getattr(shard, "cached", None)
+        if cached is not None:
+            return lambda rows: cached[rows]
+        return lambda rows: self._teacher_logits(shard.images[rows])
 
     def _teacher_logits(self, images: np.ndarray) -> np.ndarray:
         assert self.teacher is not None and self.text is not None

@@ -79,15 +79,17 @@ class Student(nn.Module):
         if augment is None:
             return x
         n, pad = len(x), 4
-        padded = F.pad(x, (pad, pad, pad, pad))
-        dx = torch.randint(0, 2 * pad + 1, (n,), generator=augment).tolist()
-        dy = torch.randint(0, 2 * pad + 1, (n,), generator=augment).tolist()
-        flip = (torch.rand(n, generator=augment) < 0.5).tolist()
-        crops = []
-        for i in range(n):
-            crop = padded[i, :, dy[i] : dy[i] + s, dx[i] : dx[i] + s]
-            crops.append(crop.flip(-1) if flip[i] else crop)
-        return torch.stack(crops)
+        padded = F.pad(x, (pad, pad, pad, pad), value=-1.0)  # black, as a zero pad of pixels
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=augment).to(device)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=augment).to(device)
+        flip = (torch.rand(n, generator=augment) < 0.5).to(device)
+        span = torch.arange(s, device=device)
+        rows = (dy[:, None] + span)[:, None, :, None]  # (n, 1, s, 1)
+        cols = dx[:, None] + span
+        cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # (n, 1, 1, s)
+        batch = torch.arange(n, device=device)[:, None, None, None]
+        chans = torch.arange(3, device=device)[None, :, None, None]
+        return padded[batch, chans, rows, cols]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits."""

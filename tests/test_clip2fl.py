@@ -73,6 +73,37 @@ def test_kd_term_is_t_squared_kl_teacher_to_student(temperature: float) -> None:
     assert float(same) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kd_term_direction_and_batch_mean() -> None:
+    """Uneven three-class logits, a batch of two: KL(teacher || student) averaged over the
+    batch, not KL(student || teacher), not summed."""
+    student = [[4.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    teacher = [[0.0, 0.0, 1.0], [3.0, -2.0, 0.0]]
+    t = 2.0
+
+    def softmax(z: list[float]) -> list[float]:
+        e = [math.exp(v / t) for v in z]
+        return [v / sum(e) for v in e]
+
+    def kl(p: list[float], q: list[float]) -> float:
+        return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+
+    want = (
+        t
+        * t
+        * sum(kl(softmax(te), softmax(st)) for st, te in zip(student, teacher, strict=True))
+        / 2
+    )
+    wrong = (
+        t
+        * t
+        * sum(kl(softmax(st), softmax(te)) for st, te in zip(student, teacher, strict=True))
+        / 2
+    )
+    got = float(kd_loss(torch.tensor(student), torch.tensor(teacher), t))
+    assert got == pytest.approx(want, rel=1e-6)
+    assert abs(want - wrong) > 0.2 and got != pytest.approx(wrong, rel=1e-2)
+
+
 def test_classifier_gradient_in_closed_form() -> None:
     # W = 0, b = 0: P = (1/2, 1/2); label 0 -> P - Y = (-1/2, 1/2); gW = (P - Y)^T f
     gw, gb = classifier_grad(
@@ -90,6 +121,50 @@ def test_classifier_gradient_in_closed_form() -> None:
     gw, gb = classifier_grad(f, y, w.detach(), b.detach())
     np.testing.assert_allclose(gw.numpy(), w.grad.numpy(), atol=1e-6)
     np.testing.assert_allclose(gb.numpy(), b.grad.numpy(), atol=1e-6)
+
+
+def test_client_class_gradients_match_autograd_on_the_received_model() -> None:
+    """Per local class: the mean over the repeats of autograd's CE gradient w.r.t. the
+    re-trained classifier, on eval-mode features of the received backbone; (C, D + 1) with
+    the bias last; only the client's classes; deterministic in (seed, round, client)."""
+    from fedrs.methods.base import FitOptions
+
+    cfg = RunConfig().replace(**{**TINY, "method.grad_repeats": 3, "method.grad_batch_size": 4})
+    classes = [f"c{i}" for i in range(5)]
+    method = CLIP2FL(cfg, classes)
+    g = method.init_global(0)
+    rng = np.random.default_rng(1)
+    g["classifier.weight"] = rng.normal(size=g["classifier.weight"].shape).astype(np.float32)
+    g["classifier.bias"] = rng.normal(size=5).astype(np.float32)
+    g["student.head.weight"] = np.zeros_like(g["student.head.weight"])  # must not be used
+    images = rng.integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
+    labels = np.array([0, 0, 0, 3, 3, 3, 3, 3, 3])
+    opts = FitOptions(round=2, client_id=1, seed=0, epochs=1, batch_size=4, lr=0.1)
+    method._load(g)
+    got = method.class_gradients(g, images, labels, opts)
+    assert sorted(got) == ["class_grad/0", "class_grad/3"]
+    assert got["class_grad/3"].shape == (5, 64 + 1)
+    # autograd on the same samples: redraw them with the method's own generators
+    gen, pick_rng = method._generator(opts, 2)
+    w = torch.from_numpy(g["classifier.weight"]).requires_grad_(True)
+    b = torch.from_numpy(g["classifier.bias"]).requires_grad_(True)
+    for c in (0, 3):
+        rows = np.flatnonzero(labels == c)
+        size = min(len(rows), 4)
+        picks = np.concatenate(
+            [np.sort(pick_rng.choice(rows, size, replace=False)) for _ in range(3)]
+        )
+        with torch.no_grad():
+            feats = method.student.backbone(method.student.pixels(images[picks], gen))
+        want = []
+        for r in range(3):
+            f = feats[r * size : (r + 1) * size]
+            loss = torch.nn.functional.cross_entropy(f @ w.t() + b, torch.full((size,), c))
+            gw, gb = torch.autograd.grad(loss, (w, b))
+            want.append(torch.cat([gw, gb[:, None]], 1).numpy())
+        np.testing.assert_allclose(got[f"class_grad/{c}"], np.mean(want, 0), atol=1e-5)
+    again = method.class_gradients(g, images, labels, opts)
+    np.testing.assert_array_equal(again["class_grad/3"], got["class_grad/3"])
 
 
 def test_gradient_matching_distance() -> None:
@@ -219,6 +294,10 @@ def test_dry_run_counts_the_per_class_gradients() -> None:
     assert len(p["tensors"]["extras"]) == c
     # the re-trained classifier goes down, never up
     assert p["params_received_per_client"] == student + c * d + c
+    # the student baseline: its model both ways, nothing else
+    s = plan(RunConfig().replace(**{**TINY, "method.name": "student", "method.lambda_pcl": 0}))
+    assert s["params_sent_per_client"] == s["params_received_per_client"] == student
+    assert not s["tensors"]["extras"]
 
 
 # ------------------------------------------------------------------------- runs on Ray
@@ -280,23 +359,25 @@ def test_clip2fl_server_state_resumes_bit_identically_after_sigkill(
     }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     proc = _cli(tmp_path, "run", "--out", "cut", *args, wait=False)
-    metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+    while checkpoint.load(tmp_path / "cut") is None:  # round 1 checkpointed
         assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(tmp_path / "cut")[0] < 3  # killed before the end
     _cli(tmp_path, "run", "--resume", "cut")
-    run(small_run(data, **sets), out=str(tmp_path / "full"), console=QUIET)  # uninterrupted
+    fresh = tmp_path / "fresh"  # the uninterrupted run on its own copy: its cache starts empty
+    shutil.copytree(synth_data, fresh, ignore=shutil.ignore_patterns("features-*"))
+    cfg = small_run(fresh, **{**sets, "data.path": str(fresh)})
+    run(cfg, out=str(tmp_path / "full"), console=QUIET)
     full, cut = checkpoint.load(tmp_path / "full"), checkpoint.load(tmp_path / "cut")
     assert full[0] == cut[0] == 3
     assert set(full[2]) == {"features"}
     np.testing.assert_array_equal(full[2]["features"], cut[2]["features"])
     for key in full[1]:
         np.testing.assert_array_equal(full[1][key], cut[1][key], err_msg=key)
-    m = _metrics(tmp_path / "cut")
+    m = _metrics(tmp_path / "full")
     # the teacher's logits: computed once per shard, read back in every later round
     seen: set[str] = set()
     for r in m:
