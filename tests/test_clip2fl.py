@@ -329,16 +329,13 @@ def test_bad_class_gradients_are_rejected_counted_and_bytes_include_them(
     assert m["bytes_up"] == 6 * student + grads - 10 * 4  # client 2's lacks a column of 10
 
 
-def _cli(cwd: Path, *args: str, wait: bool = True) -> Any:
+def _start_cli(cwd: Path, *args: str) -> subprocess.Popen:
+    """`fedrs ARGS` in its own process, with a local Ray of its own."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "fedrs.cli", *args]
-    if not wait:
-        return subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def test_clip2fl_server_state_resumes_bit_identically_after_sigkill(
@@ -358,7 +355,7 @@ def test_clip2fl_server_state_resumes_bit_identically_after_sigkill(
         "resources.num_actors": 2,
     }
     args = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
-    proc = _cli(tmp_path, "run", "--out", "cut", *args, wait=False)
+    proc = _start_cli(tmp_path, "run", "--out", "cut", *args)
     deadline = time.monotonic() + 300
     while checkpoint.load(tmp_path / "cut") is None:  # round 1 checkpointed
         assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
@@ -366,7 +363,7 @@ def test_clip2fl_server_state_resumes_bit_identically_after_sigkill(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(tmp_path / "cut")[0] < 3  # killed before the end
-    _cli(tmp_path, "run", "--resume", "cut")
+    run(resume=str(tmp_path / "cut"), console=QUIET)
     fresh = tmp_path / "fresh"  # the uninterrupted run on its own copy: its cache starts empty
     shutil.copytree(synth_data, fresh, ignore=shutil.ignore_patterns("features-*"))
     cfg = small_run(fresh, **{**sets, "data.path": str(fresh)})
