@@ -167,6 +167,33 @@ def test_client_class_gradients_match_autograd_on_the_received_model() -> None:
     np.testing.assert_array_equal(again["class_grad/3"], got["class_grad/3"])
 
 
+def test_retraining_is_plain_minibatch_sgd_on_cross_entropy() -> None:
+    """The closed-form retraining loop takes the steps autograd + torch.optim.SGD would."""
+    from fedrs.methods.clip2fl import Clip2FLOptions, retrain_classifier
+
+    opts = Clip2FLOptions(retrain_epochs=3, retrain_batch_size=4, retrain_lr=0.5)
+    gen = torch.Generator().manual_seed(3)
+    feats, labels = torch.randn(10, 6, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+    w, b = retrain_classifier(feats, labels, 3, opts, [0, 1])
+    # the reference: the same initialisation and shuffles, autograd and torch's SGD
+    ref = torch.Generator().manual_seed(int(np.random.SeedSequence([0, 1]).generate_state(1)[0]))
+    rw = ((torch.rand(3, 6, generator=ref) * 2 - 1) / 6**0.5).requires_grad_(True)
+    rb = ((torch.rand(3, generator=ref) * 2 - 1) / 6**0.5).requires_grad_(True)
+    start = rw.detach().clone()
+    opt = torch.optim.SGD([rw, rb], lr=0.5)
+    for _ in range(3):
+        perm = torch.randperm(10, generator=ref)
+        for s in range(0, 10, 4):
+            rows = perm[s : s + 4]
+            loss = torch.nn.functional.cross_entropy(feats[rows] @ rw.t() + rb, labels[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    np.testing.assert_allclose(w.numpy(), rw.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(b.numpy(), rb.detach().numpy(), atol=1e-5)
+    assert np.abs(w.numpy() - start.numpy()).max() > 0.01  # it trained
+
+
 def test_gradient_matching_distance() -> None:
     # W rows: the same direction (1 - 1 = 0), orthogonal (1 - 0 = 1); b: orthogonal (1)
     d = match_distance(
