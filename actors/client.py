@@ -21,7 +21,7 @@ from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, fea
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
 from fedrs.methods.base import FitOptions, InputCache, Method
-from fedrs.orchestrator.config import from_dict
+from fedrs.orchestrator.config import from_dict, with_data_path
 from fedrs.orchestrator.state_store import FileStateStore
 
 Params = dict[str, np.ndarray]
@@ -63,7 +63,7 @@ class ClientWorker:
         state_root: str,
         index: int = 0,
     ) -> None:
-        self.cfg = from_dict(cfg)
+        self.cfg = with_data_path(from_dict(cfg), data_path)
         self.index = index
         self.allocator_tuned = self.cfg.resources.retain_freed_memory and retain_freed_memory()
         threads = max(1, round(self.cfg.resources.num_cpus_per_client))

@@ -95,6 +95,11 @@ def trial_bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], int]:
     return ([head] if head else []) + clients, int(bool(head))
 
 
+class PerTask(list):
+    """``ClientPool.map``'s ``shared`` argument, one entry per task (e.g. each client's own
+    download when clients of different groups receive different tensors)."""
+
+
 class ClientPool:
     def __init__(
         self,
@@ -174,7 +179,7 @@ class ClientPool:
     ) -> tuple[dict[int, Any], dict[int, str]]:
         """Run ``actor.<method>(shared, task)`` for every task; results and failure reasons
         keyed by task index. ``shared`` (e.g. an ObjectRef of the global tensors) is passed to
-        every call without copying it per task.
+        every call without copying it per task; a ``PerTask`` list gives each task its own.
 
         Scheduling: tasks go out largest ``costs`` first (longest-processing-time order, which
         bounds the round's tail when clients differ in size), to whichever actor frees up first.
@@ -279,7 +284,8 @@ class ClientPool:
                 busy = len(queues[ai])
                 if pending and (busy == 0 or (busy < depth and len(pending) > len(live))):
                     ti, task = pending.popleft()
-                    ref = getattr(self.actors[ai], method).remote(shared, task)
+                    arg = shared[ti] if isinstance(shared, PerTask) else shared
+                    ref = getattr(self.actors[ai], method).remote(arg, task)
                     queues[ai].append((ref, ti, task))
                     owner[ref] = ai
             ready, _ = ray.wait(list(owner), num_returns=1, timeout=remaining)

@@ -17,7 +17,7 @@ from fedrs.errors import PartitionError
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("iid", "dirichlet", "pathological", "domain", "longtail")
+SCHEMES = ("iid", "dirichlet", "pathological", "domain", "longtail", "spatial")
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,30 @@ def longtail_keep(labels: np.ndarray, imbalance_factor: float, seed: int) -> np.
     return np.sort(np.concatenate(keep))
 
 
+def _cuts(values: np.ndarray, parts: int) -> np.ndarray:
+    """Group index (0..parts-1) of each value: contiguous value ranges with near-equal counts
+    (equal values always share a group, so the ranges are disjoint)."""
+    order = np.sort(values)
+    bounds = order[(np.arange(1, parts) * len(values)) // parts] if len(values) else []
+    return np.searchsorted(np.asarray(bounds), values, side="right")
+
+
+def spatial(coords: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Disjoint rectangular regions of a scene as clients: columns cut into ``gx`` strips, each
+    strip's rows into ``gy`` (``gx * gy = num_clients``, as square as the number allows), every
+    cut at a quantile so the regions hold near-equal numbers of pixels. ``coords`` is
+    ``(n, 2)`` (row, column)."""
+    gx = max(d for d in range(1, int(num_clients**0.5) + 1) if num_clients % d == 0)
+    gy = num_clients // gx
+    strip = _cuts(coords[:, 1], gx)
+    parts: list[np.ndarray] = []
+    for s in range(gx):
+        idx = np.flatnonzero(strip == s)
+        band = _cuts(coords[idx, 0], gy)
+        parts.extend(np.sort(idx[band == b]) for b in range(gy))
+    return parts
+
+
 def _allocate(sizes: np.ndarray, total: int) -> np.ndarray:
     """Split ``total`` clients over groups proportionally to ``sizes`` (>= 1 each)."""
     if total < len(sizes):
@@ -180,12 +204,16 @@ def _allocate(sizes: np.ndarray, total: int) -> np.ndarray:
 
 
 def partition(
-    spec: PartitionSpec, labels: np.ndarray | None, domains: np.ndarray
+    spec: PartitionSpec,
+    labels: np.ndarray | None,
+    domains: np.ndarray,
+    coords: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Split rows ``0..len(domains)-1`` into ``spec.num_clients`` index arrays.
 
     Rows in no array were dropped on purpose (long-tail subsampling, classes a pathological
-    split assigns to nobody). ``labels`` is None for caption data (only iid / domain apply).
+    split assigns to nobody). ``labels`` is None for caption data (only iid / domain apply);
+    ``coords`` ``(n, 2)`` pixel positions of a scene (``spatial`` needs them).
     Raises PartitionError when a client would get fewer than ``spec.min_examples`` rows.
     """
     n = len(domains)
@@ -197,7 +225,14 @@ def partition(
             f"needs {spec.num_clients * spec.min_examples} training examples, only {n} available"
         )
     alpha = spec.effective_alpha
-    if spec.scheme == "iid":
+    if spec.scheme == "spatial":
+        if coords is None:
+            raise PartitionError(
+                "--partition spatial needs pixel positions: a scene (.mat rasters or "
+                "`fedrs data synth --multimodal`), not images or a pixel table"
+            )
+        parts = spatial(coords, spec.num_clients)
+    elif spec.scheme == "iid":
         parts = iid(n, spec.num_clients, spec.seed)
     elif spec.scheme == "dirichlet":
         assert labels is not None and alpha is not None

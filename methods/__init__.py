@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.clip2fl import CLIP2FL, CReFF, StudentFedAvg
+from fedrs.methods.feddiff import EarlyFusion, FedDiff
 from fedrs.methods.fedpgp import FedPGP
 from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
@@ -30,6 +31,8 @@ CLASSIFICATION = (
     CLIP2FL,
     CReFF,
     StudentFedAvg,
+    FedDiff,
+    EarlyFusion,
 )
 RETRIEVAL = (PERSITR, RetrievalZeroShot, RetrievalCoOp, RetrievalFullFT, RetrievalAdaptFormer)
 METHODS: dict[str, type[Method]] = {m.name: m for m in (*CLASSIFICATION, *RETRIEVAL)}

@@ -22,9 +22,12 @@ config, class names and a torch device of its own (``resources.server_num_cpus``
 (CLIP2FL's federated features plug in here); ``state_dict`` / ``load_state_dict`` carry what
 it keeps across rounds through checkpoints and ``--resume``.
 
-What travels: every global tensor goes down; clients upload the strategy's keys, less
-``download_only`` (tensors only the server writes), and, per client, only those of
-``upload_keys_for(client)`` (clients of one modality send one branch); ``extra_keys`` name the
+What travels: every global tensor goes down (per client and round, only those of
+``download_keys_for(client, round)`` when a method narrows it); clients upload the strategy's
+keys, less ``download_only`` (tensors only the server writes), and, per client and round, only
+those of ``upload_keys_for(client, round)`` (clients of one modality send one branch, a staged
+method one stage's tensors); ``decode_upload`` restores tensors a client sent compressed (e.g.
+as low-rank factors in its extras) before validation and aggregation; ``extra_keys`` name the
 extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may send. Uploads and
 extras are validated (names, shapes, dtypes, finite values) and counted in ``bytes_up``.
 
@@ -170,6 +173,9 @@ class Method(ABC):
     # False: clients never share a model (local training only); the global split is then
     # evaluated only through each client's own model (federation.eval_personal_global)
     global_model: ClassVar[bool] = True
+    # the synthetic default data a run without data.path builds for it: "images" (scenes
+    # of land-cover classes) or "scene" (a co-registered HSI + LiDAR scene)
+    synthetic_data: ClassVar[str] = "images"
     # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
     # training shard (e.g. fine-tuning the global prompt locally); see there
     personalizes: ClassVar[bool] = False
@@ -260,10 +266,26 @@ class Method(ABC):
         return None
 
     @classmethod
-    def upload_keys_for(cls, client: dict[str, Any]) -> tuple[str, ...] | None:
-        """The tensors the client described by ``client`` (its manifest record) uploads; None:
-        all the strategy asks for. FedDiff-style methods return one branch per modality."""
+    def upload_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The tensors the client described by ``client`` (its manifest record) uploads in
+        ``round``; None: all the strategy asks for. FedDiff returns one branch per modality
+        and one stage's tensors per round."""
         return None
+
+    @classmethod
+    def download_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The global tensors the client receives in ``round``; None: all of them."""
+        return None
+
+    @classmethod
+    def decode_upload(
+        cls, cfg: RunConfig, sent: Params, params: Params, extras: Params
+    ) -> tuple[Params, Params]:
+        """(params, extras) as the strategy sees them, from what a client uploaded: a method
+        whose clients compress tensors (e.g. low-rank factors in ``extras``) restores them
+        here, given ``sent``, the global tensors the client received. Called after the extras
+        were validated; the restored params are validated next. Default: unchanged."""
+        return params, extras
 
     @classmethod
     def extra_allowed(cls, name: str) -> bool:
@@ -312,8 +334,10 @@ def local_sgd(
     n: int,
     options: FitOptions,
     global_keys: Collection[str],
+    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None = None,
 ) -> dict[str, float]:
-    """The local training loop every method shares: SGD over shuffled batches for ``epochs``.
+    """The local training loop every method shares: SGD over shuffled batches for ``epochs``
+    (``optimizer``: another optimiser over the parameters, e.g. FedDiff's Adam).
 
     ``step_loss(rows)`` returns (loss, number correct) for a batch. With
     ``options.proximal_mu > 0`` FedProx's (mu / 2) ||w - w_global||^2 is added for the tensors
@@ -322,11 +346,15 @@ def local_sgd(
     """
     rng = np.random.default_rng(options.rng_seed)
     torch.manual_seed(int(rng.integers(2**31)))
-    opt = torch.optim.SGD(
-        list(params.values()),
-        lr=options.lr,
-        momentum=options.momentum,
-        weight_decay=options.weight_decay,
+    opt = (
+        optimizer(list(params.values()))
+        if optimizer is not None
+        else torch.optim.SGD(
+            list(params.values()),
+            lr=options.lr,
+            momentum=options.momentum,
+            weight_decay=options.weight_decay,
+        )
     )
     anchor = (
         {k: p.detach().clone() for k, p in params.items() if k in global_keys}

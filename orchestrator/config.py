@@ -107,7 +107,11 @@ class DataConfig:
     classes_per_client: int = 2
     imbalance_factor: float = 10.0
     per_class: int = 40  # synthetic default: images per class of the largest sensor
-    image_size: int = 64  # synthetic default: image size
+    image_size: int = 64  # synthetic default: image size (a scene's side)
+    # synthetic scene (methods on HSI + LiDAR pixels): patch side and the modalities clients
+    # hold in turn ("hsi+lidar": all paired; "hsi,lidar": alternating single-modality)
+    patch_size: int = 7
+    client_modalities: str = ""
     # Frozen-feature cache: for methods that never change the image encoder (PromptFL,
     # zero-shot), image embeddings are computed once per shard and stored beside it.
     feature_cache: bool = True
@@ -118,6 +122,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, f"data.num_clients must be >= 1, got {self.num_clients}")
         _check(self.alpha > 0, f"data.alpha must be > 0, got {self.alpha}")
+        _check(
+            self.patch_size >= 1 and self.patch_size % 2 == 1,
+            f"data.patch_size must be an odd number >= 1, got {self.patch_size}",
+        )
         _check(
             self.bad_shards in ("stop", "exclude"),
             f"data.bad_shards must be 'stop' or 'exclude', got {self.bad_shards!r}",
@@ -251,6 +259,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(value, args[0], key)
+    if origin is tuple:  # tuple[X, ...]: a TOML list, or "a,b" on the command line
+        (item, *_) = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("[]()").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return tuple(_coerce(v, item, key) for v in value)
     try:
         if typ is bool:
             if isinstance(value, str):
@@ -312,6 +327,12 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {part!r} is not a section")
     node[parts[-1]] = value.strip()
+
+
+def with_data_path(cfg: RunConfig, path: str) -> RunConfig:
+    """``cfg`` naming the data it runs on (the synthetic default's folder included), so a
+    method can read what the build holds (e.g. FedDiff its modalities' bands)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path)))
 
 
 def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:

@@ -32,13 +32,13 @@ import numpy as np
 import ray
 
 from fedrs.actors.client import EvalTask, FitTask
-from fedrs.actors.pool import ClientPool, Placement
+from fedrs.actors.pool import ClientPool, PerTask, Placement
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError
 from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.config import RunConfig, with_data_path
 from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
 from fedrs.orchestrator.sampling import sample_usable
 from fedrs.orchestrator.state_store import FileStateStore
@@ -163,6 +163,7 @@ class Driver:
                 shutil.rmtree(self.run_dir / stale, ignore_errors=True)
             (self.run_dir / METRICS).unlink(missing_ok=True)
         self.store = FileStateStore(self.run_dir / STATE_DIR)
+        cfg = self.cfg = with_data_path(cfg, data_path)  # what the method's server reads
         if pool is None:
             pool = ClientPool(cfg, method_cls, data_path, str(self.store.root), placement=placement)
         self.pool = pool
@@ -187,12 +188,21 @@ class Driver:
         self.spec = spec_of(self.params, self.strategy.upload_keys)
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
 
-    def upload_keys(self, client_id: int) -> tuple[str, ...]:
-        """What this client uploads: the strategy's keys, narrowed by its group."""
-        record = self.data.manifest["clients"][client_id % self.data.num_clients]
-        group = self.method_cls.upload_keys_for(record)
+    def _record(self, client_id: int) -> dict[str, Any]:
+        return self.data.manifest["clients"][client_id % self.data.num_clients]
+
+    def upload_keys(self, client_id: int, rnd: int) -> tuple[str, ...]:
+        """What this client uploads in ``rnd``: the strategy's keys, narrowed by its group."""
+        group = self.method_cls.upload_keys_for(self.cfg, self._record(client_id), rnd)
         keys = self.strategy.upload_keys
         return keys if group is None else tuple(k for k in keys if k in group)
+
+    def download_keys(self, client_id: int, rnd: int) -> tuple[str, ...]:
+        """The global tensors this client receives in ``rnd``."""
+        group = self.method_cls.download_keys_for(self.cfg, self._record(client_id), rnd)
+        return (
+            self.global_keys if group is None else tuple(k for k in self.global_keys if k in group)
+        )
 
     # ------------------------------------------------------------------ the round loop
     def run(self, stop_after: int | None = None) -> Iterator[dict[str, Any]]:
@@ -228,14 +238,17 @@ class Driver:
             self.data.num_clients,
             frozenset(self.excluded),
         )
-        download = {k: self.params[k] for k in self.global_keys}
-        params_ref = ray.put(download)
+        # each client receives its group's tensors: one object per distinct group
+        keys = [self.download_keys(cid, rnd) for cid in sampled]
+        refs = {k: ray.put({name: self.params[name] for name in k}) for k in dict.fromkeys(keys)}
+        params_ref = PerTask(refs[k] for k in keys)
+        bytes_down = sum(nbytes({name: self.params[name] for name in k}) for k in keys)
         tasks = [
             FitTask(
                 cid,
                 dataclasses.replace(
                     FitOptions.from_config(self.cfg, rnd, cid, self.strategy),
-                    upload_keys=self.upload_keys(cid),
+                    upload_keys=self.upload_keys(cid, rnd),
                 ),
             )
             for cid in sampled
@@ -249,21 +262,22 @@ class Driver:
         for ti, reply in sorted(results.items()):
             cid = sampled[ti]
             bytes_up += payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
-            spec = {k: self.spec[k] for k in self.upload_keys(cid)}
-            reason = validate_update(reply.get("params"), reply.get("num_examples"), spec)
-            reason = reason or validate_extras(
-                reply.get("extras"), self.method_cls.extra_allowed, self.extra_shapes
-            )
+            spec = {k: self.spec[k] for k in self.upload_keys(cid, rnd)}
+            params, extras = reply.get("params"), reply.get("extras")
+            reason = validate_extras(extras, self.method_cls.extra_allowed, self.extra_shapes)
+            if reason is None and isinstance(params, dict):
+                try:  # compressed tensors (low-rank factors) restored, then validated
+                    sent = {k: self.params[k] for k in keys[ti]}
+                    params, extras = self.method_cls.decode_upload(self.cfg, sent, params, extras)
+                except (KeyError, ValueError) as exc:
+                    reason = f"cannot decode the upload: {exc}"
+            reason = reason or validate_update(params, reply.get("num_examples"), spec)
             if reason is not None:
                 rejected[cid] = reason
                 continue
             updates.append(
                 ClientUpdate(
-                    cid,
-                    reply["params"],
-                    int(reply["num_examples"]),
-                    reply.get("metrics", {}),
-                    reply.get("extras", {}),
+                    cid, params, int(reply["num_examples"]), reply.get("metrics", {}), extras or {}
                 )
             )
         dropped = {sampled[ti]: why for ti, why in failures.items()}
@@ -334,7 +348,7 @@ class Driver:
                 for ti, r in sorted(results.items())
             },
             "bytes_up": bytes_up,
-            "bytes_down": nbytes(download) * len(sampled),
+            "bytes_down": bytes_down,
             "fit_s": fit_s,
             "server_s": server_s,
             "wall_s": time.perf_counter() - t0,

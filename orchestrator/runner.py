@@ -87,18 +87,40 @@ def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
     if cfg.data.path:
         return str(Path(cfg.data.path).resolve())
     from fedrs.datasets.manifest import MANIFEST
-    from fedrs.datasets.synth import build_synthetic
 
     out = run_dir / SYNTH_DIR
     if not (out / MANIFEST).is_file():
         log.info("building the synthetic default dataset in %s", out)
-        build_synthetic(
-            out,
-            per_class=cfg.data.per_class,
-            image_size=cfg.data.image_size,
-            partition=data_partition(cfg),
-        )
+        build_synthetic_default(cfg, out, data_partition(cfg))
     return str(out.resolve())
+
+
+def build_synthetic_default(cfg: RunConfig, out: Path, part: PartitionSpec) -> None:
+    """The synthetic data the method asks for (``Method.synthetic_data``): land-cover image
+    scenes, or a co-registered HSI + LiDAR scene (``data.image_size`` its side)."""
+    from fedrs.methods import method_class
+
+    if method_class(cfg.method.name).synthetic_data == "scene":
+        from fedrs.datasets.multimodal import (
+            ModalBuildSpec,
+            build_synthetic_scene,
+            parse_client_modalities,
+        )
+
+        groups = cfg.data.client_modalities
+        spec = ModalBuildSpec(
+            out=str(out),
+            partition=part,
+            patch={"*": cfg.data.patch_size},
+            client_modalities=parse_client_modalities(groups) if groups else (),
+        )
+        build_synthetic_scene(spec, height=cfg.data.image_size, width=cfg.data.image_size)
+        return
+    from fedrs.datasets.synth import build_synthetic
+
+    build_synthetic(
+        out, per_class=cfg.data.per_class, image_size=cfg.data.image_size, partition=part
+    )
 
 
 def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:

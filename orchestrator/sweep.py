@@ -352,6 +352,11 @@ def build_key(cfg: RunConfig, build: dict[str, Any]) -> str | None:
         return None
     part = dataclasses.asdict(_partition(cfg, build))
     what = {"build": build} if build else {"synthetic": [cfg.data.per_class, cfg.data.image_size]}
+    from fedrs.methods import method_class
+
+    if not build and method_class(cfg.method.name).synthetic_data == "scene":
+        d = cfg.data
+        what = {"scene": [d.image_size, d.patch_size, d.client_modalities]}
     blob = json.dumps({**what, "partition": part}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -389,14 +394,9 @@ def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
                     BuildSpec.from_args(build["sources"], str(out), partition=part, **options)
                 )
             else:
-                from fedrs.datasets.synth import build_synthetic
+                from fedrs.orchestrator.runner import build_synthetic_default
 
-                build_synthetic(
-                    out,
-                    per_class=cfg.data.per_class,
-                    image_size=cfg.data.image_size,
-                    partition=part,
-                )
+                build_synthetic_default(cfg, out, part)
             log.info("built %s", out)
     return str(out.resolve())
 

@@ -265,7 +265,7 @@ def travel_method() -> type:
             }
 
         @classmethod
-        def upload_keys_for(cls, client: dict[str, Any]) -> tuple[str, ...]:
+        def upload_keys_for(cls, cfg: Any, client: dict[str, Any], round: int) -> tuple[str, ...]:
             return ("prompt.ctx", "branch.b") if client["id"] % 2 else ("prompt.ctx",)
 
         def fit(self, global_params: Params, private: Params, shard: Any, options: Any) -> Any:
