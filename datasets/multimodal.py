@@ -25,6 +25,7 @@ table) and per client its ``modalities``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -460,3 +461,107 @@ def build_synthetic_scene(spec: ModalBuildSpec, **scene_kwargs: Any) -> FedDatas
         for m in range(scene_kwargs.get("materials", 3))
     ]
     return build_scene(scene, gt, spec, names, {"source": {"kind": "synthetic scene"}})
+
+
+# ---------------------------------------------------------------------------------------------
+# .mat sources (``fedrs data build --source NAME=PATH``)
+
+
+def is_mat_source(path: str | os.PathLike[str]) -> bool:
+    """A .mat file, or a folder holding .mat files (and no image class folders)."""
+    p = Path(path)
+    if p.is_file():
+        return p.suffix.lower() == ".mat"
+    if not p.is_dir():
+        return False
+    entries = list(p.iterdir())
+    return any(e.suffix.lower() == ".mat" for e in entries) and not any(e.is_dir() for e in entries)
+
+
+def _variable_names(files: list[Path]) -> list[str]:
+    """Variable names of .mat files without loading their arrays (v5: ``whosmat``; v7.3:
+    the HDF5 keys)."""
+    from scipy.io import whosmat
+
+    names: list[str] = []
+    for f in files:
+        try:
+            names += [n for n, _, _ in whosmat(f)]
+        except Exception:  # v7.3 (HDF5) or unreadable: load_mat gives the one-line error
+            import h5py
+
+            try:
+                with h5py.File(f, "r") as h5:
+                    names += [k for k in h5 if not k.startswith("#")]
+            except OSError:
+                from fedrs.datasets.matfile import load_mat
+
+                names += list(load_mat(f))
+    return names
+
+
+def parse_patch_files(values: Sequence[str]) -> dict[str, tuple[str, int | None]]:
+    """``["lidar=PATH"]`` or ``["lidar=PATH:7"]`` -> ``{"lidar": (PATH, 7 or None)}``."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name or not rest:
+            raise DataError(f"--patches {v!r}: give MODALITY=PATH or MODALITY=PATH:K")
+        path, _, k = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "")
+        out[name] = (path, int(k) if k else None)
+    return out
+
+
+def build_from_mat(
+    name: str,
+    path: str,
+    spec: ModalBuildSpec,
+    names: dict[str, str] | None = None,
+    patch_files: dict[str, tuple[str, int | None]] | None = None,
+) -> FedDataset:
+    """A scene (rasters + ground-truth map) or a pixel table (``<MOD>_TrSet`` + ``TrLabel``,
+    as the Houston 2013 release) read from .mat files, built into client shards."""
+    import re
+
+    from fedrs.datasets.matfile import read_pixel_table, read_scene
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.suffix.lower() == ".mat")
+    table = any(
+        re.fullmatch(r"(?i)\w+_(tr|te)set|trlabel|telabel", n) for n in _variable_names(files)
+    )
+    origin = {
+        "source": {"path": os.path.abspath(path), "kind": "pixel table" if table else "scene"}
+    }
+    spec = dataclasses.replace(spec, source=name)
+    if table:
+        patches = {}
+        for mod, (file, k) in (patch_files or {}).items():
+            patches[mod] = (file, k or _infer_patch(file, p if p.is_dir() else p.parent, mod))
+        t = read_pixel_table(p if p.is_dir() else p.parent, names, patches)
+        houston = t.names.get("labels", "").endswith("TrLabel") and t.num_classes == 15
+        log.info("pixel table %s: %s", path, {m: x.shape for m, x in t.modalities.items()})
+        return build_pixel_table(
+            t.modalities, t.labels, spec, HOUSTON2013_CLASSES if houston else None, origin
+        )
+    if patch_files:
+        raise DataError(
+            "--patches applies to pixel tables; a scene's patches are cut by --patch-size"
+        )
+    scene = read_scene(files, names)
+    log.info("scene %s: hsi %s, lidar %s", path, scene.hsi.shape, scene.lidar.shape)
+    return build_scene({"hsi": scene.hsi, "lidar": scene.lidar}, scene.gt, spec, None, origin)
+
+
+def _infer_patch(file: str, folder: Path, modality: str) -> int:
+    """k of an (N, k*k*C) patch matrix whose modality's pixel matrix (N, C) is in ``folder``."""
+    from fedrs.datasets.matfile import load_mat, read_pixel_table
+
+    width = max(v.shape[1] for v in load_mat(file).values() if v.ndim == 2)
+    bands = read_pixel_table(folder).modalities.get(modality)
+    if bands is None:
+        raise DataError(f"--patches {modality}={file}: give the patch side, {modality}=PATH:K")
+    k = round((width / bands.shape[1]) ** 0.5)
+    if k * k * bands.shape[1] != width:
+        raise DataError(f"--patches {modality}: width {width} is not k*k*{bands.shape[1]}")
+    return k

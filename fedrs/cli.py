@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from fedrs.errors import ConfigError, FedrsError
+from fedrs.errors import ConfigError, DataError, FedrsError
 
 DESCRIPTION = """\
 Federated learning of CLIP on remote-sensing imagery, on Ray.
@@ -86,6 +86,30 @@ def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int
     )
 
 
+def _add_modal_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-modal pixels (scenes, pixel tables, --multimodal)")
+    g.add_argument(
+        "--patch-size",
+        action="append",
+        default=[],
+        metavar="K|MOD=K",
+        help="k x k neighbourhood per pixel, odd (default 1); per modality as MOD=K",
+    )
+    g.add_argument(
+        "--client-modalities",
+        default="",
+        metavar="GROUPS",
+        help="modalities clients hold, in turn: 'hsi+lidar' every client paired (default), "
+        "'hsi,lidar' alternating single-modality clients",
+    )
+    g.add_argument(
+        "--tile-size",
+        type=int,
+        default=0,
+        help="scenes: side of the square test tiles in pixels (default: about 100 tiles)",
+    )
+
+
 def _partition_spec(args: argparse.Namespace):
     from fedrs.datasets.partition import PartitionSpec
 
@@ -100,8 +124,55 @@ def _partition_spec(args: argparse.Namespace):
     )
 
 
+def _modal_spec(args: argparse.Namespace):
+    from fedrs.datasets.multimodal import (
+        ModalBuildSpec,
+        parse_client_modalities,
+        parse_patch_sizes,
+    )
+
+    return ModalBuildSpec(
+        out=args.out,
+        partition=_partition_spec(args),
+        test_fraction=args.test_fraction,
+        patch=parse_patch_sizes(args.patch_size),
+        client_modalities=(
+            parse_client_modalities(args.client_modalities) if args.client_modalities else ()
+        ),
+        tile=args.tile_size,
+    )
+
+
+def _print_modal(ds: Any) -> None:
+    counts, m = ds.manifest["counts"], ds.manifest
+    near = counts.get("dropped_near_test")
+    print(
+        f"built {ds.num_clients} client shards + test ({counts['train']} train, "
+        f"{counts['test']} test pixels, {len(ds.classes)} classes; modalities "
+        + ", ".join(
+            f"{k} {v['bands']} bands {v['patch']}x{v['patch']}" for k, v in m["modalities"].items()
+        )
+        + (f"; {near} training pixels within a patch of the test split dropped" if near else "")
+        + f") -> {ds.root}/manifest.json"
+    )
+
+
 def _cmd_data_build(args: argparse.Namespace) -> int:
     from fedrs.datasets.builder import BuildSpec, build
+    from fedrs.datasets.multimodal import build_from_mat, is_mat_source, parse_patch_files
+    from fedrs.datasets.sources import parse_source_arg
+
+    sources = [parse_source_arg(s) for s in args.source]
+    mat = [is_mat_source(path) for _, path in sources]
+    if any(mat):
+        if len(sources) != 1:
+            raise DataError("a .mat source (a scene or a pixel table) is built on its own")
+        names = dict(v.split("=", 1) for v in args.var if "=" in v)
+        if len(names) != len(args.var):
+            raise DataError("--var takes ROLE=NAME (e.g. --var hsi=HSI_TrSet)")
+        ds = build_from_mat(*sources[0], _modal_spec(args), names, parse_patch_files(args.patches))
+        _print_modal(ds)
+        return 0
 
     spec = BuildSpec.from_args(
         args.source,
@@ -129,6 +200,14 @@ def _cmd_data_build(args: argparse.Namespace) -> int:
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from fedrs.datasets.synth import build_synthetic
+
+    if args.multimodal:
+        from fedrs.datasets.multimodal import build_synthetic_scene
+
+        spec = _modal_spec(args)
+        ds = build_synthetic_scene(spec, height=args.image_size, width=args.image_size)
+        _print_modal(ds)
+        return 0
 
     ds = build_synthetic(
         args.out,
@@ -369,6 +448,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder (manifest.json + shards; replaced atomically)"
     )
     _add_partition_args(b, scheme="iid", clients=10)
+    _add_modal_args(b)
+    m = b.add_argument_group("multi-modal .mat sources (HSI + LiDAR scenes, pixel tables)")
+    m.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="ROLE=NAME",
+        help="the .mat variable of a role (hsi, lidar, gt, gt_train, gt_test; pixel tables: "
+        "labels, test_labels, <modality>) when not recognised; NAME or FILE:NAME",
+    )
+    m.add_argument(
+        "--patches",
+        action="append",
+        default=[],
+        metavar="MOD=PATH[:K]",
+        help="pixel tables: a .mat with the modality's k x k patches (N x k*k*C, MATLAB "
+        "column-major), replacing its pixel features",
+    )
     b.set_defaults(func=_cmd_data_build)
 
     s = dsub.add_parser("synth", help="procedural RS scenes (3 sensors) -> client shards")
@@ -376,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--per-class", type=int, default=40, help="images per class, largest sensor")
     s.add_argument("--image-size", type=int, default=64, help="scene size in pixels (default 64)")
     _add_partition_args(s, scheme="dirichlet", clients=8)
+    s.add_argument(
+        "--multimodal",
+        action="store_true",
+        help="a co-registered HSI + LiDAR scene (--image-size its side) instead of images",
+    )
+    _add_modal_args(s)
     s.set_defaults(func=_cmd_data_synth)
 
     sh = dsub.add_parser("show", help="per-client class histograms + partition.png heatmap")

@@ -278,6 +278,12 @@ class Method(ABC):
         return None
 
     @classmethod
+    def wire_size(cls, cfg: RunConfig, shape: tuple[int, ...]) -> int:
+        """Numbers a client sends for a tensor of ``shape`` (``--dry-run``): all of them, or
+        fewer when the method compresses uploads (FedDiff's low-rank factors)."""
+        return int(np.prod(shape, dtype=np.int64))
+
+    @classmethod
     def decode_upload(
         cls, cfg: RunConfig, sent: Params, params: Params, extras: Params
     ) -> tuple[Params, Params]:

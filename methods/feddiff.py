@@ -282,6 +282,13 @@ class _PixelMethod(Method):
     ) -> tuple[Params, Params]:
         return decode_lowrank(sent, params, extras)
 
+    @classmethod
+    def wire_size(cls, cfg: RunConfig, shape: tuple[int, ...]) -> int:
+        rank = cfg.method.options.rank
+        if compressible(shape, rank):
+            return rank * (shape[0] + int(np.prod(shape[1:])))
+        return int(np.prod(shape))
+
     def _inputs(self, shard: Any, rows: Any, names: list[str]) -> dict[str, torch.Tensor]:
         return {
             m: torch.from_numpy(np.array(shard.arrays[m][rows], dtype=np.float32)).to(self.device)

@@ -47,6 +47,24 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     fed, res = cfg.federation, cfg.resources
     per_round = fed.clients_per_round
     rounds = fed.rounds if method.trains else 0
+    up_run = sent * per_round * rounds
+    down_run = received * per_round * rounds
+    records = _client_records(cfg)
+    if records is not None and rounds:  # clients of groups / stages: exact, round by round
+        from fedrs.orchestrator.sampling import sample_usable
+
+        up_run = down_run = 0
+        extra = sum(math.prod(s) for s in extras.values())
+        for rnd in range(1, rounds + 1):
+            for cid in sample_usable(
+                registered, per_round, fed.seed, rnd, len(records), frozenset(data.excluded)
+            ):
+                record = records[cid % len(records)]
+                ups = method.upload_keys_for(cfg, record, rnd)
+                downs = method.download_keys_for(cfg, record, rnd)
+                keys = [k for k in strategy.upload_keys if ups is None or k in ups]
+                up_run += extra + sum(method.wire_size(cfg, shapes["global"][k]) for k in keys)
+                down_run += sum(size[k] for k in shapes["global"] if downs is None or k in downs)
     return {
         "method": method.name,
         "strategy": strategy.name,
@@ -82,8 +100,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
         "params_received_per_client": received,
         "bytes_sent_per_client": sent * BYTES_PER_PARAM,
         "bytes_received_per_client": received * BYTES_PER_PARAM,
-        "bytes_up_per_run": sent * BYTES_PER_PARAM * per_round * rounds,
-        "bytes_down_per_run": received * BYTES_PER_PARAM * per_round * rounds,
+        "bytes_up_per_run": up_run * BYTES_PER_PARAM,
+        "bytes_down_per_run": down_run * BYTES_PER_PARAM,
         "warnings": [
             w
             for w in (
@@ -93,6 +111,27 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
             if w
         ],
     }
+
+
+def _client_records(cfg: RunConfig) -> list[dict[str, Any]] | None:
+    """The data's client records (manifest) when the method gives clients different groups or
+    stages, else None (every client sends and receives the same)."""
+    import json
+    from pathlib import Path
+
+    from fedrs.methods import method_class
+    from fedrs.methods.base import Method
+
+    m = method_class(cfg.method.name)
+    if all(
+        getattr(m, hook).__func__ is getattr(Method, hook).__func__
+        for hook in ("upload_keys_for", "download_keys_for", "wire_size")
+    ):
+        return None
+    if not cfg.data.path:  # the synthetic default: its clients all hold everything
+        return [{"id": c} for c in range(cfg.data.num_clients)]
+    manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
+    return list(manifest["clients"])
 
 
 def render(p: dict[str, Any]) -> str:
@@ -108,7 +147,8 @@ def render(p: dict[str, Any]) -> str:
         f"per client per round: sends {p['params_sent_per_client']:,} params "
         f"({p['bytes_sent_per_client']:,} B), receives {p['params_received_per_client']:,} "
         f"({p['bytes_received_per_client']:,} B)",
-        f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down",
+        f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down"
+        " (every sampled client, round by round)",
     ]
     for scope in ("global", "private", "extras"):
         for name, shape in p["tensors"][scope].items():
