@@ -165,6 +165,12 @@ class ClientWorker:
             },
         }
 
+    def predict(self, params: Params, task: EvalTask) -> np.ndarray:
+        """Predicted classes of rows ``start:stop`` of the global test shard (a scene's map)."""
+        shard = self._view(self.data.test)
+        stop = len(shard) if task.stop is None else task.stop
+        return self.method.predict_rows(params, shard, task.start, stop)
+
     def evaluate(self, params: Params, task: EvalTask) -> dict[str, Any]:
         if task.kind == "test":
             shard, private = self._view(self.data.test), {}

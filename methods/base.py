@@ -233,6 +233,11 @@ class Method(ABC):
             global_params, private, shard.inputs[start:stop], shard.labels[start:stop]
         )
 
+    def predict_rows(self, global_params: Params, shard: Any, start: int, stop: int) -> np.ndarray:
+        """Predicted class of rows ``start:stop`` of a test shard (a scene's classification
+        map); methods that do not classify pixels need not implement it."""
+        raise NotImplementedError(f"{self.name} does not predict rows")
+
     @classmethod
     def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, Any]:
         """One split's metrics from its partials (classification: summed counts): accuracy,

@@ -330,6 +330,16 @@ def confusion(
     return counts
 
 
+def predict(logits_fn: Any, rows: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Argmax class of each row, in batches."""
+    with torch.no_grad():
+        parts = [
+            logits_fn(rows[s : s + batch]).argmax(1).cpu().numpy()
+            for s in range(0, len(rows), batch)
+        ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
 def cohen_kappa(conf: np.ndarray) -> float | None:
     """Cohen's kappa of a confusion matrix: ``(p_o - p_e) / (1 - p_e)``."""
     n = conf.sum()
@@ -530,9 +540,8 @@ class FedDiff(_PixelMethod):
         metrics |= {"stage": 2.0, "feature_cache_miss": float(self.cache_misses > misses)}
         return FitOutput(params=up, num_examples=len(shard), metrics=metrics, extras=extras)
 
-    def evaluate_rows(
-        self, global_params: Params, private: Params, shard: Any, start: int, stop: int
-    ) -> dict[str, Any]:
+    def _predictor(self, global_params: Params, shard: Any) -> tuple[Any, list[str]]:
+        """``rows -> (summed logits, {variant: logits})`` with the received model."""
         self._load(global_params)
         self.nets.eval()
         held = [m for m in self.opts.modalities if m in shard.arrays]
@@ -550,7 +559,17 @@ class FedDiff(_PixelMethod):
                 variants["fused"] = sum(out[:fused])
             return sum(out), variants
 
+        return logits_of, held
+
+    def evaluate_rows(
+        self, global_params: Params, private: Params, shard: Any, start: int, stop: int
+    ) -> dict[str, Any]:
+        logits_of, held = self._predictor(global_params, shard)
         return self._evaluate(logits_of, shard, start, stop, held)
+
+    def predict_rows(self, global_params: Params, shard: Any, start: int, stop: int) -> np.ndarray:
+        logits_of, _ = self._predictor(global_params, shard)
+        return predict(lambda r: logits_of(r)[0], np.arange(start, stop))
 
 
 class _PrefixSet:
@@ -607,16 +626,25 @@ class EarlyFusion(_PixelMethod):
         up, extras = self._upload(tuple(params), global_params, options)
         return FitOutput(params=up, num_examples=len(shard), metrics=metrics, extras=extras)
 
-    def evaluate_rows(
-        self, global_params: Params, private: Params, shard: Any, start: int, stop: int
-    ) -> dict[str, Any]:
+    def _predictor(self, global_params: Params, shard: Any) -> Any:
         self._load(global_params)
         clf = self.nets["clf"].eval()
         names = list(self.opts.modalities)
-        if not all(m in shard.arrays for m in names):
-            return {"correct": 0.0, "loss_sum": 0.0, "n": 0.0}
 
         def logits_of(rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             return clf.head(clf(self._stack(self._inputs(shard, rows, names)))), {}
 
-        return self._evaluate(logits_of, shard, start, stop, names)
+        return logits_of
+
+    def evaluate_rows(
+        self, global_params: Params, private: Params, shard: Any, start: int, stop: int
+    ) -> dict[str, Any]:
+        names = list(self.opts.modalities)
+        if not all(m in shard.arrays for m in names):  # a client split without them
+            return {"correct": 0.0, "loss_sum": 0.0, "n": 0.0}
+        return self._evaluate(self._predictor(global_params, shard), shard, start, stop, names)
+
+    def predict_rows(self, global_params: Params, shard: Any, start: int, stop: int) -> np.ndarray:
+        return predict(
+            lambda r: self._predictor(global_params, shard)(r)[0], np.arange(start, stop)
+        )

@@ -544,10 +544,39 @@ class Driver:
                 "per_class_accuracy": final_classes,
             }
             _plot_classes(summary["long_tail"], self.data.classes, self.run_dir / "per_class.png")
+        if self.data.manifest.get("scene") and self.round:
+            summary["map"] = self._scene_map()
         write_json(self.run_dir / "summary.json", summary)
         _plot(records, self.run_dir / "accuracy.png", head)
         self.pool.shutdown()
         return summary
+
+    def _scene_map(self) -> str | None:
+        """``map.png``: the final model's predictions on a scene's test pixels beside their
+        ground truth (methods that predict rows); the file name, or None."""
+        from fedrs.orchestrator.maps import plot_scene_map
+
+        n = self.data.test.num_examples
+        step = -(-n // len(self.pool))
+        tasks = [
+            EvalTask("test", self.round, start=s, stop=min(s + step, n)) for s in range(0, n, step)
+        ]
+        results, failures = self.pool.map(
+            "predict", ray.put(self.params), tasks, self.cfg.federation.round_timeout_s
+        )
+        if failures or len(results) != len(tasks):
+            log.info("no map.png: %s", next(iter(failures.values()), "no prediction"))
+            return None
+        test = self.data.test_shard()
+        plot_scene_map(
+            self.data.manifest["scene"],
+            test.arrays["coords"],
+            test.labels,
+            np.concatenate([results[i] for i in range(len(tasks))]),
+            self.data.classes,
+            self.run_dir / "map.png",
+        )
+        return "map.png"
 
 
 def _plot(records: list[dict[str, Any]], path: Path, head: str = "accuracy") -> None:

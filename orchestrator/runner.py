@@ -43,6 +43,7 @@ RUN_FILES = (
     "summary.json",
     "accuracy.png",
     "per_class.png",
+    "map.png",
     "checkpoint",
     "client_state",
     SYNTH_DIR,

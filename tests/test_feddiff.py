@@ -269,6 +269,8 @@ def test_split_modality_run_never_exchanges_the_other_modality(tmp_path: Path) -
         assert all(c["other_modality"] == 0.0 for c in rec["clients"].values())
     assert m[-1]["kappa"] is not None and m[-1]["accuracy_hsi"] is not None
     assert "accuracy_fused" in m[-1]  # the fusion heads, never trained here, stay at zero
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["map"] == "map.png" and (tmp_path / "run" / "map.png").stat().st_size > 1000
     p = plan(cfg)  # --dry-run: the same bytes, round by round
     assert p["bytes_up_per_run"] == sum(r["bytes_up"] for r in m)
     assert p["bytes_down_per_run"] == sum(r["bytes_down"] for r in m)
