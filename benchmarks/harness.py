@@ -74,11 +74,33 @@ def datasets(
     ]
 
 
-def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int) -> Any:
-    """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client."""
+def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int, data: Any = None) -> Any:
+    """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client (with
+    ``data``, the upload keys narrowed to the client's group and round, as the driver does)."""
+    import dataclasses
+
+    from fedrs.methods import method_class
     from fedrs.methods.base import FitOptions
 
-    return FitOptions.from_config(cfg, rnd, cid, strategy)
+    options = FitOptions.from_config(cfg, rnd, cid, strategy)
+    if data is None:
+        return options
+    record = data.manifest["clients"][cid % data.num_clients]
+    group = method_class(cfg.method.name).upload_keys_for(cfg, record, rnd)
+    if group is None:
+        return options
+    return dataclasses.replace(
+        options, upload_keys=tuple(k for k in options.upload_keys if k in group)
+    )
+
+
+def client_download(cfg: Any, data: Any, params: dict[str, Any], rnd: int, cid: int) -> Any:
+    """The global tensors the driver sends this client in ``rnd`` (its group's)."""
+    from fedrs.methods import method_class
+
+    record = data.manifest["clients"][cid % data.num_clients]
+    group = method_class(cfg.method.name).download_keys_for(cfg, record, rnd)
+    return params if group is None else {k: v for k, v in params.items() if k in group}
 
 
 def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], Any]:

@@ -16,6 +16,7 @@ import numpy as np
 from fedrs.benchmarks.harness import (
     actor_pids,
     build_local,
+    client_download,
     cpu_between,
     cpu_snapshot,
     fit_options,
@@ -60,17 +61,19 @@ class SequentialLoop:
             for cid in sampled:
                 tc = time.perf_counter()
                 state = self.private.get(cid) or method.init_private(cid, fed.seed)
+                sent = client_download(self.cfg, self.data, download, rnd, cid)
                 out = method.fit(
-                    download,
+                    sent,
                     state,
                     self.shard_of(cid % self.data.num_clients),
-                    fit_options(self.cfg, self.strategy, rnd, cid),
+                    fit_options(self.cfg, self.strategy, rnd, cid, self.data),
                 )
                 if out.private:
                     self.private[cid] = out.private
-                updates.append(
-                    ClientUpdate(cid, out.params, out.num_examples, out.metrics, out.extras)
+                params, extras = self.method_cls.decode_upload(
+                    self.cfg, sent, out.params, out.extras
                 )
+                updates.append(ClientUpdate(cid, params, out.num_examples, out.metrics, extras))
                 client_s[str(cid)] = time.perf_counter() - tc
             fit_s = time.perf_counter() - t
             params = self.strategy.aggregate(self.params, updates)
@@ -222,10 +225,10 @@ def _ceiling_worker(
         t = time.perf_counter()
         for cid in clients:
             method.fit(
-                params,
+                client_download(cfg, data, params, rnd, cid),
                 method.init_private(cid, cfg.federation.seed),
                 shard_of(cid % data.num_clients),
-                fit_options(cfg, strategy, rnd, cid),
+                fit_options(cfg, strategy, rnd, cid, data),
             )
         times.append(time.perf_counter() - t)
     queue.put((rank, times, time.process_time()))
