@@ -272,7 +272,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             return 2
         from fedrs.orchestrator.sweep_report import report
 
-        for name, path in report(target[1], x=args.x, y=args.y, metric=args.metric).items():
+        for name, path in report(
+            target[1], x=args.x, y=args.y, metric=args.metric, also=args.also
+        ).items():
             print(f"{name}: {path}")
         return 0
     from fedrs.orchestrator.sweep import run_sweep
@@ -536,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--x", default=None, help="report: heatmap columns axis")
     sw.add_argument("--y", default=None, help="report: heatmap rows axis")
     sw.add_argument("--metric", default=None, help="report: metric (default the headline)")
+    sw.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="METRIC",
+        help="report: another final metric as a column (e.g. kappa, balanced_accuracy)",
+    )
     sw.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("pretrain", help="contrastive pretraining of a small CLIP on captions")

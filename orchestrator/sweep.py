@@ -66,7 +66,14 @@ BUILD_KEYS = {
     "skip_bad": bool,
     "workers": int,
     "seed": int,  # one split / partition for every trial (default: each trial's federation.seed)
+    # multi-modal .mat sources (a scene or a pixel table; data.patch_size and
+    # data.client_modalities come from each trial's config)
+    "patch_size": list,  # ["hsi=1", "lidar=7"]: per modality, instead of data.patch_size
+    "patches": list,  # ["lidar=PATH"]: a pixel table's patch matrices
+    "var": list,  # ["hsi=NAME"]
+    "tile_size": int,
 }
+MODAL_BUILD = ("patch_size", "patches", "var", "tile_size")
 
 
 class SweepError(FedrsError):
@@ -354,11 +361,41 @@ def build_key(cfg: RunConfig, build: dict[str, Any]) -> str | None:
     what = {"build": build} if build else {"synthetic": [cfg.data.per_class, cfg.data.image_size]}
     from fedrs.methods import method_class
 
+    d = cfg.data
     if not build and method_class(cfg.method.name).synthetic_data == "scene":
-        d = cfg.data
         what = {"scene": [d.image_size, d.patch_size, d.client_modalities]}
+    elif build and _mat_build(build):
+        what["modal"] = [d.patch_size, d.client_modalities]
     blob = json.dumps({**what, "partition": part}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _mat_build(build: dict[str, Any]) -> bool:
+    from fedrs.datasets.multimodal import is_mat_source
+    from fedrs.datasets.sources import parse_source_arg
+
+    return any(is_mat_source(parse_source_arg(s)[1]) for s in build.get("sources", []))
+
+
+def _build_mat(cfg: RunConfig, build: dict[str, Any], out: Path, part: Any) -> None:
+    """A [build] of one .mat source (scene or pixel table) with the trial's modal keys."""
+    from fedrs.datasets import multimodal as mm
+    from fedrs.datasets.sources import parse_source_arg
+
+    if len(build["sources"]) != 1:
+        raise SweepError("[build]: a .mat source (scene or pixel table) is built on its own")
+    groups = cfg.data.client_modalities
+    spec = mm.ModalBuildSpec(
+        out=str(out),
+        partition=part,
+        test_fraction=build.get("test_fraction", 0.2),
+        patch=mm.parse_patch_sizes(build.get("patch_size") or [str(cfg.data.patch_size)]),
+        client_modalities=mm.parse_client_modalities(groups) if groups else (),
+        tile=build.get("tile_size", 0),
+    )
+    names = dict(v.split("=", 1) for v in build.get("var", []))
+    patches = mm.parse_patch_files(build.get("patches", []))
+    mm.build_from_mat(*parse_source_arg(build["sources"][0]), spec, names, patches)
 
 
 def _partition(cfg: RunConfig, build: dict[str, Any]) -> Any:
@@ -384,11 +421,13 @@ def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
     with FileLock(str(builds / f"{key}.lock")):
         if not (out / MANIFEST).is_file():
             part = _partition(cfg, build)
-            if build:
+            if build and _mat_build(build):
+                _build_mat(cfg, build, out, part)
+            elif build:
                 from fedrs.datasets.builder import BuildSpec
                 from fedrs.datasets.builder import build as build_data
 
-                skip = ("sources", "min_examples", "seed")
+                skip = ("sources", "min_examples", "seed", *MODAL_BUILD)
                 options = {k: v for k, v in build.items() if k not in skip}
                 build_data(
                     BuildSpec.from_args(build["sources"], str(out), partition=part, **options)

@@ -261,9 +261,11 @@ def report(
     x: str | None = None,
     y: str | None = None,
     metric: str | None = None,
+    also: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``heatmap.png`` (two axes; needs two non-seed axes) and
-    ``curves.png`` into the sweep directory; return their paths."""
+    ``curves.png`` into the sweep directory; return their paths. ``also``: more final
+    metrics as columns (``kappa``)."""
     sweep_dir = Path(sweep_dir)
     sweep, trials = load_trials(sweep_dir)
     from fedrs.orchestrator.sweep import _headline
@@ -282,7 +284,9 @@ def report(
     )
     metrics = [
         m
-        for m in dict.fromkeys([final, f"best_{metric or head}", *related])
+        for m in dict.fromkeys(
+            [final, f"best_{metric or head}", *related, *(f"final_{a}" for a in also or [])]
+        )
         if any(r.get(m) is not None for r in rows)
         and (m in (final, f"best_{metric or head}") or _whole_cells(rows, keys, m))
     ]
