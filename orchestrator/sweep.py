@@ -236,6 +236,13 @@ def absolute_paths(sweep: Sweep) -> Sweep:
     for key in ("class_map", "caption_classes"):
         if key in build:
             build[key] = _absolute(build[key])
+    if "patches" in build:  # MOD=PATH[:K]
+        from fedrs.datasets.multimodal import parse_patch_files
+
+        build["patches"] = [
+            f"{m}={_absolute(p)}" + (f":{k}" if k else "")
+            for m, (p, k) in parse_patch_files([str(v) for v in build["patches"]]).items()
+        ]
     base = json.loads(json.dumps(sweep.base))
     _absolute_config_paths(base)
     return dataclasses.replace(sweep, base=base, build=build)
