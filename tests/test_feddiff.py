@@ -359,3 +359,28 @@ def test_cli_builds_a_mat_scene_and_rejects_a_malformed_one(tmp_path: Path) -> N
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "not a readable MATLAB" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_sweep_builds_a_pixel_table_with_each_trials_modal_keys(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    from fedrs.orchestrator.config import RunConfig
+    from fedrs.orchestrator.sweep import build_key, ensure_build
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "pixels"
+    src.mkdir()
+    savemat(src / "HSI_TrSet.mat", {"HSI_TrSet": rng.random((40, 6))})
+    savemat(src / "LiDAR_TrSet.mat", {"LiDAR_TrSet": rng.random((40, 2))})
+    savemat(src / "TrLabel.mat", {"TrLabel": np.repeat([1, 2], 20)[:, None].astype(np.uint8)})
+    build = {"sources": [f"h={src}"], "min_examples": 2}
+    base = {"method.name": "feddiff", "data.partition": "iid", "data.num_clients": 2}
+    paired = RunConfig().replace(**base)
+    split = RunConfig().replace(**base, **{"data.client_modalities": "hsi,lidar"})
+    assert build_key(paired, build) != build_key(split, build)
+    for cfg, want in ((paired, [["hsi", "lidar"]] * 2), (split, [["hsi"], ["lidar"]])):
+        m = json.loads(
+            (Path(ensure_build(cfg, build, tmp_path / "builds")) / "manifest.json").read_text()
+        )
+        assert [c["modalities"] for c in m["clients"]] == want
+        assert m["kind"] == "multimodal" and m["scene"] is None
