@@ -29,7 +29,13 @@ Where the paper is silent, the standard reading, documented here:
   logits of every head whose inputs the example has;
 * the classifier is trained by the run's local optimiser (``client.lr``, momentum, weight
   decay: SGD), the diffusion stage by Adam as the authors' code;
-* feature timesteps ``(5, 50, 100)`` and the U-Net width 32 (the code's sizes are not given).
+* feature timesteps ``(5, 50, 100)`` and the U-Net width 32 (the code's sizes are not given);
+* the paper's "bilateral connections between the branches at complementary denoising steps"
+  are read as the cross-branch projections of the branch features (each of which carries its
+  modality's diffusion features at every feature timestep); the U-Nets themselves are not
+  connected (a client holding one modality could not train a connected pair);
+* the frozen U-Nets go down with every stage-2 round (``bytes_down`` counts them each time;
+  a deployment would keep them after the first).
 
 Evaluation: ``accuracy`` (OA), ``balanced_accuracy`` (AA), ``kappa``, per-class accuracy;
 beside them ``accuracy_<m>`` (one modality's head alone) and, for paired examples,
@@ -596,10 +602,14 @@ class EarlyFusion(_PixelMethod):
 
     @classmethod
     def upload_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
-        """Only clients holding every modality train the stacked model."""
+        """Only clients holding every modality train (and receive) the stacked model."""
         held = client.get("modalities")
         wanted = cfg.method.options.modalities
         return None if held is None or all(m in held for m in wanted) else ()
+
+    @classmethod
+    def download_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        return cls.upload_keys_for(cfg, client, round)
 
     def _stack(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
         size = max(v.shape[-1] for v in x.values())

@@ -311,51 +311,21 @@ def test_cli_builds_a_mat_scene_and_rejects_a_malformed_one(tmp_path: Path) -> N
         },
     )
     out = tmp_path / "built"
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedrs.cli",
-        "data",
-        "build",
-        "--source",
-        f"s={tmp_path / 'scene.mat'}",
-    ]
-    done = subprocess.run(
-        [
-            *cmd,
-            "--patch-size",
-            "3",
-            "--partition",
-            "spatial",
-            "--num-clients",
-            "2",
-            "--min-examples",
-            "5",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
+
+    def build(source: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "fedrs.cli", "data", "build", "--source", f"s={source}"]
+        return subprocess.run([*cmd, *args], capture_output=True, text=True)
+
+    done = build(
+        tmp_path / "scene.mat",
+        *("--patch-size", "3", "--partition", "spatial", "--num-clients", "2"),
+        *("--min-examples", "5", "--out", str(out)),
     )
     assert done.returncode == 0, done.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["modalities"] == {"hsi": {"bands": 12, "patch": 3}, "lidar": {"bands": 1, "patch": 3}}
     (tmp_path / "bad.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(40))
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedrs.cli",
-            "data",
-            "build",
-            "--source",
-            f"s={tmp_path / 'bad.mat'}",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = build(tmp_path / "bad.mat", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "not a readable MATLAB" in bad.stderr
     assert not (tmp_path / "x").exists()
