@@ -115,7 +115,7 @@ def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], A
     params = method.init_global(cfg.federation.seed)
     strategy = make_strategy(
         cfg.strategy.name,
-        mu=cfg.strategy.mu,
+        options=cfg.strategy,
         global_keys=tuple(params),
         prompt_keys=method_cls.prompt_keys,
     )

@@ -83,11 +83,34 @@ def _build_method(data: dict[str, Any]) -> MethodConfig:
 class StrategyConfig:
     """How the server combines updates (``orchestrator/strategies/``)."""
 
-    name: str = "fedavg"  # fedavg | fedprox | prompt_avg
+    name: str = "fedavg"  # `fedrs strategies` lists them
     mu: float = 0.01  # FedProx proximal coefficient (used when name = fedprox)
+    # server optimisers (fedavgm, fedadam, fedyogi, fedadagrad; Reddi et al., 2021)
+    server_lr: float = 1.0  # eta (fedavgm 1.0; the adaptive ones want ~0.01-0.1)
+    server_momentum: float = 0.9  # fedavgm
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: the denominator's floor
+    # robust aggregation
+    trim_fraction: float = 0.1  # trimmed_mean: the share dropped at each end per coordinate
+    byzantine: int = 0  # f, the attackers krum / bulyan tolerate
+    multi_krum: int = 1  # krum: average the m best-scored updates (1: Krum)
+    clip_norm: float = 1.0  # normclip: each update's (w - w_global) clipped to this L2 norm
 
     def __post_init__(self) -> None:
         _check(self.mu >= 0, f"strategy.mu must be >= 0, got {self.mu}")
+        _check(self.server_lr > 0, f"strategy.server_lr must be > 0, got {self.server_lr}")
+        for key in ("server_momentum", "beta1", "beta2"):
+            v = getattr(self, key)
+            _check(0 <= v < 1, f"strategy.{key} must be in [0, 1), got {v}")
+        _check(self.tau > 0, f"strategy.tau must be > 0, got {self.tau}")
+        _check(
+            0 <= self.trim_fraction < 0.5,
+            f"strategy.trim_fraction must be in [0, 0.5), got {self.trim_fraction}",
+        )
+        _check(self.byzantine >= 0, f"strategy.byzantine must be >= 0, got {self.byzantine}")
+        _check(self.multi_krum >= 1, f"strategy.multi_krum must be >= 1, got {self.multi_krum}")
+        _check(self.clip_norm > 0, f"strategy.clip_norm must be > 0, got {self.clip_norm}")
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,9 @@ def declared_extras(
     return shapes.get("extras") or None
 
 
+STRATEGY_STATE = "strategy/"  # checkpointed beside the method server's state
+
+
 def nbytes(params: dict[str, np.ndarray]) -> int:
     return int(sum(v.nbytes for v in params.values()))
 
@@ -173,18 +176,28 @@ class Driver:
             self.round = 0
             self.params = self.pool.call_one("init_global", cfg.federation.seed)
         else:
-            self.round, self.params, server_state = state
-            self.server.load_state_dict(server_state)
+            self.round, self.params, saved = state
+            self.server.load_state_dict(
+                {k: v for k, v in saved.items() if not k.startswith(STRATEGY_STATE)}
+            )
             self._truncate_metrics(self.round)
             log.info("resuming after round %d", self.round)
         # What the server holds and broadcasts: the method's global tensors.
         self.global_keys = tuple(self.params)
         self.strategy = make_strategy(
             cfg.strategy.name,
-            mu=cfg.strategy.mu,
+            options=cfg.strategy,
             global_keys=uploadable(method_cls, self.global_keys),
             prompt_keys=method_cls.prompt_keys,
         )
+        if state is not None:  # a server optimiser's moments, as they were
+            self.strategy.load_state_dict(
+                {
+                    k[len(STRATEGY_STATE) :]: v
+                    for k, v in state[2].items()
+                    if k.startswith(STRATEGY_STATE)
+                }
+            )
         self.spec = spec_of(self.params, self.strategy.upload_keys)
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
 
@@ -290,11 +303,13 @@ class Driver:
                 why,
             )
             self.store.discard(cid, rnd)  # its private state of this round does not count
-        if len(updates) < fed.min_clients:
+        if len(updates) < max(fed.min_clients, self.strategy.min_clients()):
             first = next(iter({**dropped, **rejected}.items()), (None, "no client sampled"))
             raise RoundFailedError(
                 f"round {rnd}: {len(updates)} of {len(sampled)} clients reported, fewer than "
-                f"federation.min_clients={fed.min_clients} (client {first[0]}: {first[1]})"
+                f"federation.min_clients={fed.min_clients} or the "
+                f"{self.strategy.min_clients()} {self.strategy.name} needs (client {first[0]}: "
+                f"{first[1]})"
             )
         fit_s = time.perf_counter() - t0
         t_server = time.perf_counter()
@@ -355,7 +370,15 @@ class Driver:
             "driver_rss_mb": process_memory().get("rss_mb"),
         }
         self._append(record)
-        checkpoint.save(self.run_dir, rnd, self.params, self.server.state_dict())
+        checkpoint.save(
+            self.run_dir,
+            rnd,
+            self.params,
+            {
+                **self.server.state_dict(),
+                **{STRATEGY_STATE + k: v for k, v in self.strategy.state_dict().items()},
+            },
+        )
         return record
 
     # ------------------------------------------------------------------ evaluation

@@ -96,10 +96,17 @@ def resolve_names(
 
     strategy = make_strategy(
         cfg.strategy.name,
-        mu=cfg.strategy.mu,
+        options=cfg.strategy,
         global_keys=uploadable(method_cls, tuple(shapes["global"])),
         prompt_keys=method_cls.prompt_keys,
     )
+    need = strategy.min_clients()
+    if cfg.federation.clients_per_round < need:
+        raise ConfigError(
+            f"strategy {cfg.strategy.name} needs at least {need} updates per round "
+            f"(strategy.byzantine={cfg.strategy.byzantine}); federation.clients_per_round is "
+            f"{cfg.federation.clients_per_round}"
+        )
     return method_cls, strategy, shapes
 
 

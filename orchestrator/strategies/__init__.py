@@ -2,26 +2,61 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedrs.errors import ConfigError
 from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.orchestrator.strategies.bulyan import Bulyan
+from fedrs.orchestrator.strategies.fedadagrad import FedAdagrad
+from fedrs.orchestrator.strategies.fedadam import FedAdam
 from fedrs.orchestrator.strategies.fedavg import FedAvg, weighted_average
+from fedrs.orchestrator.strategies.fedavgm import FedAvgM
 from fedrs.orchestrator.strategies.fedprox import FedProx
+from fedrs.orchestrator.strategies.fedyogi import FedYogi
+from fedrs.orchestrator.strategies.krum import Krum
+from fedrs.orchestrator.strategies.median import Median
+from fedrs.orchestrator.strategies.normclip import NormClip
 from fedrs.orchestrator.strategies.prompt_avg import PromptAveraging
+from fedrs.orchestrator.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    FedAvg.name: FedAvg,
-    FedProx.name: FedProx,
-    PromptAveraging.name: PromptAveraging,
+    s.name: s
+    for s in (
+        FedAvg,
+        FedProx,
+        PromptAveraging,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        Median,
+        TrimmedMean,
+        Krum,
+        Bulyan,
+        NormClip,
+    )
 }
 
 
 def make_strategy(
-    name: str, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+    name: str,
+    *,
+    global_keys: tuple[str, ...],
+    prompt_keys: tuple[str, ...],
+    mu: float | None = None,
+    options: Any = None,
 ) -> Strategy:
-    """Build the strategy ``name`` for a method that shares ``global_keys``."""
+    """Build the strategy ``name`` for a method that shares ``global_keys``; ``options`` is
+    the run's ``StrategyConfig`` (default: its defaults, with ``mu`` when given)."""
+    from fedrs.orchestrator.config import StrategyConfig
+
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy.name {name!r}; choose from {sorted(STRATEGIES)}")
-    return STRATEGIES[name].create(mu=mu, global_keys=global_keys, prompt_keys=prompt_keys)
+    if options is None:
+        options = StrategyConfig(name=name, **({} if mu is None else {"mu": mu}))
+    return STRATEGIES[name].create(
+        options=options, global_keys=global_keys, prompt_keys=prompt_keys
+    )
 
 
 __all__ = [

@@ -32,9 +32,23 @@ class Strategy(ABC):
 
     @classmethod
     def create(
-        cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+        cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
+        """The strategy for a method sharing ``global_keys``; ``options`` is the run's
+        ``StrategyConfig`` (each strategy reads the keys it names in ``options``)."""
         return cls(upload_keys=global_keys)
+
+    def state_dict(self) -> Params:
+        """What the strategy keeps across rounds (a server optimiser's moments), as arrays:
+        checkpointed every round, restored by ``--resume``."""
+        return {}
+
+    def load_state_dict(self, state: Params) -> None:  # noqa: B027 (optional hook)
+        """Restore ``state_dict()``."""
+
+    def min_clients(self) -> int:
+        """The fewest valid updates the strategy can combine (Bulyan: 4f + 3)."""
+        return 1
 
     def describe(self) -> str:
         """The strategy in effect, in words: its name and the tensors it combines."""

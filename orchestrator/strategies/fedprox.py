@@ -19,9 +19,9 @@ class FedProx(FedAvg):
 
     @classmethod
     def create(
-        cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+        cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
-        return cls(upload_keys=global_keys, mu=mu)
+        return cls(upload_keys=global_keys, mu=options.mu)
 
     def describe(self) -> str:
         return f"{super().describe()} (clients: proximal mu={self.mu:g})"

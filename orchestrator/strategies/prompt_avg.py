@@ -7,6 +7,8 @@ its client, in the client-state store.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedrs.errors import ConfigError
 from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
 from fedrs.orchestrator.strategies.fedavg import average_keys
@@ -18,7 +20,7 @@ class PromptAveraging(Strategy):
 
     @classmethod
     def create(
-        cls, *, mu: float, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+        cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
         if not prompt_keys:
             raise ConfigError("strategy prompt_avg needs a method with shared prompt tensors")

@@ -1,0 +1,21 @@
+"""FedAvgM (Hsu et al., 2019): FedAvg's update as a pseudo-gradient with server momentum."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrs.orchestrator.strategies.fedopt import ServerOptimizer, fedavgm_step
+
+
+class FedAvgM(ServerOptimizer):
+    name = "fedavgm"
+    summary = "FedAvg with server momentum: v = beta v + delta, x += server_lr v"
+    moments = ("v",)
+    options = ("server_lr", "server_momentum")
+
+    def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        x, self.state["v"][key] = fedavgm_step(
+            x, delta, self.state["v"].get(key), c.server_lr, c.server_momentum
+        )
+        return x

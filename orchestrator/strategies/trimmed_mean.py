@@ -1,0 +1,34 @@
+"""Coordinate-wise trimmed mean (Yin et al., 2018): per coordinate, the mean after dropping
+``floor(trim_fraction x n)`` of the lowest and of the highest values."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.orchestrator.strategies.robust import per_coordinate, trimmed_mean
+
+
+class TrimmedMean(Strategy):
+    name = "trimmed_mean"
+    summary = "per coordinate, the mean without the trim_fraction lowest and highest values"
+    options = ("trim_fraction",)
+
+    def __init__(self, upload_keys: tuple[str, ...], fraction: float) -> None:
+        super().__init__(upload_keys)
+        self.fraction = fraction
+
+    @classmethod
+    def create(
+        cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
+    ) -> Strategy:
+        return cls(global_keys, options.trim_fraction)
+
+    def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
+        return per_coordinate(
+            current,
+            updates,
+            self.upload_keys,
+            lambda rows: trimmed_mean(rows, math.floor(self.fraction * len(rows))),
+        )
