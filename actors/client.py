@@ -21,6 +21,7 @@ from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, fea
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
 from fedrs.methods.base import FitOptions, InputCache, Method
+from fedrs.orchestrator.attacks import LabelFlipped, attackers, tamper
 from fedrs.orchestrator.config import from_dict, with_data_path
 from fedrs.orchestrator.state_store import FileStateStore
 
@@ -84,6 +85,11 @@ class ClientWorker:
         self.cache_checked = not self.cfg.data.feature_cache
         self.features: FeatureCache | None = None  # opened on first use
         self._personal: tuple[Any, Params] = (None, {})  # last (client, round) personalised
+        a = self.cfg.attack  # simulated Byzantine clients (orchestrator/attacks.py)
+        registered = self.cfg.federation.num_clients or self.data.num_clients
+        self.attackers = (
+            attackers(registered, a.fraction, a.seed) if a.kind != "none" else frozenset()
+        )
 
     def _view(self, entry: ShardEntry) -> Shard | FeatureShard | CachedShard:
         """A shard as the method sees it: pixels, with the method's cached array in their place
@@ -143,7 +149,14 @@ class ClientWorker:
         t1 = time.perf_counter()
         private = self._private(cid, rnd)
         t2 = time.perf_counter()
+        attack = self.cfg.attack.kind if cid in self.attackers else None
+        if attack == "labelflip":
+            shard = LabelFlipped(shard, len(self.data.classes))
         out = self.method.fit(params, private, shard, task.options)
+        if attack is not None:
+            out.params = tamper(attack, out.params, params, self.cfg.attack, rnd, cid)
+            if attack != "collude":
+                out.extras = tamper(attack, out.extras, {}, self.cfg.attack, rnd, cid)
         t3 = time.perf_counter()
         self.store.save(cid, rnd, out.private)
         t4 = time.perf_counter()
@@ -155,6 +168,7 @@ class ClientWorker:
             "extras": out.extras,
             "worker": f"{self.index}:{os.getpid()}",
             "cache": cache,
+            "attack": attack,
             "fit_s": t4 - t0,
             # data: open the shard / its cached features (embedding it on a cache miss)
             "phases": {

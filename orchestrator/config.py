@@ -244,6 +244,26 @@ class ResourcesConfig:
         )
 
 
+ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated Byzantine clients (``orchestrator/attacks.py``): a deterministic
+    ``fraction`` of the registered clients (drawn from ``seed``) tamper with what they send."""
+
+    kind: str = "none"  # none | signflip | scale | noise | labelflip | nan | collude
+    fraction: float = 0.0
+    scale: float = 10.0  # scale: the update times this; collude: the shared update's size
+    noise_std: float = 1.0  # noise: Gaussian added to every sent value
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ATTACKS, f"attack.kind {self.kind!r}: choose from {ATTACKS}")
+        _check(0 <= self.fraction <= 1, f"attack.fraction must be in [0, 1], got {self.fraction}")
+        _check(self.noise_std >= 0, f"attack.noise_std must be >= 0, got {self.noise_std}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -253,6 +273,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         f = self.federation

@@ -338,6 +338,9 @@ class Driver:
         }
         record |= change  # does the global model move at all? (per round, every method)
         record |= {f"server_{k}": v for k, v in self.server.metrics.items()}
+        attacks = [r.get("attack") for r in results.values() if r.get("attack")]
+        if self.cfg.attack.kind != "none":  # simulated Byzantine clients among the sampled
+            record["attackers"] = len(attacks)
         cache = [r.get("cache") for r in results.values() if r.get("cache") is not None]
         if cache:  # the method's per-shard cache (teacher outputs, frozen embeddings)
             record |= {"cache_hits": cache.count("hit"), "cache_misses": cache.count("miss")}
