@@ -23,6 +23,7 @@ from fedrs.datasets.shards import Shard
 from fedrs.methods.base import FitOptions, InputCache, Method
 from fedrs.orchestrator.attacks import LabelFlipped, attackers, tamper
 from fedrs.orchestrator.config import from_dict, with_data_path
+from fedrs.orchestrator.privacy import privatize_local
 from fedrs.orchestrator.state_store import FileStateStore
 
 Params = dict[str, np.ndarray]
@@ -153,6 +154,8 @@ class ClientWorker:
         if attack == "labelflip":
             shard = LabelFlipped(shard, len(self.data.classes))
         out = self.method.fit(params, private, shard, task.options)
+        if self.cfg.privacy.mode == "local" and attack is None:  # clipped and noised here
+            out.params = privatize_local(out.params, params, self.cfg.privacy, self.seed, rnd, cid)
         if attack is not None:
             out.params = tamper(attack, out.params, params, self.cfg.attack, rnd, cid)
             if attack != "collude":

@@ -265,6 +265,35 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy at the client level (``orchestrator/privacy.py``): ``central``
+    (the server clips each update to ``clip_norm`` and adds Gaussian noise to the mean) or
+    ``local`` (each client clips and noises what it sends); (epsilon, delta) per round from
+    Opacus's accountant."""
+
+    mode: str = "none"  # none | central | local
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    accountant: str = "rdp"  # rdp | prv (Opacus)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.mode in ("none", "central", "local"),
+            f"privacy.mode {self.mode!r}: none, central or local",
+        )
+        _check(self.clip_norm > 0, f"privacy.clip_norm must be > 0, got {self.clip_norm}")
+        _check(
+            self.noise_multiplier >= 0,
+            f"privacy.noise_multiplier must be >= 0, got {self.noise_multiplier}",
+        )
+        _check(0 < self.delta < 1, f"privacy.delta must be in (0, 1), got {self.delta}")
+        _check(
+            self.accountant in ("rdp", "prv"), f"privacy.accountant {self.accountant!r}: rdp or prv"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -274,6 +303,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         f = self.federation

@@ -40,9 +40,10 @@ from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.config import RunConfig, with_data_path
 from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
+from fedrs.orchestrator.privacy import add_central_noise, clip_all, epsilon
 from fedrs.orchestrator.sampling import sample_usable
 from fedrs.orchestrator.state_store import FileStateStore
-from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
+from fedrs.orchestrator.strategies import ClientUpdate, Params, make_strategy
 from fedrs.orchestrator.validation import spec_of, validate_extras, validate_update
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,29 @@ def declared_extras(
     except NotImplementedError:
         return None
     return shapes.get("extras") or None
+
+
+def central_dp(
+    current: Params, updates: list[ClientUpdate], cfg: Any, seed: int, rnd: int
+) -> list[ClientUpdate]:
+    """Central DP: every update clipped to ``clip_norm`` and counted once, then all shifted by
+    one draw of ``N(0, (sigma C / n)^2)``: the mean any averaging strategy takes (and the
+    median, being shift-equivariant) gets exactly that noise (``orchestrator/privacy.py``)."""
+    clipped = clip_all(current, updates, cfg.clip_norm)
+    keys = tuple(sorted({k for u in clipped for k in u.params}))
+    noise = add_central_noise(
+        {k: np.zeros_like(current[k]) for k in keys}, keys, len(clipped), cfg, seed, rnd
+    )
+    return [
+        ClientUpdate(
+            u.client_id,
+            {k: (v + noise[k]).astype(v.dtype) for k, v in u.params.items()},
+            u.num_examples,
+            u.metrics,
+            u.extras,
+        )
+        for u in clipped
+    ]
 
 
 STRATEGY_STATE = "strategy/"  # checkpointed beside the method server's state
@@ -313,7 +337,10 @@ class Driver:
             )
         fit_s = time.perf_counter() - t0
         t_server = time.perf_counter()
-        params = self.strategy.aggregate(self.params, updates)
+        combined = updates
+        if self.cfg.privacy.mode == "central":  # clipped, counted once, shifted by one noise
+            combined = central_dp(self.params, updates, self.cfg.privacy, fed.seed, rnd)
+        params = self.strategy.aggregate(self.params, combined)
         params = self.server.update(rnd, params, updates)
         server_s = time.perf_counter() - t_server  # on the server's own device
         change = global_change(  # what clients train, not what only the server writes
@@ -337,6 +364,7 @@ class Driver:
             ),
         }
         record |= change  # does the global model move at all? (per round, every method)
+        record |= self.privacy_spent(rnd)
         record |= {f"server_{k}": v for k, v in self.server.metrics.items()}
         attacks = [r.get("attack") for r in results.values() if r.get("attack")]
         if self.cfg.attack.kind != "none":  # simulated Byzantine clients among the sampled
@@ -383,6 +411,15 @@ class Driver:
             },
         )
         return record
+
+    def privacy_spent(self, rnd: int) -> dict[str, Any]:
+        """(epsilon, delta) after ``rnd`` rounds (``privacy.mode`` central or local)."""
+        p = self.cfg.privacy
+        if p.mode == "none":
+            return {}
+        rate = self.cfg.federation.clients_per_round / self.num_registered
+        eps = epsilon(p, rnd, rate if p.mode == "central" else 1.0)
+        return {"epsilon": eps, "delta": p.delta}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, rnd: int, sampled: list[int] | None = None) -> dict[str, Any]:

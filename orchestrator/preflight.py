@@ -100,6 +100,12 @@ def resolve_names(
         global_keys=uploadable(method_cls, tuple(shapes["global"])),
         prompt_keys=method_cls.prompt_keys,
     )
+    if cfg.privacy.mode != "none" and method_cls.extra_keys:
+        raise ConfigError(
+            f"privacy.mode={cfg.privacy.mode} covers the tensors a client sends; method "
+            f"{method_cls.name} also sends extra payloads ({', '.join(method_cls.extra_keys)}) "
+            f"that would leave unprotected"
+        )
     need = strategy.min_clients()
     if cfg.federation.clients_per_round < need:
         raise ConfigError(
