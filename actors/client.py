@@ -148,6 +148,7 @@ class ClientWorker:
         if self.features is not None:  # the method's per-shard cache: read, or computed now
             cache = "miss" if self.features.computed > computed else "hit"
         t1 = time.perf_counter()
+        unreadable = self.store.unreadable
         private = self._private(cid, rnd)
         t2 = time.perf_counter()
         attack = self.cfg.attack.kind if cid in self.attackers else None
@@ -172,6 +173,8 @@ class ClientWorker:
             "worker": f"{self.index}:{os.getpid()}",
             "cache": cache,
             "attack": attack,
+            # its private state could not be read: an older version or a fresh start
+            "state_reset": self.store.unreadable > unreadable,
             "fit_s": t4 - t0,
             # data: open the shard / its cached features (embedding it on a cache miss)
             "phases": {

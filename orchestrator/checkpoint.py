@@ -1,17 +1,21 @@
 """Round checkpoints: global tensors + server state, written atomically, newest two kept.
 
 ``RUN_DIR/checkpoint/round_<r>.safetensors`` holds the tensors; ``latest.json`` (replaced
-atomically after the tensors are on disk) names the last completed round.
+atomically after the tensors are on disk) names the last completed round and the file's
+sha256, checked on load: a truncated or altered checkpoint is a one-line error, never used.
+Nothing here unpickles: safetensors and JSON only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -33,8 +37,10 @@ def save(
         if isinstance(v, np.ndarray)
     }
     name = f"round_{round_:05d}.safetensors"
-    write_bytes(folder / name, st_save(tensors) if tensors else st_save({}))
-    write_json(folder / "latest.json", {"round": round_, "file": name})
+    blob = st_save(tensors) if tensors else st_save({})
+    write_bytes(folder / name, blob)
+    digest = hashlib.sha256(blob).hexdigest()
+    write_json(folder / "latest.json", {"round": round_, "file": name, "sha256": digest})
     for old in sorted(folder.glob("round_*.safetensors"))[:-2]:
         with contextlib.suppress(FileNotFoundError):
             old.unlink()
@@ -58,8 +64,17 @@ def load(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | N
         return None
     try:
         meta = json.loads(latest.read_text())
-        tensors = dict(st_load((latest.parent / meta["file"]).read_bytes()))
-    except (OSError, ValueError, KeyError) as exc:
+        blob = (latest.parent / Path(meta["file"]).name).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FedrsError(f"cannot read checkpoint in {run_dir}: {exc}") from None
+    if "sha256" in meta and hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise FedrsError(
+            f"checkpoint {latest.parent / meta['file']} fails its sha256 check (truncated or "
+            f"tampered): not resuming from it"
+        )
+    try:
+        tensors = dict(st_load(blob))
+    except (SafetensorError, ValueError) as exc:
         raise FedrsError(f"cannot read checkpoint in {run_dir}: {exc}") from None
     params = {k: v for k, v in tensors.items() if not k.startswith(SERVER_PREFIX)}
     server = {k[len(SERVER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SERVER_PREFIX)}

@@ -366,6 +366,9 @@ class Driver:
         record |= change  # does the global model move at all? (per round, every method)
         record |= self.privacy_spent(rnd)
         record |= {f"server_{k}": v for k, v in self.server.metrics.items()}
+        resets = sum(bool(r.get("state_reset")) for r in results.values())
+        if resets:  # corrupt private-state files: those clients fell back (logged on the actor)
+            record["state_resets"] = resets
         attacks = [r.get("attack") for r in results.values() if r.get("attack")]
         if self.cfg.attack.kind != "none":  # simulated Byzantine clients among the sampled
             record["attackers"] = len(attacks)

@@ -42,6 +42,7 @@ class FileStateStore:
         self.root = Path(root)
         self.keep = keep
         self.fsync = fsync
+        self.unreadable = 0  # versions skipped because they could not be read (counted)
 
     def _folder(self, client_id: int) -> str:
         return os.path.join(self.root, f"{client_id // 1000:04d}", str(client_id))
@@ -67,6 +68,7 @@ class FileStateStore:
             except FileNotFoundError:  # pruned or discarded since the listdir
                 continue
             except (SafetensorError, ValueError, OSError) as exc:
+                self.unreadable += 1
                 log.warning("client %d: unreadable private state %s (%s)", client_id, path, exc)
         return None
 

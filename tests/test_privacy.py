@@ -96,3 +96,34 @@ def test_central_dp_run_reports_epsilon_and_resumes_exactly(
     _, b, _ = checkpoint.load(tmp_path / "cut")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_tampered_checkpoint_and_corrupt_client_state(synth_data: Path, tmp_path: Path) -> None:
+    """A tampered checkpoint stops --resume with one line; a corrupt private-state file is a
+    counted, logged fresh start of that client."""
+    import subprocess
+    import sys
+
+    from conftest import small_run
+    from fedrs.orchestrator.runner import run
+
+    cfg = small_run(synth_data, **{"method.name": "fedrsclip", "federation.rounds": 2})
+    out = tmp_path / "run"
+    run(cfg, out=str(out), console=Console(file=io.StringIO()), stop_after=1)
+    (state,) = (out / "client_state").glob("*/0/r1.safetensors")
+    state.write_bytes(state.read_bytes()[:20])  # cut short
+    ckpt = out / "checkpoint" / "round_00001.safetensors"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    done = subprocess.run(
+        [sys.executable, "-m", "fedrs.cli", "run", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "sha256" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    ckpt.write_bytes(good)
+    run(resume=str(out), console=Console(file=io.StringIO()))
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["round"] == 2 and last["state_resets"] == 1 and last["clients_ok"] == 6
