@@ -366,6 +366,7 @@ BENCHMARKS = {
     "data-format": "fedrs.benchmarks.data_format",
     "vs-flower": "fedrs.benchmarks.vs_flower",
     "vs-sequential": "fedrs.benchmarks.vs_sequential",
+    "robustness": "fedrs.benchmarks.robustness",
     "scale-clients": "fedrs.benchmarks.scale_clients",
     "packing": "fedrs.benchmarks.packing",
     "flops": "fedrs.benchmarks.flops",
