@@ -20,6 +20,7 @@ from fedrs.actors.allocator import retain_freed_memory
 from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
+from fedrs.faults import inject
 from fedrs.methods.base import FitOptions, InputCache, Method
 from fedrs.orchestrator.attacks import LabelFlipped, attackers, tamper
 from fedrs.orchestrator.config import from_dict, with_data_path
@@ -142,6 +143,7 @@ class ClientWorker:
         """Train one client; the reply carries where the actor's time went (``phases``)."""
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
+        inject(self.cfg.federation.faults, "fit", rnd, cid)  # chaos runs only
         computed = self.features.computed if self.features is not None else 0
         shard = self._view(self.data.clients[self.partition(cid)].train)
         cache = None

@@ -181,6 +181,7 @@ class FederationConfig:
     seed: int = 0
     min_clients: int = 1  # fewer successful reports than this fails the run
     round_timeout_s: float = 600.0  # a client still running then is a dropout
+    faults: str = ""  # chaos runs only: injected faults (fedrs/faults.py); "" = none
     eval_every: int = 1
     # also evaluate every client's personalised model (its private state) on the global test
     # split: personalized_global_<headline>, the mean over clients (clients x test-split cost)
@@ -200,6 +201,10 @@ class FederationConfig:
         _check(self.num_clients >= 0, "federation.num_clients must be >= 0")
         _check(self.min_clients >= 1, "federation.min_clients must be >= 1")
         _check(self.round_timeout_s > 0, "federation.round_timeout_s must be > 0")
+        if self.faults:
+            from fedrs.faults import parse
+
+            parse(self.faults)
         _check(self.eval_every >= 1, "federation.eval_every must be >= 1")
 
 

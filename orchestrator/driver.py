@@ -35,6 +35,7 @@ from fedrs.actors.client import EvalTask, FitTask
 from fedrs.actors.pool import ClientPool, PerTask, Placement
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError
+from fedrs.faults import inject
 from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 STATE_DIR = "client_state"
 PERSONALIZED_EVAL_MAX = 64  # evaluate every client's local split up to this many clients
+
+
+class CheckpointError(FedrsError):
+    """A round's checkpoint could not be written (a full disk, a lost mount)."""
 
 
 class RoundFailedError(FedrsError):
@@ -404,15 +409,23 @@ class Driver:
             "driver_rss_mb": process_memory().get("rss_mb"),
         }
         self._append(record)
-        checkpoint.save(
-            self.run_dir,
-            rnd,
-            self.params,
-            {
-                **self.server.state_dict(),
-                **{STRATEGY_STATE + k: v for k, v in self.strategy.state_dict().items()},
-            },
-        )
+        try:
+            inject(self.cfg.federation.faults, "checkpoint", rnd)  # chaos runs only
+            checkpoint.save(
+                self.run_dir,
+                rnd,
+                self.params,
+                {
+                    **self.server.state_dict(),
+                    **{STRATEGY_STATE + k: v for k, v in self.strategy.state_dict().items()},
+                },
+            )
+        except OSError as exc:  # the last complete checkpoint is untouched (atomic writes)
+            done = checkpoint.latest_round(self.run_dir)
+            raise CheckpointError(
+                f"round {rnd}: cannot write its checkpoint ({exc.strerror or exc}); the run can "
+                f"be resumed after round {done} with --resume once that is fixed"
+            ) from None
         return record
 
     def privacy_spent(self, rnd: int) -> dict[str, Any]:

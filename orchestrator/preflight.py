@@ -529,6 +529,7 @@ def preflight(
 SAFE_ON_RESUME = (
     "federation.rounds",
     "federation.round_timeout_s",
+    "federation.faults",
     "federation.min_clients",
     "federation.eval_every",
     "federation.eval_personal_global",
