@@ -367,6 +367,7 @@ BENCHMARKS = {
     "vs-flower": "fedrs.benchmarks.vs_flower",
     "vs-sequential": "fedrs.benchmarks.vs_sequential",
     "robustness": "fedrs.benchmarks.robustness",
+    "chaos": "fedrs.benchmarks.chaos",
     "scale-clients": "fedrs.benchmarks.scale_clients",
     "packing": "fedrs.benchmarks.packing",
     "flops": "fedrs.benchmarks.flops",

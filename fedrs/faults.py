@@ -2,8 +2,9 @@
 
 A spec is ``;``-separated rules ``SITE@ROUND[:WHO]=ACTION``:
 
-* ``SITE``: ``fit`` (a client's local training, on its actor) or ``checkpoint`` (the
-  driver writing a round's checkpoint);
+* ``SITE``: ``fit`` (a client's local training, on its actor), ``aggregate`` (the driver,
+  mid-round: the clients' updates are in, the new global model not yet made) or
+  ``checkpoint`` (the driver writing a round's checkpoint);
 * ``ROUND``: a round number or ``*`` (every round);
 * ``WHO`` (``fit`` only): a client id, or ``pP`` - each (round, client) with probability P,
   drawn from (round, client): deterministic, the same on every actor and rerun;
@@ -26,7 +27,7 @@ import numpy as np
 from fedrs.errors import ConfigError
 
 log = logging.getLogger(__name__)
-SITES = ("fit", "checkpoint")
+SITES = ("fit", "checkpoint", "aggregate")
 
 
 def parse(spec: str) -> list[tuple[str, str, str, str]]:

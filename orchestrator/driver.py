@@ -341,6 +341,7 @@ class Driver:
                 f"{first[1]})"
             )
         fit_s = time.perf_counter() - t0
+        inject(self.cfg.federation.faults, "aggregate", rnd)  # chaos runs only
         t_server = time.perf_counter()
         combined = updates
         if self.cfg.privacy.mode == "central":  # clipped, counted once, shifted by one noise

@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -220,7 +221,9 @@ def _run_dir(tmp_path: Path, rounds: int, done: int) -> Path:
     (run_dir / "checkpoint").mkdir(parents=True)
     cfg = RunConfig().replace(**{"federation.rounds": rounds})
     write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(run_dir / "checkpoint" / "latest.json", {"round": done, "file": "x"})
+    from fedrs.orchestrator import checkpoint
+
+    checkpoint.save(run_dir, done, {"w": np.zeros(2, np.float32)}, {})
     return run_dir
 
 
