@@ -95,6 +95,10 @@ def trial_bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], int]:
     return ([head] if head else []) + clients, int(bool(head))
 
 
+REQUEUES = 3  # times a task never started is sent back from dead actors before it fails
+RESTART_GRACE_S = 2.0  # a dead actor gets no new task for this long (Ray restarts it)
+
+
 class PerTask(list):
     """``ClientPool.map``'s ``shared`` argument, one entry per task (e.g. each client's own
     download when clients of different groups receive different tensors)."""
@@ -195,7 +199,8 @@ class ClientPool:
         # per actor, its submitted tasks in submission order (= execution order): the head runs
         queues: list[deque[tuple[ray.ObjectRef, int, Any]]] = [deque() for _ in self.actors]
         owner: dict[ray.ObjectRef, int] = {}
-        requeued: set[int] = set()
+        requeued: dict[int, int] = {}  # task -> times sent back unstarted from a dead actor
+        cooldown = [0.0] * len(self.actors)  # an actor that just died: not before this time
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout_s
@@ -217,10 +222,10 @@ class ClientPool:
             for ref, ti, task in queues[ai]:
                 del owner[ref]
                 if crashed:
-                    if ti in requeued:
+                    if requeued.get(ti, 0) >= REQUEUES:
                         fail(ti, "actor died before starting it")
                     else:
-                        requeued.add(ti)
+                        requeued[ti] = requeued.get(ti, 0) + 1
                         unstarted.append((ti, task))
                     continue
                 try:
@@ -232,6 +237,8 @@ class ClientPool:
                     fail(ti, _reason(exc) if isinstance(exc, RayActorError) else "actor died")
             queues[ai].clear()
             pending.extendleft(reversed(unstarted))
+            # while Ray restarts it, it answers ActorUnavailableError: give it a moment
+            cooldown[ai] = time.monotonic() + RESTART_GRACE_S
 
         def settle(ref: ray.ObjectRef) -> None:
             if ref not in owner:  # settled with its dead actor's queue
@@ -279,16 +286,26 @@ class ClientPool:
                 for ti, _ in pending:
                     fail(ti, "no live client actors (all died more often than Ray restarts them)")
                 break
+            now = time.monotonic()
+            ready_actors = [a for a in live if cooldown[a] <= now]
+            if pending and not ready_actors and not owner:  # every live actor restarting
+                time.sleep(max(0.0, min(min(cooldown[a] for a in live) - now, remaining)))
+                continue
             # fewest tasks queued first; among equals, the actor that died least
-            for ai in sorted(live, key=lambda a: (len(queues[a]), self.deaths[a])):
+            for ai in sorted(ready_actors, key=lambda a: (len(queues[a]), self.deaths[a])):
                 busy = len(queues[ai])
-                if pending and (busy == 0 or (busy < depth and len(pending) > len(live))):
+                if pending and (busy == 0 or (busy < depth and len(pending) > len(ready_actors))):
                     ti, task = pending.popleft()
                     arg = shared[ti] if isinstance(shared, PerTask) else shared
                     ref = getattr(self.actors[ai], method).remote(arg, task)
                     queues[ai].append((ref, ti, task))
                     owner[ref] = ai
-            ready, _ = ray.wait(list(owner), num_returns=1, timeout=remaining)
+            waiting = [cooldown[a] - now for a in live if cooldown[a] > now]
+            wait_s = min([remaining, *waiting]) if pending and waiting else remaining
+            if not owner:
+                time.sleep(max(0.0, wait_s))
+                continue
+            ready, _ = ray.wait(list(owner), num_returns=1, timeout=wait_s)
             for ref in ready:
                 settle(ref)
         return results, failures

@@ -571,7 +571,8 @@ def resume_config(run_dir: Path, overrides: list[str] | None) -> tuple[RunConfig
                 f"(--out) to change it"
             )
     completed = checkpoint.latest_round(run_dir)
-    checkpoint.load(run_dir)  # a truncated or tampered checkpoint: one line, before any start
+    if completed < new.federation.rounds:  # rounds to run: their start must be sound
+        checkpoint.load(run_dir)  # a truncated or tampered checkpoint: one line, now
     if new.federation.rounds < completed:
         raise ConfigError(
             f"federation.rounds={new.federation.rounds} is below the {completed} rounds "
