@@ -96,7 +96,6 @@ def trial_bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], int]:
 
 
 REQUEUES = 3  # times a task never started is sent back from dead actors before it fails
-RESTART_GRACE_S = 2.0  # a dead actor gets no new task for this long (Ray restarts it)
 
 
 class PerTask(list):
@@ -200,7 +199,8 @@ class ClientPool:
         queues: list[deque[tuple[ray.ObjectRef, int, Any]]] = [deque() for _ in self.actors]
         owner: dict[ray.ObjectRef, int] = {}
         requeued: dict[int, int] = {}  # task -> times sent back unstarted from a dead actor
-        cooldown = [0.0] * len(self.actors)  # an actor that just died: not before this time
+        # an actor that died gets no task until Ray has restarted it (its readiness probe)
+        probes: dict[int, ray.ObjectRef] = {}
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout_s
@@ -237,8 +237,8 @@ class ClientPool:
                     fail(ti, _reason(exc) if isinstance(exc, RayActorError) else "actor died")
             queues[ai].clear()
             pending.extendleft(reversed(unstarted))
-            # while Ray restarts it, it answers ActorUnavailableError: give it a moment
-            cooldown[ai] = time.monotonic() + RESTART_GRACE_S
+            # while Ray restarts it, it answers ActorUnavailableError: wait until it is back
+            probes[ai] = self.actors[ai].__ray_ready__.remote()
 
         def settle(ref: ray.ObjectRef) -> None:
             if ref not in owner:  # settled with its dead actor's queue
@@ -286,10 +286,18 @@ class ClientPool:
                 for ti, _ in pending:
                     fail(ti, "no live client actors (all died more often than Ray restarts them)")
                 break
-            now = time.monotonic()
-            ready_actors = [a for a in live if cooldown[a] <= now]
+            for ai, probe in list(probes.items()):  # restarted yet?
+                if ai not in live:  # gone for good
+                    del probes[ai]
+                elif ray.wait([probe], timeout=0)[0]:
+                    try:
+                        ray.get(probe)
+                        del probes[ai]
+                    except RayError:  # not back yet: ask again
+                        probes[ai] = self.actors[ai].__ray_ready__.remote()
+            ready_actors = [a for a in live if a not in probes]
             if pending and not ready_actors and not owner:  # every live actor restarting
-                time.sleep(max(0.0, min(min(cooldown[a] for a in live) - now, remaining)))
+                ray.wait(list(probes.values()), num_returns=1, timeout=min(remaining, 1.0))
                 continue
             # fewest tasks queued first; among equals, the actor that died least
             for ai in sorted(ready_actors, key=lambda a: (len(queues[a]), self.deaths[a])):
@@ -300,12 +308,11 @@ class ClientPool:
                     ref = getattr(self.actors[ai], method).remote(arg, task)
                     queues[ai].append((ref, ti, task))
                     owner[ref] = ai
-            waiting = [cooldown[a] - now for a in live if cooldown[a] > now]
-            wait_s = min([remaining, *waiting]) if pending and waiting else remaining
-            if not owner:
-                time.sleep(max(0.0, wait_s))
-                continue
-            ready, _ = ray.wait(list(owner), num_returns=1, timeout=wait_s)
+            watch = list(owner) + (list(probes.values()) if pending else [])
+            ready, _ = ray.wait(
+                watch, num_returns=1, timeout=min(remaining, 1.0) if probes else remaining
+            )
+            ready = [r for r in ready if r in owner]
             for ref in ready:
                 settle(ref)
         return results, failures

@@ -21,7 +21,7 @@ equal (bit for bit) the uninterrupted run's where the maths says they must (the 
 disk faults: no client's work is lost), null where clients were dropped (no equality
 expected). ``error``: what stopped a scenario that did not complete.
 
-Options (``--set``): ``rounds`` (3), ``clients`` (6), ``timeout_s`` (10), ``cpus`` (4),
+Options (``--set``): ``rounds`` (3), ``clients`` (6), ``timeout_s`` (30), ``cpus`` (4),
 ``scenarios`` (all, comma-separated).
 """
 
@@ -127,7 +127,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     from fedrs.orchestrator.config import RunConfig
     from fedrs.orchestrator.runner import run
 
-    o = {"rounds": 3, "clients": 6, "timeout_s": 10.0, "cpus": 4, "scenarios": list(SCENARIOS)}
+    o = {"rounds": 3, "clients": 6, "timeout_s": 30.0, "cpus": 4, "scenarios": list(SCENARIOS)}
     unknown = set(options) - set(o)
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(o)}")
