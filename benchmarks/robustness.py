@@ -175,8 +175,7 @@ def heatmaps(table: list[dict[str, Any]], path: Path) -> None:
 def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
     from rich.console import Console
 
-    from fedrs.io import write_json
-    from fedrs.orchestrator.sweep import SPEC, expand, parse_sweep, run_sweep
+    from fedrs.orchestrator.sweep import SPEC, expand, parse_sweep, run_sweep, write_spec
     from fedrs.orchestrator.sweep_report import read_results, write_results
 
     o: dict[str, Any] = {
@@ -212,17 +211,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     t0 = time.perf_counter()
     if not (sweep_dir / SPEC).is_file():  # a kept sweep resumes
         sweep = parse_sweep(spec)
-        trials = expand(sweep)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            sweep_dir / SPEC,
-            {
-                "spec": sweep.to_dict(),
-                "trials": [
-                    {"name": t.name, "axes": t.axes, "config": t.cfg.to_dict()} for t in trials
-                ],
-            },
-        )
+        write_spec(sweep_dir, sweep, expand(sweep))
     run_sweep(resume=str(sweep_dir), console=Console(quiet=True))
     from fedrs.orchestrator.sweep import load_trials
 

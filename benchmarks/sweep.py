@@ -97,22 +97,14 @@ def run_concurrent(spec: dict[str, Any], sweep_dir: Path, builds: Path) -> dict[
 
     from rich.console import Console
 
-    from fedrs.orchestrator.sweep import BUILDS, SPEC, expand, parse_sweep, run_sweep
+    from fedrs.orchestrator.sweep import BUILDS, expand, parse_sweep, run_sweep, write_spec
     from fedrs.orchestrator.sweep_report import read_results
 
     sweep = parse_sweep(spec)
     sweep_dir.mkdir(parents=True)
     (sweep_dir / BUILDS).symlink_to(builds, target_is_directory=True)
     trials = expand(sweep)
-    from fedrs.io import write_json
-
-    write_json(
-        sweep_dir / SPEC,
-        {
-            "spec": sweep.to_dict(),
-            "trials": [{"name": t.name, "axes": t.axes, "config": t.cfg.to_dict()} for t in trials],
-        },
-    )
+    write_spec(sweep_dir, sweep, trials)
     t0 = time.perf_counter()
     run_sweep(resume=str(sweep_dir), console=Console(quiet=True))
     wall = time.perf_counter() - t0

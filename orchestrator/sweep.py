@@ -576,6 +576,19 @@ def new_sweep_dir(out: str | None, source: str | None) -> Path:
     return path
 
 
+def write_spec(sweep_dir: Path, sweep: Sweep, trials: list[Trial]) -> None:
+    """``DIR/sweep.json``: the sweep and its expanded trials (what ``--resume`` reads)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        sweep_dir / SPEC,
+        {
+            "spec": sweep.to_dict(),
+            "trials": [{"name": t.name, "axes": t.axes, "config": t.cfg.to_dict()} for t in trials],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+
+
 def load_trials(sweep_dir: Path) -> tuple[Sweep, list[Trial]]:
     """The sweep and trials stored in ``sweep_dir`` (as first expanded)."""
     try:
@@ -641,17 +654,7 @@ def run_sweep(
             if problem:
                 raise ClusterError(f"trial {t.name} ({_axes_text(t.axes)}): {problem}")
     if not resume:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            sweep_dir / SPEC,
-            {
-                "spec": sweep.to_dict(),
-                "trials": [
-                    {"name": t.name, "axes": t.axes, "config": t.cfg.to_dict()} for t in trials
-                ],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        )
+        write_spec(sweep_dir, sweep, trials)
     sweep_dir = sweep_dir.resolve()
     done = len(trials) - len(todo)
     console.print(
