@@ -16,6 +16,6 @@ class FedAvgM(ServerOptimizer):
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         c = self.cfg
         x, self.state["v"][key] = fedavgm_step(
-            x, delta, self.state["v"].get(key), c.server_lr, c.server_momentum
+            x, delta, self.state["v"].get(key), self.lr, c.server_momentum
         )
         return x

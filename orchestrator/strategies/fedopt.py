@@ -63,6 +63,7 @@ class ServerOptimizer(Strategy):
 
     moments: ClassVar[tuple[str, ...]] = ()
     options = ("server_lr",)
+    default_lr: ClassVar[float] = 1.0  # strategy.server_lr when it is not set
 
     def __init__(self, upload_keys: tuple[str, ...], cfg: Any) -> None:
         super().__init__(upload_keys)
@@ -74,6 +75,10 @@ class ServerOptimizer(Strategy):
         cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
         return cls(upload_keys=global_keys, cfg=options)
+
+    @property
+    def lr(self) -> float:
+        return self.default_lr if self.cfg.server_lr is None else self.cfg.server_lr
 
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -105,6 +110,7 @@ class Adaptive(ServerOptimizer):
     kind: ClassVar[str]
     moments = ("m", "v")
     options = ("server_lr", "beta1", "beta2", "tau")
+    default_lr = 0.1
 
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         c = self.cfg
@@ -114,7 +120,7 @@ class Adaptive(ServerOptimizer):
             delta,
             self.state["m"].get(key),
             self.state["v"].get(key),
-            c.server_lr,
+            self.lr,
             c.beta1,
             c.beta2,
             c.tau,
@@ -125,6 +131,6 @@ class Adaptive(ServerOptimizer):
     def describe(self) -> str:
         c = self.cfg
         return (
-            f"{super().describe()} (server lr {c.server_lr:g}, betas {c.beta1:g}/{c.beta2:g}, "
+            f"{super().describe()} (server lr {self.lr:g}, betas {c.beta1:g}/{c.beta2:g}, "
             f"tau {c.tau:g})"
         )
