@@ -86,7 +86,7 @@ class StrategyConfig:
     name: str = "fedavg"  # `fedrs strategies` lists them
     mu: float = 0.01  # FedProx proximal coefficient (used when name = fedprox)
     # server optimisers (fedavgm, fedadam, fedyogi, fedadagrad; Reddi et al., 2021)
-    server_lr: float | None = None  # eta; None: the strategy's (fedavgm 1.0, adaptive 0.1)
+    server_lr: float = 0.0  # eta; 0: the strategy's own (fedavgm 1.0, the adaptive ones 0.1)
     server_momentum: float = 0.9  # fedavgm
     beta1: float = 0.9
     beta2: float = 0.99
@@ -99,10 +99,7 @@ class StrategyConfig:
 
     def __post_init__(self) -> None:
         _check(self.mu >= 0, f"strategy.mu must be >= 0, got {self.mu}")
-        _check(
-            self.server_lr is None or self.server_lr > 0,
-            f"strategy.server_lr must be > 0, got {self.server_lr}",
-        )
+        _check(self.server_lr >= 0, f"strategy.server_lr must be >= 0, got {self.server_lr}")
         for key in ("server_momentum", "beta1", "beta2"):
             v = getattr(self, key)
             _check(0 <= v < 1, f"strategy.{key} must be in [0, 1), got {v}")

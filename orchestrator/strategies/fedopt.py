@@ -78,7 +78,7 @@ class ServerOptimizer(Strategy):
 
     @property
     def lr(self) -> float:
-        return self.default_lr if self.cfg.server_lr is None else self.cfg.server_lr
+        return self.cfg.server_lr or self.default_lr
 
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         raise NotImplementedError
