@@ -655,6 +655,5 @@ class EarlyFusion(_PixelMethod):
         return self._evaluate(self._predictor(global_params, shard), shard, start, stop, names)
 
     def predict_rows(self, global_params: Params, shard: Any, start: int, stop: int) -> np.ndarray:
-        return predict(
-            lambda r: self._predictor(global_params, shard)(r)[0], np.arange(start, stop)
-        )
+        logits_of = self._predictor(global_params, shard)  # the model loaded once, not per batch
+        return predict(lambda r: logits_of(r)[0], np.arange(start, stop))
