@@ -8,6 +8,17 @@ a per-task reason instead of an exception: a client that raises, an actor that d
 restarts it, up to ``max_actor_restarts``; tasks queued behind the one it ran go to another
 actor), or a task still running at the deadline (its actor is killed and restarted) — so a
 round never hangs.
+
+Two rules keep one slow or dying actor from costing the round other clients:
+
+* **work stealing**: an actor left idle at the round's tail takes a task still queued behind
+  another actor's running one (a straggler's queue); the original is cancelled (Ray cancels an
+  actor task that has not started). Should it have started anyway, both copies compute the same
+  fit (a client's fit depends only on the run seed, its id and the round, and its private state
+  is read from the version before the round), the first result counts and the other is dropped;
+* **restart credit**: time during which every live actor is being restarted by Ray, with tasks
+  waiting, does not count against the round's deadline (up to one more ``timeout_s``): the
+  deadline is for slow clients, not for Ray bringing crashed actors back.
 """
 
 from __future__ import annotations
@@ -143,6 +154,7 @@ class ClientPool:
         ]
         self.max_restarts = res.max_actor_restarts
         self.deaths = [0] * len(self.actors)  # crashes and deadline kills, per actor
+        self.steals = 0  # tasks an idle actor took from a busy one's queue
 
     @classmethod
     def of(cls, actors: list[Any], max_restarts: int) -> ClientPool:
@@ -150,6 +162,7 @@ class ClientPool:
         pool = cls.__new__(cls)
         pool.pg, pool.actors, pool.max_restarts = None, list(actors), max_restarts
         pool.deaths = [0] * len(pool.actors)
+        pool.steals = 0
         return pool
 
     def _alive(self, ai: int) -> bool:
@@ -204,6 +217,7 @@ class ClientPool:
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout_s
+        credit = timeout_s  # deadline extension left for waiting on restarts
 
         def fail(ti: int, reason: str) -> None:
             failures[ti] = reason
@@ -263,8 +277,29 @@ class ClientPool:
             else:
                 results[ti] = result
 
+        def steal(ready_actors: list[int]) -> None:
+            """Move tasks queued behind another actor's running one to idle actors."""
+            for ai in ready_actors:
+                if queues[ai]:
+                    continue
+                victim = max(range(len(queues)), key=lambda a: len(queues[a]))
+                if len(queues[victim]) < 2:  # nothing waits behind a running task
+                    return
+                ref, ti, task = queues[victim].pop()
+                del owner[ref]
+                ray.cancel(ref)
+                arg = shared[ti] if isinstance(shared, PerTask) else shared
+                new_ref = getattr(self.actors[ai], method).remote(arg, task)
+                queues[ai].append((new_ref, ti, task))
+                owner[new_ref] = ai
+                self.steals += 1
+                log.info(
+                    "%s task %d: taken from busy actor %d by idle actor %d", method, ti, victim, ai
+                )
+
         while pending or owner:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 # collect what finished in time, then fail and unstick the rest
                 done, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
@@ -297,8 +332,14 @@ class ClientPool:
                         probes[ai] = self.actors[ai].__ray_ready__.remote()
             ready_actors = [a for a in live if a not in probes]
             if pending and not ready_actors and not owner:  # every live actor restarting
-                ray.wait(list(probes.values()), num_returns=1, timeout=min(remaining, 1.0))
+                back, _ = ray.wait(list(probes.values()), num_returns=1, timeout=1.0)
+                if not back or time.monotonic() - now < 0.2:
+                    time.sleep(0.2)  # an unavailable actor answers at once: do not spin
+                waited = min(credit, time.monotonic() - now)
+                deadline, credit = deadline + waited, credit - waited
                 continue
+            if not pending:
+                steal(ready_actors)
             # fewest tasks queued first; among equals, the actor that died least
             for ai in sorted(ready_actors, key=lambda a: (len(queues[a]), self.deaths[a])):
                 busy = len(queues[ai])

@@ -297,7 +297,9 @@ class Driver:
         ]
         parts = self.data.num_clients  # registered client c trains on partition c % parts
         costs = [self.data.clients[c % parts].train.num_examples for c in sampled]
+        steals = self.pool.steals
         results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s, costs)
+        steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}
         bytes_up = 0
@@ -375,6 +377,8 @@ class Driver:
         resets = sum(bool(r.get("state_reset")) for r in results.values())
         if resets:  # corrupt private-state files: those clients fell back (logged on the actor)
             record["state_resets"] = resets
+        if steals:
+            record["tasks_stolen"] = steals
         attacks = [r.get("attack") for r in results.values() if r.get("attack")]
         if self.cfg.attack.kind != "none":  # simulated Byzantine clients among the sampled
             record["attackers"] = len(attacks)

@@ -15,13 +15,18 @@ from fedrs.actors.pool import ClientPool
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def _pool(n: int, max_restarts: int = 1) -> ClientPool:
+def _pool(n: int, max_restarts: int = 1, restart_s: float = 0.0, marker: str = "") -> ClientPool:
     """A ClientPool whose actors are stand-in workers (defined here so Ray pickles the class by
-    value: test modules are not importable in Ray's workers)."""
+    value: test modules are not importable in Ray's workers). Once ``marker`` exists (a "die"
+    task wrote it), a (re)started actor takes ``restart_s`` to come up."""
 
     class Sleeper:
         """A stand-in client worker: ``fit`` sleeps, optionally dies or raises, and says when it
         ran and in which process."""
+
+        def __init__(self) -> None:
+            if marker and os.path.exists(marker):
+                time.sleep(restart_s)
 
         def fit(self, shared: Any, task: tuple[int, float, str]) -> dict[str, Any]:
             cid, seconds, action = task
@@ -119,3 +124,28 @@ def test_deadline_fails_running_and_queued_tasks_with_reasons(tmp_path: Any) -> 
     assert failures[0].startswith("timed out after")
     assert failures[1].startswith("not started within")
     assert failures[2].startswith("not started within")
+
+
+def test_an_idle_actor_takes_the_task_queued_behind_a_straggler(tmp_path: Any) -> None:
+    """The straggler (task 0) holds one task queued behind it; the other actor, idle at the
+    tail, takes it, so only the straggler misses the deadline."""
+    pool = _pool(2)
+    tasks = [(0, 30.0, "")] + [(cid, 0.05, "") for cid in range(1, 6)]
+    costs = [10] + [1] * 5  # the straggler goes out first, with a task queued behind it
+    results, failures = pool.map("fit", str(tmp_path / "x"), tasks, 4.0, costs)
+    assert list(failures) == [0] and failures[0].startswith("timed out after")
+    assert sorted(results) == [1, 2, 3, 4, 5]
+    assert pool.steals == 1
+    assert len({r["pid"] for r in results.values()}) == 1  # all on the actor that was free
+
+
+def test_waiting_for_restarts_does_not_count_against_the_deadline(tmp_path: Any) -> None:
+    """The only actor dies and takes 4 s to come back, as long as the 4 s deadline: the
+    tasks that were waiting for it still run."""
+    marker = str(tmp_path / "died-once")
+    pool = _pool(1, restart_s=4.0, marker=marker)
+    tasks = [(0, 0.0, "die"), (1, 0.01, ""), (2, 0.01, "")]
+    results, failures = pool.map("fit", marker, tasks, 4.0)
+    assert list(failures) == [0], failures
+    assert "actor died" in failures[0]
+    assert sorted(results) == [1, 2]
