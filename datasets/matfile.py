@@ -11,8 +11,10 @@ Two layouts are read:
   (``HSI_TrSet``, ``LiDAR_TeSet``), labels N x 1 (``TrLabel``, ``TeLabel``) and optionally
   patches N x (k*k*C) flattened in MATLAB column-major order.
 
-MATLAB v4-v7 files are read with scipy, v7.3 files (HDF5) with h5py. Every problem is one
-line: a :class:`~fedrs.errors.DataError`.
+MATLAB v4-v7 files are read with scipy, v7.3 files (HDF5) with h5py. Arrays inside structs
+and cells (MUUFL's original ``hsi.Data`` / ``hsi.sceneLabels.labels`` / ``hsi.Lidar{1}.z``)
+are read too, named by their MATLAB path; finding a role by name looks at every part of that
+path. Every problem is one line: a :class:`~fedrs.errors.DataError`.
 """
 
 from __future__ import annotations
@@ -131,25 +133,50 @@ def _has_hdf5_signature(path: Path) -> bool:
     return False
 
 
+MAX_NESTING = 6  # struct / cell levels followed
+MAX_CELL_ITEMS = 64  # a larger cell is skipped, not walked
+
+
 def _load_v5(path: Path, skipped: list[str]) -> dict[str, np.ndarray]:
     import scipy.io
-    import scipy.sparse
 
     out: dict[str, np.ndarray] = {}
     for name, value in scipy.io.loadmat(str(path), appendmat=False).items():
-        if name.startswith("__"):
-            continue
-        if scipy.sparse.issparse(value):
-            value = value.toarray()
-        if isinstance(value, np.ndarray) and value.dtype.kind in _NUMERIC_KINDS:
-            out[name] = value
-        else:
-            dtype = getattr(value, "dtype", None)
-            kind = type(value).__name__ if dtype is None else str(dtype)
-            if dtype is not None:
-                kind = {"U": "char", "S": "char", "O": "cell", "V": "struct"}.get(dtype.kind, kind)
-            skipped.append(f"{name} ({kind})")
+        if not name.startswith("__"):
+            _walk_v5(name, value, out, skipped, 0)
     return out
+
+
+def _walk_v5(
+    name: str, value: object, out: dict[str, np.ndarray], skipped: list[str], depth: int
+) -> None:
+    """Numeric arrays under ``name``: the array itself, a 1 x 1 struct's fields
+    (``name.field``) or a cell's items (``name{k}``, MATLAB's linear index)."""
+    import scipy.sparse
+
+    if scipy.sparse.issparse(value):
+        value = value.toarray()
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, np.ndarray) and value.dtype.kind in _NUMERIC_KINDS:
+        out[name] = value
+    elif dtype is not None and dtype.names and value.size == 1 and depth < MAX_NESTING:
+        record = value.reshape(-1)[0]
+        for field in dtype.names:
+            _walk_v5(f"{name}.{field}", record[field], out, skipped, depth + 1)
+    elif (
+        isinstance(value, np.ndarray)
+        and dtype is not None
+        and dtype.kind == "O"
+        and 0 < value.size <= MAX_CELL_ITEMS
+        and depth < MAX_NESTING
+    ):
+        for k, item in enumerate(value.ravel(order="F"), start=1):
+            _walk_v5(f"{name}{{{k}}}", item, out, skipped, depth + 1)
+    else:
+        kind = type(value).__name__ if dtype is None else str(dtype)
+        if dtype is not None:
+            kind = {"U": "char", "S": "char", "O": "cell", "V": "struct"}.get(dtype.kind, kind)
+        skipped.append(f"{name} ({kind})")
 
 
 def _load_hdf5(path: Path, skipped: list[str]) -> dict[str, np.ndarray]:
@@ -158,23 +185,37 @@ def _load_hdf5(path: Path, skipped: list[str]) -> dict[str, np.ndarray]:
     except ImportError:
         raise _Unreadable("a v7.3 (HDF5) file, and h5py is not installed") from None
     out: dict[str, np.ndarray] = {}
+
+    def walk(name: str, item: object, depth: int) -> None:
+        """A struct is a group (``name.field``), a cell a dataset of references (``name{k}``)."""
+        if isinstance(item, h5py.Group):
+            if depth >= MAX_NESTING:
+                skipped.append(f"{name} (struct)")
+                return
+            for field, sub in item.items():
+                walk(f"{name}.{field}", sub, depth + 1)
+            return
+        assert isinstance(item, h5py.Dataset)
+        cls = item.attrs.get("MATLAB_class", b"")
+        cls = cls.decode() if isinstance(cls, bytes) else str(cls)
+        if item.dtype == h5py.ref_dtype and 0 < item.size <= MAX_CELL_ITEMS and depth < MAX_NESTING:
+            refs = np.asarray(item[()]).T.ravel(order="F")  # MATLAB's linear (column-major) index
+            for k, ref in enumerate(refs, start=1):
+                walk(f"{name}{{{k}}}", f[ref], depth + 1)
+            return
+        if cls in _MATLAB_SKIP_CLASSES or item.dtype.kind not in _NUMERIC_KINDS:
+            skipped.append(f"{name} ({cls or item.dtype})")
+            return
+        if item.attrs.get("MATLAB_empty", 0):
+            skipped.append(f"{name} (empty)")
+            return
+        value = np.asarray(item[()]).T  # HDF5 holds MATLAB's column-major arrays reversed
+        out[name] = value.astype(bool) if cls == "logical" else value
+
     with h5py.File(path, "r") as f:
         for name, item in f.items():
-            if name.startswith("#"):  # "#refs#", "#subsystem#": cell / object storage
-                continue
-            if not isinstance(item, h5py.Dataset):
-                skipped.append(f"{name} (struct)")
-                continue
-            cls = item.attrs.get("MATLAB_class", b"")
-            cls = cls.decode() if isinstance(cls, bytes) else str(cls)
-            if cls in _MATLAB_SKIP_CLASSES or item.dtype.kind not in _NUMERIC_KINDS:
-                skipped.append(f"{name} ({cls or item.dtype})")
-                continue
-            if item.attrs.get("MATLAB_empty", 0):
-                skipped.append(f"{name} (empty)")
-                continue
-            value = np.asarray(item[()]).T  # HDF5 holds MATLAB's column-major arrays reversed
-            out[name] = value.astype(bool) if cls == "logical" else value
+            if not name.startswith("#"):  # "#refs#", "#subsystem#": cell / object storage
+                walk(name, item, 0)
     return out
 
 
@@ -222,19 +263,28 @@ def _best(scored: Iterable[tuple[int, str]]) -> list[str]:
     return [key for score, key in scored if score == top]
 
 
+def _name_rank(key: str, known: tuple[str, ...]) -> int | None:
+    """The variable's rank in ``known``: its own (last) name's, else, behind every such name,
+    the best of its MATLAB path's other parts (``hsi.Lidar{1}.z``: z, then hsi or lidar); None
+    when no part is known."""
+    parts = re.sub(r"\{\d+\}", "", _split_key(key)[1].casefold()).split(".")
+    if parts[-1] in known:
+        return known.index(parts[-1])
+    ranks = [known.index(p) for p in parts[:-1] if p in known]
+    return len(known) + min(ranks) if ranks else None
+
+
 def _by_name(variables: Mapping[str, np.ndarray], role: str) -> list[str]:
     """Variables with a known name of the role, best name first; a name whose array also has
     the role's shape (e.g. ``data`` with >= 10 bands for hsi) beats one that only fits."""
     known = KNOWN_NAMES[role]
+    ranks = {key: _name_rank(key, known) for key in variables}
     named = {
-        key: arr
-        for key, arr in variables.items()
-        if _split_key(key)[1].casefold() in known and _fits(role, arr)
+        key: arr for key, arr in variables.items() if ranks[key] is not None and _fits(role, arr)
     }
     typical = set(_by_shape(named, "gt" if role in SPLIT_ROLES else role, best=False))
     return _best(
-        (known.index(_split_key(key)[1].casefold()) + (0 if key in typical else len(known)), key)
-        for key in named
+        (int(ranks[key] or 0) + (0 if key in typical else 2 * len(known)), key) for key in named
     )
 
 

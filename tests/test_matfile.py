@@ -82,6 +82,57 @@ def test_load_mat_v5_and_v73_agree(tmp_path: Path) -> None:
         np.testing.assert_array_equal(v5[name], arr)
 
 
+def write_v73_struct(path: Path, hsi: np.ndarray, gt: np.ndarray, z: list[np.ndarray]) -> None:
+    """MUUFL's layout as ``save -v7.3`` writes it: a struct ``hsi`` (an HDF5 group) with
+    ``Data``, ``sceneLabels.labels`` and a cell ``Lidar`` of structs with an elevation ``z``."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w", userblock_size=512) as f:
+        g = f.create_group("hsi")
+        g.create_dataset("Data", data=hsi.T).attrs["MATLAB_class"] = np.bytes_("double")
+        labels = g.create_group("sceneLabels").create_dataset("labels", data=gt.T)
+        labels.attrs["MATLAB_class"] = np.bytes_("int16")
+        refs = f.create_group("#refs#")
+        items = []
+        for k, arr in enumerate(z):
+            item = refs.create_group(f"r{k}")
+            item.create_dataset("z", data=arr.T).attrs["MATLAB_class"] = np.bytes_("double")
+            items.append(item.ref)
+        cell = g.create_dataset("Lidar", data=np.array([items], dtype=h5py.ref_dtype).T)
+        cell.attrs["MATLAB_class"] = np.bytes_("cell")
+
+
+def test_structs_and_cells_are_read_by_their_matlab_path(tmp_path: Path) -> None:
+    """MUUFL's original layout, v5 and v7.3: arrays inside a struct and a cell are found by the
+    parts of their path (``hsi.Data`` as hsi, ``hsi.sceneLabels.labels`` as gt); the two
+    LiDAR returns tie, so LiDAR is named with --var."""
+    arrays = scene_arrays()
+    first, last = arrays["lidar"], arrays["lidar"] + 1.5
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = {"z": first}, {"z": last}
+    muufl = {"Data": arrays["hsi"], "sceneLabels": {"labels": arrays["gt"].astype(np.int16)}}
+    scipy.io.savemat(tmp_path / "v5.mat", {"hsi": {**muufl, "Lidar": cell, "info": "campus"}})
+    write_v73_struct(
+        tmp_path / "v73.mat", arrays["hsi"], arrays["gt"].astype(np.int16), [first, last]
+    )
+    for name in ("v5.mat", "v73.mat"):
+        variables = load_mat(tmp_path / name)
+        assert set(variables) == {
+            "hsi.Data",
+            "hsi.sceneLabels.labels",
+            "hsi.Lidar{1}.z",
+            "hsi.Lidar{2}.z",
+        }, name
+        with pytest.raises(DataError) as excinfo:
+            read_scene([tmp_path / name])
+        assert "lidar: 2 variables fit equally well by name" in one_line_error(excinfo)
+        scene = read_scene([tmp_path / name], {"lidar": "hsi.Lidar{2}.z"})
+        assert scene.names["hsi"].endswith(":hsi.Data")
+        assert scene.names["gt"].endswith(":hsi.sceneLabels.labels")
+        np.testing.assert_allclose(scene.hsi, arrays["hsi"], rtol=1e-6)
+        np.testing.assert_allclose(scene.lidar[:, :, 0], last, rtol=1e-6)
+        np.testing.assert_array_equal(scene.gt, arrays["gt"])
+
+
 @pytest.mark.parametrize("content", ["random", "truncated", "truncated_v73", "empty", "header"])
 def test_load_mat_malformed_is_one_line(tmp_path: Path, content: str) -> None:
     path = tmp_path / "bad.mat"
