@@ -274,6 +274,26 @@ class Options:
     interleave: bool = True
     retain_freed_memory: bool = True  # fedrs's actors keep freed heap memory
     baseline_retain_freed_memory: bool = False  # the loop and the ceiling too
+    config: str = ""  # more run-config settings for both sides: "method.rank=8;client.lr=0.05"
+
+
+def config_overrides(text: str | list[Any]) -> dict[str, Any]:
+    """``"method.rank=8;client.lr=0.05"`` -> {"method.rank": 8, "client.lr": 0.05} (values
+    parsed as TOML values, else kept as text)."""
+    import tomllib
+
+    if isinstance(text, list):  # the CLI's --set split a value at its commas
+        text = ",".join(map(str, text))
+    out: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"config: {item!r} is not key=value")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()
+    return out
 
 
 def run(data: str | None = None, **options: Any) -> dict[str, Any]:
@@ -305,6 +325,7 @@ def run(data: str | None = None, **options: Any) -> dict[str, Any]:
         "resources.num_cpus_per_client": 1.0,
         "resources.retain_freed_memory": o.retain_freed_memory,
     }
+    base |= config_overrides(o.config)
     if o.baseline_retain_freed_memory:  # this process runs the sequential loop: the whole run
         from fedrs.actors.allocator import retain_freed_memory
 

@@ -108,3 +108,18 @@ def test_half_gpu_clients_share_one_logical_gpu(synth_data: Path) -> None:
     assert detail["clients_ok"] == [4, 4, 4]
     assert row["updates_per_s"] > 0 and result["ratio"] == 1.0
     assert not result["real_gpus"] or result["gpus_are"].startswith("real")
+
+
+def test_config_overrides_parse_toml_values() -> None:
+    parse = vs_sequential.config_overrides
+    assert parse("method.diffusion_rounds=1; client.lr=0.05;;") == {
+        "method.diffusion_rounds": 1,
+        "client.lr": 0.05,
+    }
+    # the CLI splits "a,b" into a list; the value comes back whole
+    assert parse(['method.modalities=["hsi"', '"lidar"];data.path=x']) == {
+        "method.modalities": ["hsi", "lidar"],
+        "data.path": "x",
+    }
+    with pytest.raises(ValueError, match="not key=value"):
+        parse("method.rank")
