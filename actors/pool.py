@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ from fedrs.methods.base import Method
 from fedrs.orchestrator.config import RunConfig
 
 log = logging.getLogger(__name__)
+AFFINITY_SLACK = 0.2  # an actor's own task may be this much smaller than the largest pending
 
 
 class SchedulingError(FedrsError):
@@ -155,6 +157,7 @@ class ClientPool:
         self.max_restarts = res.max_actor_restarts
         self.deaths = [0] * len(self.actors)  # crashes and deadline kills, per actor
         self.steals = 0  # tasks an idle actor took from a busy one's queue
+        self.home: dict[Hashable, int] = {}  # affinity key -> the actor that last ran it
 
     @classmethod
     def of(cls, actors: list[Any], max_restarts: int) -> ClientPool:
@@ -163,6 +166,7 @@ class ClientPool:
         pool.pg, pool.actors, pool.max_restarts = None, list(actors), max_restarts
         pool.deaths = [0] * len(pool.actors)
         pool.steals = 0
+        pool.home = {}
         return pool
 
     def _alive(self, ai: int) -> bool:
@@ -192,6 +196,7 @@ class ClientPool:
         timeout_s: float,
         costs: list[float] | None = None,
         depth: int = 2,
+        affinity: list[Hashable] | None = None,
     ) -> tuple[dict[int, Any], dict[int, str]]:
         """Run ``actor.<method>(shared, task)`` for every task; results and failure reasons
         keyed by task index. ``shared`` (e.g. an ObjectRef of the global tensors) is passed to
@@ -201,9 +206,16 @@ class ClientPool:
         bounds the round's tail when clients differ in size), to whichever actor frees up first.
         While more tasks remain than there are actors, each actor also gets up to ``depth`` - 1
         tasks queued behind its running one, so it never idles for the driver's round trip;
-        the last tasks are handed only to idle actors, so the tail stays balanced."""
+        the last tasks are handed only to idle actors, so the tail stays balanced.
+
+        ``affinity`` (e.g. the client ids) keeps a task on the actor that last completed a task
+        of the same key, so what an actor caches per client (FedDiff's diffusion features) is
+        hit again: a free actor takes its own key's task first when that task's cost is within
+        ``AFFINITY_SLACK`` of the largest pending one, else the largest."""
         if costs is not None and len(costs) != len(tasks):
             raise ValueError(f"{len(costs)} costs for {len(tasks)} tasks")
+        if affinity is not None and len(affinity) != len(tasks):
+            raise ValueError(f"{len(affinity)} affinity keys for {len(tasks)} tasks")
         order = range(len(tasks))
         if costs is not None:
             order = sorted(order, key=lambda i: -costs[i])  # stable: ties keep task order
@@ -276,6 +288,22 @@ class ClientPool:
                 fail(ti, _reason(result))
             else:
                 results[ti] = result
+                if affinity is not None:
+                    self.home[affinity[ti]] = ai
+
+        def take(ai: int) -> tuple[int, Any]:
+            """The next pending task for actor ``ai``: its own key's, if one is nearly as
+            large as the largest pending task, else the largest."""
+            if affinity is not None:
+                floor = (1 - AFFINITY_SLACK) * costs[pending[0][0]] if costs is not None else 0
+                for k, (ti, _) in enumerate(pending):
+                    if costs is not None and costs[ti] < floor:
+                        break
+                    if self.home.get(affinity[ti]) == ai:
+                        item = pending[k]
+                        del pending[k]
+                        return item
+            return pending.popleft()
 
         def steal(ready_actors: list[int]) -> None:
             """Move tasks queued behind another actor's running one to idle actors."""
@@ -344,7 +372,7 @@ class ClientPool:
             for ai in sorted(ready_actors, key=lambda a: (len(queues[a]), self.deaths[a])):
                 busy = len(queues[ai])
                 if pending and (busy == 0 or (busy < depth and len(pending) > len(ready_actors))):
-                    ti, task = pending.popleft()
+                    ti, task = take(ai)
                     arg = shared[ti] if isinstance(shared, PerTask) else shared
                     ref = getattr(self.actors[ai], method).remote(arg, task)
                     queues[ai].append((ref, ti, task))

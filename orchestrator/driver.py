@@ -298,7 +298,9 @@ class Driver:
         parts = self.data.num_clients  # registered client c trains on partition c % parts
         costs = [self.data.clients[c % parts].train.num_examples for c in sampled]
         steals = self.pool.steals
-        results, failures = self.pool.map("fit", params_ref, tasks, fed.round_timeout_s, costs)
+        results, failures = self.pool.map(  # a client stays on its actor: per-actor caches hit
+            "fit", params_ref, tasks, fed.round_timeout_s, costs, affinity=list(sampled)
+        )
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}

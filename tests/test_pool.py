@@ -149,3 +149,23 @@ def test_waiting_for_restarts_does_not_count_against_the_deadline(tmp_path: Any)
     assert list(failures) == [0], failures
     assert "actor died" in failures[0]
     assert sorted(results) == [1, 2]
+
+
+def test_a_client_stays_on_the_actor_that_last_ran_it(tmp_path: Any) -> None:
+    """A client goes back to the actor that last trained it (where its per-actor cache is)
+    even when largest-first order would send it elsewhere, unless it is much smaller than the
+    largest pending task. Two tasks, two idle actors: the first hand-out decides alone."""
+    pool = _pool(2)
+    path = str(tmp_path / "x")
+    pid = [r["pid"] for r in ray.get([a.fit.remote(path, (9, 0.0, "")) for a in pool.actors])]
+    tasks = [(0, 0.05, ""), (1, 0.05, "")]
+    plain, _ = pool.map("fit", path, tasks, 60, [2.0, 1.9])  # largest first, to actor 0
+    assert [plain[t]["pid"] for t in (0, 1)] == [pid[0], pid[1]]
+    pool.home = {0: 1, 1: 0}
+    kept, _ = pool.map("fit", path, tasks, 60, [2.0, 1.9], affinity=[0, 1])
+    assert [kept[t]["pid"] for t in (0, 1)] == [pid[1], pid[0]]
+    assert pool.home == {0: 1, 1: 0}
+    # client 1 is now far smaller than client 0: the largest goes first, affinity or not
+    big_first, _ = pool.map("fit", path, tasks, 60, [2.0, 1.0], affinity=[0, 1])
+    assert [big_first[t]["pid"] for t in (0, 1)] == [pid[0], pid[1]]
+    assert pool.home == {0: 0, 1: 1}
