@@ -17,8 +17,9 @@ Two rules keep one slow or dying actor from costing the round other clients:
   fit (a client's fit depends only on the run seed, its id and the round, and its private state
   is read from the version before the round), the first result counts and the other is dropped;
 * **restart credit**: time during which every live actor is being restarted by Ray, with tasks
-  waiting, does not count against the round's deadline (up to one more ``timeout_s``): the
-  deadline is for slow clients, not for Ray bringing crashed actors back.
+  waiting, does not count against the round's deadline (up to ``RESTART_GRACE_S`` or one more
+  ``timeout_s``, whichever is longer): the deadline is for slow clients, not for Ray bringing
+  crashed actors back; an actor killed at a deadline is waited for in the next call too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from fedrs.orchestrator.config import RunConfig
 
 log = logging.getLogger(__name__)
 AFFINITY_SLACK = 0.2  # an actor's own task may be this much smaller than the largest pending
+RESTART_GRACE_S = 60.0  # waiting for Ray to restart every actor: at most this (or the timeout)
 
 
 class SchedulingError(FedrsError):
@@ -158,6 +160,7 @@ class ClientPool:
         self.deaths = [0] * len(self.actors)  # crashes and deadline kills, per actor
         self.steals = 0  # tasks an idle actor took from a busy one's queue
         self.home: dict[Hashable, int] = {}  # affinity key -> the actor that last ran it
+        self.restarting: dict[int, ray.ObjectRef] = {}  # actor -> its readiness probe
 
     @classmethod
     def of(cls, actors: list[Any], max_restarts: int) -> ClientPool:
@@ -167,6 +170,7 @@ class ClientPool:
         pool.deaths = [0] * len(pool.actors)
         pool.steals = 0
         pool.home = {}
+        pool.restarting = {}
         return pool
 
     def _alive(self, ai: int) -> bool:
@@ -225,11 +229,12 @@ class ClientPool:
         owner: dict[ray.ObjectRef, int] = {}
         requeued: dict[int, int] = {}  # task -> times sent back unstarted from a dead actor
         # an actor that died gets no task until Ray has restarted it (its readiness probe)
-        probes: dict[int, ray.ObjectRef] = {}
+        # (kept across calls: an actor killed at the last round's deadline is still restarting)
+        probes = self.restarting
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         deadline = time.monotonic() + timeout_s
-        credit = timeout_s  # deadline extension left for waiting on restarts
+        credit = max(timeout_s, RESTART_GRACE_S)  # deadline extension left for restarts
 
         def fail(ti: int, reason: str) -> None:
             failures[ti] = reason
@@ -341,6 +346,7 @@ class ClientPool:
                     if queue:
                         self.deaths[ai] += 1
                         ray.kill(self.actors[ai], no_restart=False)  # unstick it; Ray restarts it
+                        probes[ai] = self.actors[ai].__ray_ready__.remote()
                 for ti, _ in pending:
                     failures[ti] = f"not started within {timeout_s:.0f}s"
                 break
