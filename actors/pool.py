@@ -367,7 +367,7 @@ class ClientPool:
             ready_actors = [a for a in live if a not in probes]
             if pending and not ready_actors and not owner:  # every live actor restarting
                 back, _ = ray.wait(list(probes.values()), num_returns=1, timeout=1.0)
-                if not back or time.monotonic() - now < 0.2:
+                if back and time.monotonic() - now < 0.2:
                     time.sleep(0.2)  # an unavailable actor answers at once: do not spin
                 waited = min(credit, time.monotonic() - now)
                 deadline, credit = deadline + waited, credit - waited
