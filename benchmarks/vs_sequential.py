@@ -277,22 +277,17 @@ class Options:
     config: str = ""  # more run-config settings for both sides: "method.rank=8;client.lr=0.05"
 
 
-def config_overrides(text: str | list[Any]) -> dict[str, Any]:
-    """``"method.rank=8;client.lr=0.05"`` -> {"method.rank": 8, "client.lr": 0.05} (values
-    parsed as TOML values, else kept as text)."""
-    import tomllib
-
+def config_overrides(text: str | list[Any]) -> dict[str, str]:
+    """``"method.rank=8;client.lr=0.05"`` -> {"method.rank": "8", "client.lr": "0.05"}: the
+    values as ``fedrs run --set`` takes them (typed by the config itself, lists as ``a,b``)."""
     if isinstance(text, list):  # the CLI's --set split a value at its commas
         text = ",".join(map(str, text))
-    out: dict[str, Any] = {}
+    out: dict[str, str] = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"config: {item!r} is not key=value")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value.strip()
+        out[key.strip()] = value.strip()
     return out
 
 

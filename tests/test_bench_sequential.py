@@ -110,16 +110,18 @@ def test_half_gpu_clients_share_one_logical_gpu(synth_data: Path) -> None:
     assert not result["real_gpus"] or result["gpus_are"].startswith("real")
 
 
-def test_config_overrides_parse_toml_values() -> None:
+def test_config_overrides_reach_the_run_config() -> None:
+    from fedrs.orchestrator.config import RunConfig
+
     parse = vs_sequential.config_overrides
     assert parse("method.diffusion_rounds=1; client.lr=0.05;;") == {
-        "method.diffusion_rounds": 1,
-        "client.lr": 0.05,
+        "method.diffusion_rounds": "1",
+        "client.lr": "0.05",
     }
-    # the CLI splits "a,b" into a list; the value comes back whole
-    assert parse(['method.modalities=["hsi"', '"lidar"];data.path=x']) == {
-        "method.modalities": ["hsi", "lidar"],
-        "data.path": "x",
-    }
+    # the CLI splits "a,b" into a list; the value comes back whole, as `fedrs run --set` takes it
+    sets = parse(["method.name=feddiff;method.modalities=hsi", "lidar;method.diffusion_rounds=2"])
+    cfg = RunConfig().replace(**sets)
+    assert cfg.method.options.modalities == ("hsi", "lidar")
+    assert cfg.method.options.diffusion_rounds == 2
     with pytest.raises(ValueError, match="not key=value"):
         parse("method.rank")
