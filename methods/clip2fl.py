@@ -5,8 +5,11 @@ As ../shared/METHODS.md section 3 gives the authors' code:
 
 * client model: ``models/student.py`` (ResNet-8 -> ``feature_dim`` -> Linear(C));
 * teacher (CLIP2FL): a frozen CLIP (``model.arch`` / ``model.pretrained``), logits
-  ``100 * cos(image, text(template))``, computed once per shard through the shared input cache
-  (``shard.cached``; the teacher never runs again) on the un-augmented pixels;
+  ``teacher_scale * cos(image, text(template))``, computed once per shard through the shared
+  input cache (``shard.cached``; the teacher never runs again) on the un-augmented pixels. The
+  paper's 100 is CLIP's learned logit scale (OpenAI CLIP's sits at its clamp, 100);
+  ``teacher_scale = 0`` takes the teacher's own learned scale instead, the calibrated reading
+  for a teacher trained to another temperature;
 * client loss ``CE + kd_alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))``;
 * before training, with the received backbone and the previous round's re-trained classifier,
   per local class ``grad_repeats`` x ``grad_batch_size`` augmented samples, the CE gradient
@@ -72,6 +75,7 @@ class Clip2FLOptions:
     scaling: int = 4  # ResNet-8 widths 16/32/64 x scaling
     kd_alpha: float = 1.0  # weight of the distillation term (0: no teacher)
     kd_temperature: float = 3.0
+    teacher_scale: float = 100.0  # teacher logits = scale * cos (0: the teacher's logit_scale)
     retrain: bool = True  # federated features + re-trained classifier (CReFF's server)
     grad_repeats: int = 10
     grad_batch_size: int = 32
@@ -95,7 +99,7 @@ class Clip2FLOptions:
             "retrain_batch_size",
         ):
             check(getattr(self, name) >= 1, f"method.{name} must be >= 1")
-        for name in ("kd_alpha", "lambda_pcl", "feature_steps"):
+        for name in ("kd_alpha", "lambda_pcl", "feature_steps", "teacher_scale"):
             check(getattr(self, name) >= 0, f"method.{name} must be >= 0")
         check(
             not self.retrain or self.retrain_epochs >= 1,
@@ -321,8 +325,11 @@ class CLIP2FL(Method):
             len(classes), _embed_dim(cfg), self.opts.scaling, self.opts.input_size
         ).to(self.device)
         self.teacher = self.text = None
+        self.teacher_scale = self.opts.teacher_scale
         if self.opts.uses_teacher:
             self.teacher, self.text = _teacher_text(cfg, classes, self.device)
+            if not self.teacher_scale:
+                self.teacher_scale = float(self.teacher.model.logit_scale.exp())
         heads = (HEAD_W, HEAD_B) if self.opts.retrain else ()  # the student arm: no re-training
         self.global_keys = (*self._student_state(), *heads)
 
@@ -434,14 +441,14 @@ class CLIP2FL(Method):
         return out
 
     def input_cache(self) -> InputCache | None:
-        """The teacher's logits ``100 * cos(image, text)``, once per shard, beside the pixels."""
+        """The teacher's logits ``scale * cos(image, text)``, once per shard, beside the pixels."""
         if self.teacher is None:
             return None
         identity = {
             "teacher": self.teacher.identity(),
             "template": self.cfg.method.template,
             "classes": list(self.classes),
-            "output": "logits*100",
+            "output": f"logits*{self.teacher_scale!r}",
         }
         return InputCache(identity, self._teacher_logits, replaces_inputs=False)
 
@@ -456,7 +463,7 @@ class CLIP2FL(Method):
     def _teacher_logits(self, images: np.ndarray) -> np.ndarray:
         assert self.teacher is not None and self.text is not None
         feats = self.teacher.image_embeddings(self.teacher.preprocess(images))
-        return (100.0 * feats @ self.text.t()).float().cpu().numpy()
+        return (self.teacher_scale * feats @ self.text.t()).float().cpu().numpy()
 
     @torch.no_grad()
     def _features(self, images: np.ndarray) -> np.ndarray:

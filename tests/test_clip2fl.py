@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conftest import small_run
+from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOutput
 from fedrs.methods.clip2fl import (
     CLIP2FL,
@@ -165,6 +166,25 @@ def test_client_class_gradients_match_autograd_on_the_received_model() -> None:
         np.testing.assert_allclose(got[f"class_grad/{c}"], np.mean(want, 0), atol=1e-5)
     again = method.class_gradients(g, images, labels, opts)
     np.testing.assert_array_equal(again["class_grad/3"], got["class_grad/3"])
+
+
+def test_teacher_logits_scale_paper_100_or_the_teachers_own() -> None:
+    """``teacher_scale`` multiplies cos(image, text): 100 by default (the paper's, CLIP's
+    clamp); 0 takes the teacher's learned logit scale. The cached logits' identity names the
+    scale, so a cache of one is never read as the other."""
+    classes = [f"c{i}" for i in range(4)]
+    images = np.random.default_rng(0).integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    paper = CLIP2FL(RunConfig().replace(**TINY), classes)
+    own = CLIP2FL(RunConfig().replace(**{**TINY, "method.teacher_scale": 0.0}), classes)
+    learned = float(own.teacher.model.logit_scale.exp())
+    assert own.teacher_scale == pytest.approx(learned) and learned != pytest.approx(100.0)
+    feats = paper.teacher.image_embeddings(paper.teacher.preprocess(images))
+    cos = (feats @ paper.text.t()).float().numpy()
+    np.testing.assert_allclose(paper._teacher_logits(images), 100 * cos, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(own._teacher_logits(images), learned * cos, rtol=1e-5, atol=1e-5)
+    assert paper.input_cache().identity != own.input_cache().identity
+    with pytest.raises(ConfigError, match="teacher_scale"):
+        RunConfig().replace(**{**TINY, "method.teacher_scale": -1.0})
 
 
 def test_retraining_is_plain_minibatch_sgd_on_cross_entropy() -> None:
