@@ -227,6 +227,11 @@ class ResourcesConfig:
     # coordinates; a server that trains every round, like CLIP2FL's, wants a share)
     server_num_cpus: float = 0.0
     server_num_gpus: float = 0.0
+    # where the driver actor runs outside a placement group: "local", on the node that started
+    # the run (the head node under `ray job submit`) when it asks for no resources (the
+    # default), so losing a worker node never takes the run's state with it; "any", or a driver
+    # with server_num_cpus / server_num_gpus: wherever Ray places it
+    driver_node: str = "local"
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
@@ -234,6 +239,10 @@ class ResourcesConfig:
         _check(self.placement_timeout_s > 0, "resources.placement_timeout_s must be > 0")
         _check(self.autoscale_wait_s >= 0, "resources.autoscale_wait_s must be >= 0")
         _check(self.server_num_cpus >= 0, "resources.server_num_cpus must be >= 0")
+        _check(
+            self.driver_node in ("local", "any"),
+            f"resources.driver_node {self.driver_node!r} is not one of local, any",
+        )
         _check(
             0 <= self.server_num_gpus <= 1 or float(self.server_num_gpus).is_integer(),
             "resources.server_num_gpus must be a fraction in [0, 1] or a whole number",

@@ -580,6 +580,10 @@ class Driver:
     def describe_actors(self) -> list[dict[str, Any]]:
         return self.pool.describe()
 
+    def node_id(self) -> str:
+        """The Ray node this driver actor runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     def placement_group_id(self) -> str | None:
         """The placement group this driver actor runs in (a sweep trial's), else None."""
         return ray.get_runtime_context().get_placement_group_id()

@@ -269,6 +269,8 @@ def spawn_driver(
     driver = ray.remote(num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus)(Driver)
     if placement is not None:
         driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
+    elif res.driver_node == "local" and (strategy := driver_strategy(res)) is not None:
+        driver = driver.options(scheduling_strategy=strategy)
     try:
         handle = driver.remote(
             cfg,
@@ -284,6 +286,19 @@ def spawn_driver(
         pool.shutdown()
         raise
     return handle, pool
+
+
+def driver_strategy(res: Any) -> Any:
+    """``resources.driver_node = "local"``: a driver actor that only coordinates (0 CPUs,
+    0 GPUs, the default) runs on the node running this process (the head under ``ray job
+    submit``). It always fits there, so the affinity is hard: Ray's soft affinity moves an actor
+    off a node that is merely busy. None (Ray places it) for a driver that asks for resources:
+    pinned, it could wait forever behind the client actors on a full node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if res.server_num_cpus or res.server_num_gpus:
+        return None
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def shutdown_pool(pool: Any) -> None:
@@ -324,6 +339,7 @@ def _drive(
     summary["run_dir"] = str(run_dir)
     summary["actors"] = actors  # where they ran (node, placement group, device)
     summary["driver_placement_group_id"] = ray.get(driver.placement_group_id.remote())
+    summary["driver_node_id"] = ray.get(driver.node_id.remote())
     acc, best = summary["final"].get(head), summary[f"best_{head}"]
     console.print(
         f"done: {head} {_fmt(acc)} (best {_fmt(best)}); "

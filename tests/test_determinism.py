@@ -14,6 +14,8 @@ from rich.console import Console
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_bit_identical_with_1_2_and_4_actors(synth_data: Path, tmp_path: Path) -> None:
+    import ray
+
     from conftest import small_run
     from fedrs.orchestrator import checkpoint
     from fedrs.orchestrator.runner import run
@@ -31,7 +33,9 @@ def test_bit_identical_with_1_2_and_4_actors(synth_data: Path, tmp_path: Path) -
             },
         )
         out = tmp_path / f"a{actors}"
-        run(cfg, out=str(out), console=Console(file=io.StringIO()))
+        summary = run(cfg, out=str(out), console=Console(file=io.StringIO()))
+        # the driver actor runs on the node that started the run (resources.driver_node)
+        assert summary["driver_node_id"] == ray.get_runtime_context().get_node_id()
         finals.append(checkpoint.load(out))
         states.append(
             {
