@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,44 @@ class EvalTask:
     client_id: int = -1
     start: int = 0
     stop: int | None = None
+
+
+@dataclass(frozen=True)
+class Download:
+    """A client's global tensors as two Ray objects: ``moving``, the tensors the last round
+    changed (a new object every round), and ``resting``, the ones unchanged since an earlier
+    round (e.g. a frozen stage's networks): the driver hands out the same object round after
+    round while they stay unchanged, and an actor fetches it once and keeps it resident."""
+
+    moving: Any  # ObjectRef of a Params dict
+    resting: Any = None  # ObjectRef of a Params dict, or None
+
+
+class ResidentTensors:
+    """The ``resting`` objects an actor holds, by object id, least recently used dropped first
+    (a handful: one per download group, e.g. per modality, and stage)."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self.held: OrderedDict[str, Params] = OrderedDict()
+        self.fetched = self.reused = 0
+
+    def params(self, download: Download) -> Params:
+        import ray
+
+        out = dict(ray.get(download.moving))
+        if download.resting is not None:
+            key = download.resting.hex()
+            if key in self.held:
+                self.held.move_to_end(key)
+                self.reused += 1
+            else:
+                self.held[key] = ray.get(download.resting)
+                self.fetched += 1
+                while len(self.held) > self.capacity:
+                    self.held.popitem(last=False)
+            out |= self.held[key]
+        return out
 
 
 def _assigned_gpus() -> list[str]:
@@ -87,6 +126,7 @@ class ClientWorker:
         self.cache_checked = not self.cfg.data.feature_cache
         self.features: FeatureCache | None = None  # opened on first use
         self._personal: tuple[Any, Params] = (None, {})  # last (client, round) personalised
+        self.resident = ResidentTensors()  # global tensors unchanged for rounds (Download)
         a = self.cfg.attack  # simulated Byzantine clients (orchestrator/attacks.py)
         registered = self.cfg.federation.num_clients or self.data.num_clients
         self.attackers = (
@@ -144,6 +184,14 @@ class ClientWorker:
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
         inject(self.cfg.federation.faults, "fit", rnd, cid)  # chaos runs only
+        resting = None  # where this fit's unchanged tensors came from (a Download's resting)
+        if isinstance(params, Download):
+            fetched = self.resident.fetched
+            if params.resting is not None:
+                resting = "resident"
+            params = self.resident.params(params)
+            if self.resident.fetched > fetched:
+                resting = "fetched"
         computed = self.features.computed if self.features is not None else 0
         shard = self._view(self.data.clients[self.partition(cid)].train)
         cache = None
@@ -177,6 +225,8 @@ class ClientWorker:
             "attack": attack,
             # its private state could not be read: an older version or a fresh start
             "state_reset": self.store.unreadable > unreadable,
+            # unchanged tensors: fetched from the object store, or resident on this actor
+            "resting": resting,
             "fit_s": t4 - t0,
             # data: open the shard / its cached features (embedding it on a cache miss)
             "phases": {

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from fedrs.actors.client import EvalTask, FitTask
+from fedrs.actors.client import Download, EvalTask, FitTask
 from fedrs.actors.pool import ClientPool, PerTask, Placement
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError
@@ -40,6 +40,8 @@ from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.config import RunConfig, with_data_path
+from fedrs.orchestrator.holdings import PREFIX as HOLDINGS_STATE
+from fedrs.orchestrator.holdings import Holdings, unchanged
 from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
 from fedrs.orchestrator.privacy import add_central_noise, clip_all, epsilon
 from fedrs.orchestrator.sampling import sample_usable
@@ -130,10 +132,6 @@ def central_dp(
 STRATEGY_STATE = "strategy/"  # checkpointed beside the method server's state
 
 
-def nbytes(params: dict[str, np.ndarray]) -> int:
-    return int(sum(v.nbytes for v in params.values()))
-
-
 def payload_bytes(payload: Any) -> int:
     """Bytes of the arrays in an uploaded payload (0 for anything malformed)."""
     if not isinstance(payload, dict):
@@ -207,7 +205,11 @@ class Driver:
         else:
             self.round, self.params, saved = state
             self.server.load_state_dict(
-                {k: v for k, v in saved.items() if not k.startswith(STRATEGY_STATE)}
+                {
+                    k: v
+                    for k, v in saved.items()
+                    if not k.startswith((STRATEGY_STATE, HOLDINGS_STATE))
+                }
             )
             self._truncate_metrics(self.round)
             log.info("resuming after round %d", self.round)
@@ -228,6 +230,11 @@ class Driver:
                 }
             )
         self.spec = spec_of(self.params, self.strategy.upload_keys)
+        # which tensors each client holds (bytes_down) and the resting objects handed out
+        self.holdings = Holdings(self.global_keys, [v.nbytes for v in self.params.values()])
+        if state is not None:
+            self.holdings.load_state_dict(state[2], self.round)
+        self._resting: dict[tuple[str, ...], tuple[tuple[int, ...], Any]] = {}
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
 
     def _record(self, client_id: int) -> dict[str, Any]:
@@ -238,6 +245,25 @@ class Driver:
         group = self.method_cls.upload_keys_for(self.cfg, self._record(client_id), rnd)
         keys = self.strategy.upload_keys
         return keys if group is None else tuple(k for k in keys if k in group)
+
+    def _downloads(self, groups: list[tuple[str, ...]]) -> dict[tuple[str, ...], Download]:
+        """One ``Download`` per group: the tensors the last round changed in a new object, the
+        rest in an object handed out again for as long as they stay unchanged."""
+        out, kept = {}, {}
+        for names in groups:
+            moving = tuple(k for k in names if self.holdings.version(k) == self.round)
+            resting = tuple(k for k in names if self.holdings.version(k) != self.round)
+            ref = None
+            if resting:
+                versions = tuple(self.holdings.version(k) for k in resting)
+                old = self._resting.get(resting)
+                if old is None or old[0] != versions:
+                    old = (versions, ray.put({k: self.params[k] for k in resting}))
+                kept[resting] = old
+                ref = old[1]
+            out[names] = Download(ray.put({k: self.params[k] for k in moving}), ref)
+        self._resting = kept  # objects of groups no longer asked for are released
+        return out
 
     def download_keys(self, client_id: int, rnd: int) -> tuple[str, ...]:
         """The global tensors this client receives in ``rnd``."""
@@ -280,11 +306,13 @@ class Driver:
             self.data.num_clients,
             frozenset(self.excluded),
         )
-        # each client receives its group's tensors: one object per distinct group
+        # each client receives its group's tensors: objects per distinct group, what the last
+        # round left unchanged in one that actors keep resident; a client is charged for what
+        # it does not hold yet
         keys = [self.download_keys(cid, rnd) for cid in sampled]
-        refs = {k: ray.put({name: self.params[name] for name in k}) for k in dict.fromkeys(keys)}
-        params_ref = PerTask(refs[k] for k in keys)
-        bytes_down = sum(nbytes({name: self.params[name] for name in k}) for k in keys)
+        downloads = self._downloads(list(dict.fromkeys(keys)))
+        params_ref = PerTask(downloads[k] for k in keys)
+        bytes_down = sum(self.holdings.cost(cid, k) for cid, k in zip(sampled, keys, strict=True))
         tasks = [
             FitTask(
                 cid,
@@ -302,6 +330,8 @@ class Driver:
             "fit", params_ref, tasks, fed.round_timeout_s, costs, affinity=list(sampled)
         )
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
+        for ti in results:  # delivered (a task that failed may not have received its tensors)
+            self.holdings.deliver(sampled[ti], keys[ti])
         updates: list[ClientUpdate] = []
         rejected: dict[int, str] = {}
         bytes_up = 0
@@ -359,6 +389,9 @@ class Driver:
                 for d in (self.params, params)
             )
         )
+        self.holdings.changed(
+            [k for k in self.global_keys if not unchanged(self.params[k], params[k])], rnd
+        )
         self.params = params
         self.round = rnd
         weights = np.array([u.num_examples for u in updates], dtype=float)
@@ -381,6 +414,9 @@ class Driver:
             record["state_resets"] = resets
         if steals:
             record["tasks_stolen"] = steals
+        resting = [r.get("resting") for r in results.values() if r.get("resting")]
+        if resting:  # tensors unchanged for rounds: fetched by an actor, or already resident
+            record |= {f"resting_{w}": resting.count(w) for w in ("fetched", "resident")}
         attacks = [r.get("attack") for r in results.values() if r.get("attack")]
         if self.cfg.attack.kind != "none":  # simulated Byzantine clients among the sampled
             record["attackers"] = len(attacks)
@@ -425,6 +461,7 @@ class Driver:
                 {
                     **self.server.state_dict(),
                     **{STRATEGY_STATE + k: v for k, v in self.strategy.state_dict().items()},
+                    **self.holdings.state_dict(),
                 },
             )
         except OSError as exc:  # the last complete checkpoint is untouched (atomic writes)

@@ -50,12 +50,19 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     up_run = sent * per_round * rounds
     down_run = received * per_round * rounds
     records = _client_records(cfg)
-    if records is not None and rounds:  # clients of groups / stages: exact, round by round
+    if rounds:  # clients of groups / stages, tensors they hold already: exact, round by round
+        from fedrs.orchestrator.holdings import Holdings
         from fedrs.orchestrator.sampling import sample_usable
 
         up_run = down_run = 0
         extra = sum(math.prod(s) for s in extras.values())
+        # a tensor changes in a round when a sampled client uploads it or the server writes it;
+        # a client is sent only what it does not hold yet (orchestrator/holdings.py)
+        glob = list(shapes["global"])
+        held = Holdings(glob, [size[k] for k in glob])
+        written = [k for k in glob if k in method.download_only]
         for rnd in range(1, rounds + 1):
+            moved = set(written)
             for cid in sample_usable(
                 registered, per_round, fed.seed, rnd, len(records), frozenset(data.excluded)
             ):
@@ -64,7 +71,11 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
                 downs = method.download_keys_for(cfg, record, rnd)
                 keys = [k for k in strategy.upload_keys if ups is None or k in ups]
                 up_run += extra + sum(method.wire_size(cfg, shapes["global"][k]) for k in keys)
-                down_run += sum(size[k] for k in shapes["global"] if downs is None or k in downs)
+                got = [k for k in glob if downs is None or k in downs]
+                down_run += held.cost(cid, got)
+                held.deliver(cid, got)
+                moved.update(keys)
+            held.changed([k for k in glob if k in moved], rnd)
     return {
         "method": method.name,
         "strategy": strategy.name,
@@ -113,21 +124,11 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     }
 
 
-def _client_records(cfg: RunConfig) -> list[dict[str, Any]] | None:
-    """The data's client records (manifest) when the method gives clients different groups or
-    stages, else None (every client sends and receives the same)."""
+def _client_records(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The data's client records (manifest), one per partition."""
     import json
     from pathlib import Path
 
-    from fedrs.methods import method_class
-    from fedrs.methods.base import Method
-
-    m = method_class(cfg.method.name)
-    if all(
-        getattr(m, hook).__func__ is getattr(Method, hook).__func__
-        for hook in ("upload_keys_for", "download_keys_for", "wire_size")
-    ):
-        return None
     if not cfg.data.path:  # the synthetic default: its clients all hold everything
         return [{"id": c} for c in range(cfg.data.num_clients)]
     manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())

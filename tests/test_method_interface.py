@@ -249,8 +249,9 @@ def travel_method() -> type:
                 self.seen = float(state["seen"][0])
 
     class Travel(PromptFL):
-        """PromptFL plus: a server-only tensor, a branch only odd clients upload, an extra payload
-        (client 3's is not finite in round 1), and ``TravelServer``."""
+        """PromptFL plus: a server-only tensor, a branch only odd clients upload, a tensor no
+        client uploads (frozen: sent once per client), an extra payload (client 3's is not
+        finite in round 1), and ``TravelServer``."""
 
         download_only = ("server.bias",)
         extra_keys = ("stats/",)
@@ -262,6 +263,7 @@ def travel_method() -> type:
                 **g,
                 "server.bias": np.zeros_like(g["prompt.ctx"]),
                 "branch.b": np.zeros(3, "f4"),
+                "frozen.w": np.arange(5, dtype="f4"),
             }
 
         @classmethod
@@ -275,6 +277,9 @@ def travel_method() -> type:
             n = np.nan if (options.client_id, options.round) == (3, 1) else float(len(shard))
             out.extras = {"stats/n": np.array([n])}
             out.metrics["got_bias"] = float(np.abs(global_params["server.bias"]).sum())
+            out.metrics["got_frozen"] = float(
+                np.array_equal(global_params["frozen.w"], np.arange(5))
+            )
             return out
 
     return Travel
@@ -293,7 +298,7 @@ def test_server_state_group_uploads_and_extras(synth_data: Path, tmp_path: Path)
     run(resume=str(tmp_path / "cut"), method_cls=Travel, console=quiet)
     rnd, full, server = checkpoint.load(tmp_path / "full")
     _, cut, cut_server = checkpoint.load(tmp_path / "cut")
-    assert rnd == 3 and set(full) == {"prompt.ctx", "server.bias", "branch.b"}
+    assert rnd == 3 and set(full) == {"prompt.ctx", "server.bias", "branch.b", "frozen.w"}
     for key in full:  # resumed = uninterrupted, the server's torch state included
         np.testing.assert_allclose(cut[key], full[key], rtol=0, atol=1e-6)
     np.testing.assert_allclose(cut_server["momentum"], server["momentum"], atol=1e-6)
@@ -307,10 +312,19 @@ def test_server_state_group_uploads_and_extras(synth_data: Path, tmp_path: Path)
         for c in range(6)
     }
     assert server["seen"][0] == 3 * sum(sizes.values()) - sizes[3]  # the NaN one was rejected
-    ctx, branch, extra = 4 * 64 * 4, 3 * 4, 8
+    ctx, branch, frozen, extra = 4 * 64 * 4, 3 * 4, 5 * 4, 8
     assert m[0]["bytes_up"] == 6 * (ctx + extra) + 3 * branch  # sent bytes, rejected included
-    assert m[0]["bytes_down"] == 6 * (2 * ctx + branch)  # every global tensor goes down
+    assert m[0]["bytes_down"] == 6 * (2 * ctx + branch + frozen)  # every global tensor goes down
+    # later rounds: the unchanged tensor is held by every client (all 6 sampled each round)
+    assert [r["bytes_down"] for r in m[1:]] == [6 * (2 * ctx + branch)] * 2
     assert m[0]["clients"]["0"]["got_bias"] == 0 and m[1]["clients"]["0"]["got_bias"] > 0
+    assert all(c["got_frozen"] == 1.0 for r in m for c in r["clients"].values())
+    # the unchanged tensor's object: fetched once per actor (2), then resident on it
+    assert "resting_fetched" not in m[0] and 1 <= m[1]["resting_fetched"] <= 2
+    assert m[1]["resting_fetched"] + m[1]["resting_resident"] == 6
+    assert m[2].get("resting_fetched", 0) == 0 and m[2]["resting_resident"] == 6
+    resumed = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bytes_down"] for r in resumed] == [r["bytes_down"] for r in m]  # holdings resumed
 
 
 @pytest.mark.parametrize(
