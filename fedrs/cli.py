@@ -532,7 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
         "target", nargs="*", metavar="SWEEP.toml | report DIR", help="a sweep file, or report DIR"
     )
     sw.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a [base] key"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a [base] key; a [grid] axis: only that value (a table by label)",
     )
     sw.add_argument("--out", default=None, help="sweep directory (default sweeps/<name>-<time>)")
     sw.add_argument("--resume", default=None, metavar="DIR", help="run the unfinished trials")

@@ -1,6 +1,7 @@
 """Heterogeneity sweeps: many fedrs runs as Ray Tune trials (``fedrs sweep``).
 
     fedrs sweep SWEEP.toml [--set k=v ...] [--out DIR]      # a new sweep
+    fedrs sweep SWEEP.toml --set AXIS=VALUE ... --out DIR    # one cell: the sweep's own trial
     fedrs sweep --resume DIR                                 # finish an interrupted one
     fedrs sweep report DIR                                   # table, heatmap, curves
 
@@ -117,6 +118,7 @@ class Sweep:
     random: dict[str, dict[str, Any]] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
     options: SweepOptions = field(default_factory=SweepOptions)
+    only: dict[str, Any] = field(default_factory=dict)  # grid axis -> the one value run
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,7 +127,7 @@ class Sweep:
             "random": self.random,
             "build": self.build,
             "sweep": dataclasses.asdict(self.options),
-        }
+        } | ({"only": self.only} if self.only else {})
 
     @property
     def axes(self) -> list[str]:
@@ -147,8 +149,9 @@ def is_seed_axis(key: str) -> bool:
 
 # ------------------------------------------------------------------------------ the file
 def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Sweep:
-    """Validate a sweep table (``tomllib`` output); ``overrides`` are ``--set`` for the base."""
-    unknown = set(data) - {"base", "grid", "random", "build", "sweep"}
+    """Validate a sweep table (``tomllib`` output). ``overrides`` are ``--set KEY=VALUE``: for
+    the base, or pinning a grid axis to one value (a random axis to a fixed one)."""
+    unknown = set(data) - {"base", "grid", "random", "build", "sweep", "only"}
     if unknown:
         raise SweepError(
             f"unknown sweep table(s) {sorted(unknown)}; a sweep file has [base], [grid], "
@@ -187,13 +190,50 @@ def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Swe
         raise SweepError(f"[sweep]: {exc}") from None
     if rand and opts.num_samples == 1 and "num_samples" not in data.get("sweep", {}):
         log.info("[random] without sweep.num_samples: one draw per grid point")
-    base = json.loads(json.dumps(base))
+    base, grid, rand = (json.loads(json.dumps(t)) for t in (base, grid, rand))
+    only = data.get("only", {})
+    if not isinstance(only, dict):
+        raise SweepError("[only] must be a table")
+    only = dict(only)
     for assignment in overrides or []:
         key, sep, value = assignment.partition("=")
-        if not sep:
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
             raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
-        _set_dotted(base, key.strip(), value.strip())
-    return Sweep(base, grid, rand, build, opts)
+        if key in grid:  # one value of the axis: re-run one cell of a sweep
+            pinned = _pin(key, grid[key], value)
+            if _same_value(pinned, grid[key]):
+                only[key] = pinned  # the full sweep's trial: its name and random draws
+            else:
+                grid[key] = [pinned]  # a value the sweep did not list: a new cell
+        else:
+            rand.pop(key, None)
+            _set_dotted(base, key, value)
+    for key, value in only.items():
+        if not _same_value(value, grid.get(key, [])):
+            raise SweepError(f"only {key}={_label(value)}: not a value of a grid axis")
+    return Sweep(base, grid, rand, build, opts, only)
+
+
+def _same_value(value: Any, values: list[Any]) -> bool:
+    return json.dumps(value, sort_keys=True) in {json.dumps(v, sort_keys=True) for v in values}
+
+
+def _pin(key: str, values: list[Any], value: str) -> Any:
+    """``--set AXIS=VALUE`` on a grid axis: the axis's value written ``VALUE`` (a table by its
+    label), or for a config key any value (TOML syntax, else the string)."""
+    for v in values:
+        if _label(v) == value or json.dumps(v) == value:
+            return v
+    if any(isinstance(v, dict) for v in values):
+        raise SweepError(
+            f"--set {key}={value}: no value of grid axis {key!r} is labelled {value!r}; "
+            f"it has {', '.join(_label(v) for v in values)}"
+        )
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
@@ -322,6 +362,7 @@ def expand(sweep: Sweep) -> list[Trial]:
     # report can average a configuration over its seeds
     draws: dict[tuple, list[dict[str, Any]]] = {}
     trials = []
+    index = 0  # counts the trials ``only`` skips too: a pinned cell keeps its full-sweep name
     for point in points:
         grid_axes = dict(zip(sweep.grid, point, strict=True))
         key = tuple(json.dumps(v) for k, v in grid_axes.items() if not is_seed_axis(k))
@@ -332,6 +373,9 @@ def expand(sweep: Sweep) -> list[Trial]:
             ]
         for drawn in draws[key]:
             axes = grid_axes | drawn
+            index += 1
+            if any(not _same_value(axes[k], [v]) for k, v in sweep.only.items()):
+                continue
             data = json.loads(json.dumps(sweep.base))
             for key_, value in axes.items():
                 if is_bundle_axis(key_, value):  # several keys set together
@@ -346,7 +390,7 @@ def expand(sweep: Sweep) -> list[Trial]:
             except ConfigError as exc:
                 raise ConfigError(f"trial {_axes_text(axes)}: {exc}") from None
             digest = hashlib.sha256(json.dumps(axes, sort_keys=True).encode()).hexdigest()[:6]
-            trials.append(Trial(f"t{len(trials):03d}-{digest}", axes, cfg))
+            trials.append(Trial(f"t{index - 1:03d}-{digest}", axes, cfg))
     return trials
 
 

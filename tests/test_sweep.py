@@ -3,6 +3,7 @@ a small sweep on the session's 2-node cluster (placement, a failing trial, resum
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -91,6 +92,42 @@ def test_a_section_axis_replaces_the_method_table() -> None:
     assert [_label(a) for a in arms][:2] == ["avg", "prox"]
     with pytest.raises(ConfigError, match=r"strategy\.nope"):
         expand(parse_sweep({"base": BASE, "grid": {"arm": [{"strategy.nope": 1}]}}))
+
+
+def test_set_on_a_grid_axis_runs_one_cell_of_the_sweep() -> None:
+    arms = [
+        {"label": "avg", "method.name": "promptfl"},
+        {"label": "prox", "method.name": "promptfl", "strategy.name": "fedprox"},
+    ]
+    spec = {
+        "base": BASE,
+        "grid": {"data.alpha": [0.1, 0.5], "federation.seed": [0, 1], "arm": arms},
+        "random": {"client.lr": {"loguniform": [1e-3, 1e-1]}},
+    }
+    full = expand(parse_sweep(spec))
+    (twin,) = [
+        t
+        for t in full
+        if (t.cfg.data.alpha, t.cfg.federation.seed, t.cfg.strategy.name) == (0.5, 1, "fedprox")
+    ]
+    pins = ["data.alpha=0.5", "arm=prox", "federation.seed=1"]
+    sweep = parse_sweep(spec, pins)
+    (cell,) = expand(sweep)
+    # the full sweep's trial: same name, same random draw, same config
+    assert len(full) == 8 and (cell.name, cell.axes, cell.cfg) == (twin.name, twin.axes, twin.cfg)
+    assert cell.name != full[0].name
+    # stored as the sweep's spec, it expands the same way again (what --resume reads)
+    assert [t.name for t in expand(parse_sweep(sweep.to_dict()))] == [twin.name]
+    # a random axis set is fixed; a config-key axis takes a value it did not list
+    (fixed,) = expand(parse_sweep(spec, [*pins, "client.lr=0.02"]))
+    assert fixed.cfg == dataclasses.replace(
+        twin.cfg, client=dataclasses.replace(twin.cfg.client, lr=0.02)
+    )
+    (other,) = expand(parse_sweep(spec, ["data.alpha=2", "arm=avg", "federation.seed=0"]))
+    assert other.cfg.data.alpha == 2.0 and other.cfg.strategy.name == "fedavg"
+    # a table axis takes only one of its labels
+    with pytest.raises(SweepError, match=r"labelled 'fedprox'; it has avg, prox$"):
+        parse_sweep(spec, ["arm=fedprox"])
 
 
 @pytest.mark.parametrize(
