@@ -764,8 +764,9 @@ def _plot_classes(long_tail: dict[str, Any], classes: list[str], path: Path) -> 
     )
     ax.set_ylabel("accuracy (global split)")
     ax.set_ylim(0, 1)
-    for group, colour in colours.items():
-        ax.bar([], [], color=colour, label=f"{group}-shot")
-    ax.legend(fontsize=7)
+    from matplotlib.patches import Patch
+
+    present = [g for g in colours if g in long_tail["groups"]]
+    ax.legend(handles=[Patch(color=colours[g], label=f"{g}-shot") for g in present], fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)

@@ -258,6 +258,35 @@ def test_long_tail_groups_and_their_accuracy() -> None:
     assert shot_accuracy([0.5], [5], 100, 20)["many_shot_accuracy"] is None
 
 
+def test_per_class_plot_colours_bars_and_legend_by_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matplotlib.colors import to_rgba
+
+    import fedrs.io
+    from fedrs.orchestrator.driver import _plot_classes
+
+    figures: list[Any] = []
+    save = fedrs.io.save_figure
+    monkeypatch.setattr(
+        fedrs.io, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path))
+    )
+    long_tail = {
+        "train_counts": [5, 150, 40],
+        "groups": ["few", "many", "medium"],
+        "per_class_accuracy": [0.5, 0.9, None],
+    }
+    _plot_classes(long_tail, ["a", "b", "c"], tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["b (150)", "c (40)", "a (5)"]
+    colours = [to_rgba(c) for c in ("tab:blue", "tab:orange", "tab:red")]
+    assert [p.get_facecolor() for p in ax.patches] == colours  # most examples first
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["many-shot", "medium-shot", "few-shot"]
+    assert [h.get_facecolor() for h in legend.legend_handles] == colours
+
+
 # ------------------------------------------------------------------ the server on a toy
 
 
