@@ -201,6 +201,30 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (0, v) if isinstance(v, int | float) else (1, str(v))
 
 
+def line_styles(groups: list[tuple]) -> dict[tuple, dict[str, Any]]:
+    """Group (its non-seed axis values) -> matplotlib line style: the colour follows the last
+    axis's value, the dash and marker the other axes', so no two groups look alike (the default
+    10-colour cycle repeats past 10) and one arm keeps its colour across the other axes."""
+    from matplotlib import colormaps
+
+    def order(t: tuple) -> list[tuple[int, Any]]:
+        return [_sort_key(v) for v in t]
+
+    last = sorted({g[-1:] for g in groups}, key=order)
+    rest = sorted({g[:-1] for g in groups}, key=order)
+    palette = list(colormaps["tab10" if len(last) <= 10 else "tab20"].colors)
+    dashes, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D", "v", "P"]
+    styles = {}
+    for g in groups:
+        c, r = last.index(g[-1:]), rest.index(g[:-1])
+        styles[g] = {
+            "color": palette[c % len(palette)],
+            "linestyle": dashes[(r + c // len(palette)) % len(dashes)],
+            "marker": markers[r % len(markers)],
+        }
+    return styles
+
+
 def curves(
     sweep_dir: Path,
     rows: list[dict[str, Any]],
@@ -214,6 +238,7 @@ def curves(
     for r in rows:
         if r.get("status") == "finished":
             groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    styles = line_styles(list(groups))
     for values, members in groups.items():
         series: dict[int, list[float]] = {}
         for r in members:
@@ -230,8 +255,9 @@ def curves(
         mean = np.array([np.mean(series[r]) for r in rounds])
         std = np.array([np.std(series[r], ddof=1) if len(series[r]) > 1 else 0 for r in rounds])
         label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
-        line = ax.plot(rounds, mean, marker="o", ms=3, label=label or "all")[0]
-        ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        style = styles[values]
+        ax.plot(rounds, mean, ms=3, label=label or "all", **style)
+        ax.fill_between(rounds, mean - std, mean + std, color=style["color"], alpha=0.12)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -22,7 +22,13 @@ from fedrs.orchestrator.sweep import (
     expand,
     parse_sweep,
 )
-from fedrs.orchestrator.sweep_report import _whole_cells, describe, group_rows, markdown
+from fedrs.orchestrator.sweep_report import (
+    _whole_cells,
+    describe,
+    group_rows,
+    line_styles,
+    markdown,
+)
 
 BASE = {
     "model": {"arch": "fedrs-tiny"},
@@ -128,6 +134,20 @@ def test_set_on_a_grid_axis_runs_one_cell_of_the_sweep() -> None:
     # a table axis takes only one of its labels
     with pytest.raises(SweepError, match=r"labelled 'fedprox'; it has avg, prox$"):
         parse_sweep(spec, ["arm=fedprox"])
+
+
+def test_curves_give_every_group_its_own_look_and_an_arm_one_colour() -> None:
+    arms = ["fedavg", "fedprox", "creff", "clip2fl"]
+    groups = [(f, a) for f in (10, 50, 100) for a in arms]
+    styles = line_styles(groups)
+    looks = {(str(s["color"]), s["linestyle"], s["marker"]) for s in styles.values()}
+    assert len(looks) == 12  # matplotlib's own cycle repeats after 10
+    for a in arms:
+        assert len({str(styles[(f, a)]["color"]) for f in (10, 50, 100)}) == 1
+    assert len({styles[(f, "creff")]["linestyle"] for f in (10, 50, 100)}) == 3
+    many = line_styles([(i,) for i in range(25)])  # one axis, more values than colours
+    assert len({(str(s["color"]), s["linestyle"]) for s in many.values()}) == 25
+    assert line_styles([()])[()]["linestyle"] == "-"
 
 
 @pytest.mark.parametrize(
