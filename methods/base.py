@@ -28,7 +28,8 @@ keys, less ``download_only`` (tensors only the server writes), and, per client a
 those of ``upload_keys_for(client, round)`` (clients of one modality send one branch, a staged
 method one stage's tensors); ``decode_upload`` restores tensors a client sent compressed (e.g.
 as low-rank factors in its extras) before validation and aggregation; ``extra_keys`` name the
-extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may send. Uploads and
+extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may send, and
+``extras_for(client, round)`` those it sends (for ``--dry-run``). Uploads and
 extras are validated (names, shapes, dtypes, finite values) and counted in ``bytes_up``.
 
 ``prompt_keys`` name the global tensors prompt averaging combines.
@@ -197,7 +198,8 @@ class Method(ABC):
     ) -> dict[str, dict[str, tuple[int, ...]]]:
         """``{"global": {name: shape}, "private": {...}}`` from the architecture config alone,
         without building a model (``fedrs run --dry-run``); an optional ``"extras"`` scope
-        gives the extra payloads a client sends at most per round (counted as sent)."""
+        gives the extra payloads a client sends at most per round (``extras_for`` narrows them per
+        client)."""
         raise NotImplementedError(f"{cls.name} does not describe its tensors")
 
     @abstractmethod
@@ -280,6 +282,12 @@ class Method(ABC):
     @classmethod
     def download_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
         """The global tensors the client receives in ``round``; None: all of them."""
+        return None
+
+    @classmethod
+    def extras_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The extra payloads (names of ``tensor_shapes``' ``"extras"``) the client sends in
+        ``round``, for ``--dry-run``; None: all of them. CLIP2FL: one per local class."""
         return None
 
     @classmethod

@@ -338,6 +338,14 @@ class CLIP2FL(Method):
         return [f"{GRAD}{c}" for c in range(num_classes)]
 
     @classmethod
+    def extras_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """One gradient per class the client's shard holds (its manifest's class counts)."""
+        counts = client.get("class_counts")
+        if counts is None or not cfg.method.options.retrain:
+            return None
+        return {f"{GRAD}{c}" for c, n in enumerate(counts) if n}
+
+    @classmethod
     def tensor_shapes(
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:

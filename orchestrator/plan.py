@@ -55,7 +55,6 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
         from fedrs.orchestrator.sampling import sample_usable
 
         up_run = down_run = 0
-        extra = sum(math.prod(s) for s in extras.values())
         # a tensor changes in a round when a sampled client uploads it or the server writes it;
         # a client is sent only what it does not hold yet (orchestrator/holdings.py)
         glob = list(shapes["global"])
@@ -70,7 +69,11 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
                 ups = method.upload_keys_for(cfg, record, rnd)
                 downs = method.download_keys_for(cfg, record, rnd)
                 keys = [k for k in strategy.upload_keys if ups is None or k in ups]
-                up_run += extra + sum(method.wire_size(cfg, shapes["global"][k]) for k in keys)
+                names = method.extras_for(cfg, record, rnd)
+                up_run += sum(
+                    math.prod(s) for k, s in extras.items() if names is None or k in names
+                )
+                up_run += sum(method.wire_size(cfg, shapes["global"][k]) for k in keys)
                 got = [k for k in glob if downs is None or k in downs]
                 down_run += held.cost(cid, got)
                 held.deliver(cid, got)
@@ -137,6 +140,7 @@ def _client_records(cfg: RunConfig) -> list[dict[str, Any]]:
 
 def render(p: dict[str, Any]) -> str:
     a = p["actors"]
+    at_most = "at most " if p["tensors"]["extras"] else ""  # extras: per client, see extras_for
     lines = [
         f"method {p['method']} + strategy {p['strategy_in_effect']} on {p['model']['arch']}",
         f"actors: {a['num_actors']} x {a['per_actor']} ({a['placement_strategy']}), "
@@ -145,7 +149,7 @@ def render(p: dict[str, Any]) -> str:
         f"round, {p['clients']['rounds']} rounds",
         f"trainable parameters per client: {p['trainable_params']:,} "
         f"({p['private_params_per_client']:,} private, never sent)",
-        f"per client per round: sends {p['params_sent_per_client']:,} params "
+        f"per client per round: sends {at_most}{p['params_sent_per_client']:,} params "
         f"({p['bytes_sent_per_client']:,} B), receives {p['params_received_per_client']:,} "
         f"({p['bytes_received_per_client']:,} B)",
         f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down"

@@ -403,6 +403,11 @@ def test_bad_class_gradients_are_rejected_counted_and_bytes_include_them(
     student = sum(v.nbytes for k, v in params.items() if k.startswith("student."))
     grads = sum(sum(1 for n in c["class_counts"] if n) for c in manifest["clients"]) * 10 * 65 * 4
     assert m["bytes_up"] == 6 * student + grads - 10 * 4  # client 2's lacks a column of 10
+    # --dry-run counts each client's local classes, as the clients send them
+    from fedrs.orchestrator.plan import plan
+
+    assert grads < 6 * 10 * 10 * 65 * 4  # some client lacks a class
+    assert plan(cfg)["bytes_up_per_run"] == 6 * student + grads
 
 
 def _start_cli(cwd: Path, *args: str) -> subprocess.Popen:
