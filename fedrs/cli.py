@@ -268,14 +268,40 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     target = list(args.target)
     if target[:1] == ["report"]:
         if len(target) != 2:
-            print("fedrs: error: usage: fedrs sweep report DIR", file=sys.stderr)
+            print("fedrs: error: usage: fedrs sweep report DIR | FILE.results.csv", file=sys.stderr)
             return 2
-        from fedrs.orchestrator.sweep_report import report
+        from fedrs.orchestrator.sweep_report import report, stored_report
 
+        if target[1].endswith(".csv"):  # a study's stored results: the markdown, on stdout
+            print(stored_report(target[1], args.metric, args.also, args.compare, args.scale))
+            return 0
         for name, path in report(
-            target[1], x=args.x, y=args.y, metric=args.metric, also=args.also
+            target[1],
+            x=args.x,
+            y=args.y,
+            metric=args.metric,
+            also=args.also,
+            compare=args.compare,
+            scale=args.scale,
         ).items():
             print(f"{name}: {path}")
+        return 0
+    if target[:1] == ["tables"]:
+        if len(target) != 2:
+            print("fedrs: error: usage: fedrs sweep tables FILE.md [--check]", file=sys.stderr)
+            return 2
+        from fedrs.orchestrator.sweep_tables import blocks, regenerate
+
+        stale = regenerate(target[1], check=args.check)
+        if args.check and stale:
+            print(
+                f"fedrs: error: {len(stale)} of {len(blocks(target[1]))} tables in {target[1]} "
+                f"differ from their stored results: {'; '.join(stale)}",
+                file=sys.stderr,
+            )
+            return 1
+        verb = "match" if args.check else "regenerated"
+        print(f"{len(blocks(target[1]))} tables {verb} ({len(stale)} changed)")
         return 0
     from fedrs.orchestrator.sweep import run_sweep
 
@@ -526,10 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="many runs as Ray Tune trials (grid / random axes, seeds); `sweep report DIR`",
         description="fedrs sweep SWEEP.toml [--set k=v] [--out DIR] | fedrs sweep --resume DIR "
-        "| fedrs sweep report DIR [--x AXIS --y AXIS --metric M]",
+        "| fedrs sweep report DIR|FILE.results.csv [--x AXIS --y AXIS --metric M --compare "
+        "AXIS=A:B] | fedrs sweep tables FILE.md [--check]",
     )
     sw.add_argument(
-        "target", nargs="*", metavar="SWEEP.toml | report DIR", help="a sweep file, or report DIR"
+        "target",
+        nargs="*",
+        metavar="SWEEP.toml | report DIR | tables FILE.md",
+        help="a sweep file, report DIR (or a stored FILE.results.csv), or tables FILE.md",
     )
     sw.add_argument(
         "--set",
@@ -550,6 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="METRIC",
         help="report: another final metric as a column (e.g. kappa, balanced_accuracy)",
+    )
+    sw.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="AXIS=A:B",
+        help="report: differences A - B paired on every other axis, seeds included, with "
+        "95%% Student-t intervals (repeatable; e.g. arm=creff:fedavg)",
+    )
+    sw.add_argument(
+        "--scale", type=float, default=None, help="report: differences times this (100: points)"
+    )
+    sw.add_argument(
+        "--check",
+        action="store_true",
+        help="tables: change nothing; exit 1 when a table differs from its stored results",
     )
     sw.set_defaults(func=_cmd_sweep)
 

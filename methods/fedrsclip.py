@@ -11,7 +11,10 @@ Implemented as ../shared/METHODS.md section 1 gives the standard reading of the 
 * L = CE(z_s) + CE(z_p) + l1 * L_DPA + l2 * L_CMFA with
   L_DPA = mean_c [1 - cos(g(P_s, c), g(P_p^k, c))] (Dual Prompt Alignment) and
   L_CMFA = symmetric InfoNCE between f(x_i; V^k) and g(P_s, y_i) over a batch (Cross-Modal
-  Feature Alignment; the shared prompt's class features are the text side);
+  Feature Alignment; the shared prompt's class features are the text side). Read literally
+  the batch's diagonal is the only positive, so two images of one class in a batch are pushed
+  apart from each other's (identical) class feature; ``method.cmfa_positives="class"`` is the
+  reading that counts every same-class pair as a positive (our option, not the paper's);
 * server: prompt averaging of P_s, P_s <- sum_k (n_k / n) P_s^k (strategy ``prompt_avg``).
 
 Ablations by config: ``method.lambda_dpa=0``, ``method.lambda_cmfa=0``,
@@ -52,6 +55,7 @@ from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import (
     PromptLearner,
     TextEncoder,
+    class_masked_info_nce,
     encode_image_prompted,
     symmetric_info_nce,
 )
@@ -76,6 +80,7 @@ def fedrsclip_loss(
     lambda_dpa: float,
     lambda_cmfa: float,
     dpa_stop_shared: bool = False,
+    cmfa_positives: str = "instance",
 ) -> dict[str, torch.Tensor]:
     """All loss terms from L2-normalised features.
 
@@ -84,6 +89,9 @@ def fedrsclip_loss(
         text_shared / text_private: ``(C, D)`` class features g(P_s, c) / g(P_p^k, c)
             (``text_private=None`` when the client has no private prompts).
         labels: ``(B,)`` class indices.
+        cmfa_positives: ``"instance"``: CMFA's positives are the diagonal (row i's own class
+            feature), so same-class rows of a batch are negatives of each other; ``"class"``:
+            every same-class pair is a positive (``class_masked_info_nce``).
     Returns ``{"loss", "ce_shared", "ce_private", "dpa", "cmfa", "logits"}``.
     """
     z_s = scale * image @ text_shared.t()
@@ -97,7 +105,12 @@ def fedrsclip_loss(
         logits = 0.5 * (z_s + z_p)
     else:
         ce_p, dpa, logits = zero, zero, z_s
-    cmfa = symmetric_info_nce(image, text_shared[labels], scale) if lambda_cmfa else zero
+    if not lambda_cmfa:
+        cmfa = zero
+    elif cmfa_positives == "class":
+        cmfa = class_masked_info_nce(image, text_shared[labels], labels, scale)
+    else:
+        cmfa = symmetric_info_nce(image, text_shared[labels], scale)
     loss = ce_s + ce_p + lambda_dpa * dpa + lambda_cmfa * cmfa
     return {
         "loss": loss,
@@ -122,6 +135,7 @@ class FedRSCLIPOptions:
     visual_prompts: bool = True  # private visual prompt tokens (with private_prompts)
     dpa_stop_shared: bool = False  # DPA moves only the private prompt
     share_visual_mean: bool = False  # send V^k; evaluate the global split with their mean too
+    cmfa_positives: str = "instance"  # CMFA's positives: instance (diagonal) | class (masked)
 
     def __post_init__(self) -> None:
         check(self.n_ctx >= 1, f"method.n_ctx must be >= 1, got {self.n_ctx}")
@@ -130,6 +144,10 @@ class FedRSCLIPOptions:
         check(
             self.lambda_dpa >= 0 and self.lambda_cmfa >= 0,
             "method.lambda_dpa and method.lambda_cmfa must be >= 0",
+        )
+        check(
+            self.cmfa_positives in ("instance", "class"),
+            f"method.cmfa_positives must be instance or class, got {self.cmfa_positives!r}",
         )
 
 
@@ -239,6 +257,7 @@ class FedRSCLIP(ClipMethod):
                 m.lambda_dpa,
                 m.lambda_cmfa,
                 m.dpa_stop_shared,
+                m.cmfa_positives,
             )
             return out["loss"], int((out["logits"].argmax(1) == y).sum())
 

@@ -155,3 +155,19 @@ def symmetric_info_nce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.
         nn.functional.cross_entropy(logits, target)
         + nn.functional.cross_entropy(logits.t(), target)
     )
+
+
+def class_masked_info_nce(
+    a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``symmetric_info_nce`` with every same-class pair a positive: row i's loss is
+    ``-log sum_{j: y_j = y_i} softmax(scale a_i . b)_j`` in both directions, so rows of one
+    class are never pushed apart (with one example per class it equals the diagonal loss)."""
+    logits = scale * a @ b.t()
+    same = labels[:, None] == labels[None, :]
+
+    def positives(z: torch.Tensor) -> torch.Tensor:
+        log_p = z.log_softmax(dim=1)
+        return -torch.logsumexp(log_p.masked_fill(~same, float("-inf")), dim=1).mean()
+
+    return 0.5 * (positives(logits) + positives(logits.t()))

@@ -119,15 +119,20 @@ class Sweep:
     build: dict[str, Any] = field(default_factory=dict)
     options: SweepOptions = field(default_factory=SweepOptions)
     only: dict[str, Any] = field(default_factory=dict)  # grid axis -> the one value run
+    report: dict[str, Any] = field(default_factory=dict)  # `fedrs sweep report`'s defaults
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "base": self.base,
-            "grid": self.grid,
-            "random": self.random,
-            "build": self.build,
-            "sweep": dataclasses.asdict(self.options),
-        } | ({"only": self.only} if self.only else {})
+        return (
+            {
+                "base": self.base,
+                "grid": self.grid,
+                "random": self.random,
+                "build": self.build,
+                "sweep": dataclasses.asdict(self.options),
+            }
+            | ({"only": self.only} if self.only else {})
+            | ({"report": self.report} if self.report else {})
+        )
 
     @property
     def axes(self) -> list[str]:
@@ -151,11 +156,11 @@ def is_seed_axis(key: str) -> bool:
 def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Sweep:
     """Validate a sweep table (``tomllib`` output). ``overrides`` are ``--set KEY=VALUE``: for
     the base, or pinning a grid axis to one value (a random axis to a fixed one)."""
-    unknown = set(data) - {"base", "grid", "random", "build", "sweep", "only"}
+    unknown = set(data) - {"base", "grid", "random", "build", "sweep", "only", "report"}
     if unknown:
         raise SweepError(
             f"unknown sweep table(s) {sorted(unknown)}; a sweep file has [base], [grid], "
-            "[random], [build] and [sweep]"
+            "[random], [build], [sweep] and [report]"
         )
     base = data.get("base", {})
     grid = data.get("grid", {})
@@ -212,7 +217,28 @@ def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Swe
     for key, value in only.items():
         if not _same_value(value, grid.get(key, [])):
             raise SweepError(f"only {key}={_label(value)}: not a value of a grid axis")
-    return Sweep(base, grid, rand, build, opts, only)
+    report = check_report_table(data.get("report", {}))
+    return Sweep(base, grid, rand, build, opts, only, report)
+
+
+REPORT_KEYS = {"x": str, "y": str, "metric": str, "also": list, "compare": list, "scale": float}
+
+
+def check_report_table(table: Any) -> dict[str, Any]:
+    """The ``[report]`` table: ``fedrs sweep report``'s defaults for this sweep (``x``, ``y``,
+    ``metric``, ``also = [...]``, ``compare = ["AXIS=A:B", ...]``, ``scale``)."""
+    if not isinstance(table, dict):
+        raise SweepError("[report] must be a table")
+    for key, value in table.items():
+        kind = REPORT_KEYS.get(key)
+        if kind is None:
+            raise SweepError(f"unknown [report] key {key!r}; known: {', '.join(REPORT_KEYS)}")
+        ok = isinstance(value, int | float) if kind is float else isinstance(value, kind)
+        if not ok or isinstance(value, bool):
+            raise SweepError(f"[report] {key} must be a {kind.__name__}, got {value!r}")
+        if kind is list and not all(isinstance(v, str) for v in value):
+            raise SweepError(f"[report] {key} must be a list of strings, got {value!r}")
+    return dict(table)
 
 
 def _same_value(value: Any, values: list[Any]) -> bool:

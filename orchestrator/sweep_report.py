@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.io import atomic_open, new_figure, save_figure, write_bytes
+from fedrs.io import atomic_open, new_figure, save_figure, write_bytes, write_json
 from fedrs.orchestrator.sweep import (
     TRIALS,
     SweepError,
@@ -150,6 +150,11 @@ def group_rows(
     return out
 
 
+PM_GROUPS = (
+    "Cells: mean ± sample std [± 95 % Student-t half-width of the mean] (n finished trials)."
+)
+
+
 def _fmt(d: dict[str, Any]) -> str:
     if d["mean"] is None:
         return "-"
@@ -161,6 +166,7 @@ def _fmt(d: dict[str, Any]) -> str:
 def markdown(groups: list[dict[str, Any]], keys: list[str], metrics: list[str]) -> str:
     head = [*keys, *metrics, "trials", "failed"]
     lines = [
+        PM_GROUPS + "\n",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
     ]
@@ -282,23 +288,64 @@ def _whole_cells(rows: list[dict[str, Any]], keys: list[str], column: str) -> bo
     return all(len(v) == 1 for v in cells.values())
 
 
-def report(
-    sweep_dir: str | Path,
-    x: str | None = None,
-    y: str | None = None,
+def _typed(text: str) -> Any:
+    """A CSV cell as it was written: empty -> None, numbers -> int / float, else the text."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def read_stored(path: str | Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """A study's stored ``results.csv`` (kept in the repository beside its sweep file): the
+    rows, the axes (the columns between ``trial`` and ``status``) and the sweep file's
+    ``[sweep]`` + ``[report]`` tables when ``NAME.toml`` sits beside ``NAME.results.csv``."""
+    import tomllib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"{path}: missing (no such results file)")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = list(reader.fieldnames or [])
+        rows = [{k: _typed(v) for k, v in r.items()} for r in reader]
+    if cols[:1] != ["trial"] or "status" not in cols:
+        raise SweepError(f"{path}: not a sweep's results.csv (no trial / status columns)")
+    axes = cols[1 : cols.index("status")]
+    settings: dict[str, Any] = {}
+    sweep_file = path.with_name(path.name.removesuffix(".results.csv") + ".toml")
+    if path.name.endswith(".results.csv") and sweep_file.is_file():
+        data = tomllib.loads(sweep_file.read_text())
+        from fedrs.orchestrator.sweep import check_report_table
+
+        settings = {
+            "sweep": data.get("sweep", {}),
+            "report": check_report_table(data.get("report", {})),
+        }
+    return rows, axes, settings
+
+
+def report_text(
+    name: str,
+    rows: list[dict[str, Any]],
+    axes: list[str],
+    head: str,
     metric: str | None = None,
     also: list[str] | None = None,
-) -> dict[str, Path]:
-    """Write ``report.md``, ``heatmap.png`` (two axes; needs two non-seed axes) and
-    ``curves.png`` into the sweep directory; return their paths. ``also``: more final
-    metrics as columns (``kappa``)."""
-    sweep_dir = Path(sweep_dir)
-    sweep, trials = load_trials(sweep_dir)
-    from fedrs.orchestrator.sweep import _headline
+    compare: list[str] | None = None,
+    scale: float = 1.0,
+    title: bool = True,
+) -> tuple[str, list[str], list[dict[str, Any]]]:
+    """The report's markdown (groups over seeds, then the paired comparisons), the metric
+    columns and the comparisons' results (``orchestrator/paired.py``)."""
+    from fedrs.orchestrator.paired import (
+        Comparison,
+        paired_differences,
+        paired_markdown,
+    )
 
-    head = sweep.options.metric or _headline(trials[0].cfg)
-    rows = write_results(sweep_dir, trials, head)  # fresh: also counts trials still running
-    axes = sweep.axes
     keys = [a for a in axes if not is_seed_axis(a)]
     final = f"final_{metric or head}"
     # the final metric, its best round, and every other final figure of the same kind
@@ -321,22 +368,66 @@ def report(
     groups = group_rows(rows, axes, metrics)
     status = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed")}
     text = [
-        f"# Sweep {sweep_dir.name}\n",
+        *([f"# Sweep {name}\n"] if title else []),
         f"{len(rows)} trials: {status['finished']} finished, {status['failed']} failed, "
         f"{len(rows) - sum(status.values())} not finished. Axes: {', '.join(axes) or '-'}; "
         f"seed axes averaged: {', '.join(a for a in axes if is_seed_axis(a)) or 'none'}.\n",
-        "Cells: mean ± sample std [± 95% CI half-width of the mean, Student t] (n finished).\n",
         markdown(groups, keys, metrics),
     ]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         text.append("\nFailed trials:\n")
         text += [f"- {r['trial']}: {r['error']}" for r in failed]
+    results: list[dict[str, Any]] = []
+    for spec in compare or []:
+        cmp_metrics = [final, *(f"final_{a}" for a in also or [])]
+        cmp_metrics = [m for m in cmp_metrics if any(r.get(m) is not None for r in rows)]
+        results += paired_differences(rows, axes, Comparison.parse(spec), cmp_metrics, is_seed_axis)
+    if results:
+        text += ["\n## Paired comparisons\n", paired_markdown(results, scale)]
+    return "\n".join(text), metrics, results
+
+
+def report(
+    sweep_dir: str | Path,
+    x: str | None = None,
+    y: str | None = None,
+    metric: str | None = None,
+    also: list[str] | None = None,
+    compare: list[str] | None = None,
+    scale: float | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, ``compare.json`` (with ``compare``), ``heatmap.png`` (two axes;
+    needs two non-seed axes) and ``curves.png`` into the sweep directory; return their paths.
+    ``also``: more final metrics as columns (``kappa``); ``compare``: ``AXIS=A:B`` paired
+    comparisons. The sweep file's ``[report]`` table gives the defaults (lists add up)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.exists():
+        raise SweepError(f"{sweep_dir}: missing (no such sweep directory)")
+    sweep, trials = load_trials(sweep_dir)
+    from fedrs.orchestrator.sweep import _headline
+
+    opts = sweep.report
+    x, y, metric = x or opts.get("x"), y or opts.get("y"), metric or opts.get("metric")
+    also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
+    compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
+    head = sweep.options.metric or _headline(trials[0].cfg)
+    rows = write_results(sweep_dir, trials, head)  # fresh: also counts trials still running
+    axes = sweep.axes
+    keys = [a for a in axes if not is_seed_axis(a)]
+    body, _, results = report_text(
+        sweep_dir.name, rows, axes, head, metric, also, compare, scale or opts.get("scale", 1.0)
+    )
+    text = [body]
     out = {"report": sweep_dir / "report.md"}
+    if results:
+        out["compare"] = sweep_dir / "compare.json"
+        write_json(out["compare"], results)
     x, y = x or (keys[0] if keys else None), y or (keys[1] if len(keys) > 1 else None)
     for name in (x, y):
         if name is not None and name not in axes:
             raise SweepError(f"{name!r} is not an axis of this sweep (axes: {axes})")
+    final = f"final_{metric or head}"
     if x and y and x != y:
         out["heatmap"] = sweep_dir / "heatmap.png"
         heatmap(rows, x, y, final, out["heatmap"])
@@ -347,3 +438,27 @@ def report(
     with atomic_open(out["report"], "w") as fh:
         fh.write("\n".join(text))
     return out
+
+
+def stored_report(
+    path: str | Path,
+    metric: str | None = None,
+    also: list[str] | None = None,
+    compare: list[str] | None = None,
+    scale: float | None = None,
+) -> str:
+    """The report's markdown from a stored ``results.csv`` alone (no trial folders): the
+    tables benchmarks/README.md holds, regenerated by ``fedrs sweep report FILE.csv``."""
+    rows, axes, settings = read_stored(path)
+    opts = settings.get("report", {})
+    metric = metric or opts.get("metric")
+    also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
+    compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
+    head = settings.get("sweep", {}).get("metric") or next(
+        (c[len("best_") :] for c in _columns(rows) if c.startswith("best_")), "accuracy"
+    )
+    name = Path(path).name.removesuffix(".csv").removesuffix(".results")
+    text, _, _ = report_text(
+        name, rows, axes, head, metric, also, compare, scale or opts.get("scale", 1.0), False
+    )
+    return text

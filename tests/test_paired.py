@@ -1,0 +1,187 @@
+"""Paired comparisons (`fedrs sweep report --compare`) against hand-computed values, a stored
+study's `results.csv` read back, and markdown tables regenerated from it (`fedrs sweep tables`)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedrs.orchestrator.paired import CompareError, Comparison, paired_differences
+from fedrs.orchestrator.sweep import SweepError, is_seed_axis
+from fedrs.orchestrator.sweep_report import read_stored, stored_report
+from fedrs.orchestrator.sweep_tables import blocks, regenerate
+
+T975 = {1: 12.706205, 2: 4.302653}  # two-sided 95 % Student-t quantiles, by degrees of freedom
+AXES = ["data.alpha", "arm", "federation.seed"]
+
+
+def _row(alpha, arm, seed, acc, status="finished", kappa=None):
+    return {
+        "trial": f"t-{alpha}-{arm}-{seed}",
+        "data.alpha": alpha,
+        "arm": arm,
+        "federation.seed": seed,
+        "status": status,
+        "error": "boom" if status == "failed" else None,
+        "final_accuracy": acc,
+        "final_kappa": kappa,
+        "best_accuracy": acc,
+    }
+
+
+def rows() -> list[dict]:
+    return [
+        # alpha 0.1: three seeds on both sides; creff - fedavg = -0.040, -0.027, -0.013
+        _row(0.1, "creff", 0, 0.200, kappa=0.5),
+        _row(0.1, "creff", 1, 0.273, kappa=0.6),
+        _row(0.1, "creff", 2, 0.287, kappa=0.7),
+        _row(0.1, "fedavg", 0, 0.240, kappa=0.4),
+        _row(0.1, "fedavg", 1, 0.300, kappa=0.45),
+        _row(0.1, "fedavg", 2, 0.300, kappa=0.5),
+        # alpha 0.5: seed 2 failed on the fedavg side, seed 3 only on creff -> n = 2
+        _row(0.5, "creff", 0, 0.50),
+        _row(0.5, "creff", 1, 0.60),
+        _row(0.5, "creff", 2, 0.70),
+        _row(0.5, "creff", 3, 0.70),
+        _row(0.5, "fedavg", 0, 0.45),
+        _row(0.5, "fedavg", 1, 0.45),
+        _row(0.5, "fedavg", 2, None, status="failed"),
+        _row(0.5, "other", 0, 0.1),
+    ]
+
+
+def _by_alpha(results, metric="final_accuracy"):
+    return {r["group"]["data.alpha"]: r for r in results if r["metric"] == metric}
+
+
+def test_paired_differences_match_hand_computed_values() -> None:
+    out = _by_alpha(
+        paired_differences(
+            rows(), AXES, Comparison.parse("arm=creff:fedavg"), ["final_accuracy"], is_seed_axis
+        )
+    )
+    a = out["0.1"]
+    assert [p["diff"] for p in a["pairs"]] == pytest.approx([-0.040, -0.027, -0.013])
+    assert a["n"] == 3 and a["positive"] == 0 and a["unpaired"] == []
+    assert a["mean"] == pytest.approx(-0.08 / 3)
+    # sample sd of (-.040, -.027, -.013) is 0.013503; half-width t(2) sd / sqrt(3) = 0.033544,
+    # not the sd itself (0.0135): the interval includes 0
+    assert a["std"] == pytest.approx(0.0135031, rel=1e-5)
+    assert a["ci95"] == pytest.approx(T975[2] * 0.0135031 / math.sqrt(3), rel=1e-5)
+    assert a["ci95"] == pytest.approx(0.033544, abs=1e-6)
+    assert not a["excludes_zero"]
+    b = out["0.5"]  # n = 2: 0.05 and 0.15; the failed and the one-sided seeds are named
+    assert [p["diff"] for p in b["pairs"]] == pytest.approx([0.05, 0.15])
+    assert b["mean"] == pytest.approx(0.10) and b["positive"] == 2
+    assert b["ci95"] == pytest.approx(T975[1] * math.sqrt(0.005) / math.sqrt(2), rel=1e-5)
+    assert len(b["unpaired"]) == 2
+    assert "federation.seed=2" in b["unpaired"][0] and "fedavg failed" in b["unpaired"][0]
+    assert "federation.seed=3" in b["unpaired"][1] and "fedavg absent" in b["unpaired"][1]
+
+
+def test_a_clear_difference_excludes_zero_and_the_sign_follows_a_minus_b() -> None:
+    data = [_row(0.1, "x", s, 0.5 + 0.01 * s) for s in range(4)]
+    data += [_row(0.1, "y", s, 0.3 + 0.012 * s) for s in range(4)]
+    (xy,) = paired_differences(
+        data, AXES, Comparison.parse("arm=x:y"), ["final_accuracy"], is_seed_axis
+    )
+    (yx,) = paired_differences(
+        data, AXES, Comparison.parse("arm=y:x"), ["final_accuracy"], is_seed_axis
+    )
+    assert xy["excludes_zero"] and xy["positive"] == 4 and xy["mean"] == pytest.approx(0.197)
+    assert yx["mean"] == pytest.approx(-xy["mean"]) and yx["ci95"] == pytest.approx(xy["ci95"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("arm=creff", "expected AXIS=A:B"),
+        ("arm=creff:creff", "two different values"),
+        ("nope=creff:fedavg", "not an axis"),
+        ("arm=creff:fedprox", "has no value 'fedprox'"),
+    ],
+)
+def test_bad_comparisons_are_one_line_errors(spec: str, words: str) -> None:
+    with pytest.raises(CompareError, match=words):
+        paired_differences(rows(), AXES, Comparison.parse(spec), ["final_accuracy"], is_seed_axis)
+
+
+def _write_csv(path: Path, data: list[dict]) -> None:
+    cols = list(dict.fromkeys(k for r in data for k in r))
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        w.writerows(data)
+
+
+def test_a_stored_results_csv_reports_groups_and_comparisons(tmp_path: Path) -> None:
+    path = tmp_path / "study.results.csv"
+    _write_csv(path, rows())
+    (tmp_path / "study.toml").write_text(
+        '[sweep]\nmetric = "accuracy"\n[report]\ncompare = ["arm=creff:fedavg"]\nscale = 100.0\n'
+    )
+    data, axes, settings = read_stored(path)
+    assert axes == AXES and data[0]["data.alpha"] == 0.1 and data[0]["federation.seed"] == 0
+    assert settings["report"]["compare"] == ["arm=creff:fedavg"]
+    text = stored_report(path, also=["kappa"])
+    assert "95 % Student-t half-width of the mean paired difference" in text
+    assert "95 % Student-t half-width of the mean]" in text  # the groups table says it too
+    # accuracy in points (scale 100): -2.6667 ± 3.3544, not ± the sd (1.35)
+    assert "| creff - fedavg | 0.1 | final_accuracy | -2.6667 ± 3.3544 | 3 | 0/3 |" in text
+    assert "**+10.0000 ± 63.5310**" not in text  # n = 2: wide, includes 0, not bold
+    assert "+10.0000 ± 63.5310" in text
+    # kappa: +0.10 / +0.15 / +0.20: 15 ± t(2) 5 / sqrt(3) = 12.4207 points, excludes 0
+    assert "final_kappa | **+15.0000 ± 12.4207** | 3 | 3/3 |" in text
+    assert "data.alpha=0.5, federation.seed=0 (creff has no final_kappa" in text
+    assert "federation.seed=3 (fedavg absent)" in text
+
+
+def test_tables_regenerate_from_stored_results_and_a_hand_edit_fails_the_check(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "sweeps").mkdir()
+    _write_csv(tmp_path / "sweeps" / "s.results.csv", rows())
+    cmd = "fedrs sweep report sweeps/s.results.csv --compare arm=creff:fedavg --scale 100"
+    doc = tmp_path / "docs" / "README.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Study\n\n<!-- table: {cmd} -->\nold text\n<!-- /table -->\n\nafter\n")
+    assert blocks(doc) == [cmd]
+    assert regenerate(doc, check=True) == [cmd]  # the typed text differs
+    assert "old text" in doc.read_text()  # --check changes nothing
+    assert regenerate(doc) == [cmd]
+    text = doc.read_text()
+    assert "-2.6667 ± 3.3544" in text and text.endswith("<!-- /table -->\n\nafter\n")
+    assert regenerate(doc, check=True) == []
+    doc.write_text(text.replace("-2.6667 ± 3.3544", "-2.6667 ± 1.3500"))  # edited by hand
+    assert regenerate(doc, check=True) == [cmd]
+    fedrs = [sys.executable, "-m", "fedrs.cli"]
+    proc = subprocess.run(
+        [*fedrs, "sweep", "tables", str(doc), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("fedrs: error: 1 of 1 tables")
+    proc = subprocess.run([*fedrs, "sweep", "tables", str(doc)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "-2.6667 ± 3.3544" in doc.read_text()
+    proc = subprocess.run(
+        [*fedrs, "sweep", "report", str(tmp_path / "missing.results.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "missing" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_report_table_in_the_sweep_file_is_validated() -> None:
+    from fedrs.orchestrator.sweep import parse_sweep
+
+    spec = {"grid": {"federation.seed": [0, 1]}, "report": {"compare": ["arm=a:b"], "x": "k"}}
+    assert parse_sweep(spec).report == {"compare": ["arm=a:b"], "x": "k"}
+    with pytest.raises(SweepError, match="unknown \\[report\\] key"):
+        parse_sweep({"report": {"comprae": []}})
+    with pytest.raises(SweepError, match="list of strings"):
+        parse_sweep({"report": {"compare": [1]}})
