@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 CAPTION_FILE = "dataset.json"
 _RELEASE_PREFIX = re.compile(r"[a-z]([A-Z].*)")  # RSSCN7: aGrass, bField, dRiverLake, ...
-_NON_ALNUM = re.compile(r"[^0-9a-z]+")
 # dataset.json split names; Karpathy-style "restval" is training data.
 _SPLITS = {"train": "train", "restval": "train", "val": "test", "test": "test"}
 
@@ -58,15 +58,24 @@ class Source:
 
 
 def normalize_class_name(folder: str) -> str:
-    """Turn a class folder name into the merge key used across sources.
+    """Turn a class folder name into the merge key used across sources (and the name prompts
+    use): Unicode NFC, lower case, letters and digits of any script kept, separators and
+    punctuation dropped. Control and other unprintable characters are refused, named.
 
     >>> normalize_class_name("aGrass"), normalize_class_name("Parking_Lot")
     ('grass', 'parkinglot')
+    >>> normalize_class_name("Rivère"), normalize_class_name("农田")
+    ('rivère', '农田')
     """
+    folder = unicodedata.normalize("NFC", folder)
+    bad = sorted({c for c in folder if unicodedata.category(c)[0] == "C"})
+    if bad:
+        named = ", ".join(f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in bad)
+        raise DataError(f"class folder {folder!r} holds characters a class name cannot: {named}")
     match = _RELEASE_PREFIX.fullmatch(folder)
     if match:
         folder = match.group(1)
-    name = _NON_ALNUM.sub("", folder.lower())
+    name = "".join(c for c in folder.lower() if c.isalnum())
     if not name:
         raise DataError(f"class folder {folder!r} has no letters or digits to name a class")
     return name
