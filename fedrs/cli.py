@@ -649,6 +649,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("fedrs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # output to a file or pipe: no colour codes around Ray's worker-log prefixes (rich
+        # already leaves its own out); the user's own RAY_COLOR_PREFIX wins
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         return int(args.func(args) or 0)
     except FedrsError as exc:

@@ -10,10 +10,12 @@ open_clip's training write). Empty means random initialisation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,23 @@ class Backbone:
         return int(proj.weight.shape[0] if isinstance(proj, nn.Linear) else proj.shape[1])
 
 
+class _NoRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's per-process random-initialisation warning (root logger)."""
+    quiet = _NoRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
     import open_clip
 
@@ -149,7 +168,9 @@ def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
     try:
         # Random initialisation must be identical in every actor process (all clients share one
         # frozen backbone): build it from a fixed seed without touching the global RNG.
-        with torch.random.fork_rng(devices=[]):
+        # open_clip warns "No pretrained weights loaded" from every process that builds a
+        # random model; the run's banner says "weights: random init" once instead.
+        with torch.random.fork_rng(devices=[]), _quiet_random_init():
             torch.manual_seed(RANDOM_INIT_SEED)
             return open_clip.create_model(arch, pretrained=pretrained or None, device=device)
     except Exception as exc:  # torch.load / open_clip raise many types for bad files

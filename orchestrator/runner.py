@@ -35,6 +35,7 @@ from fedrs.orchestrator.preflight import (
     preflight,
     resume_config,
 )
+from fedrs.runlock import LOCK, RunDirBusyError, locked
 
 log = logging.getLogger(__name__)
 RUN_FILES = (
@@ -59,7 +60,7 @@ def new_run_dir(out: str | None, overwrite: bool = False) -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {out} is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(p.name != LOCK for p in path.iterdir()):
         is_run = (path / "config.json").is_file()
         if not is_run:
             raise ConfigError(
@@ -139,6 +140,11 @@ def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:
     )
 
 
+class _NoTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
 def connect_ray() -> None:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local one on loopback (once per
     process). An address where nothing answers is one line within seconds."""
@@ -152,6 +158,11 @@ def connect_ray() -> None:
         # /tmp/ray/ray_current_cluster to whatever `ray start` ran last, even a dead cluster.
         # The reaper stops it (agents included) should this process be killed.
         reaper.start()
+        # token authentication stays on (Ray's default for a local instance); Ray's notice
+        # that it is on, printed by every command, is dropped (the user cannot act on it)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            _NoTokenNotice()
+        )
         ray.init(
             address="local",
             _node_ip_address="127.0.0.1",
@@ -194,48 +205,85 @@ def run(
     console = console or Console()
     if resume:
         run_dir = Path(resume)
-        cfg, completed = resume_config(run_dir, overrides)
-        done = finished_summary(run_dir, cfg, completed)
-        if done is not None:
-            console.print(
-                f"{run_dir}: already finished ({completed} of {cfg.federation.rounds} rounds); "
-                f"nothing to do. Raise federation.rounds (--set federation.rounds=N) to train on."
-            )
-            return {**done, "run_dir": str(run_dir), "already_finished": True}
+        if not (run_dir / "config.json").is_file():
+            resume_config(run_dir, overrides)  # the one-line error for a folder with no run
     else:
         cfg = cfg or RunConfig()
         run_dir = new_run_dir(out, overwrite)
-    checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
     created = first_missing(run_dir)
+    holding = False
     try:
-        if overwrite and not resume:
-            clear_run_files(run_dir)
-        driver, pool = spawn_driver(
-            cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
-        )
-        try:
-            return _drive(driver, checked, run_dir, stop_after, console, on_round)
-        except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
-                raise exc.cause from None
-            raise
-        except ray.exceptions.RayActorError as exc:  # the driver actor failed to start
-            started = remote_error(exc)
-            if started is not None:
-                raise started from None
-            raise
-        finally:  # free the actors' reserved resources, also after a failed round
-            with contextlib.suppress(ray.exceptions.RayError):
-                ray.get(driver.shutdown.remote(), timeout=30)
-            ray.kill(driver)
-            shutdown_pool(pool)  # a driver that never started (or hung) released nothing
+        # one writer per run directory, before preflight and Ray: a second run is one line
+        with locked(run_dir, "--resume" if resume else "--out"):
+            holding = True
+            if resume:
+                cfg, completed = resume_config(run_dir, overrides)
+                done = finished_summary(run_dir, cfg, completed)
+                if done is not None:
+                    console.print(
+                        f"{run_dir}: already finished ({completed} of {cfg.federation.rounds} "
+                        "rounds); nothing to do. Raise federation.rounds (--set "
+                        "federation.rounds=N) to train on."
+                    )
+                    return {**done, "run_dir": str(run_dir), "already_finished": True}
+            else:
+                new_run_dir(out or str(run_dir), overwrite)  # again, now that it is ours
+            return _run_locked(
+                cfg,
+                run_dir,
+                resume,
+                method_cls,
+                stop_after,
+                console,
+                overwrite,
+                placement,
+                on_round,
+            )
+    except RunDirBusyError:
+        raise  # the folder is another run's: touch nothing
     except BaseException:
         done = (run_dir / checkpoint.DIR / "latest.json").is_file()
-        if created is not None and not done:
+        if holding and created is not None and not done:
             shutil.rmtree(created, ignore_errors=True)  # nothing worth resuming: leave no trace
         elif done:
             log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
         raise
+
+
+def _run_locked(
+    cfg: RunConfig,
+    run_dir: Path,
+    resume: str | None,
+    method_cls: type[Method] | None,
+    stop_after: int | None,
+    console: Console,
+    overwrite: bool,
+    placement: Placement | None,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """``run`` once the run directory is locked: preflight, the actors, the rounds."""
+    checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
+    if overwrite and not resume:
+        clear_run_files(run_dir)
+    driver, pool = spawn_driver(
+        cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
+    )
+    try:
+        return _drive(driver, checked, run_dir, stop_after, console, on_round)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
+            raise exc.cause from None
+        raise
+    except ray.exceptions.RayActorError as exc:  # the driver actor failed to start
+        started = remote_error(exc)
+        if started is not None:
+            raise started from None
+        raise
+    finally:  # free the actors' reserved resources, also after a failed round
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(driver.shutdown.remote(), timeout=30)
+        ray.kill(driver)
+        shutdown_pool(pool)  # a driver that never started (or hung) released nothing
 
 
 def spawn_driver(

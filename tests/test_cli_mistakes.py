@@ -266,13 +266,16 @@ def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
 
     from fedrs import reaper
 
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")
+    }
+    out, err = (open(workdir / n, "w") for n in ("out.txt", "err.txt"))  # noqa: SIM115
     proc = subprocess.Popen(
         [*FEDRS, "run", "--out", "r", "--set", "federation.rounds=10000"],
         cwd=workdir,
         env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=out,
+        stderr=err,
     )
     metrics = workdir / "r" / "metrics.jsonl"
     deadline = time.monotonic() + 180
@@ -291,6 +294,15 @@ def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
         alive = {p: t for p, t in ours.items() if (reaper.process_info(p) or (0, -1))[1] == t}
     assert not alive, {p: names[p] for p in alive}
     assert (workdir / "r" / "checkpoint" / "latest.json").is_file()  # resumable
+    # output to files: quiet and plain (issue 28): no colour codes, no warning per actor about
+    # random weights (the banner says it once), no Ray token-auth default warning
+    out.close()
+    err.close()
+    text = (workdir / "out.txt").read_text() + (workdir / "err.txt").read_text()
+    assert "round   1/10000" in text and "weights: random init" in text
+    assert "\x1b[" not in text
+    assert "No pretrained weights loaded" not in text
+    assert "Token authentication is enabled" not in text
 
 
 @pytest.mark.parametrize(
