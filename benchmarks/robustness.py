@@ -1,46 +1,63 @@
-"""What each defence buys: attacks x aggregators x attacker fraction, as one ``fedrs sweep``.
+"""What each defence buys against attacks that hurt: attacks x defences x attacker fraction.
 
     fedrs bench robustness [--set name=value ...] --json out.json
 
-Workload: for each method (PromptFL, FedRSCLIP), each defence (aggregator) and each attack
-cell (the clean run, then every attack at every attacker fraction), one federation of the tiny
-CLIP on the synthetic default data (``clients`` clients, all of them every round), seeds
-``seeds``. Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on
-2 cores, and ``--set keep=DIR`` keeps the sweep so an interrupted benchmark resumes.
+Workload: CLIP2FL's client model trained from scratch (``method`` student: ResNet-8, widths x
+``scaling``, FedAvg, no teacher) on the synthetic default data (10 classes, ``per_class``,
+``image_size`` px) split over ``clients`` non-IID clients (Dirichlet, ``alpha``), all of them
+every round, ``rounds`` rounds of ``local_epochs`` at ``lr``, seeds ``seeds`` (each seed its
+own draw of the scenes and split). Clean FedAvg climbs from chance (round 0, 0.1) to about
+0.79 in 8 rounds without saturating, so an attack has something to destroy; the zero-shot
+arm evaluates the CLIP backbone (``arch``, ``pretrained``, or pretrained here for
+``pretrain_epochs`` epochs; random-init, the default, is at chance) on the same test split
+(``zeroshot_accuracy`` beside ``clean_accuracy``). ``--set method=fullft --set
+pretrain_epochs=3 --set lr=0.001`` fine-tunes a pretrained CLIP instead: there, reversed
+steps barely move it from its zero-shot accuracy and the precondition below refuses it.
 
-Comparison: the drop of each cell against clean FedAvg of the same method and seed, in
-accuracy points (positive = worse); the table, a heatmap per method (defences x attack cells),
-and ``signflip_20_drop_points``: at 20 % sign-flip attackers, the best robust defence's drop,
-the worst over methods (the target: at most 2 points).
+Attacks (``orchestrator/attacks.py``), each at every attacker fraction (``fractions``):
 
-The defenders assume up to ``byzantine`` attackers per round (Krum / Bulyan's f); Bulyan
-needs ``clients >= 4 byzantine + 3`` and is left out (noted) when the grid has fewer.
+* ``signflip``, boosted: ``w_g - boost (w - w_g)``; with ``boost x f > n - f`` FedAvg's step
+  points against the honest mean (20 % of 10 clients, ``boost`` 10: -1.2 x the honest step);
+* ``alie`` (Baruch et al., 2019): every attacker sends the honest updates' mean - z std per
+  coordinate, z = ``alie_z`` (0: the paper's z_max from n and f);
+* ``ipm`` (Xie et al., 2019): every attacker sends -``ipm_epsilon`` x the honest mean update.
 
-The backbone: prompt learning on a randomly initialised CLIP stays at chance, where no attack
-can show, so unless ``pretrained`` names a checkpoint the benchmark first pretrains ``arch``
-for ``pretrain_epochs`` epochs (``fedrs pretrain``'s CLIP loss, class-name captions) on a
-separate draw of the synthetic scenes (seed 1000; the federation's data come from the run
-seeds). Three epochs leave it imperfect (clean FedAvg near 0.9 rather than 1.0), so a defence
-that throws away honest updates shows as lost accuracy.
+Defences: ``defences`` (FedAvg first, the undefended reference); Krum / Bulyan assume
+``byzantine`` attackers (Bulyan needs ``clients >= 4 byzantine + 3``, else it is left out and
+said so); trimmed mean cuts ``trim_fraction`` per side; normclip's bound is ``clip_norm``
+(0, the default: the median of each round's update norms, an honest norm while attackers are
+under half).
 
-The headline cells (clean and 20 % sign flip, every method and defence) also run on
-``headline_seeds`` (0,1,2), in a second sweep beside the first: with one seed and 180 test
-images the figure moves by whole test images (0.56 points each).
+Precondition, checked first in its own sweep (FedAvg clean and at 20 % boosted sign flip, and
+zero-shot, over ``seeds``): FedAvg's drop must be at least 10 points with a 95 % Student-t
+interval (paired by seed) excluding 0; else the workload cannot show what a defence is worth,
+the JSON says ``workload_valid: false`` and the command exits 1 with one line. (An interval
+needs two seeds or more.)
 
-Options (``--set``): ``methods`` (promptfl,fedrsclip), ``defences``
-(fedavg,median,trimmed_mean,krum,normclip; also bulyan, fedadam, ...), ``attacks``
-(signflip,scale,noise; also labelflip, nan, collude), ``fractions`` (0.1,0.2,0.3), ``seeds``
-(0), ``rounds`` (5), ``clients`` (10), ``per_class`` (40), ``image_size`` (32),
-``local_epochs`` (1), ``arch`` (fedrs-tiny), ``pretrained`` (""), ``pretrain_epochs`` (3),
-``byzantine`` (3), ``trim_fraction`` (0.3), ``clip_norm`` (1.0), ``headline_seeds`` (0,1,2),
-``keep`` (a folder for the sweep).
-The full grid: ``--set attacks=signflip,scale,noise,labelflip,nan,collude --set
-defences=fedavg,median,trimmed_mean,krum,bulyan,normclip --set clients=15``.
+Output: per attack and fraction, FedAvg's drop against clean FedAvg of the same seed
+(``fedavg_drop_points``, ``fedavg_drop_ci95`` = [low, high]) and per defence its accuracy, drop
+(with interval) and ``recovered_fraction`` = (defended - attacked FedAvg) / (clean - attacked
+FedAvg), on the means over seeds; a ``verdict`` line says plainly where every defence fails.
+Headline: ``signflip_20_drop_points``, the best robust defence's drop at 20 % boosted sign flip
+(target: at most 2 points), beside ``signflip_20_fedavg_drop_points`` (at least 10). A heatmap
+of the drops sits beside the JSON.
+
+Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on 2 cores;
+``--set keep=DIR`` keeps the sweeps so an interrupted benchmark resumes.
+
+Options (``--set``): ``method`` (student), ``scaling`` (1), ``defences`` (fedavg,median,
+trimmed_mean,krum,normclip; also bulyan, ...), ``attacks`` (signflip,alie,ipm; also scale,
+noise, labelflip, collude), ``fractions`` (0.1,0.2,0.3), ``seeds`` (0,1,2), ``rounds`` (8),
+``clients`` (10), ``alpha`` (0.5), ``per_class`` (40), ``image_size`` (32), ``local_epochs``
+(2), ``lr`` (0.02), ``arch`` (fedrs-tiny), ``pretrained`` (""), ``pretrain_epochs`` (0),
+``boost`` (10), ``alie_z`` (0), ``ipm_epsilon`` (10), ``byzantine`` (3), ``trim_fraction``
+(0.3), ``clip_norm`` (0), ``keep`` (a folder for the sweeps).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -52,35 +69,69 @@ from fedrs.benchmarks.common import machine_info, print_table, write_result
 from fedrs.benchmarks.sweep import _list
 
 log = logging.getLogger(__name__)
-TARGET_POINTS = 2.0
-HEADLINE_FRACTION = 0.2  # signflip_20_drop_points: sign flip at this attacker fraction
+TARGET_POINTS = 2.0  # the best defence's drop at 20 % boosted sign flip, at most
+MIN_FEDAVG_DROP = 10.0  # the precondition: FedAvg's own drop there, at least
+HEADLINE = ("signflip", 0.2)
 ROBUST = ("median", "trimmed_mean", "krum", "bulyan", "normclip")
+RESNET8 = ("student", "creff", "clip2fl")  # methods whose client model ``scaling`` sizes
+CLEAN, ZEROSHOT, SEP = "clean", "zeroshot", " | "
+CHANCE = 0.1  # the synthetic default's 10 balanced test classes: a diverged model's accuracy
+PRETRAIN_SEED = 1000  # the pretraining draw of the synthetic scenes (runs use their own seeds)
+
+
+def cell_label(kind: str, fraction: float) -> str:
+    return f"{kind} {round(100 * fraction)}%"
 
 
 def attack_cells(attacks: list[str], fractions: list[float]) -> list[dict[str, Any]]:
-    """The clean cell, then every attack at every fraction (grid bundles)."""
-    cells = [{"label": "clean", "attack.kind": "none", "attack.fraction": 0.0}]
+    """The clean cell, then every attack at every fraction."""
+    cells = [{"label": CLEAN, "attack.kind": "none", "attack.fraction": 0.0}]
     for kind in attacks:
         for f in fractions:
-            cells.append(
-                {"label": f"{kind} {round(100 * f)}%", "attack.kind": kind, "attack.fraction": f}
-            )
+            cells.append({"label": cell_label(kind, f), "attack.kind": kind, "attack.fraction": f})
     return cells
 
 
-def sweep_spec(o: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The sweep (as a parsed TOML table) and the defences left out (Bulyan's bound)."""
-    skipped = []
-    defences = []
-    for name in o["defences"]:
+def defences(o: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The defences that run, FedAvg first, and those left out (Bulyan's bound), in words."""
+    kept, skipped = [], []
+    for name in dict.fromkeys(["fedavg", *o["defences"]]):
         if name == "bulyan" and o["clients"] < 4 * o["byzantine"] + 3:
             skipped.append(f"bulyan needs clients >= {4 * o['byzantine'] + 3}, got {o['clients']}")
-            continue
-        defences.append({"label": name, "strategy.name": name})
-    base = {
+        else:
+            kept.append(name)
+    return kept, skipped
+
+
+def arm(defence: str, cell: dict[str, Any]) -> dict[str, Any]:
+    """One grid bundle: a defence under an attack cell, labelled ``defence | cell``."""
+    return {**cell, "strategy.name": defence, "label": f"{defence}{SEP}{cell['label']}"}
+
+
+def arms(o: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The precondition's arms (FedAvg clean and at 20 % boosted sign flip, zero-shot), the
+    rest of the grid's, and the defences left out."""
+    names, skipped = defences(o)
+    cells = attack_cells(o["attacks"], o["fractions"])
+    head = cell_label(*HEADLINE)
+    if head not in {c["label"] for c in cells}:
+        cells.append(attack_cells([HEADLINE[0]], [HEADLINE[1]])[1])
+    first = [arm("fedavg", c) for c in cells if c["label"] in (CLEAN, head)]
+    first.append({"label": ZEROSHOT, "method": {"name": "zeroshot"}})  # the backbone alone
+    done = {a["label"] for a in first}
+    rest = [arm(d, c) for d in names for c in cells if f"{d}{SEP}{c['label']}" not in done]
+    return first, rest, skipped
+
+
+def base_config(o: dict[str, Any]) -> dict[str, Any]:
+    """The run configuration every trial shares (a parsed TOML table)."""
+    return {
+        "method": {"name": o["method"]}
+        | ({"scaling": o["scaling"]} if o["method"] in RESNET8 else {}),
         "model": {"arch": o["arch"], "pretrained": o["pretrained"]},
         "data": {
-            "partition": "iid",
+            "partition": "dirichlet",
+            "alpha": o["alpha"],
             "num_clients": o["clients"],
             "per_class": o["per_class"],
             "image_size": o["image_size"],
@@ -90,69 +141,174 @@ def sweep_spec(o: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             "clients_per_round": o["clients"],
             "eval_every": o["rounds"],
         },
-        "client": {"local_epochs": o["local_epochs"]},
+        "client": {"local_epochs": o["local_epochs"], "lr": o["lr"]},
         "strategy": {
             "byzantine": o["byzantine"],
             "trim_fraction": o["trim_fraction"],
             "clip_norm": o["clip_norm"],
         },
+        "attack": {"boost": o["boost"], "alie_z": o["alie_z"], "ipm_epsilon": o["ipm_epsilon"]},
         "resources": {"num_actors": 1, "num_cpus_per_client": 1.0},
     }
-    grid = {
-        "method.name": o["methods"],
-        "defence": defences,
-        "threat": attack_cells(o["attacks"], o["fractions"]),  # not "attack": a config section
-        "federation.seed": o["seeds"],
-    }
-    return {"base": base, "grid": grid, "sweep": {"metric": "accuracy"}}, skipped
 
 
-def drops(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, defence, attack cell): mean final accuracy over seeds and the mean drop
-    against clean FedAvg of the same method and seed, in points."""
-    clean = {
-        (r["method.name"], r["federation.seed"]): r["final_accuracy"]
-        for r in rows
-        if r["defence"] == "fedavg"
-        and r["threat"] == "clean"
-        and r.get("final_accuracy") is not None
+def sweep_spec(o: dict[str, Any], arm_list: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sweep over ``arm_list`` x seeds (as a parsed TOML table)."""
+    return {
+        "base": base_config(o),
+        "grid": {"arm": arm_list, "federation.seed": o["seeds"]},
+        "sweep": {"metric": "accuracy"},
     }
-    cells: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+
+
+def run_config(o: dict[str, Any], bundle: dict[str, Any], seed: int, data_path: str = ""):
+    """One trial's ``RunConfig`` outside a sweep (tests, a single cell by hand)."""
+    from fedrs.orchestrator.config import from_dict
+
+    base = base_config(o)
+    base |= {k: v for k, v in bundle.items() if isinstance(v, dict)}  # a section replaced
+    sets = {k: v for k, v in bundle.items() if k != "label" and not isinstance(v, dict)}
+    sets |= {"federation.seed": seed} | ({"data.path": data_path} if data_path else {})
+    return from_dict(base, [f"{k}={v}" for k, v in sets.items()])
+
+
+def interval(values: list[float]) -> dict[str, Any]:
+    """Mean and 95 % Student-t interval ([low, high]; None under two values)."""
+    from fedrs.orchestrator.sweep_report import describe
+
+    d = describe(values)
+    if d["mean"] is None:
+        return {"mean": None, "ci95": None, "n": 0}
+    ci = None if d["ci95"] is None else [d["mean"] - d["ci95"], d["mean"] + d["ci95"]]
+    return {"mean": d["mean"], "ci95": ci, "n": d["n"]}
+
+
+def diverged(row: dict[str, Any]) -> bool:
+    """A trial that failed because every update of a round was non-finite: the attack drove
+    the global model to overflow, so no honest client could train it any more."""
+    return row.get("status") == "failed" and "non-finite" in str(row.get("error") or "")
+
+
+def per_seed(rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    """Final accuracy by arm label and seed: finished trials, and diverged ones at chance."""
+    out: dict[str, dict[int, float]] = {}
     for r in rows:
-        ref = clean.get((r["method.name"], r["federation.seed"]))
         acc = r.get("final_accuracy")
-        if ref is None or acc is None or r.get("status") != "finished":
+        if diverged(r):
+            acc = CHANCE
+        elif r.get("status") != "finished" or acc is None or not math.isfinite(acc):
             continue
-        cells.setdefault((r["method.name"], r["defence"], r["threat"]), []).append(
-            (acc, 100 * (ref - acc))
-        )
-    return [
-        {
-            "method": m,
-            "defence": d,
-            "attack": a,
-            "accuracy": float(np.mean([x for x, _ in v])),
-            "drop_points": float(np.mean([p for _, p in v])),
-            "seeds": len(v),
+        out.setdefault(r["arm"], {})[int(r["federation.seed"])] = float(acc)
+    return out
+
+
+def drop(accs: dict[str, dict[int, float]], label: str) -> dict[str, Any]:
+    """An arm's accuracy and drop against clean FedAvg of the same seed (points, paired)."""
+    clean = accs.get(f"fedavg{SEP}{CLEAN}", {})
+    mine = accs.get(label, {})
+    seeds = sorted(set(clean) & set(mine))
+    d = interval([100 * (clean[s] - mine[s]) for s in seeds])
+    return {
+        "accuracy": float(np.mean([mine[s] for s in seeds])) if seeds else None,
+        "clean_accuracy": float(np.mean([clean[s] for s in seeds])) if seeds else None,
+        "drop_points": d["mean"],
+        "drop_ci95": d["ci95"],
+        "seeds": len(seeds),
+    }
+
+
+def precondition(accs: dict[str, dict[int, float]]) -> dict[str, Any]:
+    """FedAvg's drop at 20 % boosted sign flip: at least 10 points, interval excluding 0."""
+    d = drop(accs, f"fedavg{SEP}{cell_label(*HEADLINE)}")
+    lo = d["drop_ci95"][0] if d["drop_ci95"] else None
+    valid = d["drop_points"] is not None and d["drop_points"] >= MIN_FEDAVG_DROP
+    valid = valid and lo is not None and lo > 0
+    return {
+        "attack": HEADLINE[0],
+        "fraction": HEADLINE[1],
+        "fedavg_drop_points": d["drop_points"],
+        "fedavg_drop_ci95": d["drop_ci95"],
+        "seeds": d["seeds"],
+        "min_points": MIN_FEDAVG_DROP,
+        "valid": bool(valid),
+    }
+
+
+def attack_table(
+    accs: dict[str, dict[int, float]], names: list[str], cells: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per attack cell: FedAvg's drop and interval; per defence its drop, interval and
+    recovered fraction; a verdict in words."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        label = cell["label"]
+        fed = drop(accs, f"fedavg{SEP}{label}")
+        entry: dict[str, Any] = {
+            "attack": cell["attack.kind"],
+            "fraction": cell["attack.fraction"],
+            "fedavg_accuracy": fed["accuracy"],
+            "fedavg_drop_points": fed["drop_points"],
+            "fedavg_drop_ci95": fed["drop_ci95"],
+            "defences": {},
         }
-        for (m, d, a), v in cells.items()
+        for name in names:
+            if name == "fedavg":
+                continue
+            d = drop(accs, f"{name}{SEP}{label}")
+            gap = (
+                None
+                if fed["accuracy"] is None or fed["clean_accuracy"] is None
+                else fed["clean_accuracy"] - fed["accuracy"]
+            )
+            rec = None
+            if d["accuracy"] is not None and gap is not None and label != CLEAN and gap > 0.01:
+                rec = (d["accuracy"] - fed["accuracy"]) / gap
+            entry["defences"][name] = {
+                "accuracy": d["accuracy"],
+                "drop_points": d["drop_points"],
+                "drop_ci95": d["drop_ci95"],
+                "recovered_fraction": rec,
+            }
+        entry["verdict"] = verdict(entry) if label != CLEAN else "no attack"
+        out[label] = entry
+    return out
+
+
+def verdict(entry: dict[str, Any]) -> str:
+    """Whether the attack hurts FedAvg, and which defences keep within the target of clean."""
+    fed, ci = entry["fedavg_drop_points"], entry["fedavg_drop_ci95"]
+    if fed is None:
+        return "no finished FedAvg trial"
+    held = [
+        n
+        for n, d in entry["defences"].items()
+        if d["drop_points"] is not None and d["drop_points"] <= TARGET_POINTS
     ]
+    hurts = fed > TARGET_POINTS and (ci is None or ci[0] > 0)
+    if not hurts:
+        return f"does not hurt FedAvg here ({fed:+.1f} points)"
+    if not held:
+        best = min(
+            ((d["drop_points"], n) for n, d in entry["defences"].items() if d["drop_points"]),
+            default=None,
+        )
+        tail = f"; the best, {best[1]}, loses {best[0]:.1f}" if best else ""
+        return f"every defence fails (FedAvg loses {fed:.1f} points{tail})"
+    return f"FedAvg loses {fed:.1f} points; within {TARGET_POINTS:g} of clean: {', '.join(held)}"
 
 
-def signflip_20(table: list[dict[str, Any]]) -> float | None:
-    """The best robust defence's drop at 20 % sign flips, the worst over methods."""
-    per_method = {}
-    for row in table:
-        if (
-            row["attack"] == f"signflip {round(100 * HEADLINE_FRACTION)}%"
-            and row["defence"] in ROBUST
-        ):
-            m = row["method"]
-            per_method[m] = min(per_method.get(m, np.inf), row["drop_points"])
-    return float(max(per_method.values())) if per_method else None
+def headline(table: dict[str, dict[str, Any]]) -> tuple[float | None, str | None]:
+    """The best robust defence's drop at 20 % boosted sign flip, and its name."""
+    entry = table.get(cell_label(*HEADLINE), {})
+    best = [
+        (d["drop_points"], n)
+        for n, d in entry.get("defences", {}).items()
+        if n in ROBUST and d["drop_points"] is not None
+    ]
+    return min(best) if best else (None, None)
 
 
-def heatmaps(table: list[dict[str, Any]], path: Path) -> None:
+def heatmap(table: dict[str, dict[str, Any]], names: list[str], path: Path) -> None:
     import matplotlib
 
     from fedrs.io import save_figure
@@ -160,35 +316,24 @@ def heatmaps(table: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = sorted({r["method"] for r in table})
-    defences = list(dict.fromkeys(r["defence"] for r in table))
-    attacks = list(dict.fromkeys(r["attack"] for r in table))
-    fig, axes = plt.subplots(
-        1,
-        len(methods),
-        figsize=(1.2 + 0.9 * len(attacks) * len(methods), 1.2 + 0.5 * len(defences)),
-        squeeze=False,
-    )
-    for ax, m in zip(axes[0], methods, strict=True):
-        grid = np.full((len(defences), len(attacks)), np.nan)
-        for r in table:
-            if r["method"] == m:
-                grid[defences.index(r["defence"]), attacks.index(r["attack"])] = r["drop_points"]
-        im = ax.imshow(grid, cmap="magma_r", aspect="auto")
-        for i in range(len(defences)):
-            for j in range(len(attacks)):
-                if not np.isnan(grid[i, j]):
-                    ax.text(
-                        j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="c"
-                    )
-        ax.set_xticks(range(len(attacks)), attacks, rotation=60, fontsize=7)
-        ax.set_yticks(range(len(defences)), defences, fontsize=8)
-        ax.set_title(f"{m}: drop vs clean FedAvg (points)", fontsize=9)
-        fig.colorbar(im, ax=ax)
+    cells = list(table)
+    grid = np.full((len(names), len(cells)), np.nan)
+    for j, label in enumerate(cells):
+        for i, name in enumerate(names):
+            e = table[label]
+            v = e["fedavg_drop_points"] if name == "fedavg" else e["defences"][name]["drop_points"]
+            grid[i, j] = np.nan if v is None else v
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(cells), 1.2 + 0.5 * len(names)))
+    im = ax.imshow(grid, cmap="magma_r", aspect="auto")
+    for i in range(len(names)):
+        for j in range(len(cells)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="c")
+    ax.set_xticks(range(len(cells)), cells, rotation=60, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title("drop vs clean FedAvg (points)", fontsize=9)
+    fig.colorbar(im, ax=ax)
     save_figure(fig, path)
-
-
-PRETRAIN_SEED = 1000  # the pretraining draw of the synthetic scenes (runs use their own seeds)
 
 
 def pretrain_backbone(o: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -220,108 +365,173 @@ def pretrain_backbone(o: dict[str, Any], folder: Path) -> dict[str, Any]:
     return info | {"seconds": time.perf_counter() - t0}
 
 
-def main(json_path: str | None = None, data: str | None = None, **options: Any) -> dict[str, Any]:
+DEFAULTS: dict[str, Any] = {
+    "method": "student",
+    "scaling": 1,
+    "defences": ["fedavg", "median", "trimmed_mean", "krum", "normclip"],
+    "attacks": ["signflip", "alie", "ipm"],
+    "fractions": [0.1, 0.2, 0.3],
+    "seeds": [0, 1, 2],
+    "rounds": 8,
+    "clients": 10,
+    "alpha": 0.5,
+    "per_class": 40,
+    "image_size": 32,
+    "local_epochs": 2,
+    "lr": 0.02,
+    "arch": "fedrs-tiny",
+    "pretrained": "",
+    "pretrain_epochs": 0,
+    "boost": 10.0,
+    "alie_z": 0.0,
+    "ipm_epsilon": 10.0,
+    "byzantine": 3,
+    "trim_fraction": 0.3,
+    "clip_norm": 0.0,
+    "keep": None,
+}
+
+
+def options(**given: Any) -> dict[str, Any]:
+    """The benchmark's options: ``DEFAULTS`` with ``given`` (``--set``) applied and typed."""
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    o = {**DEFAULTS, **given}
+    for key in ("defences", "attacks"):
+        o[key] = _list(o[key], str)
+    o["fractions"], o["seeds"] = _list(o["fractions"], float), _list(o["seeds"], int)
+    for key in ("rounds", "clients", "per_class", "image_size", "local_epochs", "byzantine"):
+        o[key] = int(o[key])
+    o["pretrain_epochs"], o["scaling"] = int(o["pretrain_epochs"]), int(o["scaling"])
+    for key in ("alpha", "lr", "boost", "alie_z", "ipm_epsilon", "trim_fraction", "clip_norm"):
+        o[key] = float(o[key])
+    o["pretrained"] = str(o["pretrained"] or "")
+    return o
+
+
+def run_sweeps(sweeps: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Run (or resume) each sweep in turn; all their result rows."""
     from rich.console import Console
 
-    from fedrs.orchestrator.sweep import SPEC, expand, parse_sweep, run_sweep, write_spec
+    from fedrs.orchestrator.sweep import (
+        SPEC,
+        expand,
+        load_trials,
+        parse_sweep,
+        run_sweep,
+        write_spec,
+    )
     from fedrs.orchestrator.sweep_report import read_results, write_results
 
-    o: dict[str, Any] = {
-        "methods": ["promptfl", "fedrsclip"],
-        "defences": ["fedavg", "median", "trimmed_mean", "krum", "normclip"],
-        "attacks": ["signflip", "scale", "noise"],
-        "fractions": [0.1, 0.2, 0.3],
-        "seeds": [0],
-        "headline_seeds": [0, 1, 2],
-        "rounds": 5,
-        "clients": 10,
-        "per_class": 40,
-        "image_size": 32,
-        "local_epochs": 1,
-        "arch": "fedrs-tiny",
-        "pretrained": "",
-        "pretrain_epochs": 3,
-        "byzantine": 3,
-        "trim_fraction": 0.3,
-        "clip_norm": 1.0,
-        "keep": None,
-    }
-    unknown = set(options) - set(o)
-    if unknown:
-        raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(o)}")
-    o.update(options)
-    for key, cast in (("methods", str), ("defences", str), ("attacks", str)):
-        o[key] = _list(o[key], cast)
-    o["fractions"], o["seeds"] = _list(o["fractions"], float), _list(o["seeds"], int)
-    o["headline_seeds"] = _list(o["headline_seeds"], int)
-    for key in (
-        "rounds",
-        "clients",
-        "per_class",
-        "image_size",
-        "local_epochs",
-        "byzantine",
-        "pretrain_epochs",
-    ):
-        o[key] = int(o[key])
+    rows = []
+    for folder, table in sweeps:
+        if not (folder / SPEC).is_file():  # a kept sweep resumes
+            sweep = parse_sweep(table)
+            write_spec(folder, sweep, expand(sweep))
+        run_sweep(resume=str(folder), console=Console(quiet=True))
+        _, trials = load_trials(folder)
+        write_results(folder, trials, "accuracy")
+        rows += read_results(folder)
+    return rows
+
+
+def main(json_path: str | None = None, data: str | None = None, **given: Any) -> dict[str, Any]:
+    o = options(**given)
     tmp = tempfile.TemporaryDirectory(prefix="fedrs-robust-")
-    sweep_dir = Path(o["keep"]) if o["keep"] else Path(tmp.name) / "sweep"
+    root = Path(o["keep"]) if o["keep"] else Path(tmp.name)
+    root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     backbone: dict[str, Any] = {"path": o["pretrained"] or None, "epochs": 0}
     if not o["pretrained"] and o["pretrain_epochs"] > 0:
-        work = sweep_dir.parent / f"{sweep_dir.name}-backbone"
-        work.mkdir(parents=True, exist_ok=True)
-        backbone = pretrain_backbone(o, work)
+        (root / "backbone").mkdir(exist_ok=True)
+        backbone = pretrain_backbone(o, root / "backbone")
         o["pretrained"] = backbone["path"]
-    from fedrs.orchestrator.sweep import load_trials
-
-    spec, skipped = sweep_spec(o)
-    sweeps = [(sweep_dir, spec)]
-    extra = [s for s in o["headline_seeds"] if s not in o["seeds"]]
-    if extra:  # the headline cells (clean, 20 % sign flip) on more seeds: a second sweep
-        head = {**o, "attacks": ["signflip"], "fractions": [HEADLINE_FRACTION], "seeds": extra}
-        sweeps.append((sweep_dir.parent / f"{sweep_dir.name}-headline", sweep_spec(head)[0]))
-    rows = []
-    for folder, sweep_table in sweeps:
-        if not (folder / SPEC).is_file():  # a kept sweep resumes
-            sweep = parse_sweep(sweep_table)
-            write_spec(folder, sweep, expand(sweep))
-        run_sweep(resume=str(folder), console=Console(quiet=True))
-        sweep, trials = load_trials(folder)
-        write_results(folder, trials, "accuracy")
-        rows += read_results(folder)
-    table = drops(rows)
-    figure = Path(json_path).with_suffix(".png") if json_path else None
-    if figure is not None and table:
-        heatmaps(table, figure)
-    result = {
+    first, rest, skipped = arms(o)
+    names, _ = defences(o)
+    result: dict[str, Any] = {
         "benchmark": "robustness",
-        "signflip_20_drop_points": signflip_20(table),
-        "target_points": TARGET_POINTS,
-        "meaning": "accuracy points lost against clean FedAvg of the same method and seed "
-        "(mean over seeds); signflip_20_drop_points: the best robust defence at 20 % sign-flip "
-        "attackers, the worst over methods",
         "setup": {k: v for k, v in o.items() if k != "keep"},
         "backbone": backbone,
         "skipped": skipped,
+    }
+    rows = run_sweeps([(root / "precondition", sweep_spec(o, first))])
+    accs = per_seed(rows)
+    pre = precondition(accs)
+    clean = interval(list(accs.get(f"fedavg{SEP}{CLEAN}", {}).values()))
+    zeroshot = interval(list(accs.get(ZEROSHOT, {}).values()))
+    result |= {
+        "workload_valid": pre["valid"],
+        "precondition": pre,
+        "clean_accuracy": clean,
+        "zeroshot_accuracy": zeroshot,  # the CLIP backbone alone (random-init: chance)
+    }
+    if not pre["valid"]:
+        result["wall_s"] = time.perf_counter() - t0
+        result["machine"] = machine_info()
+        write_result(result, json_path)
+        tmp.cleanup()
+        ci = pre["fedavg_drop_ci95"]
+        raise SystemExit(
+            "fedrs bench robustness: the workload is invalid: undefended FedAvg loses "
+            f"{pre['fedavg_drop_points']} points at 20 % boosted sign flip over {pre['seeds']} "
+            f"seeds (interval {ci}); it must lose >= {MIN_FEDAVG_DROP:g} with an interval "
+            "excluding 0"
+        )
+    rows += run_sweeps([(root / "grid", sweep_spec(o, rest))]) if rest else []
+    accs = per_seed(rows)
+    cells = attack_cells(o["attacks"], o["fractions"])
+    if cell_label(*HEADLINE) not in {c["label"] for c in cells}:
+        cells.append(attack_cells([HEADLINE[0]], [HEADLINE[1]])[1])
+    table = attack_table(accs, names, cells)
+    best, best_name = headline(table)
+    figure = Path(json_path).with_suffix(".png") if json_path else None
+    if figure is not None:
+        heatmap(table, names, figure)
+    head = table[cell_label(*HEADLINE)]
+    result |= {
+        "signflip_20_drop_points": best,
+        "signflip_20_best_defence": best_name,
+        "signflip_20_fedavg_drop_points": head["fedavg_drop_points"],
+        "fedavg_drop_points": head["fedavg_drop_points"],
+        "fedavg_drop_ci95": head["fedavg_drop_ci95"],
+        "target_points": TARGET_POINTS,
+        "meaning": "accuracy points lost against clean FedAvg of the same seed (mean over "
+        "seeds, 95 % Student-t interval paired by seed); signflip_20_drop_points: the best "
+        "robust defence at 20 % boosted sign flip (target <= 2) where FedAvg itself loses "
+        "fedavg_drop_points (>= 10); recovered_fraction: (defended - attacked FedAvg) / "
+        "(clean - attacked FedAvg)",
+        "attacks": table,
         "trials": len(rows),
         "failed": sum(r.get("status") == "failed" for r in rows),
-        "table": table,
+        "diverged": sum(diverged(r) for r in rows),  # counted at chance accuracy
         "plot": str(figure) if figure else None,
         "wall_s": time.perf_counter() - t0,
         "machine": machine_info(),
     }
     print_table(
-        "robustness: accuracy and drop vs clean FedAvg (points)",
+        "robustness: drop vs clean FedAvg (points)",
         [
-            {k: r[k] for k in ("method", "defence", "attack", "accuracy", "drop_points")}
-            for r in table
+            {"attack": label, "defence": "fedavg", "drop_points": e["fedavg_drop_points"]}
+            | {"recovered": None}
+            for label, e in table.items()
+        ]
+        + [
+            {"attack": label, "defence": n, "drop_points": d["drop_points"]}
+            | {"recovered": d["recovered_fraction"]}
+            for label, e in table.items()
+            for n, d in e["defences"].items()
         ],
     )
+    for label, e in table.items():
+        if label != CLEAN:
+            log.info("%s: %s", label, e["verdict"])
     log.info(
-        "signflip_20_drop_points %s (target <= %s)",
-        result["signflip_20_drop_points"],
+        "signflip_20_drop_points %s (%s; target <= %s), FedAvg's own drop %s",
+        best,
+        best_name,
         TARGET_POINTS,
+        head["fedavg_drop_points"],
     )
     write_result(result, json_path)
     tmp.cleanup()

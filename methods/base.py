@@ -29,7 +29,8 @@ those of ``upload_keys_for(client, round)`` (clients of one modality send one br
 method one stage's tensors); ``decode_upload`` restores tensors a client sent compressed (e.g.
 as low-rank factors in its extras) before validation and aggregation; ``extra_keys`` name the
 extra payloads (``FitOutput.extras``, e.g. per-class gradients) a client may send, and
-``extras_for(client, round)`` those it sends (for ``--dry-run``). Uploads and
+``extras_for(client, round)`` those it sends (for ``--dry-run``), ``sent_extras(cfg)`` those
+sent at all under a config (what DP must refuse). Uploads and
 extras are validated (names, shapes, dtypes, finite values) and counted in ``bytes_up``.
 
 ``prompt_keys`` name the global tensors prompt averaging combines.
@@ -289,6 +290,13 @@ class Method(ABC):
         """The extra payloads (names of ``tensor_shapes``' ``"extras"``) the client sends in
         ``round``, for ``--dry-run``; None: all of them. CLIP2FL: one per local class."""
         return None
+
+    @classmethod
+    def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
+        """The extra payloads (of ``extra_keys``) clients send at all under ``cfg``; default:
+        all of them. Under ``privacy.mode`` a method is refused when any are sent (DP clips and
+        noises the tensors, not the extras)."""
+        return cls.extra_keys
 
     @classmethod
     def wire_size(cls, cfg: RunConfig, shape: tuple[int, ...]) -> int:

@@ -209,6 +209,12 @@ class FedRSCLIP(ClipMethod):
             glob[VISUAL_MEAN] = extras[VISUAL] = (m.n_vis, vis_w)
         return {"global": glob, "private": private, "extras": extras}
 
+    @classmethod
+    def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
+        """V^k travels only with ``share_visual_mean`` (and private visual prompts)."""
+        m = cfg.method
+        return (VISUAL,) if m.private_prompts and m.visual_prompts and m.share_visual_mean else ()
+
     def _shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         from fedrs.models.backbone import model_config
 

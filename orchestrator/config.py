@@ -95,7 +95,9 @@ class StrategyConfig:
     trim_fraction: float = 0.1  # trimmed_mean: the share dropped at each end per coordinate
     byzantine: int = 0  # f, the attackers krum / bulyan tolerate
     multi_krum: int = 1  # krum: average the m best-scored updates (1: Krum)
-    clip_norm: float = 1.0  # normclip: each update's (w - w_global) clipped to this L2 norm
+    # normclip: each update's (w - w_global) clipped to this L2 norm; 0: adaptive, the median of
+    # the round's update norms (an honest client's norm while attackers are under half)
+    clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.mu >= 0, f"strategy.mu must be >= 0, got {self.mu}")
@@ -110,7 +112,10 @@ class StrategyConfig:
         )
         _check(self.byzantine >= 0, f"strategy.byzantine must be >= 0, got {self.byzantine}")
         _check(self.multi_krum >= 1, f"strategy.multi_krum must be >= 1, got {self.multi_krum}")
-        _check(self.clip_norm > 0, f"strategy.clip_norm must be > 0, got {self.clip_norm}")
+        _check(
+            self.clip_norm >= 0,
+            f"strategy.clip_norm must be >= 0 (0: the median update norm), got {self.clip_norm}",
+        )
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,7 @@ class ResourcesConfig:
         )
 
 
-ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude")
+ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude", "alie", "ipm")
 
 
 @dataclass(frozen=True)
@@ -266,16 +271,22 @@ class AttackConfig:
     """Simulated Byzantine clients (``orchestrator/attacks.py``): a deterministic
     ``fraction`` of the registered clients (drawn from ``seed``) tamper with what they send."""
 
-    kind: str = "none"  # none | signflip | scale | noise | labelflip | nan | collude
+    kind: str = "none"  # none | signflip | scale | noise | labelflip | nan | collude | alie | ipm
     fraction: float = 0.0
     scale: float = 10.0  # scale: the update times this; collude: the shared update's size
     noise_std: float = 1.0  # noise: Gaussian added to every sent value
+    boost: float = 1.0  # signflip: w_g - boost (w - w_g) (1: the update reversed)
+    alie_z: float = 0.0  # alie: mean - z std of the honest updates; 0: Baruch et al.'s z_max
+    ipm_epsilon: float = 0.5  # ipm: every attacker sends -epsilon x the honest mean update
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(self.kind in ATTACKS, f"attack.kind {self.kind!r}: choose from {ATTACKS}")
         _check(0 <= self.fraction <= 1, f"attack.fraction must be in [0, 1], got {self.fraction}")
         _check(self.noise_std >= 0, f"attack.noise_std must be >= 0, got {self.noise_std}")
+        _check(self.boost > 0, f"attack.boost must be > 0, got {self.boost}")
+        _check(self.alie_z >= 0, f"attack.alie_z must be >= 0 (0: z_max), got {self.alie_z}")
+        _check(self.ipm_epsilon > 0, f"attack.ipm_epsilon must be > 0, got {self.ipm_epsilon}")
 
 
 @dataclass(frozen=True)
@@ -283,7 +294,7 @@ class PrivacyConfig:
     """Differential privacy at the client level (``orchestrator/privacy.py``): ``central``
     (the server clips each update to ``clip_norm`` and adds Gaussian noise to the mean) or
     ``local`` (each client clips and noises what it sends); (epsilon, delta) per round from
-    Opacus's accountant."""
+    Opacus's accountant. Its other keys set while ``mode`` is none are a ConfigError."""
 
     mode: str = "none"  # none | central | local
     clip_norm: float = 1.0
@@ -423,11 +434,34 @@ def with_data_path(cfg: RunConfig, path: str) -> RunConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(path)))
 
 
+def _unused_privacy(cfg: RunConfig, overrides: list[str]) -> None:
+    """A ConfigError when ``privacy.*`` keys are set while ``privacy.mode`` is none (no DP
+    would run): any such key given with ``--set``, or set to another value than its default
+    (a full dump at the defaults, ``config.json`` or ``fedrs config``'s, loads back)."""
+    if cfg.privacy.mode != "none":
+        return
+    named = {a.partition("=")[0].strip() for a in overrides}
+    default = PrivacyConfig()
+    keys = [
+        f"privacy.{k}"
+        for k in (f.name for f in dataclasses.fields(PrivacyConfig))
+        if k != "mode"
+        and (f"privacy.{k}" in named or getattr(cfg.privacy, k) != getattr(default, k))
+    ]
+    _check(
+        not keys,
+        f"{', '.join(keys)} set while privacy.mode is 'none', so no DP would run: set "
+        "privacy.mode=central or local, or leave them out",
+    )
+
+
 def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     data = json.loads(json.dumps(data))  # deep copy
     for assignment in overrides or []:
         _apply_override(data, assignment)
-    return _build(RunConfig, data, "")
+    cfg = _build(RunConfig, data, "")
+    _unused_privacy(cfg, overrides or [])
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -9,7 +9,8 @@ Each round::
 
 A client that raises, times out or whose actor dies is a dropout for that round (counted, reason
 logged); a malformed update is rejected (counted). The run fails with RoundFailedError only when
-fewer than ``federation.min_clients`` updates are accepted.
+fewer than ``federation.min_clients`` updates are accepted (under ``privacy.mode``, where
+clients are Poisson-sampled and a round may be empty, fewer than min(that, clients sampled)).
 
 Registered clients: ``federation.num_clients`` (0: one per data partition) virtual clients are
 sampled from; client c trains on partition c mod P and keeps its own private state in the
@@ -39,14 +40,15 @@ from fedrs.faults import inject
 from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
+from fedrs.orchestrator.attacks import OMNISCIENT, omniscient
 from fedrs.orchestrator.config import RunConfig, with_data_path
 from fedrs.orchestrator.holdings import PREFIX as HOLDINGS_STATE
 from fedrs.orchestrator.holdings import Holdings, unchanged
 from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
-from fedrs.orchestrator.privacy import add_central_noise, clip_all, epsilon
-from fedrs.orchestrator.sampling import sample_usable
+from fedrs.orchestrator.privacy import central_estimate, epsilon
+from fedrs.orchestrator.sampling import inclusion_rate, sample_round, usable_count
 from fedrs.orchestrator.state_store import FileStateStore
-from fedrs.orchestrator.strategies import ClientUpdate, Params, make_strategy
+from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
 from fedrs.orchestrator.validation import spec_of, validate_extras, validate_update
 
 log = logging.getLogger(__name__)
@@ -104,29 +106,6 @@ def declared_extras(
     except NotImplementedError:
         return None
     return shapes.get("extras") or None
-
-
-def central_dp(
-    current: Params, updates: list[ClientUpdate], cfg: Any, seed: int, rnd: int
-) -> list[ClientUpdate]:
-    """Central DP: every update clipped to ``clip_norm`` and counted once, then all shifted by
-    one draw of ``N(0, (sigma C / n)^2)``: the mean any averaging strategy takes (and the
-    median, being shift-equivariant) gets exactly that noise (``orchestrator/privacy.py``)."""
-    clipped = clip_all(current, updates, cfg.clip_norm)
-    keys = tuple(sorted({k for u in clipped for k in u.params}))
-    noise = add_central_noise(
-        {k: np.zeros_like(current[k]) for k in keys}, keys, len(clipped), cfg, seed, rnd
-    )
-    return [
-        ClientUpdate(
-            u.client_id,
-            {k: (v + noise[k]).astype(v.dtype) for k, v in u.params.items()},
-            u.num_examples,
-            u.metrics,
-            u.extras,
-        )
-        for u in clipped
-    ]
 
 
 STRATEGY_STATE = "strategy/"  # checkpointed beside the method server's state
@@ -298,13 +277,9 @@ class Driver:
     def run_round(self, rnd: int) -> dict[str, Any]:
         fed = self.cfg.federation
         t0 = time.perf_counter()
-        sampled = sample_usable(
-            self.num_registered,
-            fed.clients_per_round,
-            fed.seed,
-            rnd,
-            self.data.num_clients,
-            frozenset(self.excluded),
+        # fixed-size, or Poisson under privacy.mode (what the accountant assumes; may be empty)
+        sampled = sample_round(
+            self.cfg, self.num_registered, self.data.num_clients, self.excluded, rnd
         )
         # each client receives its group's tensors: objects per distinct group, what the last
         # round left unchanged in one that actors keep resident; a client is charged for what
@@ -366,7 +341,10 @@ class Driver:
                 why,
             )
             self.store.discard(cid, rnd)  # its private state of this round does not count
-        if len(updates) < max(fed.min_clients, self.strategy.min_clients()):
+        need = max(fed.min_clients, self.strategy.min_clients())
+        if self.cfg.privacy.mode != "none":  # Poisson cohorts vary: only faults fail a round
+            need = min(need, len(sampled))
+        if len(updates) < need:
             first = next(iter({**dropped, **rejected}.items()), (None, "no client sampled"))
             raise RoundFailedError(
                 f"round {rnd}: {len(updates)} of {len(sampled)} clients reported, fewer than "
@@ -377,11 +355,26 @@ class Driver:
         fit_s = time.perf_counter() - t0
         inject(self.cfg.federation.faults, "aggregate", rnd)  # chaos runs only
         t_server = time.perf_counter()
-        combined = updates
-        if self.cfg.privacy.mode == "central":  # clipped, counted once, shifted by one noise
-            combined = central_dp(self.params, updates, self.cfg.privacy, fed.seed, rnd)
-        params = self.strategy.aggregate(self.params, combined)
-        params = self.server.update(rnd, params, updates)
+        if self.cfg.attack.kind in OMNISCIENT:  # alie / ipm: crafted from the honest updates
+            liars = {sampled[ti] for ti, r in results.items() if r.get("attack")}
+            updates = omniscient(self.cfg.attack.kind, self.params, updates, liars, self.cfg.attack)
+        if self.cfg.privacy.mode == "central":  # DP-FedAvg's noised mean, as the round's mean
+            mean = central_estimate(
+                self.params,
+                updates,
+                self.strategy.upload_keys,
+                self.cfg.privacy,
+                self.expected_cohort(),
+                fed.seed,
+                rnd,
+            )
+            params = self.strategy.aggregate(self.params, [ClientUpdate(-1, mean, 1)])
+            params = self.server.update(rnd, params, [])  # no individual update leaves here
+        elif updates:
+            params = self.strategy.aggregate(self.params, updates)
+            params = self.server.update(rnd, params, updates)
+        else:  # an empty Poisson cohort (local DP): nothing to combine, nothing moves
+            params = dict(self.params)
         server_s = time.perf_counter() - t_server  # on the server's own device
         change = global_change(  # what clients train, not what only the server writes
             *(
@@ -397,14 +390,14 @@ class Driver:
         weights = np.array([u.num_examples for u in updates], dtype=float)
         record: dict[str, Any] = {
             "round": rnd,
-            "loss": float(
-                np.average([u.metrics.get("train_loss", np.nan) for u in updates], weights=weights)
-            ),
-            "train_accuracy": float(
-                np.average(
-                    [u.metrics.get("train_accuracy", np.nan) for u in updates], weights=weights
+            **{
+                key: float(
+                    np.average([u.metrics.get(name, np.nan) for u in updates], weights=weights)
                 )
-            ),
+                if updates
+                else float("nan")  # an empty round (Poisson sampling under DP)
+                for key, name in (("loss", "train_loss"), ("train_accuracy", "train_accuracy"))
+            },
         }
         record |= change  # does the global model move at all? (per round, every method)
         record |= self.privacy_spent(rnd)
@@ -477,9 +470,14 @@ class Driver:
         p = self.cfg.privacy
         if p.mode == "none":
             return {}
-        rate = self.cfg.federation.clients_per_round / self.num_registered
+        rate = inclusion_rate(self.cfg.federation.clients_per_round, self.num_registered)
         eps = epsilon(p, rnd, rate if p.mode == "central" else 1.0)
         return {"epsilon": eps, "delta": p.delta}
+
+    def expected_cohort(self) -> float:
+        """q x the usable registered clients: central DP's fixed denominator (DP-FedAvg)."""
+        usable = usable_count(self.num_registered, self.data.num_clients, frozenset(self.excluded))
+        return inclusion_rate(self.cfg.federation.clients_per_round, self.num_registered) * usable
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, rnd: int, sampled: list[int] | None = None) -> dict[str, Any]:

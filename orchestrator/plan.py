@@ -52,7 +52,7 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     records = _client_records(cfg)
     if rounds:  # clients of groups / stages, tensors they hold already: exact, round by round
         from fedrs.orchestrator.holdings import Holdings
-        from fedrs.orchestrator.sampling import sample_usable
+        from fedrs.orchestrator.sampling import sample_round
 
         up_run = down_run = 0
         # a tensor changes in a round when a sampled client uploads it or the server writes it;
@@ -62,9 +62,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
         written = [k for k in glob if k in method.download_only]
         for rnd in range(1, rounds + 1):
             moved = set(written)
-            for cid in sample_usable(
-                registered, per_round, fed.seed, rnd, len(records), frozenset(data.excluded)
-            ):
+            # the driver's draw: fixed-size, or Poisson under privacy.mode
+            for cid in sample_round(cfg, registered, len(records), data.excluded, rnd):
                 record = records[cid % len(records)]
                 ups = method.upload_keys_for(cfg, record, rnd)
                 downs = method.download_keys_for(cfg, record, rnd)
@@ -102,6 +101,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
             "registered": registered,
             "excluded": {str(k): v for k, v in data.excluded.items()},
             "per_round": per_round,
+            # under privacy.mode each client joins with probability per_round / registered
+            "sampling": "poisson" if cfg.privacy.mode != "none" else "fixed",
             "rounds": rounds,
         },
         "tensors": {
@@ -140,13 +141,14 @@ def _client_records(cfg: RunConfig) -> list[dict[str, Any]]:
 
 def render(p: dict[str, Any]) -> str:
     a = p["actors"]
+    poisson = " expected (Poisson sampling, DP)" if p["clients"]["sampling"] == "poisson" else ""
     at_most = "at most " if p["tensors"]["extras"] else ""  # extras: per client, see extras_for
     lines = [
         f"method {p['method']} + strategy {p['strategy_in_effect']} on {p['model']['arch']}",
         f"actors: {a['num_actors']} x {a['per_actor']} ({a['placement_strategy']}), "
         f"total {a['total']}",
         f"clients: {p['clients']['registered']} registered, {p['clients']['per_round']} per "
-        f"round, {p['clients']['rounds']} rounds",
+        f"round{poisson}, {p['clients']['rounds']} rounds",
         f"trainable parameters per client: {p['trainable_params']:,} "
         f"({p['private_params_per_client']:,} private, never sent)",
         f"per client per round: sends {at_most}{p['params_sent_per_client']:,} params "

@@ -100,11 +100,18 @@ def resolve_names(
         global_keys=uploadable(method_cls, tuple(shapes["global"])),
         prompt_keys=method_cls.prompt_keys,
     )
-    if cfg.privacy.mode != "none" and method_cls.extra_keys:
+    sent_extras = method_cls.sent_extras(cfg) if cfg.privacy.mode != "none" else ()
+    if sent_extras:
         raise ConfigError(
             f"privacy.mode={cfg.privacy.mode} covers the tensors a client sends; method "
-            f"{method_cls.name} also sends extra payloads ({', '.join(method_cls.extra_keys)}) "
+            f"{method_cls.name} also sends extra payloads ({', '.join(sent_extras)}) "
             f"that would leave unprotected"
+        )
+    if cfg.privacy.mode == "central" and not strategy.averages:
+        means = ", ".join(n for n, s in STRATEGIES.items() if s.averages)
+        raise ConfigError(
+            f"privacy.mode=central needs a mean aggregator ({means}): its noise is calibrated "
+            f"to the mean of clipped updates, not to strategy.name={cfg.strategy.name}"
         )
     need = strategy.min_clients()
     if cfg.federation.clients_per_round < need:

@@ -245,8 +245,6 @@ def run(
         done = (run_dir / checkpoint.DIR / "latest.json").is_file()
         if holding and created is not None and not done:
             shutil.rmtree(created, ignore_errors=True)  # nothing worth resuming: leave no trace
-        elif done:
-            log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
         raise
 
 
@@ -268,6 +266,24 @@ def _run_locked(
     driver, pool = spawn_driver(
         cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
     )
+    try:
+        return _stream(driver, pool, checked, run_dir, stop_after, console, on_round)
+    except BaseException:  # after the driver started: what can be resumed is said
+        if (run_dir / checkpoint.DIR / "latest.json").is_file():
+            log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
+        raise
+
+
+def _stream(
+    driver: Any,
+    pool: Any,
+    checked: Checked,
+    run_dir: Path,
+    stop_after: int | None,
+    console: Console,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """``_drive`` with the driver's errors as one line and its actors always released."""
     try:
         return _drive(driver, checked, run_dir, stop_after, console, on_round)
     except ray.exceptions.RayTaskError as exc:

@@ -13,8 +13,15 @@ import pytest
 from rich.console import Console
 
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.attacks import LabelFlipped, attackers, tamper
+from fedrs.orchestrator.attacks import (
+    LabelFlipped,
+    alie_z_max,
+    attackers,
+    omniscient,
+    tamper,
+)
 from fedrs.orchestrator.config import RunConfig
+from fedrs.orchestrator.strategies import ClientUpdate
 
 
 def test_attackers_are_a_fixed_fraction_drawn_from_the_seed() -> None:
@@ -27,13 +34,11 @@ def test_attackers_are_a_fixed_fraction_drawn_from_the_seed() -> None:
 
 
 def test_each_attack_by_hand() -> None:
-    cfg = SimpleNamespace(scale=10.0, noise_std=0.5, seed=3)
+    cfg = SimpleNamespace(scale=10.0, noise_std=0.5, seed=3, boost=1.0)
     got, w = {"w": np.array([1.0, 2.0], "f4")}, {"w": np.array([2.0, 0.0], "f4")}
     np.testing.assert_array_equal(tamper("signflip", w, got, cfg, 1, 0)["w"], [0.0, 4.0])
     np.testing.assert_array_equal(tamper("scale", w, got, cfg, 1, 0)["w"], [11.0, -18.0])
     assert np.isnan(tamper("nan", w, got, cfg, 1, 0)["w"]).all()
-    noisy = tamper("noise", w, got, cfg, 1, 0)["w"]
-    assert noisy.dtype == np.float32 and not np.array_equal(noisy, w["w"])
     a, b = (tamper("collude", w, got, cfg, 1, c)["w"] for c in (0, 5))
     np.testing.assert_array_equal(a, b)  # every attacker the same update
     assert np.isclose(np.linalg.norm(a - got["w"]), 10.0)
@@ -41,6 +46,98 @@ def test_each_attack_by_hand() -> None:
     shard = SimpleNamespace(labels=np.array([0, 1, 4, -1]), images="pixels")
     flipped = LabelFlipped(shard, 5)
     assert flipped.labels.tolist() == [4, 3, 0, -1] and flipped.images == "pixels"
+
+
+def test_boosted_signflip_is_w_g_minus_lambda_times_the_update() -> None:
+    cfg = SimpleNamespace(boost=4.0)
+    got, w = {"w": np.array([1.0, 2.0], "f4")}, {"w": np.array([2.0, 0.5], "f4")}
+    # w_g - 4 (w - w_g) = [1 - 4, 2 + 6]
+    np.testing.assert_array_equal(tamper("signflip", w, got, cfg, 1, 0)["w"], [-3.0, 8.0])
+    extras = tamper("signflip", {"g": np.array([1.0, -2.0])}, {}, cfg, 1, 0)
+    np.testing.assert_array_equal(extras["g"], [-4.0, 8.0])
+    with pytest.raises(ConfigError, match=r"attack\.boost"):
+        RunConfig().replace(**{"attack.boost": 0.0})
+
+
+def test_noise_has_its_std_and_is_drawn_from_seed_round_and_client() -> None:
+    cfg = SimpleNamespace(noise_std=0.5, seed=3)
+    w = {"w": np.full(20_000, 2.0, "f4")}
+    noisy = tamper("noise", w, {}, cfg, 1, 0)["w"]
+    assert noisy.dtype == np.float32
+    added = noisy.astype(np.float64) - 2.0
+    assert abs(added.std() - 0.5) < 0.01 and abs(added.mean()) < 0.01
+    np.testing.assert_array_equal(tamper("noise", w, {}, cfg, 1, 0)["w"], noisy)  # replayed
+    for other in (tamper("noise", w, {}, cfg, 2, 0), tamper("noise", w, {}, cfg, 1, 1)):
+        assert abs(np.corrcoef(other["w"] - 2.0, added)[0, 1]) < 0.05  # a fresh draw
+
+
+def _updates(rows: list[list[float]]) -> list[ClientUpdate]:
+    return [ClientUpdate(i, {"w": np.array(r, "f4")}, 10) for i, r in enumerate(rows)]
+
+
+def test_alie_sends_mean_minus_z_std_of_the_honest_updates() -> None:
+    current = {"w": np.array([1.0, 1.0], "f4")}
+    # honest deltas [1, 0], [3, 2], [2, 4]: mean [2, 2], population std [sqrt(2/3), sqrt(8/3)]
+    ups = _updates([[2.0, 1.0], [4.0, 3.0], [3.0, 5.0], [100.0, -100.0]])
+    out = omniscient("alie", current, ups, {3}, SimpleNamespace(alie_z=1.5))
+    want = np.array([1 + 2 - 1.5 * np.sqrt(2 / 3), 1 + 2 - 1.5 * np.sqrt(8 / 3)])
+    np.testing.assert_allclose(out[3].params["w"], want, rtol=1e-6)
+    assert all(out[i] is ups[i] for i in range(3))  # honest updates untouched
+    # z_max (Baruch et al.): n = 10, f = 2: s = floor(6) - 2 = 4, z = Phi^-1(6 / 10)
+    assert alie_z_max(10, 2) == pytest.approx(0.2533471, abs=1e-6)
+    out = omniscient("alie", current, ups, {3}, SimpleNamespace(alie_z=0.0))
+    z = alie_z_max(4, 1)  # s = 2, Phi^-1(0.5) = 0
+    assert z == pytest.approx(0.0, abs=1e-12)
+    np.testing.assert_allclose(out[3].params["w"], [3.0, 3.0], rtol=1e-6)
+
+
+def test_ipm_sends_minus_epsilon_times_the_honest_mean_and_turns_fedavg_around() -> None:
+    current = {"w": np.array([1.0, -1.0], "f4")}
+    ups = _updates([[2.0, 0.0], [4.0, -1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    cfg = SimpleNamespace(ipm_epsilon=3.0)
+    out = omniscient("ipm", current, ups, {2, 3, 4}, cfg)
+    honest_mean = np.array([2.0, 0.5])  # deltas [1, 1] and [3, 0]
+    for i in (2, 3, 4):
+        np.testing.assert_allclose(out[i].params["w"], current["w"] - 3.0 * honest_mean)
+    assert out[2].num_examples == 10 and out[0] is ups[0]
+    # FedAvg's step: (2 honest - 3 x 3 epsilon) / 5 of the honest mean: against it
+    step = _make_fedavg().aggregate(current, out)["w"] - current["w"]
+    assert float(step @ honest_mean) < 0
+    np.testing.assert_allclose(step, (2 - 3 * 3.0) / 5 * honest_mean, rtol=1e-6)
+    # no attacker sampled: nothing changes
+    assert omniscient("ipm", current, ups, set(), cfg) is ups
+
+
+def _make_fedavg():
+    from fedrs.orchestrator.strategies import make_strategy
+
+    return make_strategy("fedavg", global_keys=("w",), prompt_keys=())
+
+
+def test_normclip_adaptive_bound_is_the_median_norm() -> None:
+    from fedrs.orchestrator.config import StrategyConfig
+    from fedrs.orchestrator.strategies import make_strategy
+
+    current = {"w": np.zeros(2, "f4")}
+    # norms 1, 2, 5 (honest) and 50 (an attacker): median of four = (2 + 5) / 2
+    ups = _updates([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [30.0, 40.0]])
+    s = make_strategy(
+        "normclip",
+        global_keys=("w",),
+        prompt_keys=(),
+        options=StrategyConfig(name="normclip", clip_norm=0.0),
+    )
+    out = s.aggregate(current, ups)
+    assert s.bound == pytest.approx(3.5)
+    clipped = [[1.0, 0.0], [0.0, 2.0], [2.1, 2.8], [2.1, 2.8]]  # norm 5 and 50 -> 3.5
+    np.testing.assert_allclose(out["w"], np.mean(clipped, axis=0), rtol=1e-6)
+    fixed = make_strategy(
+        "normclip", global_keys=("w",), prompt_keys=(), options=StrategyConfig(clip_norm=1.0)
+    )
+    fixed.aggregate(current, ups)
+    assert fixed.bound == 1.0  # a constant bound still works
+    with pytest.raises(ConfigError, match=r"strategy\.clip_norm"):
+        StrategyConfig(clip_norm=-1.0)
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -1,77 +1,120 @@
-"""``fedrs bench robustness``'s arithmetic: the drop against clean FedAvg of the same method and
-seed, the headline figure, and Bulyan left out of a grid too small for it."""
+"""``fedrs bench robustness``: a real cell where boosted sign flip hurts FedAvg, the precondition
+that refuses a workload where it does not, the drops, recovered fractions and headline, and
+Bulyan left out of a grid too small for it."""
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from fedrs.benchmarks.robustness import attack_cells, drops, signflip_20, sweep_spec
+from fedrs.benchmarks.robustness import (
+    SEP,
+    ZEROSHOT,
+    arms,
+    attack_cells,
+    attack_table,
+    defences,
+    headline,
+    options,
+    precondition,
+    run_config,
+)
 
 
-def _row(method: str, defence: str, threat: str, seed: int, acc: float) -> dict[str, Any]:
-    return {
-        "method.name": method,
-        "defence": defence,
-        "threat": threat,
-        "federation.seed": seed,
-        "final_accuracy": acc,
-        "status": "finished",
-    }
+@pytest.mark.usefixtures("ray_cluster")
+def test_boosted_signflip_lowers_fedavg_in_a_real_cell(tmp_path: Path) -> None:
+    """The benchmark's own cell configuration, tiny (5 clients, 20 images per class, 4 rounds):
+    the student from scratch, clean and with 1 of 5 clients sending ``w_g - 10 (w - w_g)``."""
+    from fedrs.orchestrator.runner import run
+
+    o = options(rounds=4, clients=5, per_class=20, alpha=1.0, lr=0.05)
+    cells = {c["label"]: c for c in attack_cells(["signflip"], [0.2])}
+    acc = {}
+    for label in ("clean", "signflip 20%"):
+        cfg = run_config(o, {**cells[label], "strategy.name": "fedavg"}, 0)
+        cfg = cfg.replace(**{"resources.num_actors": 2})
+        assert cfg.attack.boost == 10.0 and cfg.method.name == "student"
+        summary = run(cfg, out=str(tmp_path / label), console=Console(file=io.StringIO()))
+        acc[label] = summary["final"]["accuracy"]
+    assert acc["clean"] >= 0.3, acc  # the clean federation learns (chance: 0.1) ...
+    assert acc["signflip 20%"] <= acc["clean"] - 0.15, acc  # ... and the attack undoes it
 
 
-def test_drops_are_against_clean_fedavg_of_the_same_seed() -> None:
-    rows = [
-        _row("promptfl", "fedavg", "clean", 0, 0.90),
-        _row("promptfl", "fedavg", "clean", 1, 0.80),
-        _row("promptfl", "median", "signflip 20%", 0, 0.89),
-        _row("promptfl", "median", "signflip 20%", 1, 0.76),
-        _row("promptfl", "krum", "signflip 20%", 0, 0.70),
-        _row("fedrsclip", "fedavg", "clean", 0, 0.50),
-        _row("fedrsclip", "normclip", "signflip 20%", 0, 0.47),
-        _row("fedrsclip", "fedavg", "signflip 20%", 0, 0.10),  # not a robust defence
-        {**_row("fedrsclip", "krum", "signflip 20%", 0, 0.0), "status": "failed"},
+def _accs(clean: list[float], attacked: dict[str, list[float]]) -> dict[str, dict[int, float]]:
+    out = {f"fedavg{SEP}clean": dict(enumerate(clean))}
+    for label, values in attacked.items():
+        out[label] = dict(enumerate(values))
+    return out
+
+
+def test_precondition_needs_ten_points_and_an_interval_excluding_zero() -> None:
+    head = f"fedavg{SEP}signflip 20%"
+    ok = precondition(_accs([0.9, 0.8, 0.85], {head: [0.6, 0.5, 0.6]}))
+    assert ok["valid"] and ok["fedavg_drop_points"] == pytest.approx(100 * 0.85 / 3)
+    lo, hi = ok["fedavg_drop_ci95"]
+    assert lo > 0 and (lo + hi) / 2 == pytest.approx(ok["fedavg_drop_points"])
+    # a big mean drop that one seed contradicts: the interval covers 0
+    assert not precondition(_accs([0.9, 0.8, 0.85], {head: [0.3, 0.3, 0.9]}))["valid"]
+    # a reliable but small drop
+    assert not precondition(_accs([0.9, 0.8, 0.85], {head: [0.85, 0.75, 0.8]}))["valid"]
+    # one seed: no interval, so no verdict of validity
+    assert not precondition(_accs([0.9], {head: [0.1]}))["valid"]
+
+
+def test_drops_recovered_fraction_verdicts_and_headline() -> None:
+    o = options(defences="median,krum,normclip", attacks="signflip,ipm", fractions=0.2)
+    names, _ = defences(o)
+    assert names == ["fedavg", "median", "krum", "normclip"]
+    cells = attack_cells(["signflip", "ipm"], [0.2])
+    sf, ipm = f"{SEP}signflip 20%", f"{SEP}ipm 20%"
+    accs = _accs(
+        [0.90, 0.80],
+        {
+            "fedavg" + sf: [0.40, 0.30],
+            "median" + sf: [0.89, 0.79],  # drop 1: recovers 49 of 50 points
+            "krum" + sf: [0.80, 0.70],
+            "normclip" + sf: [0.65, 0.55],  # halfway
+            "fedavg" + ipm: [0.50, 0.40],
+            "median" + ipm: [0.50, 0.40],
+            "krum" + ipm: [0.60, 0.50],
+            "normclip" + ipm: [0.45, 0.35],
+        },
+    )
+    table = attack_table(accs, names, cells)
+    s = table["signflip 20%"]
+    assert s["fedavg_drop_points"] == pytest.approx(50.0)
+    assert s["defences"]["median"]["drop_points"] == pytest.approx(1.0)
+    assert s["defences"]["median"]["recovered_fraction"] == pytest.approx(49 / 50)
+    assert s["defences"]["normclip"]["recovered_fraction"] == pytest.approx(0.5)
+    assert "median" in s["verdict"] and "every defence fails" not in s["verdict"]
+    assert table["ipm 20%"]["verdict"].startswith("every defence fails")
+    assert "krum" in table["ipm 20%"]["verdict"]  # the best of them, named
+    assert headline(table) == (pytest.approx(1.0), "median")
+    assert table["clean"]["verdict"] == "no attack"
+
+
+def test_arms_split_the_precondition_from_the_grid_and_bulyan_needs_4f_plus_3() -> None:
+    o = options(defences="median,bulyan", attacks="alie", fractions="0.1,0.3", byzantine=2)
+    first, rest, skipped = arms(o)
+    # the headline cell (20 % sign flip) runs even when the grid does not list it
+    assert [a["label"] for a in first] == [
+        f"fedavg{SEP}clean",
+        f"fedavg{SEP}signflip 20%",
+        ZEROSHOT,
     ]
-    table = {(r["method"], r["defence"], r["attack"]): r for r in drops(rows)}
-    median = table[("promptfl", "median", "signflip 20%")]
-    assert median["drop_points"] == pytest.approx((1.0 + 4.0) / 2)  # per seed, then the mean
-    assert median["accuracy"] == pytest.approx(0.825) and median["seeds"] == 2
-    assert table[("promptfl", "krum", "signflip 20%")]["drop_points"] == pytest.approx(20.0)
-    assert ("fedrsclip", "krum", "signflip 20%") not in table  # failed trials do not count
-    # the best robust defence per method (median 2.5, normclip 3.0), the worst over methods
-    assert signflip_20(list(table.values())) == pytest.approx(3.0)
-    assert signflip_20([r for r in table.values() if r["attack"] == "clean"]) is None
-
-
-def test_bulyan_needs_4f_plus_3_clients() -> None:
-    o = {
-        "methods": ["promptfl"],
-        "defences": ["fedavg", "bulyan"],
-        "attacks": ["signflip"],
-        "fractions": [0.2],
-        "seeds": [0],
-        "rounds": 2,
-        "clients": 10,
-        "per_class": 4,
-        "image_size": 32,
-        "local_epochs": 1,
-        "arch": "fedrs-tiny",
-        "pretrained": "",
-        "byzantine": 2,
-        "trim_fraction": 0.2,
-        "clip_norm": 1.0,
-    }
-    spec, skipped = sweep_spec(o)
-    assert [d["label"] for d in spec["grid"]["defence"]] == ["fedavg"]
     assert skipped == ["bulyan needs clients >= 11, got 10"]
-    spec, skipped = sweep_spec({**o, "clients": 11})
-    assert [d["label"] for d in spec["grid"]["defence"]] == ["fedavg", "bulyan"] and not skipped
-    cells = attack_cells(["signflip", "scale"], [0.1, 0.3])
-    assert [c["label"] for c in cells] == [
-        "clean",
-        "signflip 10%",
-        "signflip 30%",
-        "scale 10%",
-        "scale 30%",
+    assert [a["label"] for a in rest] == [
+        f"fedavg{SEP}alie 10%",
+        f"fedavg{SEP}alie 30%",
+        f"median{SEP}clean",
+        f"median{SEP}alie 10%",
+        f"median{SEP}alie 30%",
+        f"median{SEP}signflip 20%",
     ]
+    _, rest, skipped = arms({**o, "clients": 11})
+    assert not skipped and any(a["strategy.name"] == "bulyan" for a in rest)
+    with pytest.raises(ValueError, match="unknown options"):
+        options(methods="promptfl")

@@ -26,6 +26,10 @@ class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `fedrs strategies`
     options: ClassVar[tuple[str, ...]] = ()  # the strategy.* config keys it reads
+    # True: the server step of a mean of the updates, so ``aggregate(current, [u])`` with one
+    # update of weight 1 takes ``u.params`` as the round's mean (central DP hands it DP-FedAvg's
+    # noised mean that way, ``orchestrator/privacy.py``); robust aggregators are not
+    averages: ClassVar[bool] = False
 
     def __init__(self, upload_keys: tuple[str, ...]) -> None:
         self.upload_keys = upload_keys

@@ -42,6 +42,7 @@ def average_keys(current: Params, updates: list[ClientUpdate], keys: tuple[str, 
 class FedAvg(Strategy):
     name = "fedavg"
     summary = "average of every global tensor, weighted by the clients' examples"
+    averages = True
 
     def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
         return average_keys(current, updates, self.upload_keys)

@@ -63,6 +63,7 @@ class ServerOptimizer(Strategy):
 
     moments: ClassVar[tuple[str, ...]] = ()
     options = ("server_lr",)
+    averages = True
     default_lr: ClassVar[float] = 1.0  # strategy.server_lr when it is not set
 
     def __init__(self, upload_keys: tuple[str, ...], cfg: Any) -> None:

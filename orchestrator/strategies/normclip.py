@@ -1,5 +1,10 @@
 """Norm bounding (Sun et al., 2019): each client's update ``w - w_global`` (all its tensors
-together) clipped to L2 norm ``clip_norm``, then FedAvg of the clipped updates."""
+together) clipped to L2 norm ``clip_norm``, then FedAvg of the clipped updates.
+
+``clip_norm = 0``: an adaptive bound from the round's own norms, their median. While fewer
+than half the updates are an attacker's, the median is an honest client's norm (or lies
+between two), so no attacker's update outweighs the typical honest one however it is scaled.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,25 @@ from fedrs.orchestrator.strategies.fedavg import average_keys
 from fedrs.orchestrator.strategies.robust import clip_to_norm
 
 
+def _delta(current: Params, update: ClientUpdate) -> np.ndarray:
+    """``w - w_global`` over all the update's tensors, flattened (sorted by name)."""
+    keys = sorted(update.params)
+    if not keys:
+        return np.zeros(0)
+    return np.concatenate(
+        [np.asarray(update.params[k], np.float64).ravel() - current[k].ravel() for k in keys]
+    )
+
+
+def median_norm(current: Params, updates: list[ClientUpdate]) -> float:
+    """The median L2 norm of the updates' deltas (the adaptive bound, ``clip_norm = 0``)."""
+    return float(np.median([np.linalg.norm(_delta(current, u)) for u in updates]))
+
+
 def clip_update(current: Params, update: ClientUpdate, c: float) -> ClientUpdate:
     """The update with its whole delta scaled to norm <= ``c`` (one factor for all tensors)."""
     keys = sorted(update.params)
-    delta = (
-        np.concatenate(
-            [np.asarray(update.params[k], np.float64).ravel() - current[k].ravel() for k in keys]
-        )
-        if keys
-        else np.zeros(0)
-    )
+    delta = _delta(current, update)
     clipped = clip_to_norm(delta, c)
     scale = (
         1.0
@@ -41,12 +55,13 @@ def clip_update(current: Params, update: ClientUpdate, c: float) -> ClientUpdate
 
 class NormClip(Strategy):
     name = "normclip"
-    summary = "each client's update clipped to L2 norm clip_norm, then FedAvg"
+    summary = "each update clipped to L2 norm clip_norm (0: the median update norm), then FedAvg"
     options = ("clip_norm",)
 
     def __init__(self, upload_keys: tuple[str, ...], c: float) -> None:
         super().__init__(upload_keys)
         self.c = c
+        self.bound = c  # the last round's bound (adaptive: its median norm)
 
     @classmethod
     def create(
@@ -55,5 +70,6 @@ class NormClip(Strategy):
         return cls(global_keys, options.clip_norm)
 
     def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
-        clipped = [clip_update(current, u, self.c) for u in updates]
+        self.bound = self.c if self.c > 0 else median_norm(current, updates)
+        clipped = [clip_update(current, u, self.bound) for u in updates]
         return average_keys(current, clipped, self.upload_keys)

@@ -17,6 +17,7 @@ from fedrs.orchestrator.strategies.fedavg import average_keys
 class PromptAveraging(Strategy):
     name = "prompt_avg"
     summary = "only the method's shared prompt tensors travel and are averaged"
+    averages = True
 
     @classmethod
     def create(
