@@ -189,6 +189,31 @@ def diverged(row: dict[str, Any]) -> bool:
     return row.get("status") == "failed" and "non-finite" in str(row.get("error") or "")
 
 
+def write_stored(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every trial of the benchmark's sweeps as one ``results.csv`` (axes ``arm`` and
+    ``federation.seed``): what benchmarks/README.md's robustness tables are made from
+    (``fedrs sweep report FILE --compare "arm=*:fedavg | clean"``). A diverged trial is scored as
+    this benchmark scores it, at chance: ``status`` finished, ``final_accuracy`` CHANCE,
+    ``diverged`` 1, its error kept. Run folders (temporary) are left out."""
+    import csv
+
+    from fedrs.io import atomic_open
+
+    out = []
+    for r in rows:
+        r = {k: v for k, v in r.items() if k != "run_dir"}
+        r["diverged"] = int(diverged(r))
+        if r["diverged"]:
+            r |= {"status": "finished", "final_accuracy": CHANCE}
+        out.append(r)
+    lead = ["trial", "arm", "federation.seed", "status", "error", "diverged"]
+    cols = lead + sorted({k for r in out for k in r} - set(lead))
+    with atomic_open(path, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(out)
+
+
 def per_seed(rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Final accuracy by arm label and seed: finished trials, and diverged ones at chance."""
     out: dict[str, dict[int, float]] = {}
@@ -456,6 +481,9 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "skipped": skipped,
     }
     rows = run_sweeps([(root / "precondition", sweep_spec(o, first))])
+    stored = Path(json_path).with_suffix(".results.csv") if json_path else None
+    if stored is not None:
+        write_stored(rows, stored)
     accs = per_seed(rows)
     pre = precondition(accs)
     clean = interval(list(accs.get(f"fedavg{SEP}{CLEAN}", {}).values()))
@@ -479,6 +507,8 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
             "excluding 0"
         )
     rows += run_sweeps([(root / "grid", sweep_spec(o, rest))]) if rest else []
+    if stored is not None:
+        write_stored(rows, stored)
     accs = per_seed(rows)
     cells = attack_cells(o["attacks"], o["fractions"])
     if cell_label(*HEADLINE) not in {c["label"] for c in cells}:
@@ -506,6 +536,7 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "failed": sum(r.get("status") == "failed" for r in rows),
         "diverged": sum(diverged(r) for r in rows),  # counted at chance accuracy
         "plot": str(figure) if figure else None,
+        "results_csv": str(stored) if stored else None,
         "wall_s": time.perf_counter() - t0,
         "machine": machine_info(),
     }

@@ -32,7 +32,8 @@ class CompareError(FedrsError):
 
 @dataclass(frozen=True)
 class Comparison:
-    """``axis=a:b``: the differences ``a - b`` along ``axis``."""
+    """``axis=a:b``: the differences ``a - b`` along ``axis``; ``axis=*:b``: every other value
+    of the axis against ``b`` (each arm against one baseline)."""
 
     axis: str
     a: str
@@ -97,6 +98,18 @@ def paired_differences(
     if c.axis not in axes:
         raise CompareError(f"--compare {c}: {c.axis!r} is not an axis of this sweep ({axes})")
     present = {value_text(r.get(c.axis)) for r in rows}
+    if c.a == "*":  # each value against the baseline, in the rows' order
+        if c.b not in present:
+            raise CompareError(f"--compare {c}: {c.axis} has no value {c.b!r}")
+        values = dict.fromkeys(value_text(r.get(c.axis)) for r in rows)
+        return [
+            result
+            for v in values
+            if v != c.b
+            for result in paired_differences(
+                rows, axes, Comparison(c.axis, v, c.b), metrics, is_seed
+            )
+        ]
     for arm in (c.a, c.b):
         if arm not in present:
             raise CompareError(
@@ -115,6 +128,8 @@ def paired_differences(
         cells.setdefault(group, {c.a: {}, c.b: {}})[side][key] = r
     out = []
     for group, sides in cells.items():
+        if not (sides[c.a] and sides[c.b]):  # this group does not hold the comparison
+            continue
         keys = sorted(set(sides[c.a]) | set(sides[c.b]))
         for metric in metrics:
             pairs, unpaired = [], []

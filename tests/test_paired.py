@@ -97,6 +97,19 @@ def test_a_clear_difference_excludes_zero_and_the_sign_follows_a_minus_b() -> No
     assert yx["mean"] == pytest.approx(-xy["mean"]) and yx["ci95"] == pytest.approx(xy["ci95"])
 
 
+def test_a_star_compares_every_arm_with_the_baseline() -> None:
+    out = paired_differences(
+        rows(), AXES, Comparison.parse("arm=*:fedavg"), ["final_accuracy"], is_seed_axis
+    )
+    assert [(r["compare"], r["group"]["data.alpha"]) for r in out] == [
+        ("arm=creff:fedavg", "0.1"),
+        ("arm=creff:fedavg", "0.5"),
+        ("arm=other:fedavg", "0.5"),
+    ]
+    assert out[2]["n"] == 1 and out[2]["mean"] == pytest.approx(0.1 - 0.45)
+    assert out[2]["ci95"] is None and not out[2]["excludes_zero"]
+
+
 @pytest.mark.parametrize(
     ("spec", "words"),
     [

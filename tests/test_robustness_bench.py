@@ -118,3 +118,36 @@ def test_arms_split_the_precondition_from_the_grid_and_bulyan_needs_4f_plus_3() 
     assert not skipped and any(a["strategy.name"] == "bulyan" for a in rest)
     with pytest.raises(ValueError, match="unknown options"):
         options(methods="promptfl")
+
+
+def test_the_stored_results_score_a_diverged_trial_at_chance_and_compare_to_clean(
+    tmp_path: Path,
+) -> None:
+    from fedrs.benchmarks.robustness import CHANCE, write_stored
+    from fedrs.orchestrator.sweep_report import stored_report
+
+    rows = []
+    for seed, (clean, attacked) in enumerate([(0.8, 0.2), (0.7, None), (0.75, 0.25)]):
+        rows.append(
+            {"trial": f"c{seed}", "arm": "fedavg | clean", "federation.seed": seed}
+            | {"status": "finished", "error": None, "final_accuracy": clean, "run_dir": "/x"}
+        )
+        failed = attacked is None
+        rows.append(
+            {"trial": f"a{seed}", "arm": "fedavg | signflip 20%", "federation.seed": seed}
+            | {
+                "status": "failed" if failed else "finished",
+                "error": "RoundFailedError: x has non-finite values" if failed else None,
+                "final_accuracy": attacked,
+                "run_dir": "/x",
+            }
+        )
+    path = tmp_path / "robustness.results.csv"
+    write_stored(rows, path)
+    text = path.read_text()
+    assert "run_dir" not in text and "non-finite" in text  # the error is kept
+    report = stored_report(path, compare=["arm=*:fedavg | clean"], scale=100)
+    # drops -60, -(70 - 100 CHANCE), -50: the diverged seed counts at chance, not dropped
+    diffs = [-60.0, 100 * CHANCE - 70.0, -50.0]
+    assert " / ".join(f"{d:+.4f}" for d in diffs) in report
+    assert "Unpaired" not in report
