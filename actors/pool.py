@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Hashable
@@ -44,7 +45,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedrs.actors.client import ClientWorker
-from fedrs.errors import FedrsError, remote_error
+from fedrs.errors import FedrsError, RunStopped, remote_error
 from fedrs.methods.base import Method
 from fedrs.orchestrator.config import RunConfig
 
@@ -201,6 +202,7 @@ class ClientPool:
         costs: list[float] | None = None,
         depth: int = 2,
         affinity: list[Hashable] | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[dict[int, Any], dict[int, str]]:
         """Run ``actor.<method>(shared, task)`` for every task; results and failure reasons
         keyed by task index. ``shared`` (e.g. an ObjectRef of the global tensors) is passed to
@@ -215,7 +217,10 @@ class ClientPool:
         ``affinity`` (e.g. the client ids) keeps a task on the actor that last completed a task
         of the same key, so what an actor caches per client (FedDiff's diffusion features) is
         hit again: a free actor takes its own key's task first when that task's cost is within
-        ``AFFINITY_SLACK`` of the largest pending one, else the largest."""
+        ``AFFINITY_SLACK`` of the largest pending one, else the largest.
+
+        ``stop``: once set (checked at least every second), the tasks not yet done are
+        cancelled and ``RunStopped`` is raised (the caller abandons the work)."""
         if costs is not None and len(costs) != len(tasks):
             raise ValueError(f"{len(costs)} costs for {len(tasks)} tasks")
         if affinity is not None and len(affinity) != len(tasks):
@@ -331,6 +336,11 @@ class ClientPool:
                 )
 
         while pending or owner:
+            if stop is not None and stop.is_set():
+                for queue in queues:
+                    for ref, _, _ in queue:
+                        ray.cancel(ref, force=False)  # queued ones never start
+                raise RunStopped(f"{method}: stopped with {len(owner) + len(pending)} tasks left")
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
@@ -385,7 +395,9 @@ class ClientPool:
                     owner[ref] = ai
             watch = list(owner) + (list(probes.values()) if pending else [])
             ready, _ = ray.wait(
-                watch, num_returns=1, timeout=min(remaining, 1.0) if probes else remaining
+                watch,
+                num_returns=1,
+                timeout=min(remaining, 1.0) if probes or stop is not None else remaining,
             )
             ready = [r for r in ready if r in owner]
             for ref in ready:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -640,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -653,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # output to a file or pipe: no colour codes around Ray's worker-log prefixes (rich
         # already leaves its own out); the user's own RAY_COLOR_PREFIX wins
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _terminate)  # `ray job stop`: as Ctrl-C (also after Ray)
     try:
         return int(args.func(args) or 0)
     except FedrsError as exc:

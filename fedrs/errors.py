@@ -13,6 +13,10 @@ class ConfigError(FedrsError):
     """A configuration key is unknown or a value is invalid."""
 
 
+class RunStopped(FedrsError):
+    """The run was asked to stop (Ctrl-C, SIGTERM): the round in flight is abandoned."""
+
+
 class DataError(FedrsError):
     """A data source cannot be read (missing directory, corrupt image, bad caption file)."""
 

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ import ray
 from fedrs.actors.client import Download, EvalTask, FitTask
 from fedrs.actors.pool import ClientPool, PerTask, Placement
 from fedrs.datasets.manifest import FedDataset
-from fedrs.errors import ConfigError, FedrsError
+from fedrs.errors import ConfigError, FedrsError, RunStopped
 from fedrs.faults import inject
 from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
@@ -155,6 +156,8 @@ class Driver:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.method_cls = method_cls
+        self._stop = threading.Event()  # request_stop: Ctrl-C / SIGTERM in the caller
+        self._sampled: list[int] = []
         self.data = FedDataset(data_path, verify=False)
         if cfg.data.num_clients != self.data.num_clients and cfg.data.path:
             log.info(
@@ -270,9 +273,25 @@ class Driver:
             yield record
             return
         for rnd in range(self.round + 1, fed.rounds + 1):
-            yield self.run_round(rnd)
+            if self._stop.is_set():
+                return
+            try:
+                record = self.run_round(rnd)
+            except RunStopped:  # the round in flight is abandoned: its private states too
+                for cid in self._sampled:
+                    self.store.discard(cid, rnd)
+                log.info("round %d abandoned: the run was asked to stop", rnd)
+                return
+            yield record
             if stop_after is not None and rnd >= stop_after:
                 return
+
+    def request_stop(self) -> int:
+        """Stop the run soon (runs beside ``run``: the driver actor has two threads): a round
+        still training is abandoned (nothing of it is kept), a round already aggregated is
+        evaluated and checkpointed; ``run`` then ends. Returns the last complete round."""
+        self._stop.set()
+        return self.round
 
     def run_round(self, rnd: int) -> dict[str, Any]:
         fed = self.cfg.federation
@@ -281,6 +300,7 @@ class Driver:
         sampled = sample_round(
             self.cfg, self.num_registered, self.data.num_clients, self.excluded, rnd
         )
+        self._sampled = sampled  # whose private state an abandoned round discards
         # each client receives its group's tensors: objects per distinct group, what the last
         # round left unchanged in one that actors keep resident; a client is charged for what
         # it does not hold yet
@@ -302,7 +322,13 @@ class Driver:
         costs = [self.data.clients[c % parts].train.num_examples for c in sampled]
         steals = self.pool.steals
         results, failures = self.pool.map(  # a client stays on its actor: per-actor caches hit
-            "fit", params_ref, tasks, fed.round_timeout_s, costs, affinity=list(sampled)
+            "fit",
+            params_ref,
+            tasks,
+            fed.round_timeout_s,
+            costs,
+            affinity=list(sampled),
+            stop=self._stop,  # a stop abandons the round while it trains (RunStopped)
         )
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         for ti in results:  # delivered (a task that failed may not have received its tensors)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,22 @@ def connect_ray() -> None:
             include_dashboard=False,
             log_to_driver=True,
         )
+    _sigterm_as_ctrl_c()
+
+
+class StoppedByUser(KeyboardInterrupt):
+    """A run stopped by Ctrl-C / SIGTERM after writing its summary (exit status 130)."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (``ray job stop``) stops a run as Ctrl-C does. ``ray.init`` installs its own
+    handler, which logs and aborts the process: ours goes back on after it (main thread only)."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def finished_summary(run_dir: Path, cfg: RunConfig, completed: int) -> dict[str, Any] | None:
@@ -268,6 +285,8 @@ def _run_locked(
     )
     try:
         return _stream(driver, pool, checked, run_dir, stop_after, console, on_round)
+    except StoppedByUser:
+        raise  # the console said where it stopped and how to go on
     except BaseException:  # after the driver started: what can be resumed is said
         if (run_dir / checkpoint.DIR / "latest.json").is_file():
             log.warning("the run stopped; continue it with: fedrs run --resume %s", run_dir)
@@ -286,6 +305,10 @@ def _stream(
     """``_drive`` with the driver's errors as one line and its actors always released."""
     try:
         return _drive(driver, checked, run_dir, stop_after, console, on_round)
+    except KeyboardInterrupt:  # after a stop, or a second Ctrl-C: end the actors now
+        ray.kill(driver)
+        shutdown_pool(pool)
+        raise
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, FedrsError):  # one line for the user, not a traceback
             raise exc.cause from None
@@ -330,7 +353,10 @@ def spawn_driver(
     pool = ClientPool(
         cfg, method_cls, data_path, str((run_dir / STATE_DIR).resolve()), placement=placement
     )
-    driver = ray.remote(num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus)(Driver)
+    # two threads: request_stop (Ctrl-C) must run while run() streams rounds
+    driver = ray.remote(
+        num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus, max_concurrency=2
+    )(Driver)
     if placement is not None:
         driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
     elif res.driver_node == "local" and (strategy := driver_strategy(res)) is not None:
@@ -392,14 +418,36 @@ def _drive(
         + f"; weights: {checked.weights} -> {run_dir}"
     )
     head = checked.method_cls.headline
-    for ref in driver.run.options(num_returns="streaming").remote(stop_after):
-        rec = ray.get(ref)
+    stopping = False
+    rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
+    while True:
+        try:
+            rec = ray.get(next(rounds))
+        except StopIteration:
+            break
+        except KeyboardInterrupt:  # the first Ctrl-C / SIGTERM: stop soon, keep what is done
+            if stopping:
+                raise  # the second: at once (the last checkpoint is whole: atomic writes)
+            stopping = True
+            last = ray.get(driver.request_stop.remote())
+            console.print(
+                f"stopping: the round in flight is abandoned unless already aggregated; the "
+                f"run ends after round {last} or the next (Ctrl-C again to exit at once)"
+            )
+            continue
         console.print(_progress_line(rec, cfg.federation.rounds, head))
         if on_round is not None:
             on_round(rec)
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
+    if stopping:
+        done = summary["rounds_completed"]
+        console.print(
+            f"stopped after round {done} of {cfg.federation.rounds}: summary.json and plots "
+            f"written; continue with: fedrs run --resume {run_dir}"
+        )
+        raise StoppedByUser
     summary["run_dir"] = str(run_dir)
     summary["actors"] = actors  # where they ran (node, placement group, device)
     summary["driver_placement_group_id"] = ray.get(driver.placement_group_id.remote())
