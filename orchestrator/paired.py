@@ -175,6 +175,11 @@ def paired_differences(
     return out
 
 
+def md_cell(text: Any) -> str:
+    """A markdown table cell: a ``|`` in a label would split it."""
+    return str(text).replace("|", "\\|")
+
+
 def _num(v: float | None, digits: int) -> str:
     return "-" if v is None else f"{v:+.{digits}f}"
 
@@ -205,8 +210,8 @@ def paired_markdown(results: list[dict[str, Any]], scale: float = 1.0, digits: i
             "| "
             + " | ".join(
                 [
-                    f"{a} - {b}",
-                    *(str(r["group"].get(k, "")) for k in group_axes),
+                    md_cell(f"{a} - {b}"),
+                    *(md_cell(r["group"].get(k, "")) for k in group_axes),
                     r["metric"],
                     cell,
                     str(r["n"]),
@@ -219,5 +224,5 @@ def paired_markdown(results: list[dict[str, Any]], scale: float = 1.0, digits: i
     unpaired = [(r["compare"], r["metric"], u) for r in results for u in r["unpaired"]]
     if unpaired:
         lines.append("\nUnpaired trials (left out of the differences above):\n")
-        lines += [f"- {c}, {m}: {u}" for c, m, u in unpaired]
+        lines += [f"- {md_cell(c)}, {m}: {md_cell(u)}" for c, m, u in unpaired]
     return "\n".join(lines) + "\n"

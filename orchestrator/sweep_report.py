@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedrs.io import atomic_open, new_figure, save_figure, write_bytes, write_json
+from fedrs.orchestrator.paired import md_cell
 from fedrs.orchestrator.sweep import (
     TRIALS,
     SweepError,
@@ -171,7 +172,7 @@ def markdown(groups: list[dict[str, Any]], keys: list[str], metrics: list[str]) 
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for g in groups:
-        cells = [str(g[k]) for k in keys] + [_fmt(g[m]) for m in metrics]
+        cells = [md_cell(g[k]) for k in keys] + [_fmt(g[m]) for m in metrics]
         lines.append("| " + " | ".join([*cells, str(g["trials"]), str(g["failed"])]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -384,7 +385,8 @@ def report_text(
         cmp_metrics = [m for m in cmp_metrics if any(r.get(m) is not None for r in rows)]
         results += paired_differences(rows, axes, Comparison.parse(spec), cmp_metrics, is_seed_axis)
     if results:
-        text += ["\n## Paired comparisons\n", paired_markdown(results, scale)]
+        heading = "## Paired comparisons" if title else "**Paired comparisons.**"
+        text += [f"\n{heading}\n", paired_markdown(results, scale)]
     return "\n".join(text), metrics, results
 
 

@@ -7,6 +7,8 @@ command producing it from a study's stored ``results.csv`` (kept beside its swee
     ...what that command prints...
     <!-- /table -->
 
+(each marker at the start of its own line).
+
 ``fedrs sweep tables FILE.md`` rewrites every such block from its command (atomically);
 ``--check`` changes nothing and fails, naming the blocks, when any differs: a number edited by
 hand, or results changed without the text. Paths in a command are relative to the repository
@@ -23,7 +25,9 @@ from pathlib import Path
 from fedrs.io import atomic_open
 from fedrs.orchestrator.sweep import SweepError
 
-BLOCK = re.compile(r"(<!-- table: (?P<cmd>.+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+BLOCK = re.compile(
+    r"^(<!-- table: (?P<cmd>[^\n]+?) -->\n)(?P<body>.*?)^(<!-- /table -->)", re.S | re.M
+)
 PREFIX = ["fedrs", "sweep", "report"]
 
 
@@ -48,7 +52,10 @@ def render(command: str, doc: Path) -> str:
     """What ``command`` (``fedrs sweep report FILE.results.csv ...``) prints."""
     from fedrs.orchestrator.sweep_report import stored_report
 
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise SweepError(f"{doc}: cannot read the table command {command!r}: {exc}") from None
     if words[:3] != PREFIX:
         raise SweepError(
             f"{doc}: a table's command must start with 'fedrs sweep report': {command}"

@@ -198,3 +198,11 @@ def test_a_report_table_in_the_sweep_file_is_validated() -> None:
         parse_sweep({"report": {"comprae": []}})
     with pytest.raises(SweepError, match="list of strings"):
         parse_sweep({"report": {"compare": [1]}})
+
+
+def test_the_readme_tables_match_their_stored_results() -> None:
+    readme = Path(__file__).resolve().parents[1] / "benchmarks" / "README.md"
+    assert blocks(readme), "benchmarks/README.md has no regenerated table"
+    assert regenerate(readme, check=True) == []
+    with pytest.raises(SweepError, match="missing"):
+        stored_report(readme.parent / "sweeps" / "no-such.results.csv")
