@@ -178,6 +178,9 @@ class Method(ABC):
     # the synthetic default data a run without data.path builds for it: "images" (scenes
     # of land-cover classes) or "scene" (a co-registered HSI + LiDAR scene)
     synthetic_data: ClassVar[str] = "images"
+    # what the data must hold, checked in preflight before Ray starts: "labels" (class
+    # labels), "captions" (image-text pairs), "modalities" (co-registered HSI / LiDAR bands)
+    needs: ClassVar[frozenset[str]] = frozenset({"labels"})
     # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
     # training shard (e.g. fine-tuning the global prompt locally); see there
     personalizes: ClassVar[bool] = False

@@ -232,6 +232,7 @@ class _PixelMethod(Method):
     params, the staged upload groups, low-rank uploads, OA / AA / kappa."""
 
     synthetic_data: ClassVar[str] = "scene"
+    needs: ClassVar[frozenset[str]] = frozenset({"labels", "modalities"})
     extra_keys = (LOWRANK,)
     nets: nn.ModuleDict
 

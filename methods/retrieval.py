@@ -32,6 +32,7 @@ class RetrievalMethod(ClipMethod):
     """Base of the retrieval methods: subclasses define ``build`` and ``tensor_shapes``."""
 
     headline = "mR"
+    needs: ClassVar[frozenset[str]] = frozenset({"captions"})
     prefix: ClassVar[str] = ""  # the names of the trained tensors start with this
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:

@@ -60,6 +60,7 @@ class DataCheck:
     partitions: int
     num_classes: int
     excluded: dict[int, str] = field(default_factory=dict)  # partition -> why it is left out
+    holds: frozenset[str] | None = None  # labels / captions / modalities; None: synthetic
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,46 @@ def check_data(cfg: RunConfig, run_dir: Path | None) -> DataCheck:
         raise ShardIntegrityError(f"every client shard of {path} is damaged; rebuild the dataset")
     for cid, why in excluded.items():
         log.warning("client %d left out of the run (data.bad_shards=exclude): %s", cid, why)
-    return DataCheck(str(Path(path).resolve()), ds.num_clients, ds.num_classes, excluded)
+    manifest = ds.manifest
+    holds = {
+        "labels": bool(manifest.get("classes")),
+        "captions": manifest.get("kind") == "captions",
+        "modalities": bool(manifest.get("modalities")),
+    }
+    return DataCheck(
+        str(Path(path).resolve()),
+        ds.num_clients,
+        ds.num_classes,
+        excluded,
+        frozenset(k for k, v in holds.items() if v),
+    )
+
+
+DATA_HINTS = {
+    "labels": "a classification build (ImageFolder sources), or a caption build given "
+    "--caption-classes",
+    "captions": "a caption build (`fedrs data build --source NAME=DIR` of a dataset.json "
+    "caption dataset)",
+    "modalities": "a multi-modal build (`fedrs data synth --multimodal`, or .mat sources)",
+}
+
+
+def check_data_kind(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) -> None:
+    """The data holds what the method needs (``Method.needs``): a caption build for retrieval,
+    class labels for classifiers, co-registered modalities for FedDiff; one line naming the
+    fix, before anything starts."""
+    if data.holds is None:  # the synthetic default the method asks for
+        holds = {"labels"} | ({"modalities"} if method_cls.synthetic_data == "scene" else set())
+    else:
+        holds = set(data.holds)
+    missing = sorted(method_cls.needs - holds)
+    if missing:
+        where = f"data.path {cfg.data.path}" if data.path else "the synthetic default data"
+        raise ConfigError(
+            f"method {cfg.method.name} needs {' and '.join(missing)}; {where} holds "
+            f"{', '.join(sorted(holds)) or 'neither'}: use "
+            + "; ".join(DATA_HINTS[m] for m in missing)
+        )
 
 
 # ------------------------------------------------------------------------------- federation
@@ -525,6 +565,7 @@ def preflight(
     only once everything else has passed."""
     data = check_data(cfg, run_dir)
     method_cls, strategy, _ = resolve_names(cfg, data.num_classes, method_cls)
+    check_data_kind(cfg, data, method_cls)
     registered = check_federation(cfg, data)
     weights = check_weights(cfg.model.arch, cfg.model.pretrained, fetch=fetch_weights)
     check_cluster(cfg, connect)

@@ -1,0 +1,70 @@
+"""A method on the wrong kind of data is refused in preflight, before Ray, in one line naming
+the fix (`Method.needs` against what the build holds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_cli_mistakes import assert_one_line_error, fedrs, tree
+
+from conftest import make_caption_dataset, make_imagefolder
+from fedrs.datasets.builder import BuildSpec, build
+from fedrs.datasets.partition import PartitionSpec
+from fedrs.errors import ConfigError
+from fedrs.methods import method_class
+from fedrs.orchestrator.config import from_dict
+from fedrs.orchestrator.preflight import check_data, check_data_kind
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("kinds")
+    out = {}
+    for kind, src in (
+        ("captions", make_caption_dataset(root / "caps")),
+        ("images", make_imagefolder(root / "imgs", {"forest": 6, "river": 6})),
+    ):
+        out[kind] = root / f"built-{kind}"
+        build(
+            BuildSpec(
+                sources=((kind, str(src)),),
+                out=str(out[kind]),
+                partition=PartitionSpec(scheme="iid", num_clients=2, min_examples=1),
+                image_size=16,
+                workers=1,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("method", "kind", "needle"),
+    [
+        ("promptfl", "captions", "needs labels"),
+        ("pe_rsitr", "images", "needs captions"),
+        ("feddiff", "images", "needs modalities"),
+    ],
+)
+def test_the_wrong_kind_of_data_is_refused(
+    builds: dict[str, Path], method: str, kind: str, needle: str
+) -> None:
+    cfg = from_dict({"method": {"name": method}, "data": {"path": str(builds[kind])}})
+    with pytest.raises(ConfigError, match=needle):
+        check_data_kind(cfg, check_data(cfg, None), method_class(method))
+
+
+def test_the_right_kind_passes(builds: dict[str, Path]) -> None:
+    for method, kind in (("promptfl", "images"), ("pe_rsitr", "captions")):
+        cfg = from_dict({"method": {"name": method}, "data": {"path": str(builds[kind])}})
+        check_data_kind(cfg, check_data(cfg, None), method_class(method))
+    cfg = from_dict({"method": {"name": "feddiff"}})  # its synthetic default is a scene
+    check_data_kind(cfg, check_data(cfg, None), method_class("feddiff"))
+
+
+def test_cli_refuses_before_ray_and_writes_nothing(builds: dict[str, Path], tmp_path: Path) -> None:
+    before = tree(tmp_path)
+    proc = fedrs(tmp_path, "run", "--set", f"data.path={builds['captions']}", "--out", "r")
+    assert_one_line_error(proc, "method promptfl needs labels", "--caption-classes")
+    assert "Ray instance" not in proc.stderr
+    assert tree(tmp_path) == before and not (tmp_path / "r").exists()
