@@ -295,6 +295,13 @@ class Method(ABC):
         return None
 
     @classmethod
+    def check_run(cls, cfg: RunConfig) -> list[str]:
+        """Settings that cannot make a meaningful run, checked in preflight: raise ConfigError
+        (one line, with the fix) when the run could not mean anything; return warnings (each
+        with the fix) for what rarely does. Default: none."""
+        return []
+
+    @classmethod
     def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
         """The extra payloads (of ``extra_keys``) clients send at all under ``cfg``; default:
         all of them. Under ``privacy.mode`` a method is refused when any are sent (DP clips and

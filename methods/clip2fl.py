@@ -318,6 +318,20 @@ class CLIP2FL(Method):
     download_only = (HEAD_W, HEAD_B)
     extra_keys = (GRAD,)
 
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> list[str]:
+        """Rule: a teacher with random weights (no ``model.pretrained``) teaches chance; when
+        the clients distil from it or the server aligns to its text features, say so loudly."""
+        opts = cfg.method.options
+        if cfg.model.pretrained or not (opts.kd_alpha > 0 or opts.lambda_pcl > 0):
+            return []
+        return [
+            f"{cfg.method.name} distils from its CLIP teacher ({cfg.model.arch}), which has "
+            "random weights (model.pretrained is empty): its targets are at chance. Give "
+            "model.pretrained (a `fedrs pretrain` checkpoint or an open_clip tag), or set "
+            "method.kd_alpha=0 and method.lambda_pcl=0 to train without it"
+        ]
+
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
         self.opts: Clip2FLOptions = cfg.method.options

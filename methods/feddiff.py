@@ -363,6 +363,21 @@ class FedDiff(_PixelMethod):
     Options = FedDiffOptions
 
     @classmethod
+    def check_run(cls, cfg: RunConfig) -> list[str]:
+        """Rule: the classifier trains only after the diffusion stage, so federation.rounds
+        must exceed its rounds (else every round predicts one class)."""
+        from fedrs.errors import ConfigError
+
+        stage1 = cfg.method.options.stage1_rounds
+        if cfg.federation.rounds <= stage1:
+            raise ConfigError(
+                f"federation.rounds={cfg.federation.rounds} leaves FedDiff's classifier untrained: "
+                f"its first method.diffusion_rounds={stage1} rounds train only the diffusion "
+                f"U-Nets; set federation.rounds above {stage1} or lower method.diffusion_rounds"
+            )
+        return []
+
+    @classmethod
     def build_nets(
         cls, cfg: RunConfig, modalities: dict[str, dict[str, int]], num_classes: int
     ) -> nn.ModuleDict:

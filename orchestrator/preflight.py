@@ -566,6 +566,8 @@ def preflight(
     data = check_data(cfg, run_dir)
     method_cls, strategy, _ = resolve_names(cfg, data.num_classes, method_cls)
     check_data_kind(cfg, data, method_cls)
+    for warning in method_cls.check_run(cfg):  # errors raise; warnings are said, loudly
+        log.warning("%s", warning)
     registered = check_federation(cfg, data)
     weights = check_weights(cfg.model.arch, cfg.model.pretrained, fetch=fetch_weights)
     check_cluster(cfg, connect)

@@ -68,3 +68,30 @@ def test_cli_refuses_before_ray_and_writes_nothing(builds: dict[str, Path], tmp_
     assert_one_line_error(proc, "method promptfl needs labels", "--caption-classes")
     assert "Ray instance" not in proc.stderr
     assert tree(tmp_path) == before and not (tmp_path / "r").exists()
+
+
+def test_runs_that_cannot_mean_anything_are_refused_or_said_loudly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fedrs.orchestrator.preflight import preflight
+
+    short = from_dict({"method": {"name": "feddiff"}, "federation": {"rounds": 3}})
+    with pytest.raises(ConfigError, match=r"rounds=3 leaves FedDiff's classifier untrained"):
+        preflight(short, fetch_weights=False)
+    ok = from_dict(
+        {"method": {"name": "feddiff", "diffusion_rounds": 2}, "federation": {"rounds": 3}}
+    )
+    assert method_class("feddiff").check_run(ok) == []
+    teacher = from_dict({"method": {"name": "clip2fl"}})
+    (warning,) = method_class("clip2fl").check_run(teacher)
+    assert "random weights" in warning and "model.pretrained" in warning
+    assert method_class("creff").check_run(from_dict({"method": {"name": "creff"}})) == []
+    no_kd = from_dict({"method": {"name": "clip2fl", "kd_alpha": 0.0, "lambda_pcl": 0.0}})
+    assert method_class("clip2fl").check_run(no_kd) == []
+    ckpt = from_dict({"method": {"name": "clip2fl"}, "model": {"pretrained": "openai"}})
+    assert method_class("clip2fl").check_run(ckpt) == []
+    with caplog.at_level("WARNING"):
+        preflight(teacher, fetch_weights=False)
+    assert any(
+        "teaches" in r.getMessage() or "random weights" in r.getMessage() for r in caplog.records
+    )
