@@ -45,7 +45,7 @@ from fedrs.orchestrator.attacks import OMNISCIENT, omniscient
 from fedrs.orchestrator.config import RunConfig, with_data_path
 from fedrs.orchestrator.holdings import PREFIX as HOLDINGS_STATE
 from fedrs.orchestrator.holdings import Holdings, unchanged
-from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
+from fedrs.orchestrator.metrics import collapse, shot_accuracy, shot_groups
 from fedrs.orchestrator.privacy import central_estimate, epsilon
 from fedrs.orchestrator.sampling import inclusion_rate, sample_round, usable_count
 from fedrs.orchestrator.state_store import FileStateStore
@@ -445,6 +445,8 @@ class Driver:
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
             record |= self.evaluate(rnd, sampled)
+            if why := collapse(record):  # said in the round line and the summary
+                record["collapsed"] = why
             record["eval_s"] = time.perf_counter() - t_eval  # spread over the actors
         record |= {
             "clients_sampled": len(sampled),
@@ -660,6 +662,7 @@ class Driver:
             "strategy_in_effect": self.strategy.describe(),
             "rounds_completed": self.round,
             "final": records[-1] if records else {},
+            "collapsed": (records[-1].get("collapsed") if records else None),
             "headline": head,
             f"best_{head}": max(accs) if accs else None,
             "totals": {

@@ -71,3 +71,20 @@ def shot_accuracy(
         accs = [a for a, g in zip(per_class, groups, strict=True) if g == group and a is not None]
         out[f"{group}_shot_accuracy"] = float(np.mean(accs)) if accs else None
     return out
+
+
+KAPPA_CHANCE = 0.05  # |kappa| below this: agreement no better than chance
+
+
+def collapse(record: dict) -> str | None:
+    """Why a round's global predictions collapsed, or None. Rule: with two classes or more in
+    the test split, at most one class recognised at all (per-class accuracy above 0 for one
+    class: the model predicts one class), or Cohen's kappa within ``KAPPA_CHANCE`` of 0 (an
+    accuracy that only the class frequencies explain)."""
+    per = [a for a in record.get("per_class_accuracy") or [] if a is not None]
+    if len(per) >= 2 and sum(a > 0 for a in per) <= 1:
+        return f"one class predicted: {sum(a > 0 for a in per)} of {len(per)} classes recognised"
+    kappa = record.get("kappa")
+    if kappa is not None and abs(kappa) < KAPPA_CHANCE:
+        return f"kappa {kappa:.3f}: agreement no better than chance"
+    return None

@@ -468,9 +468,17 @@ def _fmt(value: float | None) -> str:
 def _progress_line(rec: dict[str, Any], rounds: int, head: str = "accuracy") -> str:
     parts = [f"round {rec['round']:>3}/{rounds}"]
     short = {"accuracy": "acc"}.get(head, head)
-    for key, label in ((head, short), (f"personalized_{head}", "pers"), ("loss", "loss")):
+    for key, label in (
+        (head, short),
+        ("balanced_accuracy", "AA"),  # scenes and long tails: per-class mean, and kappa
+        ("kappa", "kappa"),
+        (f"personalized_{head}", "pers"),
+        ("loss", "loss"),
+    ):
         if key in rec:
             parts.append(f"{label} {_fmt(rec[key])}")
+    if rec.get("collapsed"):
+        parts.append(f"[yellow]collapsed: {rec['collapsed']}[/]")
     parts.append(f"ok {rec.get('clients_ok', 0)}")
     if rec.get("clients_failed") or rec.get("clients_rejected"):
         parts.append(f"[red]failed {rec['clients_failed']} rejected {rec['clients_rejected']}[/]")

@@ -187,3 +187,20 @@ def test_fit_options_from_config_carry_client_settings_and_strategy_options() ->
     assert opts.proximal_mu == 0.5 and set(opts.upload_keys) == {"a", "b"}
     plain = FitOptions.from_config(cfg, 1, 0)
     assert plain.proximal_mu == 0.0 and plain.upload_keys == ()
+
+
+def test_a_collapsed_round_is_named_in_the_record_and_the_round_line() -> None:
+    from fedrs.orchestrator.metrics import collapse
+    from fedrs.orchestrator.runner import _progress_line
+
+    one = {"accuracy": 0.574, "per_class_accuracy": [1.0, 0.0, 0.0, None], "kappa": 0.02}
+    assert collapse(one) == "one class predicted: 1 of 3 classes recognised"
+    chance = {"accuracy": 0.5, "per_class_accuracy": [0.6, 0.4], "kappa": -0.01}
+    assert collapse(chance) == "kappa -0.010: agreement no better than chance"
+    fine = {"accuracy": 0.8, "per_class_accuracy": [0.9, 0.7], "kappa": 0.6}
+    assert collapse(fine) is None and collapse({"accuracy": 0.5}) is None
+    line = _progress_line(
+        {"round": 3, **one, "balanced_accuracy": 0.33, "collapsed": collapse(one)}, 10
+    )
+    assert "acc 0.574" in line and "AA 0.330" in line and "kappa 0.020" in line
+    assert "collapsed: one class predicted" in line
