@@ -132,6 +132,11 @@ def paired_differences(
             continue
         keys = sorted(set(sides[c.a]) | set(sides[c.b]))
         for metric in metrics:
+            has = [
+                any(_finite(r.get(metric)) is not None for r in sides[x].values()) for x in sides
+            ]
+            if not all(has):  # an arm without the metric at all (epsilon of a run without DP)
+                continue
             pairs, unpaired = [], []
             for key in keys:
                 ra, rb = sides[c.a].get(key), sides[c.b].get(key)
