@@ -43,6 +43,8 @@ place of the pixels, or a teacher's outputs beside them) goes through one shared
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -61,12 +63,31 @@ if TYPE_CHECKING:
 Params = dict[str, np.ndarray]
 
 
+_gathered = threading.local()
+
+
 def check(cond: bool, msg: str) -> None:
-    """A method option's validation: a one-line ConfigError when ``cond`` is false."""
+    """A method option's validation: a one-line ConfigError when ``cond`` is false (inside
+    ``all_checks``: recorded, so that every problem is reported at once)."""
     if not cond:
+        bucket = getattr(_gathered, "errors", None)
+        if bucket is not None:
+            bucket.append(msg)
+            return
         from fedrs.errors import ConfigError
 
         raise ConfigError(msg)
+
+
+@contextlib.contextmanager
+def all_checks() -> Iterator[list[str]]:
+    """Within: failed ``check``s are collected in the yielded list instead of raised."""
+    outer = getattr(_gathered, "errors", None)
+    _gathered.errors = []
+    try:
+        yield _gathered.errors
+    finally:
+        _gathered.errors = outer
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,18 @@ def _build_method(data: dict[str, Any]) -> MethodConfig:
                 + (f"the options {', '.join(sorted(known))}" if known else "no options")
                 + " (`fedrs methods` lists them)"
             )
-    options = _build(options_cls, {k: v for k, v in data.items() if k != "name"}, "method")
+    from fedrs.methods.base import all_checks
+
+    with all_checks() as problems:  # every failed option check, in one message
+        try:
+            options = _build(options_cls, {k: v for k, v in data.items() if k != "name"}, "method")
+        except ConfigError as exc:
+            problems.append(str(exc))
+        except (TypeError, ValueError, ZeroDivisionError):
+            if not problems:  # a check already named the bad value that caused this
+                raise
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
     return MethodConfig(name, options)
 
 

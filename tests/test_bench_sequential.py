@@ -3,7 +3,6 @@ and fractional GPUs pack as asked (tiny sizes; no wall-clock assertions)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -59,8 +58,18 @@ def test_sequential_loop_computes_what_fedrs_computes(synth_data: Path) -> None:
     assert detail["eval_s"]["sequential"] > 0 and detail["eval_s"]["fedrs"] > 0
     assert "eval_s" in detail["fedrs_records"][-1] and "eval_s" not in detail["fedrs_records"][0]
     assert detail["steady_rounds"] == [2]
-    for key in ("efficiency_steady", "efficiency_total", "speedup_steady"):
-        assert math.isfinite(detail[key]) and detail[key] > 0
+    # the efficiencies from each side's recorded times: steady round 2, and the totals
+    seq_s, fed_s = detail["seq_rounds"][1]["round_s"], detail["fedrs_periods_s"][1]
+    fixed, workers = detail["fixed_costs_s"], result["setup"]["workers"]
+    seq_total = fixed["seq_build"] + sum(r["round_s"] for r in detail["seq_rounds"])
+    fed_total = sum(detail["fedrs_periods_s"]) + sum(
+        fixed[k] for k in ("fedrs_ray_start", "fedrs_spawn", "fedrs_finish")
+    )
+    assert (detail["seq_steady_round_s"], detail["fedrs_steady_round_s"]) == (seq_s, fed_s)
+    assert detail["efficiency_steady"] == pytest.approx(seq_s / (workers * fed_s))
+    assert detail["speedup_steady"] == pytest.approx(seq_s / fed_s)
+    assert (detail["seq_total_s"], detail["fedrs_total_s"]) == pytest.approx((seq_total, fed_total))
+    assert detail["efficiency_total"] == pytest.approx(seq_total / (workers * fed_total))
     assert result["target"] == vs_sequential.TARGET
     assert result["setup"]["interleave"] is True  # the default: rounds alternate
     # fedrs's actors keep freed memory; the research loop runs with the allocator's defaults
@@ -84,7 +93,9 @@ def test_back_to_back_mode_through_runner_computes_the_same(synth_data: Path) ->
     assert detail["final_params_max_abs_diff"] == 0.0
     assert detail["accuracy"]["sequential"] == detail["accuracy"]["fedrs"]
     assert len(detail["fedrs_periods_s"]) == 3 and result["setup"]["interleave"] is False
-    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    # the ratio: steady round 2 of the loop / (2 workers x fedrs's round 2), to 3 decimals
+    seq_s, fed_s = detail["seq_rounds"][1]["round_s"], detail["fedrs_periods_s"][1]
+    assert result["ratio"] == pytest.approx(round(seq_s / (2 * fed_s), 3), abs=1e-12)
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -92,21 +103,27 @@ def test_half_gpu_clients_share_one_logical_gpu(synth_data: Path) -> None:
     result = packing.run(
         data=str(synth_data),
         rounds=3,
-        fractions=[0.5],
+        fractions=[1.0, 0.5],
         gpus=1,
         arch="fedrs-tiny",
         clients_per_round=4,
         local_epochs=1,
         batch_size=16,
     )
-    (row,) = result["rows"]
-    (detail,) = result["details"]
+    whole, row = result["rows"]
+    _, detail = result["details"]
+    assert (whole["gpu_per_client"], whole["actors"], row["gpu_per_client"]) == (1.0, 1, 0.5)
     assert row["actors"] == 2 and row["gpus_used"] == 1 and row["actors_per_gpu"] == 2
     assert detail["packed_as_asked"]
     assert len({(a["node_id"], tuple(a["gpu_ids"])) for a in detail["actors"]}) == 1
     assert all(len(a["gpu_ids"]) == 1 for a in detail["actors"])
     assert detail["clients_ok"] == [4, 4, 4]
-    assert row["updates_per_s"] > 0 and result["ratio"] == 1.0
+    # updates/s: the steady round's client updates over its period; ratio: best / one GPU each
+    for r, d in zip(result["rows"], result["details"], strict=True):
+        assert d["steady_rounds"] == [2]
+        assert r["updates_per_s"] == pytest.approx(d["clients_ok"][1] / d["periods_s"][1])
+    best = max(whole["updates_per_s"], row["updates_per_s"])
+    assert result["ratio"] == pytest.approx(round(best / whole["updates_per_s"], 3), abs=1e-12)
     assert not result["real_gpus"] or result["gpus_are"].startswith("real")
 
 

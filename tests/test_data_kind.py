@@ -95,3 +95,13 @@ def test_runs_that_cannot_mean_anything_are_refused_or_said_loudly(
     assert any(
         "teaches" in r.getMessage() or "random weights" in r.getMessage() for r in caplog.records
     )
+
+
+def test_every_option_error_of_a_method_comes_in_one_message() -> None:
+    with pytest.raises(ConfigError) as err:
+        from_dict({"method": {"name": "pe_rsitr", "lambda_views": -1, "adapter_dropout": 2}})
+    text = str(err.value)
+    assert "method.lambda_views must be >= 0" in text and "method.adapter_dropout" in text
+    assert "\n" not in text
+    with pytest.raises(ConfigError, match="n_ctx must be >= 1, got 0; method.cmfa_positives"):
+        from_dict({"method": {"name": "fedrsclip", "n_ctx": 0, "cmfa_positives": "x"}})

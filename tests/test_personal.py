@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from conftest import small_run
 from fedrs.datasets.manifest import FedDataset
 from fedrs.methods.base import FitOptions
 from fedrs.methods.personal import LocalCoOp, PromptFLFineTune
-from fedrs.methods.promptfl import CTX
+from fedrs.methods.promptfl import CTX, PromptFL
+from fedrs.orchestrator.state_store import FileStateStore
 
 
 def _scores(partial: dict) -> tuple[float, float, float, list[float]]:
@@ -73,8 +75,26 @@ def test_runs_report_what_each_baseline_has(synth_data: Path, tmp_path: Path) ->
     local = recs["local_coop"]
     assert local["accuracy"] is None and "no global model" in local["null_reasons"]["accuracy"]
     assert local["bytes_up"] == local["bytes_down"] == 0
-    assert 0 <= local["personalized_accuracy"] <= 1
-    assert 0 <= local["personalized_global_accuracy"] <= 1
+    # each client's own stored context, scored as a PromptFL global context would be: on its
+    # local split (personalized_accuracy) and on the global one; the means over the 6 clients
+    ds = FedDataset(synth_data)
+    store = FileStateStore(tmp_path / "local_coop" / "client_state")
+    coop = PromptFL(small_run(synth_data, **{"method.name": "promptfl"}), ds.classes)
+    start = coop.init_global(0)  # where every local_coop client starts
+
+    def means(states: list[dict]) -> tuple[float, float]:
+        def acc(ctx: dict, shard: Any) -> float:
+            out = coop.evaluate(ctx, {}, shard.images, shard.labels)
+            return PromptFL.reduce_eval([out])["accuracy"]
+
+        own = [acc(ctx, ds.client_test(c)) for c, ctx in enumerate(states)]
+        return float(np.mean(own)), float(np.mean([acc(ctx, ds.test_shard()) for ctx in states]))
+
+    trained = [store.load(c, 3) for c in range(6)]
+    assert all(not np.array_equal(t[CTX], start[CTX]) for t in trained)  # each trained its own
+    figures = (local["personalized_accuracy"], local["personalized_global_accuracy"])
+    assert figures == pytest.approx(means(trained), abs=1e-12)
+    assert figures != pytest.approx(means([start] * 6), abs=1e-12)  # not the untrained context
     # fine-tuning leaves PromptFL's global model as it is, and changes the clients' models
     assert recs["promptfl_ft"]["accuracy"] == recs["promptfl"]["accuracy"]
     assert recs["promptfl_ft"]["bytes_up"] == recs["promptfl"]["bytes_up"]

@@ -153,12 +153,31 @@ def test_fedprox_and_prompt_avg_run(synth_data: Path, tmp_path: Path) -> None:
 
 
 def test_zero_shot_evaluates_once(synth_data: Path, tmp_path: Path) -> None:
-    summary = run(
-        _cfg(synth_data, **{"method.name": "zeroshot"}), out=str(tmp_path / "z"), console=QUIET
-    )
+    import torch
+
+    from fedrs.datasets.manifest import FedDataset
+    from fedrs.models.backbone import load_backbone
+
+    cfg = _cfg(synth_data, **{"method.name": "zeroshot"})
+    summary = run(cfg, out=str(tmp_path / "z"), console=QUIET)
     m = _metrics(tmp_path / "z")
-    assert len(m) == 1 and m[0]["round"] == 0 and 0.0 <= m[0]["accuracy"] <= 1.0
+    assert len(m) == 1 and m[0]["round"] == 0
     assert summary["totals"]["bytes_up"] == 0
+    # zero-shot CLIP by hand on the whole test split: the template's class prompts as classifier
+    ds = FedDataset(synth_data)
+    test = ds.test_shard()
+    bb = load_backbone(cfg.model.arch, cfg.model.pretrained)
+    prompts = [cfg.method.template.format(c.replace("_", " ")) for c in ds.classes]
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer(prompts)), dim=-1)
+        logits = (
+            bb.model.logit_scale.exp() * bb.image_embeddings(bb.preprocess(test.images)) @ text.t()
+        )
+    y = torch.as_tensor(test.labels)
+    correct = int((logits.argmax(1) == y).sum())
+    assert m[0]["accuracy"] == pytest.approx(correct / len(test), abs=1e-12)
+    loss = float(torch.nn.functional.cross_entropy(logits, y))
+    assert m[0]["test_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 @pytest.mark.slow
