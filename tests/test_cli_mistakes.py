@@ -266,9 +266,7 @@ def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
 
     from fedrs import reaper
 
-    environ = {
-        k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")
-    }
+    environ = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     out, err = (open(workdir / n, "w") for n in ("out.txt", "err.txt"))  # noqa: SIM115
     proc = subprocess.Popen(
         [*FEDRS, "run", "--out", "r", "--set", "federation.rounds=10000"],

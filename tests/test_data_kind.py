@@ -103,5 +103,5 @@ def test_every_option_error_of_a_method_comes_in_one_message() -> None:
     text = str(err.value)
     assert "method.lambda_views must be >= 0" in text and "method.adapter_dropout" in text
     assert "\n" not in text
-    with pytest.raises(ConfigError, match="n_ctx must be >= 1, got 0; method.cmfa_positives"):
+    with pytest.raises(ConfigError, match=r"n_ctx must be >= 1, got 0; method\.cmfa_positives"):
         from_dict({"method": {"name": "fedrsclip", "n_ctx": 0, "cmfa_positives": "x"}})
