@@ -652,7 +652,8 @@ class Driver:
         return ray.get_runtime_context().get_placement_group_id()
 
     def finish(self) -> dict[str, Any]:
-        """Write summary.json and accuracy.png; release the actors."""
+        """Write summary.json and the headline's curve (``accuracy.png``, PE-RSITR's
+        ``mR.png``: named by the metric it plots); release the actors."""
         records = [json.loads(x) for x in (self.run_dir / METRICS).read_text().splitlines() if x]
         head = self.method_cls.headline
         accs = [r[head] for r in records if r.get(head) is not None]
@@ -701,7 +702,7 @@ class Driver:
         if self.data.manifest.get("scene") and self.round:
             summary["map"] = self._scene_map()
         write_json(self.run_dir / "summary.json", summary)
-        _plot(records, self.run_dir / "accuracy.png", head)
+        _plot(records, self.run_dir / f"{head}.png", head)
         self.pool.shutdown()
         return summary
 

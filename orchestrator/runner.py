@@ -44,6 +44,7 @@ RUN_FILES = (
     "metrics.jsonl",
     "summary.json",
     "accuracy.png",
+    "mR.png",  # the headline's curve is named by its metric (retrieval: mR)
     "per_class.png",
     "map.png",
     "checkpoint",

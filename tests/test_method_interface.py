@@ -215,6 +215,8 @@ def test_pe_rsitr_federated_run_reports_retrieval(tmp_path: Path) -> None:
         assert 0 <= r["mR"] <= 100 and r["n_images"] == 6
     assert summary["headline"] == "mR" and summary["best_mR"] == max(r["mR"] for r in records)
     assert "mR " in out.getvalue() and "done: mR" in out.getvalue()
+    # the curve is named by the metric it plots
+    assert (tmp_path / "r" / "mR.png").is_file() and not (tmp_path / "r" / "accuracy.png").exists()
     n = sum(v.size for v in method_class("pe_rsitr")(_pe_cfg(ds.root), []).init_global(0).values())
     assert summary["totals"]["bytes_up"] == 2 * 2 * n * 4  # 2 rounds x 2 clients, float32
 
