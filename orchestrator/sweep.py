@@ -661,6 +661,8 @@ def write_spec(sweep_dir: Path, sweep: Sweep, trials: list[Trial]) -> None:
 
 def load_trials(sweep_dir: Path) -> tuple[Sweep, list[Trial]]:
     """The sweep and trials stored in ``sweep_dir`` (as first expanded)."""
+    if not Path(sweep_dir).exists():
+        raise SweepError(f"{sweep_dir}: missing (no such sweep directory)")
     try:
         stored = json.loads((sweep_dir / SPEC).read_text())
     except (OSError, json.JSONDecodeError):

@@ -315,6 +315,8 @@ def test_sigkill_leaves_no_ray_process_behind(workdir: Path) -> None:
         (["sweep", "--resume", "taken", "--out", "x"], "drop --out"),
         (["sweep", "report"], "usage: fedrs sweep report DIR"),
         (["sweep", "report", "taken"], "holds no sweep"),
+        (["sweep", "report", "nowhere"], "nowhere: missing"),
+        (["sweep", "--resume", "nowhere"], "nowhere: missing"),
         (["sweep", "ok.toml", "--mlflow", "file:/tmp/x"], "--mlflow"),
     ],
 )
