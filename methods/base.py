@@ -268,7 +268,8 @@ class Method(ABC):
     @classmethod
     def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, Any]:
         """One split's metrics from its partials (classification: summed counts): accuracy,
-        loss, ``accuracy_<v>`` for each ``correct_<v>`` count a method adds (another head, a
+        loss, ``accuracy_<v>`` (and ``test_loss_<v>`` from a ``loss_<v>`` sum) for each
+        ``correct_<v>`` count a method adds (another head, a
         teacher), and with per-class counts ``per_class_accuracy`` and ``balanced_accuracy``."""
         n = sum(p["n"] for p in partials)
         out: dict[str, Any] = {
@@ -281,6 +282,9 @@ class Method(ABC):
                 out["accuracy_" + key[len("correct_") :]] = (
                     sum(p[key] for p in partials) / n if n else None
                 )
+            loss = "loss_" + key[len("correct_") :]  # the variant's loss sum, when it has one
+            if all(loss in p for p in partials):
+                out["test_" + loss] = sum(p[loss] for p in partials) / n if n else None
         counted = [p for p in partials if len(p.get("class_n", ()))]  # chunks with examples
         if counted and len(counted) == sum(1 for p in partials if p["n"]):
             per_class = class_accuracy(

@@ -267,9 +267,12 @@ def test_visual_prompt_options_and_the_visual_mean(synth_data: Path) -> None:
         "accuracy",
         "test_loss",
         "accuracy_visual_mean",
+        "test_loss_visual_mean",
         "per_class_accuracy",
         "balanced_accuracy",
     }
+    n = len(test.labels)
+    assert reduced["test_loss_visual_mean"] == pytest.approx(part["loss_visual_mean"] / n)
     assert part["loss_visual_mean"] != pytest.approx(part["loss_sum"], rel=1e-6)
     local = ds.client_test(0)
     personal = method.evaluate(
@@ -327,6 +330,9 @@ def test_a_run_reports_three_global_evaluations_and_the_shared_change(
     no_text = FedRSCLIP(cfg.replace(**{"method.private_prompts": False}), ds.classes)
     vmean = accuracy({SHARED: params[SHARED]}, {VISUAL: params[VISUAL_MEAN]}, no_text)
     assert rec["accuracy_visual_mean"] == pytest.approx(vmean[0], abs=1e-12)
+    # the continuous figure too: a tie in accuracy cannot hide the same computation twice
+    assert rec["test_loss_visual_mean"] == pytest.approx(vmean[1], rel=1e-5)
+    assert rec["test_loss_visual_mean"] != pytest.approx(rec["test_loss"], rel=1e-4)
     store = FileStateStore(run_dir / "client_state")
     each = [
         accuracy(params, store.load(c, last + 1) or method.init_private(c, 0))[0] for c in range(6)
