@@ -16,6 +16,7 @@ from fedrs.orchestrator.preflight import (
     check_cluster,
     check_data,
     check_federation,
+    check_method_fit,
     check_weights,
     resolve_names,
 )
@@ -36,6 +37,7 @@ def _advice(check: Any, *args: Any, **kwargs: Any) -> str | None:
 def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     data = check_data(cfg, None)
     method, strategy, shapes = resolve_names(cfg, data.num_classes, method_cls)
+    check_method_fit(cfg, data, method)
     registered = check_federation(cfg, data)
     mcfg = model_config(cfg.model.arch)
     size = {k: math.prod(s) for k, s in (shapes["global"] | shapes["private"]).items()}

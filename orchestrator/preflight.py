@@ -341,6 +341,14 @@ DATA_HINTS = {
 }
 
 
+def check_method_fit(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) -> None:
+    """The data kind the method needs, then its own rules for meaningless runs
+    (``Method.check_run``: errors raise; warnings are said, loudly). Runs and plans alike."""
+    check_data_kind(cfg, data, method_cls)
+    for warning in method_cls.check_run(cfg):
+        log.warning("%s", warning)
+
+
 def check_data_kind(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) -> None:
     """The data holds what the method needs (``Method.needs``): a caption build for retrieval,
     class labels for classifiers, co-registered modalities for FedDiff; one line naming the
@@ -565,9 +573,7 @@ def preflight(
     only once everything else has passed."""
     data = check_data(cfg, run_dir)
     method_cls, strategy, _ = resolve_names(cfg, data.num_classes, method_cls)
-    check_data_kind(cfg, data, method_cls)
-    for warning in method_cls.check_run(cfg):  # errors raise; warnings are said, loudly
-        log.warning("%s", warning)
+    check_method_fit(cfg, data, method_cls)
     registered = check_federation(cfg, data)
     weights = check_weights(cfg.model.arch, cfg.model.pretrained, fetch=fetch_weights)
     check_cluster(cfg, connect)

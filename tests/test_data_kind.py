@@ -105,3 +105,12 @@ def test_every_option_error_of_a_method_comes_in_one_message() -> None:
     assert "\n" not in text
     with pytest.raises(ConfigError, match=r"n_ctx must be >= 1, got 0; method\.cmfa_positives"):
         from_dict({"method": {"name": "fedrsclip", "n_ctx": 0, "cmfa_positives": "x"}})
+
+
+def test_cli_replays_the_meaningless_runs(tmp_path: Path) -> None:
+    proc = fedrs(tmp_path, "run", "--set", "method.name=feddiff", "--set", "federation.rounds=3")
+    assert_one_line_error(proc, "leaves FedDiff's classifier untrained", "diffusion_rounds")
+    assert "Ray instance" not in proc.stderr and not any(tmp_path.iterdir())
+    proc = fedrs(tmp_path, "run", "--dry-run", "--set", "method.name=clip2fl")
+    assert proc.returncode == 0, proc.stderr
+    assert "random weights" in proc.stderr and "model.pretrained" in proc.stderr

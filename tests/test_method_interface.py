@@ -192,13 +192,17 @@ def test_pe_rsitr_trains_only_the_adapter_and_gathers_evaluation(tmp_path: Path)
     assert whole["t2i_r10"] == 100.0
 
 
-def test_pe_rsitr_dry_run_counts_the_paper_adapter() -> None:
+def test_pe_rsitr_dry_run_counts_the_paper_adapter(tmp_path: Path) -> None:
     from fedrs.orchestrator.plan import plan
 
-    p = plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32"}))
+    # retrieval plans need captions; 8 registered clients over the build's 2 partitions
+    caps = {"data.path": str(_caption_build(tmp_path).root), "federation.num_clients": 8}
+    p = plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32", **caps}))
     assert p["trainable_params"] == p["params_sent_per_client"] == 161_088
     with pytest.raises(ConfigError, match=r"bottleneck=64 must be below the encoders' widths"):
-        plan(RunConfig().replace(**{"method.name": "pe_rsitr"}))  # fedrs-tiny is 64 wide
+        plan(RunConfig().replace(**{"method.name": "pe_rsitr", **caps}))  # fedrs-tiny: 64 wide
+    with pytest.raises(ConfigError, match="needs captions"):  # the synthetic default: images
+        plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32"}))
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -381,11 +385,15 @@ def test_adaptformer_starts_as_the_frozen_model_and_zero_shot_is_frozen(tmp_path
     np.testing.assert_allclose(a["text_emb"], z["text_emb"], atol=1e-5)
 
 
-def test_retrieval_dry_run_counts() -> None:
+def test_retrieval_dry_run_counts(tmp_path: Path) -> None:
     from fedrs.orchestrator.plan import plan
 
+    caps = str(_caption_build(tmp_path).root)
+
     def sent(name: str, **sets: Any) -> int:
-        cfg = RunConfig().replace(**{"method.name": name, "model.arch": "ViT-B-32", **sets})
+        base = {"method.name": name, "model.arch": "ViT-B-32", "data.path": caps}
+        base["federation.num_clients"] = 8  # over the build's 2 partitions
+        cfg = RunConfig().replace(**{**base, **sets})
         return plan(cfg)["params_sent_per_client"]
 
     block = lambda w: 2 * w * 64 + 64 + w  # noqa: E731  down + up (with biases)
