@@ -311,6 +311,11 @@ def verdict(entry: dict[str, Any]) -> str:
     ]
     hurts = fed > TARGET_POINTS and (ci is None or ci[0] > 0)
     if not hurts:
+        if fed > TARGET_POINTS:  # a mean drop the seeds do not establish
+            return (
+                f"hurts FedAvg by {fed:.1f} points on average, not established over the seeds "
+                f"(interval {ci[0]:+.1f} to {ci[1]:+.1f})"
+            )
         return f"does not hurt FedAvg here ({fed:+.1f} points)"
     if not held:
         best = min(

@@ -94,6 +94,13 @@ def test_drops_recovered_fraction_verdicts_and_headline() -> None:
     assert "krum" in table["ipm 20%"]["verdict"]  # the best of them, named
     assert headline(table) == (pytest.approx(1.0), "median")
     assert table["clean"]["verdict"] == "no attack"
+    # a large mean drop the seeds do not establish is said as such, not "does not hurt"
+    from fedrs.benchmarks.robustness import verdict
+
+    loose = {"fedavg_drop_points": 41.1, "fedavg_drop_ci95": [-41.2, 123.4], "defences": {}}
+    assert verdict(loose).startswith("hurts FedAvg by 41.1 points on average, not established")
+    none = {"fedavg_drop_points": 0.5, "fedavg_drop_ci95": [-3.0, 4.0], "defences": {}}
+    assert verdict(none) == "does not hurt FedAvg here (+0.5 points)"
 
 
 def test_arms_split_the_precondition_from_the_grid_and_bulyan_needs_4f_plus_3() -> None:
