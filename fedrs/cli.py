@@ -313,13 +313,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and args.out:
         print("fedrs: error: --resume continues DIR in place: drop --out", file=sys.stderr)
         return 2
+    if args.resume and args.done:
+        print(
+            "fedrs: error: --done starts a new sweep from a sweep file: drop --resume",
+            file=sys.stderr,
+        )
+        return 2
     result = run_sweep(
         target[0] if target else None,
         out=args.out,
         resume=args.resume,
         overrides=args.set,
         mlflow=args.mlflow,
+        done=args.done,
     )
+    if result.stopped:
+        return 130  # as a stopped `fedrs run`
     # scripts see a sweep with failed trials, or one stopped before all trials ran
     return 1 if result.failed or result.finished < result.trials else 0
 
@@ -344,7 +353,17 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from fedrs.methods import METHODS
 
     rows = [
-        (name, cls.summary, f"options (method.KEY): {_defaults(cls.Options())}")
+        (
+            name,
+            cls.summary,
+            f"options (method.KEY): {_defaults(cls.Options())}"
+            + (
+                "; run defaults (its benchmark tables'): "
+                + ", ".join(f"{k}={v!r}" for k, v in cls.run_defaults.items())
+                if cls.run_defaults
+                else ""
+            ),
+        )
         for name, cls in sorted(METHODS.items())
     ]
     return _print_registry("method.name           what trains and travels", rows)
@@ -572,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--out", default=None, help="sweep directory (default sweeps/<name>-<time>)")
     sw.add_argument("--resume", default=None, metavar="DIR", help="run the unfinished trials")
+    sw.add_argument(
+        "--done",
+        default=None,
+        metavar="FILE.results.csv",
+        help="take this sweep's trials finished in a stored results table as done (a study "
+        "continued on another machine); their rows are copied, not re-run",
+    )
     sw.add_argument("--mlflow", default=None, metavar="URI", help="also log to MLflow at URI")
     sw.add_argument("--x", default=None, help="report: heatmap columns axis")
     sw.add_argument("--y", default=None, help="report: heatmap rows axis")

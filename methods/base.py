@@ -205,6 +205,10 @@ class Method(ABC):
     # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
     # training shard (e.g. fine-tuning the global prompt locally); see there
     personalizes: ClassVar[bool] = False
+    # The run settings of the method's own benchmark tables (dotted run-config keys, e.g.
+    # ``{"client.lr": 0.05}``): they replace the global defaults for this method, and never
+    # a key the user's file or ``--set`` gives (``orchestrator.config.from_dict``).
+    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         options = getattr(cfg.method, "options", None)
@@ -270,7 +274,8 @@ class Method(ABC):
         """One split's metrics from its partials (classification: summed counts): accuracy,
         loss, ``accuracy_<v>`` (and ``test_loss_<v>`` from a ``loss_<v>`` sum) for each
         ``correct_<v>`` count a method adds (another head, a
-        teacher), and with per-class counts ``per_class_accuracy`` and ``balanced_accuracy``."""
+        teacher), and with per-class counts ``per_class_accuracy``, ``balanced_accuracy`` and
+        (with per-class predictions) Cohen's ``kappa``."""
         n = sum(p["n"] for p in partials)
         out: dict[str, Any] = {
             "accuracy": sum(p["correct"] for p in partials) / n if n else None,
@@ -294,6 +299,12 @@ class Method(ABC):
             seen = [a for a in per_class if a is not None]
             out["per_class_accuracy"] = per_class
             out["balanced_accuracy"] = float(np.mean(seen)) if seen else None
+            if all(len(p.get("class_pred", ())) for p in counted):
+                out["kappa"] = cohen_kappa(
+                    sum(p["correct"] for p in counted),
+                    sum(np.asarray(p["class_n"], float) for p in counted),
+                    sum(np.asarray(p["class_pred"], float) for p in counted),
+                )
         return out
 
     def input_cache(self) -> InputCache | None:
@@ -446,26 +457,42 @@ def batched_eval(
     batch_size: int = 256,
 ) -> dict[str, Any]:
     """Sum correct predictions and cross-entropy over ``images`` in batches, with the correct
-    predictions and examples per class (``class_correct``, ``class_n``)."""
+    predictions, examples and predictions per class (``class_correct``, ``class_n``,
+    ``class_pred``: what Cohen's kappa needs)."""
     correct = loss_sum = 0.0
-    class_correct = class_n = np.zeros(0)
+    class_correct = class_n = class_pred = np.zeros(0)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             logits = logits_fn(images[start : start + batch_size])
             y = torch.as_tensor(labels[start : start + batch_size], device=logits.device)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            hit = (logits.argmax(dim=1) == y).cpu().numpy()
+            pred = logits.argmax(dim=1)
+            hit = (pred == y).cpu().numpy()
             correct += float(hit.sum())
             y_np, c = y.cpu().numpy(), logits.shape[1]
             class_correct = _add(class_correct, np.bincount(y_np, weights=hit, minlength=c))
             class_n = _add(class_n, np.bincount(y_np, minlength=c).astype(float))
+            p_np = pred.cpu().numpy()
+            class_pred = _add(class_pred, np.bincount(p_np, minlength=c).astype(float))
     return {
         "correct": correct,
         "loss_sum": loss_sum,
         "n": float(len(images)),
         "class_correct": class_correct,
         "class_n": class_n,
+        "class_pred": class_pred,
     }
+
+
+def cohen_kappa(correct: float, class_n: Any, class_pred: Any) -> float | None:
+    """Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` from the marginals of the confusion matrix:
+    ``p_o`` the accuracy, ``p_e = sum_k true_k pred_k / n^2`` (agreement by chance)."""
+    true, pred = np.asarray(class_n, float), np.asarray(class_pred, float)
+    n = true.sum()
+    if n == 0:
+        return None
+    po, pe = correct / n, float((true * pred).sum()) / (n * n)
+    return float((po - pe) / (1 - pe)) if pe < 1 else 1.0
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

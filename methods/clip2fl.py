@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -315,6 +315,16 @@ class CLIP2FL(Method):
     summary = "ResNet-8 clients distilled from CLIP; federated features + re-trained classifier"
     Options = Clip2FLOptions
     Server = Clip2FLServer
+    # the schedule of the CLIP2FL tables (benchmarks/sweeps/clip2fl_longtail.toml): 20 rounds
+    # of 8 clients x 1 local epoch, plain SGD lr 0.1
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "federation.rounds": 20,
+        "federation.clients_per_round": 8,
+        "client.local_epochs": 1,
+        "client.lr": 0.1,
+        "client.momentum": 0.0,
+        "client.weight_decay": 0.0,
+    }
     download_only = (HEAD_W, HEAD_B)
     extra_keys = (GRAD,)
 

@@ -233,6 +233,15 @@ class _PixelMethod(Method):
 
     synthetic_data: ClassVar[str] = "scene"
     needs: ClassVar[frozenset[str]] = frozenset({"labels", "modalities"})
+    # the schedule of the FedDiff tables (benchmarks/sweeps/feddiff_*.toml): 30 classifier
+    # rounds x 2 local epochs, SGD lr 0.05, 4 clients (synthetic scene), all every round
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "federation.rounds": 30,
+        "client.local_epochs": 2,
+        "client.lr": 0.05,
+        "data.num_clients": 4,
+        "federation.clients_per_round": 4,
+    }
     extra_keys = (LOWRANK,)
     nets: nn.ModuleDict
 
@@ -302,39 +311,16 @@ class _PixelMethod(Method):
             for m in names
         }
 
-    @classmethod
-    def reduce_eval(cls, partials: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super().reduce_eval(partials)
-        conf = [np.asarray(p["confusion"], float) for p in partials if len(p.get("confusion", ()))]
-        if conf:
-            out["kappa"] = cohen_kappa(sum(conf))
-        return out
-
     def _evaluate(
         self, logits_of: Any, shard: Any, start: int, stop: int, names: list[str]
     ) -> dict[str, Any]:
         labels = shard.labels[start:stop]
         rows = np.arange(start, stop)
         out = batched_eval(lambda r: logits_of(r)[0], rows, labels, EVAL_BATCH)
-        out["confusion"] = confusion(
-            lambda r: logits_of(r)[0], rows, labels, len(self.classes), EVAL_BATCH
-        )
         for variant in logits_of(rows[:1])[1] if len(rows) else {}:
             part = batched_eval(lambda r, v=variant: logits_of(r)[1][v], rows, labels, EVAL_BATCH)
             out[f"correct_{variant}"] = part["correct"]
         return out
-
-
-def confusion(
-    logits_fn: Any, rows: np.ndarray, labels: np.ndarray, num_classes: int, batch: int
-) -> np.ndarray:
-    """``(C, C)`` counts, true class by row, predicted by column."""
-    counts = np.zeros((num_classes, num_classes))
-    with torch.no_grad():
-        for s in range(0, len(rows), batch):
-            pred = logits_fn(rows[s : s + batch]).argmax(1).cpu().numpy()
-            np.add.at(counts, (labels[s : s + batch], pred), 1)
-    return counts
 
 
 def predict(logits_fn: Any, rows: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
@@ -347,20 +333,12 @@ def predict(logits_fn: Any, rows: np.ndarray, batch: int = EVAL_BATCH) -> np.nda
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def cohen_kappa(conf: np.ndarray) -> float | None:
-    """Cohen's kappa of a confusion matrix: ``(p_o - p_e) / (1 - p_e)``."""
-    n = conf.sum()
-    if n == 0:
-        return None
-    po = np.trace(conf) / n
-    pe = float((conf.sum(0) * conf.sum(1)).sum()) / (n * n)
-    return float((po - pe) / (1 - pe)) if pe < 1 else 1.0
-
-
 class FedDiff(_PixelMethod):
     name = "feddiff"
     summary = "HSI + LiDAR: federated DDPM U-Nets, diffusion features, FR fusion, low-rank upload"
     Options = FedDiffOptions
+    # its 5 diffusion rounds (method.diffusion_rounds) come before the 30 classifier rounds
+    run_defaults: ClassVar[dict[str, Any]] = {**_PixelMethod.run_defaults, "federation.rounds": 35}
 
     @classmethod
     def check_run(cls, cfg: RunConfig) -> list[str]:

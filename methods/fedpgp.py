@@ -19,7 +19,7 @@ METHODS.md gives FedPGP's common defaults (n_ctx 4, SGD lr 0.001, batch 32, Diri
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from fedrs.methods.base import (
     check,
     local_sgd,
 )
+from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import PromptedCLIP, PromptLearner, zero_shot_text_features
 
@@ -74,6 +75,7 @@ class FedPGP(ClipMethod):
     name = "fedpgp"
     summary = "FedPGP: shared context + private low-rank term, contrastive guidance to CLIP"
     Options = FedPGPOptions
+    run_defaults: ClassVar[dict[str, Any]] = FedRSCLIP.run_defaults  # the same study
     frozen_image_encoder = True
     global_keys = (SHARED,)
     prompt_keys = (SHARED,)

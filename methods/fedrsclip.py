@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -174,6 +174,15 @@ class FedRSCLIP(ClipMethod):
     name = "fedrsclip"
     summary = "FedRSCLIP: shared + private text prompts, private visual prompts, DPA + CMFA"
     Options = FedRSCLIPOptions
+    # the schedule of the FedRSCLIP study (benchmarks/sweeps/fedrsclip_study.toml): 20 rounds
+    # of 5 of 10 clients x 2 local epochs, CoOp's SGD lr 0.002 (for a pretrained backbone)
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "federation.rounds": 20,
+        "federation.clients_per_round": 5,
+        "data.num_clients": 10,
+        "client.local_epochs": 2,
+        "client.lr": 0.002,
+    }
     global_keys = (SHARED,)
     prompt_keys = (SHARED,)
     download_only = (VISUAL_MEAN,)

@@ -12,7 +12,7 @@ embedding of a test split from the actors' chunks and reports R@1/5/10 both ways
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -50,6 +50,15 @@ class PERSITR(RetrievalMethod):
     name = "pe_rsitr"
     summary = "PE-RSITR: one MRS-Adapter shared by both encoders, HMMC loss, retrieval R@K"
     Options = PERSITROptions
+    # the schedule of its retrieval table (`fedrs bench retrieval`): 5 rounds of all 10
+    # clients x 2 local epochs, SGD lr 0.01
+    run_defaults: ClassVar[dict[str, Any]] = {
+        "federation.rounds": 5,
+        "federation.clients_per_round": 10,
+        "data.num_clients": 10,
+        "client.local_epochs": 2,
+        "client.lr": 0.01,
+    }
 
     def build(self) -> AdaptedCLIP:
         vision_width = self.backbone.model.visual.ln_pre.weight.shape[0]

@@ -466,10 +466,33 @@ def _unused_privacy(cfg: RunConfig, overrides: list[str]) -> None:
     )
 
 
+def _method_run_defaults(data: dict[str, Any]) -> None:
+    """Fill in the chosen method's ``run_defaults`` (the settings of its benchmark tables)
+    for every key that ``data`` (the user's file and ``--set``) leaves out."""
+    from fedrs.methods import METHODS
+
+    method = data.get("method")
+    name = method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
+    if not isinstance(name, str) or name not in METHODS:
+        return  # _build names the unknown method
+    for key, value in METHODS[name].run_defaults.items():
+        *sections, last = key.split(".")
+        node = data
+        for part in sections:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break  # a malformed section: _build names it
+        else:
+            node.setdefault(last, value)
+
+
 def from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """A validated run config from a file's table and ``--set`` overrides; keys left out take
+    the method's ``run_defaults``, then the dataclasses' defaults."""
     data = json.loads(json.dumps(data))  # deep copy
     for assignment in overrides or []:
         _apply_override(data, assignment)
+    _method_run_defaults(data)
     cfg = _build(RunConfig, data, "")
     _unused_privacy(cfg, overrides or [])
     return cfg

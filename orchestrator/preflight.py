@@ -368,6 +368,46 @@ def check_data_kind(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) -
 
 
 # ------------------------------------------------------------------------------- federation
+ROOM_SLACK = 16 << 20  # metrics, summary, plots, config: well under this
+
+
+def room_needed(cfg: RunConfig, shapes: dict[str, Any], registered: int) -> dict[str, int]:
+    """Bytes a run's folder needs at its peak, by rule: 3 global checkpoints (2 kept + the
+    one being written), 2 versions of private state for every client that can train
+    (``min(registered, rounds x clients_per_round)``), plus ``ROOM_SLACK``; float32. Server
+    state beyond the tensors (e.g. CLIP2FL's synthetic features) comes on top."""
+    size = {
+        scope: 4 * sum(math.prod(s) for s in shapes.get(scope, {}).values())
+        for scope in ("global", "private")
+    }
+    fed = cfg.federation
+    trained = min(registered, fed.rounds * fed.clients_per_round)
+    need = 3 * size["global"] + 2 * size["private"] * trained + ROOM_SLACK
+    return {"global": size["global"], "private": size["private"], "clients": trained, "need": need}
+
+
+def check_room(cfg: RunConfig, out: Path, shapes: dict[str, Any], registered: int) -> None:
+    """A ConfigError when the filesystem of ``out`` has less free space than the run needs."""
+    import shutil
+
+    where = out.absolute()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return  # cannot tell: writing will say
+    room = room_needed(cfg, shapes, registered)
+    if room["need"] > free:
+        mb = 1 << 20
+        raise ConfigError(
+            f"--out {out}: the run needs about {room['need'] / mb:,.0f} MB (3 checkpoints of "
+            f"{room['global'] / mb:,.1f} MB, 2 versions of {room['private'] / mb:,.2f} MB of "
+            f"private state for each of {room['clients']:,} clients, logs) but its filesystem "
+            f"has {free / mb:,.0f} MB free"
+        )
+
+
 def check_federation(cfg: RunConfig, data: DataCheck) -> int:
     """Registered clients; clients per round may not exceed those that can be sampled."""
     from fedrs.orchestrator.driver import registered_clients
@@ -568,13 +608,16 @@ def preflight(
     method_cls: type[Method] | None = None,
     connect: Callable[[], None] | None = None,
     fetch_weights: bool = True,
+    out: Path | None = None,
 ) -> Checked:
     """Every check, cheapest first (module docstring); Ray is joined or started (``connect``)
-    only once everything else has passed."""
+    only once everything else has passed. ``out``: the run directory, checked for room."""
     data = check_data(cfg, run_dir)
-    method_cls, strategy, _ = resolve_names(cfg, data.num_classes, method_cls)
+    method_cls, strategy, shapes = resolve_names(cfg, data.num_classes, method_cls)
     check_method_fit(cfg, data, method_cls)
     registered = check_federation(cfg, data)
+    if out is not None:
+        check_room(cfg, out, shapes, registered)
     weights = check_weights(cfg.model.arch, cfg.model.pretrained, fetch=fetch_weights)
     check_cluster(cfg, connect)
     return Checked(cfg, method_cls, strategy, data, registered, weights)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -212,11 +213,13 @@ def run(
     overwrite: bool = False,
     placement: Placement | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a federation; return the summary. ``stop_after`` ends early after that
     round, as an interruption would (tests use it to check resume). ``placement``: run the
     driver and client actors in bundles reserved elsewhere (a sweep trial's placement group);
-    ``on_round`` sees every round's record as it arrives.
+    ``on_round`` sees every round's record as it arrives; ``stop``, once set, stops the run as
+    a first Ctrl-C does (a sweep's trials when the sweep is stopped).
 
     Nothing is written before preflight passes. A run that fails before its first round
     leaves no new directory; one that fails later keeps its checkpoints for ``--resume``."""
@@ -256,6 +259,7 @@ def run(
                 overwrite,
                 placement,
                 on_round,
+                stop,
             )
     except RunDirBusyError:
         raise  # the folder is another run's: touch nothing
@@ -276,16 +280,19 @@ def _run_locked(
     overwrite: bool,
     placement: Placement | None,
     on_round: Callable[[dict[str, Any]], None] | None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """``run`` once the run directory is locked: preflight, the actors, the rounds."""
-    checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
+    checked = preflight(
+        cfg, run_dir if resume else None, method_cls, connect=connect_ray, out=run_dir
+    )
     if overwrite and not resume:
         clear_run_files(run_dir)
     driver, pool = spawn_driver(
         cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
     )
     try:
-        return _stream(driver, pool, checked, run_dir, stop_after, console, on_round)
+        return _stream(driver, pool, checked, run_dir, stop_after, console, on_round, stop)
     except StoppedByUser:
         raise  # the console said where it stopped and how to go on
     except BaseException:  # after the driver started: what can be resumed is said
@@ -302,10 +309,11 @@ def _stream(
     stop_after: int | None,
     console: Console,
     on_round: Callable[[dict[str, Any]], None] | None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """``_drive`` with the driver's errors as one line and its actors always released."""
     try:
-        return _drive(driver, checked, run_dir, stop_after, console, on_round)
+        return _drive(driver, checked, run_dir, stop_after, console, on_round, stop)
     except KeyboardInterrupt:  # after a stop, or a second Ctrl-C: end the actors now
         ray.kill(driver)
         shutdown_pool(pool)
@@ -339,7 +347,9 @@ def spawn_driver(
     pool): the driver shuts the pool down, ``shutdown_pool`` is the caller's safety net.
     ``run`` streams its rounds; benchmarks may call ``run_round`` one round at a time."""
     if checked is None:
-        checked = preflight(cfg, run_dir if resume else None, method_cls, connect=connect_ray)
+        checked = preflight(
+            cfg, run_dir if resume else None, method_cls, connect=connect_ray, out=run_dir
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     data_path = ensure_data(cfg, run_dir)
     write_json(run_dir / "config.json", cfg.to_dict())
@@ -398,6 +408,15 @@ def shutdown_pool(pool: Any) -> None:
         pool.shutdown()
 
 
+def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[[], int]) -> None:
+    """Call ``stop_soon`` once ``stop`` is set, unless the rounds ``ended`` first."""
+    while not ended.is_set():
+        if stop.wait(0.25):
+            if not ended.is_set():
+                stop_soon()
+            return
+
+
 def _drive(
     driver: Any,
     checked: Checked,
@@ -405,6 +424,7 @@ def _drive(
     stop_after: int | None,
     console: Console,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Stream the driver's rounds to the console; finish the run and return its summary."""
     cfg = checked.cfg
@@ -419,30 +439,40 @@ def _drive(
         + f"; weights: {checked.weights} -> {run_dir}"
     )
     head = checked.method_cls.headline
-    stopping = False
+    stopping = threading.Event()
+
+    def stop_soon() -> int:
+        stopping.set()
+        return ray.get(driver.request_stop.remote())
+
+    ended = threading.Event()
+    if stop is not None:  # set from elsewhere (a sweep being stopped): as a first Ctrl-C
+        threading.Thread(target=_stop_on, args=(stop, ended, stop_soon), daemon=True).start()
     rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
-    while True:
-        try:
-            rec = ray.get(next(rounds))
-        except StopIteration:
-            break
-        except KeyboardInterrupt:  # the first Ctrl-C / SIGTERM: stop soon, keep what is done
-            if stopping:
-                raise  # the second: at once (the last checkpoint is whole: atomic writes)
-            stopping = True
-            last = ray.get(driver.request_stop.remote())
-            console.print(
-                f"stopping: the round in flight is abandoned unless already aggregated; the "
-                f"run ends after round {last} or the next (Ctrl-C again to exit at once)"
-            )
-            continue
-        console.print(_progress_line(rec, cfg.federation.rounds, head))
-        if on_round is not None:
-            on_round(rec)
+    try:
+        while True:
+            try:
+                rec = ray.get(next(rounds))
+            except StopIteration:
+                break
+            except KeyboardInterrupt:  # the first Ctrl-C / SIGTERM: stop soon, keep what is done
+                if stopping.is_set():
+                    raise  # the second: at once (the last checkpoint is whole: atomic writes)
+                last = stop_soon()
+                console.print(
+                    f"stopping: the round in flight is abandoned unless already aggregated; the "
+                    f"run ends after round {last} or the next (Ctrl-C again to exit at once)"
+                )
+                continue
+            console.print(_progress_line(rec, cfg.federation.rounds, head))
+            if on_round is not None:
+                on_round(rec)
+    finally:
+        ended.set()
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
-    if stopping:
+    if stopping.is_set():
         done = summary["rounds_completed"]
         console.print(
             f"stopped after round {done} of {cfg.federation.rounds}: summary.json and plots "

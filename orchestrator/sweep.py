@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 
 SPEC = "sweep.json"
 TRIALS, STATUS, BUILDS, TUNE = "trials", "status", "builds", "tune"
+STOP = ".stop-requested"  # written by a stopped sweep: its trials end after their round
+CARRIED = "carried.json"  # trials taken as done from a stored results.csv (--done)
 RANDOM_KINDS = ("choice", "uniform", "loguniform", "randint")
 BUILD_KEYS = {
     "sources": list,
@@ -145,6 +148,7 @@ class SweepResult:
     trials: int
     finished: int
     failed: int
+    stopped: bool = False  # by Ctrl-C / SIGTERM: its folder resumes with --resume
 
 
 def is_seed_axis(key: str) -> bool:
@@ -526,10 +530,52 @@ def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
         return {"status": "pending"}
 
 
+def config_sha(cfg: RunConfig) -> str:
+    """A trial's configuration, hashed as a stored row records it: paths reduced to their
+    file names (a study re-run on another machine keeps its hashes)."""
+    data = cfg.to_dict()
+    for section, key in (("data", "path"), ("model", "pretrained")):
+        data[section][key] = Path(data[section][key]).name if data[section][key] else ""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def carried_rows(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """The rows taken as done from a stored results table, by trial name (``--done``)."""
+    try:
+        return json.loads((sweep_dir / CARRIED).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def carry(trials: list[Trial], stored: str | Path) -> dict[str, dict[str, Any]]:
+    """The finished rows of a stored ``results.csv`` that are trials of this sweep: the same
+    name, axes and configuration (``config_sha``); a finished row of the same name with
+    another configuration is a SweepError (the sweep file changed since)."""
+    from fedrs.orchestrator.sweep_report import read_stored
+
+    rows, _, _ = read_stored(stored)
+    by_name = {t.name: t for t in trials}
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        trial = by_name.get(str(row["trial"]))
+        if trial is None or row.get("status") != "finished":
+            continue
+        if row.get("config_sha") != config_sha(trial.cfg):
+            raise SweepError(
+                f"--done {stored}: trial {trial.name} ({_axes_text(trial.axes)}) was run with "
+                f"another configuration (config_sha {row.get('config_sha') or 'missing'}, now "
+                f"{config_sha(trial.cfg)}); run it again"
+            )
+        out[trial.name] = row
+    return out
+
+
 def is_finished(sweep_dir: Path, trial: Trial) -> bool:
     from fedrs.orchestrator.checkpoint import latest_round
     from fedrs.orchestrator.runner import finished_summary
 
+    if trial.name in carried_rows(sweep_dir):
+        return True
     run_dir = sweep_dir / TRIALS / trial.name
     try:
         return finished_summary(run_dir, trial.cfg, latest_round(run_dir)) is not None
@@ -587,13 +633,18 @@ def run_trial(
 
     from fedrs.actors.pool import Placement, trial_bundles
     from fedrs.orchestrator.checkpoint import latest_round
-    from fedrs.orchestrator.runner import run
+    from fedrs.orchestrator.runner import StoppedByUser, run
 
     root = Path(sweep_dir)
+    if (root / STOP).exists():  # the sweep is stopping: a trial not yet started stays pending
+        _report_round({"not_started": 1})  # (a result, so that Tune prints nothing of its own)
+        return
     trial = trials[config["trial"]]
     status = root / STATUS / f"{trial.name}.json"
     clock = RunClock(_report_round)
     record: dict[str, Any] = {"status": "running", "started": time.time(), "node": os.uname()[1]}
+    stop, ended = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_stop, args=(root / STOP, stop, ended), daemon=True).start()
     try:
         write_json(status, record)
         data_path = ensure_build(trial.cfg, build, root / BUILDS)
@@ -615,6 +666,7 @@ def run_trial(
             placement=placement,
             on_round=clock.on_round,
             console=Console(quiet=True),
+            stop=stop,
         )
         record |= {
             "status": "finished",
@@ -622,6 +674,8 @@ def run_trial(
             "actors": summary.get("actors", []),
             "driver_placement_group_id": summary.get("driver_placement_group_id"),
         }
+    except StoppedByUser:  # the sweep was stopped: summary and checkpoint of the last round
+        record |= {"status": "stopped", "rounds_completed": latest_round(run_dir)}
     except BaseException as exc:
         text = str(exc).strip().splitlines()
         record |= {
@@ -630,9 +684,18 @@ def run_trial(
         }
         raise
     finally:
+        ended.set()
         timing = clock.split()
         record |= {"wall_s": timing["total_s"], "timing": timing}
         write_json(status, record)
+
+
+def _watch_stop(marker: Path, stop: threading.Event, ended: threading.Event) -> None:
+    """Set ``stop`` when the sweep's stop marker appears (polled), until the trial ``ended``."""
+    while not ended.wait(0.25):
+        if marker.exists():
+            stop.set()
+            return
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -679,9 +742,11 @@ def run_sweep(
     overrides: list[str] | None = None,
     mlflow: str | None = None,
     console: Any = None,
+    done: str | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; return where it is and how many trials finished or failed.
-    Results are written as trials end."""
+    Results are written as trials end. ``done``: a stored ``results.csv`` of this sweep (a
+    study run across machines) whose finished trials are taken as they are, not run again."""
     from ray import tune
     from rich.console import Console
 
@@ -713,6 +778,9 @@ def run_sweep(
         sweep = load_sweep(path, overrides)
         trials = expand(sweep)
         sweep_dir = new_sweep_dir(out, path)
+    carried = carry(trials, done) if done else {}
+    if carried:
+        write_json(sweep_dir / CARRIED, carried)
     todo = [t for t in trials if not is_finished(sweep_dir, t)]
     from fedrs.orchestrator.preflight import check_weights
 
@@ -761,6 +829,8 @@ def run_sweep(
     if mlflow:
         callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner: the lines above say it
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: trials end gracefully
+    (sweep_dir / STOP).unlink(missing_ok=True)  # a stop of an earlier attempt is over
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.name for t in todo])},
@@ -782,19 +852,24 @@ def run_sweep(
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
     try:
-        tuner.fit()
+        with _stop_on_signal(sweep_dir / STOP, console):
+            tuner.fit()
     finally:
         quiet.setLevel(level)
+        stopped = (sweep_dir / STOP).exists()
+        (sweep_dir / STOP).unlink(missing_ok=True)
         rows = write_results(sweep_dir, trials, metric)
     failed = [r for r in rows if r["status"] == "failed"]
     finished = sum(r["status"] == "finished" for r in rows)
+    cut = sum(r["status"] == "stopped" for r in rows)
     left = len(trials) - finished - len(failed)
     console.print(
         (
             f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}"
             if not left
-            else f"sweep stopped: {finished} finished, {len(failed)} failed, {left} not run or "
-            f"cut short of {len(trials)}; continue with fedrs sweep --resume {sweep_dir}"
+            else f"sweep stopped{' by Ctrl-C / SIGTERM' if stopped else ''}: {finished} finished, "
+            f"{len(failed)} failed, {cut} stopped after a complete round, {left - cut} not run "
+            f"of {len(trials)}; continue with fedrs sweep --resume {sweep_dir}"
         )
         + f"; results in {sweep_dir / 'results.csv'}",
         soft_wrap=True,
@@ -804,7 +879,36 @@ def run_sweep(
             f"  [red]failed[/] {r['trial']} ({_axes_text(_row_axes(r, sweep))}): {r['error']}",
             soft_wrap=True,
         )
-    return SweepResult(sweep_dir, len(trials), finished, len(failed))
+    return SweepResult(sweep_dir, len(trials), finished, len(failed), stopped)
+
+
+@contextlib.contextmanager
+def _stop_on_signal(marker: Path, console: Any) -> Any:
+    """While Tune runs: the first Ctrl-C / SIGTERM writes the stop ``marker`` (each running
+    trial then ends after its round in flight, with summary and checkpoint; trials not yet
+    started stay pending); a second one exits at once."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        if marker.exists():
+            raise KeyboardInterrupt
+        write_json(marker, {"signal": signum, "time": time.time()})
+        console.print(
+            "stopping the sweep: running trials end after their round in flight, the rest "
+            "stay pending (Ctrl-C again to exit at once)"
+        )
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _row_axes(row: dict[str, Any], sweep: Sweep) -> dict[str, Any]:
@@ -889,9 +993,13 @@ class SweepProgress(Callback):
             self.line(f"{name} round {int(result['round'])}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.running.discard(trial.config["trial"])
-        self.done += 1
-        self.line(f"finished {trial.config['trial']}")
+        name = trial.config["trial"]
+        self.running.discard(name)
+        state = trial_status(self.sweep_dir, name).get("status")
+        if state == "finished":
+            self.done += 1
+        what = {"finished": "finished", "stopped": "stopped"}.get(state, "not started")
+        self.line(f"{what} {name}")
         self._table()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

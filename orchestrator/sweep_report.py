@@ -30,6 +30,8 @@ from fedrs.orchestrator.sweep import (
     SweepError,
     Trial,
     _label,
+    carried_rows,
+    config_sha,
     is_seed_axis,
     load_trials,
     trial_status,
@@ -46,7 +48,10 @@ def _number(v: Any) -> float | None:
 
 
 def trial_row(sweep_dir: Path, trial: Trial, metric: str) -> dict[str, Any]:
-    """One trial's row (from its run directory and status file)."""
+    """One trial's row (from its run directory and status file, or as carried in)."""
+    carried = carried_rows(sweep_dir).get(trial.name)
+    if carried is not None:
+        return carried
     run_dir = sweep_dir / TRIALS / trial.name
     status = trial_status(sweep_dir, trial.name)
     row: dict[str, Any] = {"trial": trial.name}
@@ -71,6 +76,7 @@ def trial_row(sweep_dir: Path, trial: Trial, metric: str) -> dict[str, Any]:
     row["bytes_down"] = _number(totals.get("bytes_down"))
     row["wall_s"] = _number(status.get("wall_s"))
     row["run_dir"] = str(run_dir)
+    row["config_sha"] = config_sha(trial.cfg)
     return row
 
 

@@ -117,8 +117,9 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_run(data: Path, **sets: object):
-    """A short run config on ``data``: 2 rounds of 6 clients, 1 local epoch, 2 actors."""
-    from fedrs.orchestrator.config import RunConfig
+    """A short run config on ``data``: 2 rounds of 6 clients, 1 local epoch, 2 actors; read
+    as a config file is (keys left out take the method's run defaults)."""
+    from fedrs.orchestrator.config import from_dict
 
     base = {
         "data.path": str(data),
@@ -127,4 +128,8 @@ def small_run(data: Path, **sets: object):
         "client.local_epochs": 1,
         "resources.num_actors": 2,
     }
-    return RunConfig().replace(**{**base, **sets})
+    table: dict = {}
+    for key, value in {**base, **sets}.items():
+        section, name = key.split(".", 1)
+        table.setdefault(section, {})[name] = value
+    return from_dict(table)

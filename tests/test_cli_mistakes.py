@@ -332,3 +332,35 @@ def test_sweep_mistakes_are_one_line_and_write_nothing(
     assert_one_line_error(proc, needle)
     assert tree(workdir) == before
     assert sorted(p.name for p in workdir.iterdir()) == ["bad.toml", "ok.toml", "taken"]
+
+
+def test_an_out_without_room_for_the_run_is_one_line_before_ray(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--out on a filesystem with less room than the run's checkpoints and private state need
+    (``room_needed``'s rule): rc 2, one line naming both sizes, nothing written, no Ray."""
+    import collections
+
+    import ray
+
+    from fedrs import cli
+    from fedrs.orchestrator import preflight
+
+    cfg = RunConfig().replace(**{"method.name": "fedrsclip", "federation.rounds": 3})
+    shapes = {"global": {"a": (2, 8)}, "private": {"b": (4, 4), "c": (3,)}}
+    room = preflight.room_needed(cfg, shapes, registered=100)
+    # 3 x 64 B of checkpoints + 2 x 76 B for min(100, 3 rounds x 6 per round) = 18 clients
+    assert room == {
+        "global": 64,
+        "private": 76,
+        "clients": 18,
+        "need": 3 * 64 + 2 * 76 * 18 + preflight.ROOM_SLACK,
+    }
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(1 << 30, 1 << 30, 1 << 20))
+    monkeypatch.chdir(workdir)
+    rc = cli.main(["run", "--out", "r", "--set", "method.name=fedrsclip"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("fedrs: error: --out r: the run needs")
+    assert "MB free" in err[0] and "1 MB free" in err[0]
+    assert not (workdir / "r").exists() and not ray.is_initialized()

@@ -25,9 +25,9 @@ from fedrs.datasets.multimodal import (
     parse_client_modalities,
 )
 from fedrs.datasets.partition import PartitionSpec
+from fedrs.methods.base import batched_eval, cohen_kappa
 from fedrs.methods.feddiff import (
     FedDiff,
-    cohen_kappa,
     compressible,
     decode_lowrank,
     encode_upload,
@@ -174,9 +174,15 @@ def test_fused_loss_and_kappa_by_hand() -> None:
     mse = (((a - b) / 2) ** 2).mean()  # each head against the mean: +-(a - b) / 2
     torch.testing.assert_close(fused_loss([a, b], 2, y, 0.5), ce + 0.5 * mse)
     torch.testing.assert_close(fused_loss([a, b], 0, y, 0.5), ce)
-    conf = np.array([[20.0, 5.0], [10.0, 15.0]])
+    # confusion [[20, 5], [10, 15]] (true by row): 35 correct, 25 / 25 true, 30 / 20 predicted
     po, pe = 35 / 50, (30 * 25 + 20 * 25) / 2500
-    assert math.isclose(cohen_kappa(conf), (po - pe) / (1 - pe))
+    assert math.isclose(cohen_kappa(35, [25, 25], [30, 20]), (po - pe) / (1 - pe))
+    # the counts come from the shared evaluation: a model that always says class 1
+    labels = np.array([0] * 25 + [1] * 25)
+    always_1 = batched_eval(lambda r: torch.tensor([[0.0, 1.0]] * len(r)), labels, labels, 8)
+    assert list(always_1["class_pred"]) == [0, 50] and list(always_1["class_n"]) == [25, 25]
+    kappa = cohen_kappa(always_1["correct"], always_1["class_n"], always_1["class_pred"])
+    assert always_1["correct"] == 25 and kappa == 0.0  # accuracy 0.5, agreement by chance
 
 
 def test_low_rank_exchange_restores_and_counts() -> None:

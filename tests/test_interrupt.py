@@ -4,6 +4,7 @@ and a resumable checkpoint; a second exits at once without damaging that checkpo
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -79,3 +80,70 @@ def test_a_second_signal_exits_at_once_and_the_checkpoint_stays_whole(tmp_path: 
 
     state = checkpoint.load(run_dir)  # loads whole: atomic writes
     assert state is not None and state[0] == _checkpoint_round(run_dir) >= 1
+
+
+SWEEP = """
+[base]
+model.arch = "fedrs-tiny"
+data.num_clients = 2
+data.per_class = 4
+data.image_size = 32
+federation.rounds = 20
+federation.clients_per_round = 2
+client.local_epochs = 1
+resources.num_actors = 1
+resources.num_cpus_per_client = 1.0
+[grid]
+"federation.seed" = [0, 1]
+[sweep]
+max_concurrent = 1
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweep_gracefully_and_resume_finishes_it(tmp_path: Path) -> None:
+    """The first Ctrl-C: the running trial ends after its round with a summary, the trial not
+    yet started stays pending, rc 130; ``--resume`` then continues the stopped trial from its
+    checkpoint (no round run twice) and runs the other."""
+    (tmp_path / "s.toml").write_text(SWEEP)
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115 - the child writes it
+    proc = subprocess.Popen(
+        [*FEDRS, "sweep", "s.toml", "--out", "sw"],
+        cwd=tmp_path,
+        env=environ,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    sweep = tmp_path / "sw"
+    deadline = time.monotonic() + 300
+    while not any(p.stat().st_size for p in sweep.glob("trials/*/metrics.jsonl")):
+        alive = proc.poll() is None and time.monotonic() < deadline
+        assert alive, (tmp_path / "out.txt").read_text()
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=120)
+    text = (tmp_path / "out.txt").read_text()
+    assert rc == 130, text
+    assert time.monotonic() - t0 < 25, text
+    rows = {r["trial"]: r for r in csv.DictReader((sweep / "results.csv").open())}
+    assert sorted(r["status"] for r in rows.values()) == ["pending", "stopped"], rows
+    (stopped,) = [name for name, r in rows.items() if r["status"] == "stopped"]
+    summary = json.loads((sweep / "trials" / stopped / "summary.json").read_text())
+    done = summary["rounds_completed"]
+    assert 1 <= done < 20 and int(rows[stopped]["rounds_completed"]) == done
+    assert "continue with fedrs sweep --resume" in text and not (sweep / ".stop-requested").exists()
+    again = subprocess.run(
+        [*FEDRS, "sweep", "--resume", "sw"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = {r["trial"]: r for r in csv.DictReader((sweep / "results.csv").open())}
+    assert [r["status"] for r in rows.values()] == ["finished", "finished"]
+    lines = (sweep / "trials" / stopped / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in lines] == list(range(1, 21))  # resumed, not rerun

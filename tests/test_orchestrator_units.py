@@ -128,6 +128,63 @@ def test_config_toml_overrides_and_errors(tmp_path: Path) -> None:
     assert RunConfig().replace(**{"federation.rounds": 2}).federation.rounds == 2
 
 
+def _dotted(cfg: RunConfig, key: str) -> object:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def test_a_methods_run_defaults_fill_only_the_keys_the_user_left_out(tmp_path: Path) -> None:
+    from fedrs.methods import METHODS
+    from fedrs.orchestrator.config import to_toml
+
+    feddiff = from_dict({"method": {"name": "feddiff"}})
+    assert (feddiff.federation.rounds, feddiff.client.local_epochs, feddiff.client.lr) == (
+        35,
+        2,
+        0.05,
+    )
+    assert feddiff.federation.rounds > feddiff.method.options.stage1_rounds  # meaningful
+    # the user's file and --set win over the method's defaults
+    toml = tmp_path / "run.toml"
+    toml.write_text('[method]\nname = "feddiff"\n[client]\nlr = 0.3\n')
+    mine = load_config(toml, ["federation.rounds=40"])
+    assert (mine.client.lr, mine.federation.rounds, mine.client.local_epochs) == (0.3, 40, 2)
+    # a method without run defaults keeps the dataclasses' defaults
+    assert from_dict({}).client.lr == RunConfig().client.lr != feddiff.client.lr
+    # every method's run defaults are real keys that validate, and a dumped config (what
+    # config.json and `fedrs config` hold) loads back to itself
+    for name, method in METHODS.items():
+        cfg = from_dict({"method": {"name": name}})
+        for key, value in method.run_defaults.items():
+            assert _dotted(cfg, key) == value, (name, key)
+        dumped = tmp_path / f"{name}.toml"
+        dumped.write_text(to_toml(cfg))
+        assert load_config(dumped) == cfg
+
+
+@pytest.mark.parametrize(
+    ("sweep", "method"),
+    [
+        ("feddiff_houston", "early_fusion"),  # the arms' shared 30 classifier rounds
+        ("feddiff_scene", "early_fusion"),
+        ("clip2fl_longtail", "clip2fl"),
+        ("fedrsclip_study", "fedrsclip"),
+    ],
+)
+def test_method_defaults_are_the_settings_of_its_benchmark_tables(sweep: str, method: str) -> None:
+    import tomllib
+
+    from fedrs.methods import METHODS
+
+    base = tomllib.loads(
+        (Path(__file__).parents[1] / "benchmarks" / "sweeps" / f"{sweep}.toml").read_text()
+    )["base"]
+    base = {f"{section}.{k}": v for section, keys in base.items() for k, v in keys.items()}
+    shared = [k for k in METHODS[method].run_defaults if k in base]
+    assert len(shared) >= 3, shared
+    assert {k: base[k] for k in shared} == {k: METHODS[method].run_defaults[k] for k in shared}
+
+
 def test_validate_update_catches_malformed_and_non_finite() -> None:
     spec = spec_of({"w": np.zeros((2, 3), np.float32)}, ("w",))
     ok = {"w": np.ones((2, 3), np.float32)}

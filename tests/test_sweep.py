@@ -388,3 +388,57 @@ def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:
     assert placement_problem(spread, [{"CPU": 4}, {"CPU": 4}], driver_in_group=True)
     assert placement_problem(spread, [{"CPU": 4}, {"CPU": 4}]) is None  # driver outside
     assert placement_problem(spread, [{"CPU": 4}] * 3, driver_in_group=True) is None
+
+
+def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones(
+    tmp_path: Path,
+) -> None:
+    """``fedrs sweep FILE --done STORED.results.csv``: a study continued on a fresh machine
+    takes the stored finished trials as they are (same name, axes and config_sha), runs the
+    rest, and refuses a stored row whose configuration the sweep file has since changed."""
+    import csv
+
+    from fedrs.orchestrator.sweep import carry, config_sha, run_sweep
+
+    def toml(base: dict) -> str:
+        keys = [f"{s}.{k} = {json.dumps(v)}" for s, t in base.items() for k, v in t.items()]
+        return "[base]\n" + "\n".join(keys) + '\n[grid]\n"federation.seed" = [0, 1]\n'
+
+    spec = {"base": BASE, "grid": {"federation.seed": [0, 1]}}
+    (tmp_path / "s.toml").write_text(toml(BASE))
+    trials = expand(parse_sweep(spec))
+    rows = [
+        {
+            "trial": t.name,
+            "federation.seed": i,
+            "status": "finished",
+            "final_accuracy": 0.5 + i,
+            "best_accuracy": 0.5 + i,
+            "config_sha": config_sha(t.cfg),
+        }
+        for i, t in enumerate(trials)
+    ]
+    stored = tmp_path / "s.results.csv"
+
+    def store(rows: list[dict]) -> None:
+        with stored.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    store([{**rows[0], "status": "pending"}, rows[1]])
+    assert list(carry(trials, stored)) == [trials[1].name]  # only finished rows carry
+    store(rows)
+    quiet = Console(file=io.StringIO())
+    result = run_sweep(
+        str(tmp_path / "s.toml"), out=str(tmp_path / "sw"), done=str(stored), console=quiet
+    )
+    assert (result.trials, result.finished, result.failed) == (2, 2, 0)  # nothing ran
+    got = list(csv.DictReader((tmp_path / "sw" / "results.csv").open()))
+    assert [float(r["final_accuracy"]) for r in got] == [0.5, 1.5]
+    assert [r["config_sha"] for r in got] == [config_sha(t.cfg) for t in trials]
+    (tmp_path / "s.toml").write_text(toml({**BASE, "client": {"local_epochs": 2}}))
+    with pytest.raises(SweepError, match=r"was run with another configuration"):
+        run_sweep(
+            str(tmp_path / "s.toml"), out=str(tmp_path / "sw2"), done=str(stored), console=quiet
+        )
