@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from fedrs.actors.allocator import retain_freed_memory
+from fedrs.core.attacks import LabelFlipped, attackers, tamper
+from fedrs.core.config import from_dict, with_data_path
+from fedrs.core.privacy import privatize_local
+from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
 from fedrs.datasets.shards import Shard
 from fedrs.faults import inject
 from fedrs.methods.base import FitOptions, InputCache, Method
-from fedrs.orchestrator.attacks import LabelFlipped, attackers, tamper
-from fedrs.orchestrator.config import from_dict, with_data_path
-from fedrs.orchestrator.privacy import privatize_local
-from fedrs.orchestrator.state_store import FileStateStore
 
 Params = dict[str, np.ndarray]
 
@@ -127,7 +127,7 @@ class ClientWorker:
         self.features: FeatureCache | None = None  # opened on first use
         self._personal: tuple[Any, Params] = (None, {})  # last (client, round) personalised
         self.resident = ResidentTensors()  # global tensors unchanged for rounds (Download)
-        a = self.cfg.attack  # simulated Byzantine clients (orchestrator/attacks.py)
+        a = self.cfg.attack  # simulated Byzantine clients (fedrs/core/attacks.py)
         registered = self.cfg.federation.num_clients or self.data.num_clients
         self.attackers = (
             attackers(registered, a.fraction, a.seed) if a.kind != "none" else frozenset()

@@ -45,9 +45,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedrs.actors.client import ClientWorker
+from fedrs.core.config import RunConfig
 from fedrs.errors import FedrsError, RunStopped, remote_error
 from fedrs.methods.base import Method
-from fedrs.orchestrator.config import RunConfig
 
 log = logging.getLogger(__name__)
 AFFINITY_SLACK = 0.2  # an actor's own task may be this much smaller than the largest pending

@@ -44,8 +44,8 @@ def _fitter(cfg_dict: dict[str, Any], data_path: str, tuned: bool, conn: Any) ->
 
     from fedrs.actors.allocator import retain_freed_memory
     from fedrs.benchmarks.harness import build_local, fit_options
+    from fedrs.core.config import from_dict
     from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.config import from_dict
 
     applied = retain_freed_memory() if tuned else False
     torch.set_num_threads(1)
@@ -83,7 +83,7 @@ def run(
     seed: int = 0,
 ) -> dict[str, Any]:
     from fedrs.benchmarks.harness import build_data
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     if cycles < 1 or block < 1:
         raise ValueError(f"cycles and block must be >= 1, got {cycles} and {block}")

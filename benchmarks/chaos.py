@@ -124,7 +124,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     from ray.cluster_utils import Cluster
     from rich.console import Console
 
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
     from fedrs.orchestrator.runner import run
 
     o = {"rounds": 3, "clients": 6, "timeout_s": 30.0, "cpus": 4, "scenarios": list(SCENARIOS)}

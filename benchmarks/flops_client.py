@@ -70,8 +70,8 @@ class Client:
 
     def __init__(self, spec: RowSpec, classes: list[str], seed: int) -> None:
         from fedrs.actors.allocator import retain_freed_memory
+        from fedrs.core.config import RunConfig
         from fedrs.methods import method_class
-        from fedrs.orchestrator.config import RunConfig
 
         self.spec = spec
         self.cfg = RunConfig().replace(

@@ -44,7 +44,7 @@ def flower_apps(
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from fedrs.orchestrator.config import from_dict
+    from fedrs.core.config import from_dict
 
     client_app = ClientApp()
 

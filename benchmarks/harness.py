@@ -107,8 +107,8 @@ def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], A
     """The method on the CPU, its initial global tensors and the run's strategy, built in this
     process as a client actor (method) and the driver (strategy) build them:
     ``(method_cls, method, params, strategy)``."""
+    from fedrs.core.strategies import make_strategy
     from fedrs.methods import method_class
-    from fedrs.orchestrator.strategies import make_strategy
 
     method_cls = method_class(cfg.method.name)
     method = method_cls(cfg, data.classes, "cpu")

@@ -140,7 +140,7 @@ def run(
 ) -> dict[str, Any]:
     import ray
 
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     fractions = [
         float(f) for f in (fractions if isinstance(fractions, list | tuple) else [fractions])

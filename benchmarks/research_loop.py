@@ -49,8 +49,8 @@ class SequentialLoop:
         self.rounds: list[dict[str, Any]] = []
 
     def round(self, rnd: int) -> dict[str, Any]:
-        from fedrs.orchestrator.sampling import sample_clients
-        from fedrs.orchestrator.strategies import ClientUpdate
+        from fedrs.core.sampling import sample_clients
+        from fedrs.core.strategies import ClientUpdate
 
         fed, method = self.cfg.federation, self.method
         with threads():
@@ -202,8 +202,8 @@ def _ceiling_worker(
     import torch
 
     from fedrs.actors.allocator import retain_freed_memory
+    from fedrs.core.config import from_dict
     from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.config import from_dict
 
     if retain_freed:
         retain_freed_memory()
@@ -243,8 +243,8 @@ def run_ceiling(
     processes tune their allocator as fedrs's actors do (``actors/allocator.py``)."""
     import multiprocessing as mp
 
+    from fedrs.core.sampling import sample_clients
     from fedrs.datasets.manifest import FedDataset
-    from fedrs.orchestrator.sampling import sample_clients
 
     fed = cfg.federation
     registered = fed.num_clients or FedDataset(data_path, verify=False).num_clients

@@ -154,7 +154,7 @@ def run(
     arch: str = ARCH,
     bottleneck: int = 64,
 ) -> dict[str, Any]:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
     from fedrs.orchestrator.plan import plan
 
     seeds = [int(s) for s in (seeds if isinstance(seeds, list | tuple) else [seeds])]

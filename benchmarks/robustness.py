@@ -14,7 +14,7 @@ arm evaluates the CLIP backbone (``arch``, ``pretrained``, or pretrained here fo
 pretrain_epochs=3 --set lr=0.001`` fine-tunes a pretrained CLIP instead: there, reversed
 steps barely move it from its zero-shot accuracy and the precondition below refuses it.
 
-Attacks (``orchestrator/attacks.py``), each at every attacker fraction (``fractions``):
+Attacks (``fedrs/core/attacks.py``), each at every attacker fraction (``fractions``):
 
 * ``signflip``, boosted: ``w_g - boost (w - w_g)``; with ``boost x f > n - f`` FedAvg's step
   points against the honest mean (20 % of 10 clients, ``boost`` 10: -1.2 x the honest step);
@@ -163,7 +163,7 @@ def sweep_spec(o: dict[str, Any], arm_list: list[dict[str, Any]]) -> dict[str, A
 
 def run_config(o: dict[str, Any], bundle: dict[str, Any], seed: int, data_path: str = ""):
     """One trial's ``RunConfig`` outside a sweep (tests, a single cell by hand)."""
-    from fedrs.orchestrator.config import from_dict
+    from fedrs.core.config import from_dict
 
     base = base_config(o)
     base |= {k: v for k, v in bundle.items() if isinstance(v, dict)}  # a section replaced
@@ -174,7 +174,7 @@ def run_config(o: dict[str, Any], bundle: dict[str, Any], seed: int, data_path: 
 
 def interval(values: list[float]) -> dict[str, Any]:
     """Mean and 95 % Student-t interval ([low, high]; None under two values)."""
-    from fedrs.orchestrator.sweep_report import describe
+    from fedrs.orchestrator.sweep.report import describe
 
     d = describe(values)
     if d["mean"] is None:
@@ -444,15 +444,9 @@ def run_sweeps(sweeps: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]
     """Run (or resume) each sweep in turn; all their result rows."""
     from rich.console import Console
 
-    from fedrs.orchestrator.sweep import (
-        SPEC,
-        expand,
-        load_trials,
-        parse_sweep,
-        run_sweep,
-        write_spec,
-    )
-    from fedrs.orchestrator.sweep_report import read_results, write_results
+    from fedrs.orchestrator.sweep.results import read_results, write_results
+    from fedrs.orchestrator.sweep.run import run_sweep
+    from fedrs.orchestrator.sweep.spec import SPEC, expand, load_trials, parse_sweep, write_spec
 
     rows = []
     for folder, table in sweeps:

@@ -71,9 +71,9 @@ def run_size(
     """Driver up, store pre-populated with n clients, ``rounds`` rounds; (scale row, store row)."""
     import ray
 
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
+    from fedrs.core.state_store import FileStateStore
     from fedrs.orchestrator.driver import STATE_DIR
-    from fedrs.orchestrator.state_store import FileStateStore
 
     cfg = RunConfig().replace(**{**base, "federation.num_clients": n, "federation.rounds": rounds})
     shapes, root = private_shapes(cfg, num_classes), run_dir / STATE_DIR
@@ -164,9 +164,9 @@ class Options:
 
 
 def run(data: str | None = None, **options: Any) -> dict[str, Any]:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.manifest import FedDataset
     from fedrs.errors import ConfigError
-    from fedrs.orchestrator.config import RunConfig
 
     o = Options(**options)
     sizes, object_sizes = sorted(as_list(o.sizes, int)), sorted(as_list(o.object_sizes, int))

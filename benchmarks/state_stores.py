@@ -1,5 +1,5 @@
 """The client-state stores measured by the benchmarks: private states of a method's real shapes,
-the file store (``orchestrator/state_store.py``: filled for N clients, a client's durable save,
+the file store (``fedrs/core/state_store.py``: filled for N clients, a client's durable save,
 read latency, bytes on disk, save + load per client) and Ray's object store holding the same
 states (``scale-clients``' comparison; ``vs-sequential``'s store cost per client).
 """
@@ -47,7 +47,7 @@ class _States:
 def populate_files(root: Path, n: int, shapes: Shapes, seed: int) -> dict[str, float]:
     """Write a round-0 private state for clients 0..n-1 (``FileStateStore.save_many``: atomic
     files, one sync at the end)."""
-    from fedrs.orchestrator.state_store import FileStateStore
+    from fedrs.core.state_store import FileStateStore
 
     store, make = FileStateStore(root), _States(shapes, seed)
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def populate_files(root: Path, n: int, shapes: Shapes, seed: int) -> dict[str, f
 def client_saves(root: Path, n: int, shapes: Shapes, seed: int, count: int) -> dict[str, float]:
     """Latency of ``FileStateStore.save`` as a client calls it (fsync per file), over ``count``
     random clients of a populated store (a round-1 version each, removed again)."""
-    from fedrs.orchestrator.state_store import FileStateStore
+    from fedrs.core.state_store import FileStateStore
 
     store, make = FileStateStore(root), _States(shapes, seed + 1)
     ids = np.random.default_rng([seed, 1]).choice(n, size=min(count, n), replace=False)
@@ -194,7 +194,7 @@ def measure_object_store(n: int, shapes: Shapes, seed: int, reads: int) -> dict[
 def state_store_cost(params: dict[str, np.ndarray], repeats: int = 20) -> float:
     """Seconds per save + load of one client's private tensors in the file state store (the part
     of an actor's client time that the in-memory sequential loop does not pay)."""
-    from fedrs.orchestrator.state_store import FileStateStore
+    from fedrs.core.state_store import FileStateStore
 
     if not params:
         return 0.0

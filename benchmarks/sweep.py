@@ -66,7 +66,8 @@ def run_sequential(trials: list[Any], builds: Path, workers: int, root: Path) ->
     from rich.console import Console
 
     from fedrs.orchestrator.runner import run
-    from fedrs.orchestrator.sweep import RunClock, ensure_build
+    from fedrs.orchestrator.sweep.builds import ensure_build
+    from fedrs.orchestrator.sweep.run import RunClock
 
     out, t0 = [], time.perf_counter()
     for t in trials:
@@ -97,8 +98,9 @@ def run_concurrent(spec: dict[str, Any], sweep_dir: Path, builds: Path) -> dict[
 
     from rich.console import Console
 
-    from fedrs.orchestrator.sweep import BUILDS, expand, parse_sweep, run_sweep, write_spec
-    from fedrs.orchestrator.sweep_report import read_results
+    from fedrs.orchestrator.sweep.results import read_results
+    from fedrs.orchestrator.sweep.run import run_sweep
+    from fedrs.orchestrator.sweep.spec import BUILDS, expand, parse_sweep, write_spec
 
     sweep = parse_sweep(spec)
     sweep_dir.mkdir(parents=True)
@@ -143,7 +145,8 @@ def run(
     keep: str | None = None,
 ) -> dict[str, Any]:
     from fedrs.orchestrator.runner import connect_ray
-    from fedrs.orchestrator.sweep import ensure_build, expand, parse_sweep
+    from fedrs.orchestrator.sweep.builds import ensure_build
+    from fedrs.orchestrator.sweep.spec import expand, parse_sweep
 
     if order not in ("sweep-first", "sequential-first"):
         raise ValueError(f"order must be sweep-first or sequential-first, got {order!r}")

@@ -92,7 +92,7 @@ BASIS_MEANING = {
 
 
 def _run_config(opts: dict[str, Any], method: str, data: str) -> dict[str, Any]:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     cfg = RunConfig().replace(
         **{
@@ -136,7 +136,7 @@ def _fedrs(cfg_dict: dict[str, Any], out: str) -> dict[str, Any]:
     """``runner.run`` as ``fedrs run`` calls it, timed from its console lines."""
     import ray
 
-    from fedrs.orchestrator.config import from_dict
+    from fedrs.core.config import from_dict
 
     t0 = time.perf_counter()
     cfg = from_dict(cfg_dict)

@@ -292,8 +292,8 @@ def config_overrides(text: str | list[Any]) -> dict[str, str]:
 
 
 def run(data: str | None = None, **options: Any) -> dict[str, Any]:
+    from fedrs.core.config import RunConfig
     from fedrs.methods import method_class
-    from fedrs.orchestrator.config import RunConfig
 
     t_start, o = time.perf_counter(), Options(**options)
     if o.repeats < 1:

@@ -15,6 +15,7 @@ real data. Everything is deterministic in the seed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -247,5 +248,71 @@ def build_synthetic(
             test_fraction=test_fraction,
             image_size=image_size,
             workers=workers,
+        )
+        return build(spec)
+
+
+CAPTION_TEMPLATES = (
+    "a satellite photo of {scene}.",
+    "an aerial image showing {scene} from the {sensor} sensor.",
+    "{adjective} {scene} seen from above.",
+    "a {sensor} view of a {scene} area.",
+    "there is {adjective} {scene} in this image.",
+)
+ADJECTIVES = ("wide", "small", "dense", "sparse", "bright", "dark", "green", "grey")
+
+
+def write_caption_folder(
+    out: str | os.PathLike[str], per_class: int, size: int, seed: int
+) -> tuple[str, str]:
+    """Write ``OUT/raw/captions/images/*.png`` with ``dataset.json`` (five captions per image
+    from ``CAPTION_TEMPLATES``, each naming the scene, a sensor and a drawn adjective; every
+    fifth image of a class in the test split) and ``classes.json`` (file -> scene class);
+    return (caption folder, classes file) for the builder."""
+    root = Path(out) / "raw" / "captions"
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records, classes = [], {}
+    for c, name in enumerate(SCENES):
+        for i in range(max(5, per_class)):
+            rng = np.random.default_rng([seed, 7, c, i])
+            sensor = DOMAINS[i % len(DOMAINS)]
+            filename = f"{name}_{i:04d}.png"
+            with atomic_open(images / filename, "wb") as fh:
+                Image.fromarray(render(name, sensor, rng, size)).save(fh, format="PNG")
+            words = {"scene": name, "sensor": sensor}
+            sentences = [
+                {"raw": t.format(**words, adjective=ADJECTIVES[rng.integers(len(ADJECTIVES))])}
+                for t in CAPTION_TEMPLATES
+            ]
+            split = "test" if i % 5 == 4 else "train"
+            records.append({"filename": filename, "split": split, "sentences": sentences})
+            classes[filename] = name
+    with atomic_open(root / "dataset.json", "w") as fh:
+        json.dump({"images": records}, fh)
+    classes_file = Path(out) / "raw" / "classes.json"
+    with atomic_open(classes_file, "w") as fh:
+        json.dump(classes, fh)
+    log.info("synthetic captions: %d images of %d scenes under %s", len(records), len(SCENES), root)
+    return str(root), str(classes_file)
+
+
+def build_synthetic_captions(
+    out: str | os.PathLike[str],
+    per_class: int = 40,
+    image_size: int = 64,
+    partition: PartitionSpec | None = None,
+) -> FedDataset:
+    """Generated captioned scenes built into caption shards (retrieval methods' default data);
+    label-skewed partitions use the scene classes."""
+    with new_output_dir(out):
+        seed = (partition or PartitionSpec()).seed
+        folder, classes = write_caption_folder(out, per_class, image_size, seed)
+        spec = BuildSpec(
+            sources=(("captions", folder),),
+            out=str(out),
+            partition=partition or PartitionSpec(scheme="dirichlet", num_clients=8, alpha=0.5),
+            image_size=image_size,
+            caption_classes=classes,
         )
         return build(spec)

@@ -235,7 +235,7 @@ def _cmd_data_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fedrs.orchestrator.config import load_config
+    from fedrs.core.config import load_config
     from fedrs.orchestrator.runner import run
 
     if args.dry_run:
@@ -272,7 +272,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(target) != 2:
             print("fedrs: error: usage: fedrs sweep report DIR | FILE.results.csv", file=sys.stderr)
             return 2
-        from fedrs.orchestrator.sweep_report import report, stored_report
+        from fedrs.orchestrator.sweep.report import report, stored_report
 
         if target[1].endswith(".csv"):  # a study's stored results: the markdown, on stdout
             print(stored_report(target[1], args.metric, args.also, args.compare, args.scale))
@@ -292,7 +292,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(target) != 2:
             print("fedrs: error: usage: fedrs sweep tables FILE.md [--check]", file=sys.stderr)
             return 2
-        from fedrs.orchestrator.sweep_tables import blocks, regenerate
+        from fedrs.orchestrator.sweep.tables import blocks, regenerate
 
         stale = regenerate(target[1], check=args.check)
         if args.check and stale:
@@ -305,7 +305,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         verb = "match" if args.check else "regenerated"
         print(f"{len(blocks(target[1]))} tables {verb} ({len(stale)} changed)")
         return 0
-    from fedrs.orchestrator.sweep import run_sweep
+    from fedrs.orchestrator.sweep.run import run_sweep
 
     if bool(target) == bool(args.resume) or len(target) > 1:
         print("fedrs: error: give one sweep file or --resume DIR", file=sys.stderr)
@@ -370,8 +370,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from fedrs.orchestrator.config import StrategyConfig
-    from fedrs.orchestrator.strategies import STRATEGIES
+    from fedrs.core.config import StrategyConfig
+    from fedrs.core.strategies import STRATEGIES
 
     section = StrategyConfig()
     rows = [
@@ -382,7 +382,7 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from fedrs.orchestrator.config import load_config, to_toml
+    from fedrs.core.config import load_config, to_toml
 
     print(to_toml(load_config(args.config, args.set)), end="")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedrs.errors import ConfigError
+from fedrs.core.registry import METHODS, method_class, register
 from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.clip2fl import CLIP2FL, CReFF, StudentFedAvg
 from fedrs.methods.feddiff import EarlyFusion, FedDiff
@@ -35,13 +35,8 @@ CLASSIFICATION = (
     EarlyFusion,
 )
 RETRIEVAL = (PERSITR, RetrievalZeroShot, RetrievalCoOp, RetrievalFullFT, RetrievalAdaptFormer)
-METHODS: dict[str, type[Method]] = {m.name: m for m in (*CLASSIFICATION, *RETRIEVAL)}
-
-
-def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ConfigError(f"unknown method.name {name!r}; choose from {sorted(METHODS)}")
-    return METHODS[name]
+for _method in (*CLASSIFICATION, *RETRIEVAL):  # the built-in methods, into the registry
+    register(_method)
 
 
 __all__ = ["METHODS", "FitOptions", "FitOutput", "Method", "method_class"]

@@ -43,8 +43,6 @@ place of the pixels, or a teacher's outputs beside them) goes through one shared
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -54,40 +52,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrs.core.registry import all_checks, check  # noqa: F401 - methods' option checks
+from fedrs.datasets.defaults import IMAGES, SyntheticDefault
+
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
+    from fedrs.core.strategies import ClientUpdate
     from fedrs.datasets.shards import Shard
     from fedrs.models.backbone import Backbone
-    from fedrs.orchestrator.config import RunConfig
-    from fedrs.orchestrator.strategies import ClientUpdate
 
 Params = dict[str, np.ndarray]
-
-
-_gathered = threading.local()
-
-
-def check(cond: bool, msg: str) -> None:
-    """A method option's validation: a one-line ConfigError when ``cond`` is false (inside
-    ``all_checks``: recorded, so that every problem is reported at once)."""
-    if not cond:
-        bucket = getattr(_gathered, "errors", None)
-        if bucket is not None:
-            bucket.append(msg)
-            return
-        from fedrs.errors import ConfigError
-
-        raise ConfigError(msg)
-
-
-@contextlib.contextmanager
-def all_checks() -> Iterator[list[str]]:
-    """Within: failed ``check``s are collected in the yielded list instead of raised."""
-    outer = getattr(_gathered, "errors", None)
-    _gathered.errors = []
-    try:
-        yield _gathered.errors
-    finally:
-        _gathered.errors = outer
 
 
 @dataclass(frozen=True)
@@ -196,9 +170,9 @@ class Method(ABC):
     # False: clients never share a model (local training only); the global split is then
     # evaluated only through each client's own model (federation.eval_personal_global)
     global_model: ClassVar[bool] = True
-    # the synthetic default data a run without data.path builds for it: "images" (scenes
-    # of land-cover classes) or "scene" (a co-registered HSI + LiDAR scene)
-    synthetic_data: ClassVar[str] = "images"
+    # the synthetic default data a run without data.path builds for it (datasets/defaults.py):
+    # IMAGES (land-cover scenes), CAPTIONS (captioned scenes), SCENE (HSI + LiDAR)
+    synthetic_data: ClassVar[SyntheticDefault] = IMAGES
     # what the data must hold, checked in preflight before Ray starts: "labels" (class
     # labels), "captions" (image-text pairs), "modalities" (co-registered HSI / LiDAR bands)
     needs: ClassVar[frozenset[str]] = frozenset({"labels"})

@@ -58,9 +58,9 @@ from fedrs.methods.base import (
 from fedrs.models.student import Student
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
+    from fedrs.core.strategies import ClientUpdate
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
-    from fedrs.orchestrator.strategies import ClientUpdate
 
 PREFIX = "student."
 HEAD_W, HEAD_B = "classifier.weight", "classifier.bias"  # the re-trained classifier

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedrs.datasets.defaults import SCENE, SyntheticDefault
 from fedrs.methods.base import (
     FitOptions,
     FitOutput,
@@ -72,7 +73,7 @@ from fedrs.methods.base import (
 from fedrs.models.feddiff import DDPM, Branch, FusionHead, UNet, resize_patches
 
 if TYPE_CHECKING:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
 LOWRANK = "lowrank/"
 EVAL_BATCH = 512
@@ -231,7 +232,7 @@ class _PixelMethod(Method):
     """What FedDiff and early fusion share: modules named by prefix, their tensors as global
     params, the staged upload groups, low-rank uploads, OA / AA / kappa."""
 
-    synthetic_data: ClassVar[str] = "scene"
+    synthetic_data: ClassVar[SyntheticDefault] = SCENE
     needs: ClassVar[frozenset[str]] = frozenset({"labels", "modalities"})
     # the schedule of the FedDiff tables (benchmarks/sweeps/feddiff_*.toml): 30 classifier
     # rounds x 2 local epochs, SGD lr 0.05, 4 clients (synthetic scene), all every round

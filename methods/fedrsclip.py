@@ -61,9 +61,9 @@ from fedrs.models.prompt import (
 )
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
+    from fedrs.core.strategies import ClientUpdate
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
-    from fedrs.orchestrator.strategies import ClientUpdate
 
 SHARED = "prompt.shared_ctx"
 PRIVATE = "prompt.private_ctx"
@@ -161,7 +161,7 @@ class FedRSCLIPServer(MethodServer):
     (the clients' extras) becomes ``prompt.visual_mean``; otherwise nothing."""
 
     def update(self, round: int, params: Params, updates: list[ClientUpdate]) -> Params:
-        from fedrs.orchestrator.strategies.fedavg import weighted_average
+        from fedrs.core.strategies.fedavg import weighted_average
 
         sent = sorted((u for u in updates if VISUAL in u.extras), key=lambda u: u.client_id)
         if VISUAL_MEAN not in params or not sent:

@@ -28,8 +28,8 @@ from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import class_prompts
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 
 class FullFedAvg(ClipMethod):

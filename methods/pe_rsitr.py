@@ -21,29 +21,32 @@ from fedrs.methods.retrieval import RetrievalMethod
 from fedrs.models.adapter import ADAPTER_DROPOUT, BOTTLENECK, AdaptedCLIP, MRSAdapter
 
 if TYPE_CHECKING:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
 
 @dataclass(frozen=True)
 class PERSITROptions:
     lambda_views: float = 1.0  # HMMC's lambda on L_v + L_t [std]; 0: the L_cm-only ablation
-    bottleneck: int = BOTTLENECK  # the adapter's hidden width [code: 64]
+    # the adapter's hidden width [code: 64]; 0: 64, or half the narrower encoder's width when
+    # that is below 128 (a small backbone), so that the default fits every architecture
+    bottleneck: int = 0
     adapter_dropout: float = ADAPTER_DROPOUT  # inside the adapter [code: 0.5]
 
     def __post_init__(self) -> None:
         check(self.lambda_views >= 0, f"method.lambda_views must be >= 0, got {self.lambda_views}")
-        check(self.bottleneck >= 1, f"method.bottleneck must be >= 1, got {self.bottleneck}")
+        check(self.bottleneck >= 0, f"method.bottleneck must be >= 0, got {self.bottleneck}")
         check(0 <= self.adapter_dropout < 1, "method.adapter_dropout must be in [0, 1)")
 
 
 def _adapter_for(cfg: RunConfig, text_width: int, vision_width: int) -> MRSAdapter:
     o = cfg.method
+    bottleneck = o.bottleneck or min(BOTTLENECK, min(text_width, vision_width) // 2)
     check(
-        o.bottleneck < min(text_width, vision_width),
-        f"method.bottleneck={o.bottleneck} must be below the encoders' widths "
+        bottleneck < min(text_width, vision_width),
+        f"method.bottleneck={bottleneck} must be below the encoders' widths "
         f"({text_width}, {vision_width}) of {cfg.model.arch}",
     )
-    return MRSAdapter(text_width, vision_width, o.bottleneck, o.adapter_dropout)
+    return MRSAdapter(text_width, vision_width, bottleneck, o.adapter_dropout)
 
 
 class PERSITR(RetrievalMethod):

@@ -29,8 +29,8 @@ from fedrs.methods.base import (
 from fedrs.methods.promptfl import CTX, PromptFL, PromptOptions
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 
 def _train_ctx(method: PromptFL, start: np.ndarray, shard: Shard, options: FitOptions) -> Any:

@@ -24,8 +24,8 @@ from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import PromptedCLIP, PromptLearner
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 CTX = "prompt.ctx"
 

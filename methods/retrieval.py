@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrs.core.metrics import recall_at_k
+from fedrs.datasets.defaults import CAPTIONS, SyntheticDefault
 from fedrs.methods.base import ClipMethod, FitOptions, FitOutput, Params, local_sgd, to_numpy
 from fedrs.models.adapter import AdaptedCLIP, hmmc_loss
 from fedrs.models.backbone import load_backbone
-from fedrs.orchestrator.metrics import recall_at_k
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 EVAL_BATCH = 128
 
@@ -33,6 +34,7 @@ class RetrievalMethod(ClipMethod):
 
     headline = "mR"
     needs: ClassVar[frozenset[str]] = frozenset({"captions"})
+    synthetic_data: ClassVar[SyntheticDefault] = CAPTIONS
     prefix: ClassVar[str] = ""  # the names of the trained tensors start with this
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:

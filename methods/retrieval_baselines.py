@@ -24,8 +24,8 @@ from fedrs.methods.retrieval import RetrievalMethod
 from fedrs.models.adapter import BOTTLENECK, AdaptedCLIP, BlockAdapters
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 Shapes = dict[str, dict[str, tuple[int, ...]]]
 

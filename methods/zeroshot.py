@@ -18,8 +18,8 @@ from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import zero_shot_text_features
 
 if TYPE_CHECKING:
+    from fedrs.core.config import RunConfig
     from fedrs.datasets.shards import Shard
-    from fedrs.orchestrator.config import RunConfig
 
 
 class ZeroShot(ClipMethod):

@@ -35,22 +35,22 @@ import ray
 
 from fedrs.actors.client import Download, EvalTask, FitTask
 from fedrs.actors.pool import ClientPool, PerTask, Placement
+from fedrs.core.attacks import OMNISCIENT, omniscient
+from fedrs.core.config import RunConfig, with_data_path
+from fedrs.core.metrics import collapse, shot_accuracy, shot_groups
+from fedrs.core.privacy import central_estimate, epsilon
+from fedrs.core.sampling import inclusion_rate, sample_round, usable_count
+from fedrs.core.state_store import FileStateStore
+from fedrs.core.strategies import ClientUpdate, make_strategy
+from fedrs.core.validation import spec_of, validate_extras, validate_update
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError, FedrsError, RunStopped
 from fedrs.faults import inject
 from fedrs.io import dumps, json_safe, process_memory, write_json
 from fedrs.methods.base import FitOptions, Method
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.attacks import OMNISCIENT, omniscient
-from fedrs.orchestrator.config import RunConfig, with_data_path
 from fedrs.orchestrator.holdings import PREFIX as HOLDINGS_STATE
 from fedrs.orchestrator.holdings import Holdings, unchanged
-from fedrs.orchestrator.metrics import collapse, shot_accuracy, shot_groups
-from fedrs.orchestrator.privacy import central_estimate, epsilon
-from fedrs.orchestrator.sampling import inclusion_rate, sample_round, usable_count
-from fedrs.orchestrator.state_store import FileStateStore
-from fedrs.orchestrator.strategies import ClientUpdate, make_strategy
-from fedrs.orchestrator.validation import spec_of, validate_extras, validate_update
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"

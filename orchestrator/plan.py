@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fedrs.core.config import RunConfig
 from fedrs.errors import FedrsError
 from fedrs.models.backbone import model_config
-from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.preflight import (
     check_cluster,
     check_data,
@@ -53,8 +53,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     down_run = received * per_round * rounds
     records = _client_records(cfg)
     if rounds:  # clients of groups / stages, tensors they hold already: exact, round by round
+        from fedrs.core.sampling import sample_round
         from fedrs.orchestrator.holdings import Holdings
-        from fedrs.orchestrator.sampling import sample_round
 
         up_run = down_run = 0
         # a tensor changes in a round when a sampled client uploads it or the server writes it;

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from fedrs.core.config import RunConfig, from_dict
+from fedrs.core.strategies import Strategy, make_strategy
 from fedrs.errors import ConfigError, FedrsError, ShardIntegrityError
 from fedrs.methods.base import Method
-from fedrs.orchestrator.config import RunConfig, from_dict
-from fedrs.orchestrator.strategies import Strategy, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def resolve_names(
     from fedrs.models.backbone import model_config
 
     method_cls = method_cls or method_class(cfg.method.name)
-    from fedrs.orchestrator.strategies import STRATEGIES
+    from fedrs.core.strategies import STRATEGIES
 
     if cfg.strategy.name not in STRATEGIES:
         raise ConfigError(
@@ -353,10 +353,8 @@ def check_data_kind(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) -
     """The data holds what the method needs (``Method.needs``): a caption build for retrieval,
     class labels for classifiers, co-registered modalities for FedDiff; one line naming the
     fix, before anything starts."""
-    if data.holds is None:  # the synthetic default the method asks for
-        holds = {"labels"} | ({"modalities"} if method_cls.synthetic_data == "scene" else set())
-    else:
-        holds = set(data.holds)
+    # data.holds None: the synthetic default the method asks for
+    holds = set(method_cls.synthetic_data.holds if data.holds is None else data.holds)
     missing = sorted(method_cls.needs - holds)
     if missing:
         where = f"data.path {cfg.data.path}" if data.path else "the synthetic default data"

@@ -23,13 +23,13 @@ from rich.console import Console
 
 from fedrs import reaper
 from fedrs.actors.pool import Placement
+from fedrs.core.config import RunConfig
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError, FedrsError, remote_error
 from fedrs.io import first_missing, fresh_path, write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.preflight import (
     SYNTH_DIR,
     Checked,
@@ -101,31 +101,12 @@ def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
 
 
 def build_synthetic_default(cfg: RunConfig, out: Path, part: PartitionSpec) -> None:
-    """The synthetic data the method asks for (``Method.synthetic_data``): land-cover image
-    scenes, or a co-registered HSI + LiDAR scene (``data.image_size`` its side)."""
+    """The synthetic data the method asks for (``Method.synthetic_data``, a
+    ``datasets.defaults.SyntheticDefault``): land-cover scenes, captioned scenes or a
+    co-registered HSI + LiDAR scene."""
     from fedrs.methods import method_class
 
-    if method_class(cfg.method.name).synthetic_data == "scene":
-        from fedrs.datasets.multimodal import (
-            ModalBuildSpec,
-            build_synthetic_scene,
-            parse_client_modalities,
-        )
-
-        groups = cfg.data.client_modalities
-        spec = ModalBuildSpec(
-            out=str(out),
-            partition=part,
-            patch={"*": cfg.data.patch_size},
-            client_modalities=parse_client_modalities(groups) if groups else (),
-        )
-        build_synthetic_scene(spec, height=cfg.data.image_size, width=cfg.data.image_size)
-        return
-    from fedrs.datasets.synth import build_synthetic
-
-    build_synthetic(
-        out, per_class=cfg.data.per_class, image_size=cfg.data.image_size, partition=part
-    )
+    method_class(cfg.method.name).synthetic_data.build(cfg.data, out, part)
 
 
 def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:

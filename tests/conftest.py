@@ -119,7 +119,7 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_run(data: Path, **sets: object):
     """A short run config on ``data``: 2 rounds of 6 clients, 1 local epoch, 2 actors; read
     as a config file is (keys left out take the method's run defaults)."""
-    from fedrs.orchestrator.config import from_dict
+    from fedrs.core.config import from_dict
 
     base = {
         "data.path": str(data),

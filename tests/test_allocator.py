@@ -47,7 +47,7 @@ def test_freed_memory_is_reused_not_refaulted() -> None:
 
 
 def test_setting_is_a_validated_config_field() -> None:
-    from fedrs.orchestrator.config import ConfigError, RunConfig
+    from fedrs.core.config import ConfigError, RunConfig
 
     assert RunConfig().resources.retain_freed_memory is True
     off = RunConfig().replace(**{"resources.retain_freed_memory": False})

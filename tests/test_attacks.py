@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from fedrs.errors import ConfigError
-from fedrs.orchestrator.attacks import (
+from fedrs.core.attacks import (
     LabelFlipped,
     alie_z_max,
     attackers,
     omniscient,
     tamper,
 )
-from fedrs.orchestrator.config import RunConfig
-from fedrs.orchestrator.strategies import ClientUpdate
+from fedrs.core.config import RunConfig
+from fedrs.core.strategies import ClientUpdate
+from fedrs.errors import ConfigError
 
 
 def test_attackers_are_a_fixed_fraction_drawn_from_the_seed() -> None:
@@ -109,14 +109,14 @@ def test_ipm_sends_minus_epsilon_times_the_honest_mean_and_turns_fedavg_around()
 
 
 def _make_fedavg():
-    from fedrs.orchestrator.strategies import make_strategy
+    from fedrs.core.strategies import make_strategy
 
     return make_strategy("fedavg", global_keys=("w",), prompt_keys=())
 
 
 def test_normclip_adaptive_bound_is_the_median_norm() -> None:
-    from fedrs.orchestrator.config import StrategyConfig
-    from fedrs.orchestrator.strategies import make_strategy
+    from fedrs.core.config import StrategyConfig
+    from fedrs.core.strategies import make_strategy
 
     current = {"w": np.zeros(2, "f4")}
     # norms 1, 2, 5 (honest) and 50 (an attacker): median of four = (2 + 5) / 2

@@ -128,7 +128,7 @@ def test_half_gpu_clients_share_one_logical_gpu(synth_data: Path) -> None:
 
 
 def test_config_overrides_reach_the_run_config() -> None:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     parse = vs_sequential.config_overrides
     assert parse("method.diffusion_rounds=1; client.lr=0.05;;") == {

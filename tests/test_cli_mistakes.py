@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fedrs.orchestrator.config import RunConfig
+from fedrs.core.config import RunConfig
 
 FEDRS = [sys.executable, "-m", "fedrs.cli"]
 
@@ -222,8 +222,8 @@ def test_help_is_for_users_and_every_option_is_documented() -> None:
 
 
 def test_methods_strategies_and_config_are_listed(workdir: Path) -> None:
+    from fedrs.core.strategies import STRATEGIES
     from fedrs.methods import METHODS
-    from fedrs.orchestrator.strategies import STRATEGIES
 
     out = fedrs(workdir, "methods").stdout
     for name, cls in METHODS.items():

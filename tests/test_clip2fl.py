@@ -20,6 +20,10 @@ import pytest
 import torch
 
 from conftest import small_run
+from fedrs.core.config import RunConfig
+from fedrs.core.metrics import shot_accuracy, shot_groups
+from fedrs.core.strategies import ClientUpdate
+from fedrs.core.validation import validate_extras
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOutput
 from fedrs.methods.clip2fl import (
@@ -31,11 +35,7 @@ from fedrs.methods.clip2fl import (
     prototype_contrastive,
 )
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.config import RunConfig
-from fedrs.orchestrator.metrics import shot_accuracy, shot_groups
 from fedrs.orchestrator.runner import run
-from fedrs.orchestrator.strategies import ClientUpdate
-from fedrs.orchestrator.validation import validate_extras
 
 QUIET = None
 # a small student and a short server step: the machinery, not the paper's budget

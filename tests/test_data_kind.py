@@ -9,11 +9,11 @@ import pytest
 from test_cli_mistakes import assert_one_line_error, fedrs, tree
 
 from conftest import make_caption_dataset, make_imagefolder
+from fedrs.core.config import from_dict
 from fedrs.datasets.builder import BuildSpec, build
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError
 from fedrs.methods import method_class
-from fedrs.orchestrator.config import from_dict
 from fedrs.orchestrator.preflight import check_data, check_data_kind
 
 

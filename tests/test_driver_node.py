@@ -16,7 +16,7 @@ def test_driver_strategy_keeps_a_coordinating_driver_on_the_local_node() -> None
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from fedrs.orchestrator.config import ResourcesConfig
+    from fedrs.core.config import ResourcesConfig
     from fedrs.orchestrator.runner import driver_strategy
 
     class Probe:  # local: pickled by value (workers cannot import a test module)
@@ -47,8 +47,8 @@ def test_driver_strategy_keeps_a_coordinating_driver_on_the_local_node() -> None
 
 
 def test_driver_node_is_validated() -> None:
+    from fedrs.core.config import RunConfig
     from fedrs.errors import ConfigError
-    from fedrs.orchestrator.config import RunConfig
 
     with pytest.raises(ConfigError, match="driver_node"):
         RunConfig().replace(**{"resources.driver_node": "head"})

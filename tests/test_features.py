@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from fedrs.core.config import RunConfig
 from fedrs.datasets import features as feat
 from fedrs.datasets.features import FeatureCache, FeatureShard, feature_key, feature_path
 from fedrs.datasets.manifest import FedDataset
@@ -19,7 +20,6 @@ from fedrs.methods.base import FitOptions
 from fedrs.methods.promptfl import PromptFL
 from fedrs.methods.zeroshot import ZeroShot
 from fedrs.models.backbone import load_backbone, save_checkpoint
-from fedrs.orchestrator.config import RunConfig
 
 QUIET = Console(file=io.StringIO())
 

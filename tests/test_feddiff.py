@@ -205,7 +205,7 @@ def test_low_rank_exchange_restores_and_counts() -> None:
 
 
 def test_groups_keep_modalities_apart() -> None:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     cfg = RunConfig().replace(**{"method.name": "feddiff", "method.diffusion_rounds": 2})
     hsi_only = {"id": 0, "modalities": ["hsi"]}
@@ -223,7 +223,7 @@ def test_groups_keep_modalities_apart() -> None:
 
 # ---------------------------------------------------------------------------------- runs
 def _tiny(data: Path, **sets: Any) -> Any:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
 
     base = {
         "method.name": "feddiff",
@@ -378,8 +378,8 @@ def test_cli_builds_a_mat_scene_and_rejects_a_malformed_one(tmp_path: Path) -> N
 def test_sweep_builds_a_pixel_table_with_each_trials_modal_keys(tmp_path: Path) -> None:
     from scipy.io import savemat
 
-    from fedrs.orchestrator.config import RunConfig
-    from fedrs.orchestrator.sweep import build_key, ensure_build
+    from fedrs.core.config import RunConfig
+    from fedrs.orchestrator.sweep.builds import build_key, ensure_build
 
     rng = np.random.default_rng(0)
     src = tmp_path / "pixels"

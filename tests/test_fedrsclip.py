@@ -15,14 +15,14 @@ import pytest
 import torch
 from rich.console import Console
 
+from fedrs.core.config import RunConfig
+from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions, FitOutput
 from fedrs.methods.fedrsclip import PRIVATE, SHARED, VISUAL, FedRSCLIP, fedrsclip_loss
 from fedrs.models.backbone import load_backbone
 from fedrs.models.prompt import encode_image_prompted, symmetric_info_nce
-from fedrs.orchestrator.config import RunConfig
-from fedrs.orchestrator.state_store import FileStateStore
 
 
 def _unit(*rows: list[float]) -> torch.Tensor:
@@ -231,8 +231,8 @@ def test_dpa_stop_shared_moves_only_the_private_prompt() -> None:
 
 
 def test_visual_prompt_options_and_the_visual_mean(synth_data: Path) -> None:
+    from fedrs.core.strategies import ClientUpdate
     from fedrs.methods.fedrsclip import VISUAL_MEAN, FedRSCLIPServer
-    from fedrs.orchestrator.strategies import ClientUpdate
 
     ds = FedDataset(synth_data)
     base = RunConfig().replace(**{"method.name": "fedrsclip"})

@@ -14,13 +14,13 @@ import torch
 from rich.console import Console
 
 from conftest import make_caption_dataset, small_run
+from fedrs.core.config import RunConfig, from_dict
 from fedrs.datasets.manifest import FedDataset
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError
 from fedrs.methods import method_class
 from fedrs.methods.base import FitOptions, MethodServer, Params
 from fedrs.methods.promptfl import PromptFL
-from fedrs.orchestrator.config import RunConfig, from_dict
 
 # Final tensors of a short seeded local fit (2 epochs, batch 8, client 1 of a 2-client IID
 # synthetic build at 32 px, 4 scenes per class), computed with the code before the interface

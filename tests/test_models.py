@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from fedrs.core.config import RunConfig
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError
 from fedrs.methods.base import FitOptions
 from fedrs.methods.promptfl import CTX, PromptFL
 from fedrs.models.backbone import load_backbone, model_config, save_checkpoint
 from fedrs.models.prompt import PromptLearner
-from fedrs.orchestrator.config import RunConfig
 
 CHECKSUM = (
     "from fedrs.models.backbone import load_backbone; "

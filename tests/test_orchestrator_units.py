@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrs.errors import ConfigError
-from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.config import RunConfig, from_dict, load_config
-from fedrs.orchestrator.sampling import sample_clients
-from fedrs.orchestrator.state_store import FileStateStore
-from fedrs.orchestrator.strategies import (
+from fedrs.core.config import RunConfig, from_dict, load_config
+from fedrs.core.sampling import sample_clients
+from fedrs.core.state_store import FileStateStore
+from fedrs.core.strategies import (
     ClientUpdate,
     FedAvg,
     FedProx,
@@ -20,7 +18,9 @@ from fedrs.orchestrator.strategies import (
     make_strategy,
     weighted_average,
 )
-from fedrs.orchestrator.validation import spec_of, validate_update
+from fedrs.core.validation import spec_of, validate_update
+from fedrs.errors import ConfigError
+from fedrs.orchestrator import checkpoint
 
 
 def _u(cid: int, n: int, **params: list[float]) -> ClientUpdate:
@@ -134,8 +134,8 @@ def _dotted(cfg: RunConfig, key: str) -> object:
 
 
 def test_a_methods_run_defaults_fill_only_the_keys_the_user_left_out(tmp_path: Path) -> None:
+    from fedrs.core.config import to_toml
     from fedrs.methods import METHODS
-    from fedrs.orchestrator.config import to_toml
 
     feddiff = from_dict({"method": {"name": "feddiff"}})
     assert (feddiff.federation.rounds, feddiff.client.local_epochs, feddiff.client.lr) == (
@@ -234,8 +234,8 @@ def test_checkpoint_roundtrip(tmp_path: Path) -> None:
 
 
 def test_fit_options_from_config_carry_client_settings_and_strategy_options() -> None:
+    from fedrs.core.strategies import make_strategy
     from fedrs.methods.base import FitOptions
-    from fedrs.orchestrator.strategies import make_strategy
 
     cfg = RunConfig().replace(**{"client.lr": 0.1, "client.local_epochs": 3, "federation.seed": 7})
     prox = make_strategy("fedprox", mu=0.5, global_keys=("a", "b"), prompt_keys=())
@@ -247,7 +247,7 @@ def test_fit_options_from_config_carry_client_settings_and_strategy_options() ->
 
 
 def test_a_collapsed_round_is_named_in_the_record_and_the_round_line() -> None:
-    from fedrs.orchestrator.metrics import collapse
+    from fedrs.core.metrics import collapse
     from fedrs.orchestrator.runner import _progress_line
 
     one = {"accuracy": 0.574, "per_class_accuracy": [1.0, 0.0, 0.0, None], "kappa": 0.02}

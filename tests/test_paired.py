@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fedrs.orchestrator.paired import CompareError, Comparison, paired_differences
-from fedrs.orchestrator.sweep import SweepError, is_seed_axis
-from fedrs.orchestrator.sweep_report import read_stored, stored_report
-from fedrs.orchestrator.sweep_tables import blocks, regenerate
+from fedrs.orchestrator.sweep.paired import CompareError, Comparison, paired_differences
+from fedrs.orchestrator.sweep.report import stored_report
+from fedrs.orchestrator.sweep.results import read_stored
+from fedrs.orchestrator.sweep.spec import SweepError, is_seed_axis
+from fedrs.orchestrator.sweep.tables import blocks, regenerate
 
 T975 = {1: 12.706205, 2: 4.302653}  # two-sided 95 % Student-t quantiles, by degrees of freedom
 AXES = ["data.alpha", "arm", "federation.seed"]
@@ -191,7 +192,7 @@ def test_tables_regenerate_from_stored_results_and_a_hand_edit_fails_the_check(
 
 
 def test_a_report_table_in_the_sweep_file_is_validated() -> None:
-    from fedrs.orchestrator.sweep import parse_sweep
+    from fedrs.orchestrator.sweep.spec import parse_sweep
 
     spec = {"grid": {"federation.seed": [0, 1]}, "report": {"compare": ["arm=a:b"], "x": "k"}}
     assert parse_sweep(spec).report == {"compare": ["arm=a:b"], "x": "k"}

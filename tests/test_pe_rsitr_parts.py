@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from fedrs.core.metrics import recall_at_k, retrieval_ranks
 from fedrs.models.adapter import AdaptedCLIP, MRSAdapter, hmmc_loss, mrs_adapter_params
-from fedrs.orchestrator.metrics import recall_at_k, retrieval_ranks
 
 
 def test_adapter_size_from_the_vit_b_32_config() -> None:

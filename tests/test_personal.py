@@ -13,11 +13,11 @@ import pytest
 from rich.console import Console
 
 from conftest import small_run
+from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.manifest import FedDataset
 from fedrs.methods.base import FitOptions
 from fedrs.methods.personal import LocalCoOp, PromptFLFineTune
 from fedrs.methods.promptfl import CTX, PromptFL
-from fedrs.orchestrator.state_store import FileStateStore
 
 
 def _scores(partial: dict) -> tuple[float, float, float, list[float]]:

@@ -18,11 +18,12 @@ import torch
 from rich.console import Console
 
 from conftest import small_run
+from fedrs.core.config import RunConfig
+from fedrs.core.sampling import sample_clients, sample_usable
 from fedrs.errors import ConfigError, ShardIntegrityError
 from fedrs.io import dumps, json_safe, new_output_dir, write_json
 from fedrs.methods.base import FitOutput
 from fedrs.methods.promptfl import PromptFL
-from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.preflight import (
     ClusterError,
     check_cluster,
@@ -33,7 +34,6 @@ from fedrs.orchestrator.preflight import (
     resume_config,
     usable_clients,
 )
-from fedrs.orchestrator.sampling import sample_clients, sample_usable
 
 QUIET = Console(file=io.StringIO())
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from fedrs.core.config import RunConfig, from_dict, load_config, to_toml
+from fedrs.core.privacy import central_estimate, epsilon, gaussian_noise, privatize_local
+from fedrs.core.sampling import poisson_usable, sample_round
+from fedrs.core.strategies import ClientUpdate
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.config import RunConfig, from_dict, load_config, to_toml
-from fedrs.orchestrator.privacy import central_estimate, epsilon, gaussian_noise, privatize_local
-from fedrs.orchestrator.sampling import poisson_usable, sample_round
-from fedrs.orchestrator.strategies import ClientUpdate
 
 
 def _dp(**sets: object) -> RunConfig:

@@ -16,10 +16,10 @@ from rich.console import Console
 
 from conftest import small_run
 from fedrs.actors.pool import ClientPool
+from fedrs.core.config import RunConfig
 from fedrs.methods.base import FitOutput
 from fedrs.methods.promptfl import PromptFL
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.driver import RoundFailedError
 from fedrs.orchestrator.runner import run
 

@@ -131,7 +131,7 @@ def test_the_stored_results_score_a_diverged_trial_at_chance_and_compare_to_clea
     tmp_path: Path,
 ) -> None:
     from fedrs.benchmarks.robustness import CHANCE, write_stored
-    from fedrs.orchestrator.sweep_report import stored_report
+    from fedrs.orchestrator.sweep.report import stored_report
 
     rows = []
     for seed, (clean, attacked) in enumerate([(0.8, 0.2), (0.7, None), (0.75, 0.25)]):

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from fedrs.core.config import RunConfig
+from fedrs.core.sampling import sample_clients
+from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.config import RunConfig
 from fedrs.orchestrator.driver import registered_clients
-from fedrs.orchestrator.sampling import sample_clients
-from fedrs.orchestrator.state_store import FileStateStore
 
 
 def _peak_bytes(fn: Any) -> tuple[Any, int]:

@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from fedrs.errors import ConfigError
-from fedrs.orchestrator.config import StrategyConfig
-from fedrs.orchestrator.strategies import STRATEGIES, ClientUpdate, make_strategy
-from fedrs.orchestrator.strategies.fedopt import adaptive_step, fedavgm_step
-from fedrs.orchestrator.strategies.normclip import clip_update
-from fedrs.orchestrator.strategies.robust import (
+from fedrs.core.config import StrategyConfig
+from fedrs.core.strategies import STRATEGIES, ClientUpdate, make_strategy
+from fedrs.core.strategies.fedopt import adaptive_step, fedavgm_step
+from fedrs.core.strategies.normclip import clip_update
+from fedrs.core.strategies.robust import (
     bulyan,
     coordinate_median,
     krum_scores,
     krum_select,
     trimmed_mean,
 )
+from fedrs.errors import ConfigError
 
 
 def _u(cid: int, n: int, **params: list[float]) -> ClientUpdate:
@@ -113,7 +113,7 @@ def test_bulyan_by_hand_and_its_condition() -> None:
 
 
 def test_bulyan_condition_is_checked_before_a_run(synth_data: Path) -> None:
-    from fedrs.orchestrator.config import RunConfig
+    from fedrs.core.config import RunConfig
     from fedrs.orchestrator.preflight import resolve_names
 
     cfg = RunConfig().replace(

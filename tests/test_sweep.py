@@ -14,21 +14,15 @@ import pytest
 from rich.console import Console
 
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.sweep import (
-    SweepError,
-    _label,
-    build_key,
-    ensure_build,
-    expand,
-    parse_sweep,
-)
-from fedrs.orchestrator.sweep_report import (
+from fedrs.orchestrator.sweep.builds import build_key, ensure_build
+from fedrs.orchestrator.sweep.report import (
     _whole_cells,
     describe,
     group_rows,
     line_styles,
     markdown,
 )
+from fedrs.orchestrator.sweep.spec import SweepError, expand, label, parse_sweep
 
 BASE = {
     "model": {"arch": "fedrs-tiny"},
@@ -95,7 +89,7 @@ def test_a_section_axis_replaces_the_method_table() -> None:
         ("promptfl", "fedprox", base_rounds),
         ("zeroshot", "fedavg", 1),
     ]
-    assert [_label(a) for a in arms][:2] == ["avg", "prox"]
+    assert [label(a) for a in arms][:2] == ["avg", "prox"]
     with pytest.raises(ConfigError, match=r"strategy\.nope"):
         expand(parse_sweep({"base": BASE, "grid": {"arm": [{"strategy.nope": 1}]}}))
 
@@ -253,8 +247,10 @@ def test_report_statistics_match_hand_computed_values() -> None:
 def test_a_sweep_places_trials_records_failures_and_resumes(ray_cluster, tmp_path: Path) -> None:
     import tomllib
 
-    from fedrs.orchestrator.sweep import STATUS, TRIALS, run_sweep
-    from fedrs.orchestrator.sweep_report import read_results, report
+    from fedrs.orchestrator.sweep.report import report
+    from fedrs.orchestrator.sweep.results import read_results
+    from fedrs.orchestrator.sweep.run import run_sweep
+    from fedrs.orchestrator.sweep.spec import STATUS, TRIALS
 
     sweep_file = tmp_path / "s.toml"
     sweep_file.write_text(
@@ -333,7 +329,7 @@ def test_a_trial_reserves_its_driver_and_clients_in_one_group() -> None:
 
 
 def test_relative_paths_in_a_sweep_file_become_absolute(tmp_path: Path, monkeypatch) -> None:
-    from fedrs.orchestrator.sweep import load_sweep
+    from fedrs.orchestrator.sweep.spec import load_sweep
 
     (tmp_path / "w.pt").write_bytes(b"x")
     (tmp_path / "s.toml").write_text(
@@ -354,7 +350,8 @@ def test_a_trial_whose_process_died_is_recorded_as_failed(tmp_path: Path) -> Non
     from types import SimpleNamespace
 
     from fedrs.io import write_json
-    from fedrs.orchestrator.sweep import STATUS, SweepProgress, trial_status
+    from fedrs.orchestrator.sweep.run import SweepProgress
+    from fedrs.orchestrator.sweep.spec import STATUS, trial_status
 
     trials = expand(parse_sweep({"base": BASE, "grid": {"federation.seed": [0, 1]}}))
     write_json(tmp_path / STATUS / f"{trials[0].name}.json", {"status": "running"})
@@ -398,7 +395,9 @@ def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones
     rest, and refuses a stored row whose configuration the sweep file has since changed."""
     import csv
 
-    from fedrs.orchestrator.sweep import carry, config_sha, run_sweep
+    from fedrs.orchestrator.sweep.results import carry
+    from fedrs.orchestrator.sweep.run import run_sweep
+    from fedrs.orchestrator.sweep.spec import config_sha
 
     def toml(base: dict) -> str:
         keys = [f"{s}.{k} = {json.dumps(v)}" for s, t in base.items() for k, v in t.items()]

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.base import ClientUpdate
+from fedrs.core.strategies.base import ClientUpdate
 
 Params = dict[str, np.ndarray]
 OMNISCIENT = ("alie", "ipm")  # crafted by the driver from the round's honest updates

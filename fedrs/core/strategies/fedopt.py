@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.fedavg import average_keys
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.fedavg import average_keys
 
 SEP = "/"  # state names: "<moment>/<tensor>"
 

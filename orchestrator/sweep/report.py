@@ -1,21 +1,9 @@
-"""A sweep's results: the per-trial table (Parquet + CSV) and ``fedrs sweep report``.
-
-The table has one row per trial: its axes, ``status`` (finished / failed / running / pending),
-the one-line ``error`` of a failed trial, every number of its final round record
-(``final_<key>``), ``best_<headline>``, ``rounds_completed``, ``bytes_up`` / ``bytes_down``,
-``wall_s`` and ``run_dir``.
-
-The report groups finished trials over the seed axes (``*.seed``): per group n, mean, sample
-standard deviation and a 95% confidence interval of the mean (Student t); a heatmap of the
-group means over two axes (the others averaged); and per-round curves, mean with a band of
-+-1 standard deviation over seeds.
-"""
+"""``fedrs sweep report``: finished trials grouped over the seed axes (n, mean, sample
+standard deviation, 95 % Student-t interval of the mean), paired comparisons, a heatmap of
+the group means over two axes and per-round curves (mean +- 1 std over seeds)."""
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -23,99 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.io import atomic_open, new_figure, save_figure, write_bytes, write_json
-from fedrs.orchestrator.paired import md_cell
-from fedrs.orchestrator.sweep import (
-    TRIALS,
-    SweepError,
-    Trial,
-    _label,
-    carried_rows,
-    config_sha,
-    is_seed_axis,
-    load_trials,
-    trial_status,
-)
-
-RESULTS = "results"
-BOOKKEEPING = ("round", "clients", "clients_ok", "clients_failed", "clients_rejected")
-
-
-def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(v) else None
-
-
-def trial_row(sweep_dir: Path, trial: Trial, metric: str) -> dict[str, Any]:
-    """One trial's row (from its run directory and status file, or as carried in)."""
-    carried = carried_rows(sweep_dir).get(trial.name)
-    if carried is not None:
-        return carried
-    run_dir = sweep_dir / TRIALS / trial.name
-    status = trial_status(sweep_dir, trial.name)
-    row: dict[str, Any] = {"trial": trial.name}
-    row |= {k: _label(v) if isinstance(v, dict) else v for k, v in trial.axes.items()}
-    summary: dict[str, Any] = {}
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        summary = json.loads((run_dir / "summary.json").read_text())
-    state = status.get("status", "pending")
-    if summary and summary.get("rounds_completed", 0) >= trial.cfg.federation.rounds:
-        state = "finished"
-    row["status"] = state
-    row["error"] = status.get("error") if state == "failed" else None
-    final = summary.get("final", {})
-    for key, value in final.items():
-        if key not in BOOKKEEPING and _number(value) is not None:
-            row[f"final_{key}"] = _number(value)
-    head = summary.get("headline", metric)
-    row[f"best_{head}"] = _number(summary.get(f"best_{head}"))
-    totals = summary.get("totals", {})
-    row["rounds_completed"] = summary.get("rounds_completed", 0)
-    row["bytes_up"] = _number(totals.get("bytes_up"))
-    row["bytes_down"] = _number(totals.get("bytes_down"))
-    row["wall_s"] = _number(status.get("wall_s"))
-    row["run_dir"] = str(run_dir)
-    row["config_sha"] = config_sha(trial.cfg)
-    return row
-
-
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(k for r in rows for k in r))
-
-
-def write_results(sweep_dir: Path, trials: list[Trial], metric: str) -> list[dict[str, Any]]:
-    """Rewrite ``results.parquet`` and ``results.csv`` (atomically); return the rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    rows = [trial_row(sweep_dir, t, metric) for t in trials]
-    cols = _columns(rows)
-    table: dict[str, list[Any]] = {c: [r.get(c) for r in rows] for c in cols}
-    for col, values in table.items():  # one type per column: numbers as float, else text
-        present = [v for v in values if v is not None]
-        if present and all(_number(v) is not None for v in present):
-            if not all(isinstance(v, int) for v in present):
-                table[col] = [None if v is None else float(v) for v in values]
-        elif present:
-            table[col] = [None if v is None else str(v) for v in values]
-    buf = io.BytesIO()
-    pq.write_table(pa.table(table), buf)
-    write_bytes(sweep_dir / f"{RESULTS}.parquet", buf.getvalue())
-    with atomic_open(sweep_dir / f"{RESULTS}.csv", "w") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows
-
-
-def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    path = sweep_dir / f"{RESULTS}.parquet"
-    if not path.is_file():
-        raise SweepError(f"{sweep_dir} has no {path.name} yet (no trial has ended)")
-    return pq.read_table(path).to_pylist()
+from fedrs.io import atomic_open, new_figure, save_figure, write_json
+from fedrs.orchestrator.sweep.paired import md_cell
+from fedrs.orchestrator.sweep.results import as_number, columns, read_stored, write_results
+from fedrs.orchestrator.sweep.spec import SweepError, is_seed_axis, load_trials
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -260,7 +159,7 @@ def curves(
                 continue
             for line in metrics.read_text().splitlines():
                 rec = json.loads(line) if line.strip() else {}
-                if _number(rec.get(metric)) is not None:
+                if as_number(rec.get(metric)) is not None:
                     series.setdefault(int(rec["round"]), []).append(float(rec[metric]))
         if not series:
             continue
@@ -295,45 +194,6 @@ def _whole_cells(rows: list[dict[str, Any]], keys: list[str], column: str) -> bo
     return all(len(v) == 1 for v in cells.values())
 
 
-def _typed(text: str) -> Any:
-    """A CSV cell as it was written: empty -> None, numbers -> int / float, else the text."""
-    if text == "":
-        return None
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text)
-    return text
-
-
-def read_stored(path: str | Path) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
-    """A study's stored ``results.csv`` (kept in the repository beside its sweep file): the
-    rows, the axes (the columns between ``trial`` and ``status``) and the sweep file's
-    ``[sweep]`` + ``[report]`` tables when ``NAME.toml`` sits beside ``NAME.results.csv``."""
-    import tomllib
-
-    path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"{path}: missing (no such results file)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = list(reader.fieldnames or [])
-        rows = [{k: _typed(v) for k, v in r.items()} for r in reader]
-    if cols[:1] != ["trial"] or "status" not in cols:
-        raise SweepError(f"{path}: not a sweep's results.csv (no trial / status columns)")
-    axes = cols[1 : cols.index("status")]
-    settings: dict[str, Any] = {}
-    sweep_file = path.with_name(path.name.removesuffix(".results.csv") + ".toml")
-    if path.name.endswith(".results.csv") and sweep_file.is_file():
-        data = tomllib.loads(sweep_file.read_text())
-        from fedrs.orchestrator.sweep import check_report_table
-
-        settings = {
-            "sweep": data.get("sweep", {}),
-            "report": check_report_table(data.get("report", {})),
-        }
-    return rows, axes, settings
-
-
 def report_text(
     name: str,
     rows: list[dict[str, Any]],
@@ -347,11 +207,7 @@ def report_text(
 ) -> tuple[str, list[str], list[dict[str, Any]]]:
     """The report's markdown (groups over seeds, then the paired comparisons), the metric
     columns and the comparisons' results (``orchestrator/paired.py``)."""
-    from fedrs.orchestrator.paired import (
-        Comparison,
-        paired_differences,
-        paired_markdown,
-    )
+    from fedrs.orchestrator.sweep.paired import Comparison, paired_differences, paired_markdown
 
     keys = [a for a in axes if not is_seed_axis(a)]
     final = f"final_{metric or head}"
@@ -359,7 +215,7 @@ def report_text(
     # (personalised, personalised on the global split, with the mean visual prompts, ...)
     related = sorted(
         c
-        for c in _columns(rows)
+        for c in columns(rows)
         if c.startswith("final_") and (metric or head) in c and "train" not in c
     )
     metrics = [
@@ -371,7 +227,7 @@ def report_text(
         and (m in (final, f"best_{metric or head}") or _whole_cells(rows, keys, m))
     ]
     if not any(r.get(final) is not None for r in rows):
-        raise SweepError(f"no finished trial has {final!r} (known: {_columns(rows)})")
+        raise SweepError(f"no finished trial has {final!r} (known: {columns(rows)})")
     groups = group_rows(rows, axes, metrics)
     status = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed")}
     text = [
@@ -413,13 +269,13 @@ def report(
     if not sweep_dir.exists():
         raise SweepError(f"{sweep_dir}: missing (no such sweep directory)")
     sweep, trials = load_trials(sweep_dir)
-    from fedrs.orchestrator.sweep import _headline
+    from fedrs.orchestrator.sweep.spec import headline
 
     opts = sweep.report
     x, y, metric = x or opts.get("x"), y or opts.get("y"), metric or opts.get("metric")
     also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
     compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
-    head = sweep.options.metric or _headline(trials[0].cfg)
+    head = sweep.options.metric or headline(trials[0].cfg)
     rows = write_results(sweep_dir, trials, head)  # fresh: also counts trials still running
     axes = sweep.axes
     keys = [a for a in axes if not is_seed_axis(a)]
@@ -463,7 +319,7 @@ def stored_report(
     also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
     compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
     head = settings.get("sweep", {}).get("metric") or next(
-        (c[len("best_") :] for c in _columns(rows) if c.startswith("best_")), "accuracy"
+        (c[len("best_") :] for c in columns(rows) if c.startswith("best_")), "accuracy"
     )
     name = Path(path).name.removesuffix(".csv").removesuffix(".results")
     text, _, _ = report_text(

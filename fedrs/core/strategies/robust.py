@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedrs.core.strategies.base import ClientUpdate, Params
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params
 
 
 def coordinate_median(vectors: np.ndarray) -> np.ndarray:

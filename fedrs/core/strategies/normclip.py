@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.fedavg import average_keys
-from fedrs.orchestrator.strategies.robust import clip_to_norm
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.fedavg import average_keys
+from fedrs.core.strategies.robust import clip_to_norm
 
 
 def _delta(current: Params, update: ClientUpdate) -> np.ndarray:

@@ -3,7 +3,7 @@ Yogi's sign-controlled second moment."""
 
 from __future__ import annotations
 
-from fedrs.orchestrator.strategies.fedopt import Adaptive
+from fedrs.core.strategies.fedopt import Adaptive
 
 
 class FedYogi(Adaptive):

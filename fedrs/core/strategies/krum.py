@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.fedavg import average_keys
-from fedrs.orchestrator.strategies.robust import flat_updates, krum_select
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.fedavg import average_keys
+from fedrs.core.strategies.robust import flat_updates, krum_select
 
 
 class Krum(Strategy):

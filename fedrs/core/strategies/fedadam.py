@@ -3,7 +3,7 @@ Adam's second moment."""
 
 from __future__ import annotations
 
-from fedrs.orchestrator.strategies.fedopt import Adaptive
+from fedrs.core.strategies.fedopt import Adaptive
 
 
 class FedAdam(Adaptive):

@@ -23,7 +23,7 @@ import shlex
 from pathlib import Path
 
 from fedrs.io import atomic_open
-from fedrs.orchestrator.sweep import SweepError
+from fedrs.orchestrator.sweep.spec import SweepError
 
 BLOCK = re.compile(
     r"^(<!-- table: (?P<cmd>[^\n]+?) -->\n)(?P<body>.*?)^(<!-- /table -->)", re.S | re.M
@@ -50,7 +50,7 @@ def _root(doc: Path) -> Path:
 
 def render(command: str, doc: Path) -> str:
     """What ``command`` (``fedrs sweep report FILE.results.csv ...``) prints."""
-    from fedrs.orchestrator.sweep_report import stored_report
+    from fedrs.orchestrator.sweep.report import stored_report
 
     try:
         words = shlex.split(command)

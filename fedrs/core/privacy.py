@@ -2,7 +2,7 @@
 
 Sampling: under ``privacy.mode`` each registered client joins a round independently with
 probability ``q = clients_per_round / registered`` (Poisson sampling,
-``orchestrator/sampling.py``), so rounds vary in size and may be empty. That is the sampling
+``fedrs/core/sampling.py``), so rounds vary in size and may be empty. That is the sampling
 the accountant's subsampled-Gaussian analysis (Opacus: RDP, or PRV) assumes; neighbouring
 datasets differ by one client added or removed.
 
@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params
-from fedrs.orchestrator.strategies.normclip import clip_update
+from fedrs.core.strategies.base import ClientUpdate, Params
+from fedrs.core.strategies.normclip import clip_update
 
 
 def gaussian_noise(seed: list[int], shape: tuple[int, ...], std: float) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrs.core.registry import all_checks, method_class, methods
 from fedrs.errors import ConfigError
 
 
@@ -27,13 +28,7 @@ def _check(cond: bool, msg: str) -> None:
 
 def method_options_class(name: str) -> type:
     """The options dataclass of the method registered as ``name`` (one-line error if none)."""
-    from fedrs.methods import METHODS  # here: methods import this module's types
-
-    if name not in METHODS:
-        raise ConfigError(
-            f"unknown method.name {name!r}; choose from {sorted(METHODS)} (`fedrs methods`)"
-        )
-    return METHODS[name].Options
+    return method_class(name).Options
 
 
 @dataclass(frozen=True)
@@ -75,8 +70,6 @@ def _build_method(data: dict[str, Any]) -> MethodConfig:
                 + (f"the options {', '.join(sorted(known))}" if known else "no options")
                 + " (`fedrs methods` lists them)"
             )
-    from fedrs.methods.base import all_checks
-
     with all_checks() as problems:  # every failed option check, in one message
         try:
             options = _build(options_cls, {k: v for k, v in data.items() if k != "name"}, "method")
@@ -92,7 +85,7 @@ def _build_method(data: dict[str, Any]) -> MethodConfig:
 
 @dataclass(frozen=True)
 class StrategyConfig:
-    """How the server combines updates (``orchestrator/strategies/``)."""
+    """How the server combines updates (``fedrs/core/strategies/``)."""
 
     name: str = "fedavg"  # `fedrs strategies` lists them
     mu: float = 0.01  # FedProx proximal coefficient (used when name = fedprox)
@@ -279,7 +272,7 @@ ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude", 
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """Simulated Byzantine clients (``orchestrator/attacks.py``): a deterministic
+    """Simulated Byzantine clients (``fedrs/core/attacks.py``): a deterministic
     ``fraction`` of the registered clients (drawn from ``seed``) tamper with what they send."""
 
     kind: str = "none"  # none | signflip | scale | noise | labelflip | nan | collude | alie | ipm
@@ -302,7 +295,7 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Differential privacy at the client level (``orchestrator/privacy.py``): ``central``
+    """Differential privacy at the client level (``fedrs/core/privacy.py``): ``central``
     (the server clips each update to ``clip_norm`` and adds Gaussian noise to the mean) or
     ``local`` (each client clips and noises what it sends); (epsilon, delta) per round from
     Opacus's accountant. Its other keys set while ``mode`` is none are a ConfigError."""
@@ -469,13 +462,11 @@ def _unused_privacy(cfg: RunConfig, overrides: list[str]) -> None:
 def _method_run_defaults(data: dict[str, Any]) -> None:
     """Fill in the chosen method's ``run_defaults`` (the settings of its benchmark tables)
     for every key that ``data`` (the user's file and ``--set``) leaves out."""
-    from fedrs.methods import METHODS
-
     method = data.get("method")
     name = method.get("name", MethodConfig.name) if isinstance(method, dict) else MethodConfig.name
-    if not isinstance(name, str) or name not in METHODS:
+    if not isinstance(name, str) or name not in methods():
         return  # _build names the unknown method
-    for key, value in METHODS[name].run_defaults.items():
+    for key, value in methods()[name].run_defaults.items():
         *sections, last = key.split(".")
         node = data
         for part in sections:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.fedopt import ServerOptimizer, fedavgm_step
+from fedrs.core.strategies.fedopt import ServerOptimizer, fedavgm_step
 
 
 class FedAvgM(ServerOptimizer):

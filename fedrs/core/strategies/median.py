@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.robust import coordinate_median, per_coordinate
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.robust import coordinate_median, per_coordinate
 
 
 class Median(Strategy):

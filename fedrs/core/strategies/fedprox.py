@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedrs.orchestrator.strategies.base import Strategy
-from fedrs.orchestrator.strategies.fedavg import FedAvg
+from fedrs.core.strategies.base import Strategy
+from fedrs.core.strategies.fedavg import FedAvg
 
 
 class FedProx(FedAvg):

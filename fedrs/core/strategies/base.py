@@ -28,7 +28,7 @@ class Strategy(ABC):
     options: ClassVar[tuple[str, ...]] = ()  # the strategy.* config keys it reads
     # True: the server step of a mean of the updates, so ``aggregate(current, [u])`` with one
     # update of weight 1 takes ``u.params`` as the round's mean (central DP hands it DP-FedAvg's
-    # noised mean that way, ``orchestrator/privacy.py``); robust aggregators are not
+    # noised mean that way, ``fedrs/core/privacy.py``); robust aggregators are not
     averages: ClassVar[bool] = False
 
     def __init__(self, upload_keys: tuple[str, ...]) -> None:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.bulyan import Bulyan
+from fedrs.core.strategies.fedadagrad import FedAdagrad
+from fedrs.core.strategies.fedadam import FedAdam
+from fedrs.core.strategies.fedavg import FedAvg, weighted_average
+from fedrs.core.strategies.fedavgm import FedAvgM
+from fedrs.core.strategies.fedprox import FedProx
+from fedrs.core.strategies.fedyogi import FedYogi
+from fedrs.core.strategies.krum import Krum
+from fedrs.core.strategies.median import Median
+from fedrs.core.strategies.normclip import NormClip
+from fedrs.core.strategies.prompt_avg import PromptAveraging
+from fedrs.core.strategies.trimmed_mean import TrimmedMean
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.bulyan import Bulyan
-from fedrs.orchestrator.strategies.fedadagrad import FedAdagrad
-from fedrs.orchestrator.strategies.fedadam import FedAdam
-from fedrs.orchestrator.strategies.fedavg import FedAvg, weighted_average
-from fedrs.orchestrator.strategies.fedavgm import FedAvgM
-from fedrs.orchestrator.strategies.fedprox import FedProx
-from fedrs.orchestrator.strategies.fedyogi import FedYogi
-from fedrs.orchestrator.strategies.krum import Krum
-from fedrs.orchestrator.strategies.median import Median
-from fedrs.orchestrator.strategies.normclip import NormClip
-from fedrs.orchestrator.strategies.prompt_avg import PromptAveraging
-from fedrs.orchestrator.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
     s.name: s
@@ -48,7 +48,7 @@ def make_strategy(
 ) -> Strategy:
     """Build the strategy ``name`` for a method that shares ``global_keys``; ``options`` is
     the run's ``StrategyConfig`` (default: its defaults, with ``mu`` when given)."""
-    from fedrs.orchestrator.config import StrategyConfig
+    from fedrs.core.config import StrategyConfig
 
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy.name {name!r}; choose from {sorted(STRATEGIES)}")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.fedavg import average_keys
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.fedavg import average_keys
 
 
 class PromptAveraging(Strategy):

@@ -3,7 +3,7 @@ Adagrad's summed squares."""
 
 from __future__ import annotations
 
-from fedrs.orchestrator.strategies.fedopt import Adaptive
+from fedrs.core.strategies.fedopt import Adaptive
 
 
 class FedAdagrad(Adaptive):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
 
 
 def weighted_average(tensors: list[np.ndarray], weights: list[float]) -> np.ndarray:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.robust import per_coordinate, trimmed_mean
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.robust import per_coordinate, trimmed_mean
 
 
 class TrimmedMean(Strategy):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedrs.orchestrator.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.orchestrator.strategies.robust import bulyan, check_bulyan, flat_updates
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.robust import bulyan, check_bulyan, flat_updates
 
 
 class Bulyan(Strategy):

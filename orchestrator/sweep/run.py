@@ -1,0 +1,476 @@
+"""Heterogeneity sweeps: many fedrs runs as Ray Tune trials (``fedrs sweep``).
+
+    fedrs sweep SWEEP.toml [--set k=v ...] [--out DIR]      # a new sweep
+    fedrs sweep SWEEP.toml --set AXIS=VALUE ... --out DIR    # one cell: the sweep's own trial
+    fedrs sweep --resume DIR                                 # finish an interrupted one
+    fedrs sweep report DIR                                   # table, heatmap, curves
+
+The sweep file holds ``[base]`` (a run config exactly as a ``fedrs run`` TOML), ``[grid]``
+(dotted run-config keys -> lists of values; every combination is a trial), optionally
+``[random]`` (keys -> ``{choice = [...]}``, ``{uniform = [lo, hi]}``, ``{loguniform = [lo, hi]}``
+or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point), ``[build]``
+(``fedrs data build`` options: ``sources``, ``image_size``, ...; each trial's partition comes
+from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``, ``mode``,
+``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``). A grid value may be a table
+when the key is a section (``method = [{name = "A"}, {name = "B", option = 1}]``): it
+replaces that section of the base; under a free name (``arm = [{label = "fedprox",
+"method.name" = "student", "strategy.name" = "fedprox"}, ...]``) its keys are set together.
+
+Trials are expanded once, deterministically, and stored in ``DIR/sweep.json``; Ray Tune only
+schedules them. Each trial is a whole fedrs run (``DIR/trials/NAME``) whose driver and client
+actors live in the trial's own placement group (``actors.pool.trial_bundles``: fractional GPUs
+as in ``fedrs run``), so Tune starts as many trials at once as the cluster's free resources
+hold. A trial that fails is recorded with its one-line error (``DIR/status/NAME.json``) and the
+others go on; ``--resume`` submits only the trials that have not finished, continuing an
+interrupted one from its checkpoint. Trials that need the same data build share one, built once
+under a file lock in ``DIR/builds``. Results: ``DIR/results.parquet`` and ``.csv``, one row per
+trial (rewritten as trials end); TensorBoard event files per trial under ``DIR/tune`` (Tune's
+loggers); MLflow when asked (``--mlflow URI``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from fedrs.errors import FedrsError
+from fedrs.io import write_json
+from fedrs.orchestrator.sweep.builds import ensure_build
+from fedrs.orchestrator.sweep.results import carry
+from fedrs.orchestrator.sweep.spec import (
+    BUILDS,
+    CARRIED,
+    STATUS,
+    STOP,
+    TRIALS,
+    TUNE,
+    SweepError,
+    SweepResult,
+    Trial,
+    axes_text,
+    carried_rows,
+    expand,
+    headline,
+    load_sweep,
+    load_trials,
+    new_sweep_dir,
+    row_axes,
+    trial_status,
+    write_spec,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RunClock:
+    """Where a run's wall time goes, from the moments its round records arrive: ``start_s``
+    (preflight, driver and actor spawn, backbone, first parameters: before round 1 began),
+    ``rounds_s`` (the rounds themselves, as the driver timed them), ``finish_s`` (summary,
+    plot, actor shutdown); ``data_s`` is set by the caller."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.t0 = time.perf_counter()
+        self.report = report
+        self.marks: list[tuple[float, float]] = []  # (arrival since t0, the round's wall_s)
+        self.data_s = 0.0
+
+    def on_round(self, rec: dict[str, Any]) -> None:
+        self.marks.append((time.perf_counter() - self.t0, float(rec.get("wall_s") or 0.0)))
+        if self.report is not None:
+            self.report(rec)
+
+    def split(self) -> dict[str, float]:
+        total = time.perf_counter() - self.t0
+        if not self.marks:
+            return {"total_s": total, "data_s": self.data_s}
+        first_arrival, first_wall = self.marks[0]
+        return {
+            "total_s": total,
+            "data_s": self.data_s,
+            "start_s": max(0.0, first_arrival - first_wall - self.data_s),
+            "rounds_s": sum(w for _, w in self.marks),
+            "finish_s": total - self.marks[-1][0],
+        }
+
+
+def _report_round(rec: dict[str, Any]) -> None:
+    from ray import tune
+
+    tune.report({k: v for k, v in rec.items() if _is_number(v)})
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_finished(sweep_dir: Path, trial: Trial) -> bool:
+    from fedrs.orchestrator.checkpoint import latest_round
+    from fedrs.orchestrator.runner import finished_summary
+
+    if trial.name in carried_rows(sweep_dir):
+        return True
+    run_dir = sweep_dir / TRIALS / trial.name
+    try:
+        return finished_summary(run_dir, trial.cfg, latest_round(run_dir)) is not None
+    except FedrsError:  # a damaged checkpoint: the trial runs again and says why
+        return False
+
+
+def run_trial(
+    config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial], build: dict[str, Any]
+) -> None:
+    """Tune's trainable: one fedrs run in the trial's placement group."""
+    import ray
+    from rich.console import Console
+
+    from fedrs.actors.pool import Placement, trial_bundles
+    from fedrs.orchestrator.checkpoint import latest_round
+    from fedrs.orchestrator.runner import StoppedByUser, run
+
+    root = Path(sweep_dir)
+    if (root / STOP).exists():  # the sweep is stopping: a trial not yet started stays pending
+        _report_round({"not_started": 1})  # (a result, so that Tune prints nothing of its own)
+        return
+    trial = trials[config["trial"]]
+    status = root / STATUS / f"{trial.name}.json"
+    clock = RunClock(_report_round)
+    record: dict[str, Any] = {"status": "running", "started": time.time(), "node": os.uname()[1]}
+    stop, ended = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_stop, args=(root / STOP, stop, ended), daemon=True).start()
+    try:
+        write_json(status, record)
+        data_path = ensure_build(trial.cfg, build, root / BUILDS)
+        cfg = trial.cfg.replace(**{"data.path": data_path})
+        clock.data_s = time.perf_counter() - clock.t0
+        pg = ray.util.get_current_placement_group()
+        placement = None
+        if pg is not None:
+            _, first = trial_bundles(cfg)
+            placement = Placement(pg, driver_bundle=0, first_client_bundle=first)
+            record["placement_group_id"] = pg.id.hex()
+        run_dir = root / TRIALS / trial.name
+        resume = latest_round(run_dir) > 0
+        summary = run(
+            None if resume else cfg,
+            out=None if resume else str(run_dir),
+            resume=str(run_dir) if resume else None,
+            overwrite=not resume and run_dir.is_dir(),
+            placement=placement,
+            on_round=clock.on_round,
+            console=Console(quiet=True),
+            stop=stop,
+        )
+        record |= {
+            "status": "finished",
+            "resumed": resume,
+            "actors": summary.get("actors", []),
+            "driver_placement_group_id": summary.get("driver_placement_group_id"),
+        }
+    except StoppedByUser:  # the sweep was stopped: summary and checkpoint of the last round
+        record |= {"status": "stopped", "rounds_completed": latest_round(run_dir)}
+    except BaseException as exc:
+        text = str(exc).strip().splitlines()
+        record |= {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": "),
+        }
+        raise
+    finally:
+        ended.set()
+        timing = clock.split()
+        record |= {"wall_s": timing["total_s"], "timing": timing}
+        write_json(status, record)
+
+
+def _watch_stop(marker: Path, stop: threading.Event, ended: threading.Event) -> None:
+    """Set ``stop`` when the sweep's stop marker appears (polled), until the trial ``ended``."""
+    while not ended.wait(0.25):
+        if marker.exists():
+            stop.set()
+            return
+
+
+def run_sweep(
+    path: str | None = None,
+    out: str | None = None,
+    resume: str | None = None,
+    overrides: list[str] | None = None,
+    mlflow: str | None = None,
+    console: Any = None,
+    done: str | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep; return where it is and how many trials finished or failed.
+    Results are written as trials end. ``done``: a stored ``results.csv`` of this sweep (a
+    study run across machines) whose finished trials are taken as they are, not run again."""
+    from ray import tune
+    from rich.console import Console
+
+    from fedrs.orchestrator.preflight import ClusterError, cluster_nodes, placement_problem
+    from fedrs.orchestrator.runner import connect_ray
+    from fedrs.orchestrator.sweep.results import write_results
+
+    console = console or Console()
+    if mlflow:
+        try:
+            import mlflow as _
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+        except ImportError:
+            raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
+        try:  # a store MLflow refuses is one line now, not a traceback from inside Tune
+            _.set_tracking_uri(mlflow)
+            _.search_experiments(max_results=1)
+        except Exception as exc:
+            first = str(exc).strip().split(". ")[0]
+            raise SweepError(f"--mlflow {mlflow}: {first}") from None
+    if resume:
+        sweep_dir = Path(resume)
+        sweep, trials = load_trials(sweep_dir)
+        if overrides:
+            raise SweepError("--resume continues the stored sweep: drop --set")
+    else:
+        if path is None:
+            raise SweepError("give a sweep file (SWEEP.toml) or --resume DIR")
+        sweep = load_sweep(path, overrides)
+        trials = expand(sweep)
+        sweep_dir = new_sweep_dir(out, path)
+    carried = carry(trials, done) if done else {}
+    if carried:
+        write_json(sweep_dir / CARRIED, carried)
+    todo = [t for t in trials if not is_finished(sweep_dir, t)]
+    from fedrs.orchestrator.preflight import check_weights
+
+    for arch, weights in dict.fromkeys((t.cfg.model.arch, t.cfg.model.pretrained) for t in todo):
+        check_weights(arch, weights)  # a missing checkpoint is one line, not a failed trial each
+    if todo:  # before anything is written: a trial no node can host is one line now
+        connect_ray()
+        nodes = cluster_nodes()
+        for t in todo:
+            problem = placement_problem(t.cfg, nodes, driver_in_group=True)
+            if problem:
+                raise ClusterError(f"trial {t.name} ({axes_text(t.axes)}): {problem}")
+    if not resume:
+        write_spec(sweep_dir, sweep, trials)
+    sweep_dir = sweep_dir.resolve()
+    done = len(trials) - len(todo)
+    console.print(
+        f"[bold]fedrs sweep[/] {len(trials)} trials over {', '.join(sweep.axes) or 'no axes'}"
+        + (f"; {done} already finished, {len(todo)} to run" if done else "")
+        + f" -> {sweep_dir}",
+        soft_wrap=True,
+    )
+    metric = sweep.options.metric or headline(trials[0].cfg)
+    if not todo:
+        write_results(sweep_dir, trials, metric)
+        return SweepResult(sweep_dir, len(trials), len(trials), 0)
+    from fedrs.actors.pool import trial_bundles
+
+    by_name = {t.name: t for t in todo}
+
+    def resources(spec: dict[str, Any]) -> Any:
+        cfg = by_name[spec["trial"]].cfg
+        bundles, _ = trial_bundles(cfg)
+        # an empty head bundle: Tune's trainable (which only waits on the driver) reserves
+        # nothing, so a trial costs exactly what `fedrs run` would
+        return tune.PlacementGroupFactory([{}, *bundles], strategy=cfg.resources.placement_strategy)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, sweep_dir=str(sweep_dir), trials=by_name, build=sweep.build
+        ),
+        resources,
+    )
+    attempt = 1 + sum(1 for _ in (sweep_dir / TUNE).glob("attempt-*"))
+    callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
+    if mlflow:
+        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner: the lines above say it
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: trials end gracefully
+    (sweep_dir / STOP).unlink(missing_ok=True)  # a stop of an earlier attempt is over
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.name for t in todo])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=sweep.options.max_concurrent or None,
+            reuse_actors=True,  # a trainable process (imports done) serves trial after trial
+            trial_dirname_creator=lambda tr: tr.config["trial"],
+            trial_name_creator=lambda tr: tr.config["trial"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"attempt-{attempt}",
+            storage_path=str(sweep_dir / TUNE),
+            failure_config=tune.FailureConfig(max_failures=sweep.options.max_retries),
+            verbose=0,
+            callbacks=callbacks,
+        ),
+    )
+    quiet = logging.getLogger("ray.tune")  # our progress lines say it; tracebacks: error.txt
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with _stop_on_signal(sweep_dir / STOP, console):
+            tuner.fit()
+    finally:
+        quiet.setLevel(level)
+        stopped = (sweep_dir / STOP).exists()
+        (sweep_dir / STOP).unlink(missing_ok=True)
+        rows = write_results(sweep_dir, trials, metric)
+    failed = [r for r in rows if r["status"] == "failed"]
+    finished = sum(r["status"] == "finished" for r in rows)
+    cut = sum(r["status"] == "stopped" for r in rows)
+    left = len(trials) - finished - len(failed)
+    console.print(
+        (
+            f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}"
+            if not left
+            else f"sweep stopped{' by Ctrl-C / SIGTERM' if stopped else ''}: {finished} finished, "
+            f"{len(failed)} failed, {cut} stopped after a complete round, {left - cut} not run "
+            f"of {len(trials)}; continue with fedrs sweep --resume {sweep_dir}"
+        )
+        + f"; results in {sweep_dir / 'results.csv'}",
+        soft_wrap=True,
+    )
+    for r in failed:
+        console.print(
+            f"  [red]failed[/] {r['trial']} ({axes_text(row_axes(r, sweep))}): {r['error']}",
+            soft_wrap=True,
+        )
+    return SweepResult(sweep_dir, len(trials), finished, len(failed), stopped)
+
+
+@contextlib.contextmanager
+def _stop_on_signal(marker: Path, console: Any) -> Any:
+    """While Tune runs: the first Ctrl-C / SIGTERM writes the stop ``marker`` (each running
+    trial then ends after its round in flight, with summary and checkpoint; trials not yet
+    started stay pending); a second one exits at once."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        if marker.exists():
+            raise KeyboardInterrupt
+        write_json(marker, {"signal": signum, "time": time.time()})
+        console.print(
+            "stopping the sweep: running trials end after their round in flight, the rest "
+            "stay pending (Ctrl-C again to exit at once)"
+        )
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class SweepProgress(Callback):
+    """Console progress from Tune's trial events: done / running / failed and best so far."""
+
+    def __init__(
+        self, console: Any, trials: list[Trial], sweep_dir: Path, metric: str, mode: str
+    ) -> None:
+        self.console, self.total, self.metric, self.mode = console, len(trials), metric, mode
+        self.sweep_dir = sweep_dir
+        self.axes = {t.name: t.axes for t in trials}
+        self.trials = trials
+        self.done = sum(is_finished(sweep_dir, t) for t in trials)
+        self.running: set[str] = set()
+        self.failed = 0
+        self.best: tuple[float, str] | None = None
+        for t in trials:  # a resumed sweep: the best round of the trials already finished
+            if is_finished(sweep_dir, t):
+                with contextlib.suppress(OSError, ValueError):
+                    for line in (sweep_dir / TRIALS / t.name / "metrics.jsonl").open():
+                        self.seen(t.name, json.loads(line))
+
+    def seen(self, name: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if _is_number(value) and (
+            self.best is None or (value > self.best[0]) == (self.mode == "max")
+        ):
+            self.best = (float(value), name)
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles its callbacks; a console won't
+        return {k: v for k, v in self.__dict__.items() if k != "console"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from rich.console import Console
+
+        self.__dict__.update(state)
+        self.console = Console()
+
+    def line(self, what: str) -> None:
+        best = (
+            f"best {self.metric} {self.best[0]:.4f} "
+            f"({axes_text(self.axes[self.best[1]], short=True)})"
+            if self.best
+            else f"best {self.metric} -"
+        )
+        self.console.print(
+            f"[{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed] "
+            f"{what} | {best}",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+    def _table(self) -> None:
+        """Rewrite the results table as each trial ends (an interrupted sweep keeps it)."""
+        from fedrs.orchestrator.sweep.results import write_results
+
+        try:
+            write_results(self.sweep_dir, self.trials, self.metric)
+        except OSError as exc:  # a full disk must not stop the trials still running
+            log.warning("could not update the results table: %s", exc)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.running.add(trial.config["trial"])
+        self.line(f"started {trial.config['trial']}")
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        name = trial.config["trial"]
+        self.seen(name, result)
+        if result.get("round") is not None:
+            self.line(f"{name} round {int(result['round'])}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name = trial.config["trial"]
+        self.running.discard(name)
+        state = trial_status(self.sweep_dir, name).get("status")
+        if state == "finished":
+            self.done += 1
+        what = {"finished": "finished", "stopped": "stopped"}.get(state, "not started")
+        self.line(f"{what} {name}")
+        self._table()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        name = trial.config["trial"]
+        self.running.discard(name)
+        self.failed += 1
+        status = trial_status(self.sweep_dir, name)
+        if status.get("status") != "failed":  # its process died: it could not say so itself
+            lines = str(getattr(trial, "error_msg", "") or "").strip().splitlines()
+            last = next((x for x in reversed(lines) if x.strip()), "the trial's process died")
+            write_json(
+                self.sweep_dir / STATUS / f"{name}.json",
+                {**status, "status": "failed", "error": last.strip()[:500]},
+            )
+        self.line(
+            f"[red]FAILED[/] {name}: {trial_status(self.sweep_dir, name).get('error')} "
+            f"(traceback: {Path(trial.path or '.') / 'error.txt'})"
+        )
+        self._table()
