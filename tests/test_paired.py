@@ -208,3 +208,13 @@ def test_the_readme_tables_match_their_stored_results() -> None:
     assert regenerate(readme, check=True) == []
     with pytest.raises(SweepError, match="missing"):
         stored_report(readme.parent / "sweeps" / "no-such.results.csv")
+
+
+def test_a_label_holding_colon_space_is_one_arm() -> None:
+    """A:B splits at the first colon not followed by whitespace, so labels such as
+    "split: feddiff" compare as written."""
+    from fedrs.orchestrator.sweep.paired import Comparison
+
+    c = Comparison.parse("arm=split: feddiff:split: HSI only")
+    assert (c.axis, c.a, c.b) == ("arm", "split: feddiff", "split: HSI only")
+    assert (Comparison.parse("arm=creff:fedavg").a, Comparison.parse("x=*:b").a) == ("creff", "*")

@@ -13,6 +13,7 @@ is named under ``unpaired``, never dropped silently. A conclusion needs the inte
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +43,11 @@ class Comparison:
     @classmethod
     def parse(cls, text: str) -> Comparison:
         axis, sep, arms = str(text).partition("=")
-        a, colon, b = arms.partition(":")
+        # the first colon not followed by whitespace: labels such as "split: feddiff" keep theirs
+        parts = re.split(r":(?!\s)", arms, maxsplit=1)
+        a, b = (parts[0], parts[1]) if len(parts) == 2 else (arms, "")
         axis, a, b = axis.strip(), a.strip(), b.strip()
-        if not (sep and colon and axis and a and b) or a == b:
+        if not (sep and axis and a and b) or a == b:
             raise CompareError(
                 f"--compare {text!r}: expected AXIS=A:B with two different values of AXIS "
                 "(e.g. arm=creff:fedavg)"
@@ -210,7 +213,8 @@ def paired_markdown(results: list[dict[str, Any]], scale: float = 1.0, digits: i
         if r["excludes_zero"]:
             cell = f"**{cell}**"
         per = " / ".join(_num(p["diff"] * scale, digits) for p in r["pairs"]) or "-"
-        a, _, b = r["compare"].partition("=")[2].partition(":")
+        parsed = Comparison.parse(r["compare"])
+        a, b = parsed.a, parsed.b
         lines.append(
             "| "
             + " | ".join(
