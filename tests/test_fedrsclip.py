@@ -270,6 +270,7 @@ def test_visual_prompt_options_and_the_visual_mean(synth_data: Path) -> None:
         "test_loss_visual_mean",
         "per_class_accuracy",
         "balanced_accuracy",
+        "kappa",
     }
     n = len(test.labels)
     assert reduced["test_loss_visual_mean"] == pytest.approx(part["loss_visual_mean"] / n)

@@ -29,7 +29,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess:
     lint = Path(sys.executable).with_name("lint-imports")
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run(
-        [str(lint), "--config", "pyproject.toml", "--no-cache"],
+        [str(lint), "pyproject.toml", "--no-cache"],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -49,3 +49,9 @@ def test_the_layers_hold_and_an_upward_import_breaks_them(tmp_path: Path) -> Non
     metrics.write_text(metrics.read_text() + "\nfrom fedrs.orchestrator import driver  # noqa\n")
     res = _lint(bad)
     assert res.returncode != 0 and "fedrs layers" in res.stdout and "BROKEN" in res.stdout
+    # a single run reaching up into the sweep package breaks the orchestrator's own contract
+    side = _tree(tmp_path / "side")
+    plan = side / "fedrs" / "orchestrator" / "plan.py"
+    plan.write_text(plan.read_text() + "\nfrom fedrs.orchestrator.sweep import spec  # noqa\n")
+    res = _lint(side)
+    assert res.returncode != 0 and "sweeps sit above single runs" in res.stdout, res.stdout

@@ -199,10 +199,11 @@ def test_pe_rsitr_dry_run_counts_the_paper_adapter(tmp_path: Path) -> None:
     caps = {"data.path": str(_caption_build(tmp_path).root), "federation.num_clients": 8}
     p = plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32", **caps}))
     assert p["trainable_params"] == p["params_sent_per_client"] == 161_088
+    tiny = {"method.name": "pe_rsitr", **caps}  # fedrs-tiny: 64 wide
     with pytest.raises(ConfigError, match=r"bottleneck=64 must be below the encoders' widths"):
-        plan(RunConfig().replace(**{"method.name": "pe_rsitr", **caps}))  # fedrs-tiny: 64 wide
-    with pytest.raises(ConfigError, match="needs captions"):  # the synthetic default: images
-        plan(RunConfig().replace(**{"method.name": "pe_rsitr", "model.arch": "ViT-B-32"}))
+        plan(RunConfig().replace(**tiny, **{"method.bottleneck": 64}))
+    # the default bottleneck (0) fits the backbone: min(64, narrower width // 2) = 32 here
+    assert plan(RunConfig().replace(**tiny))["trainable_params"] < p["trainable_params"]
 
 
 @pytest.mark.usefixtures("ray_cluster")
