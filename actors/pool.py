@@ -30,7 +30,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -42,9 +41,9 @@ from ray.exceptions import (
     RayTaskError,
 )
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from fedrs.actors.client import ClientWorker
+from fedrs.actors.placement import Placement, SchedulingError, client_bundle
 from fedrs.core.config import RunConfig
 from fedrs.errors import FedrsError, RunStopped, remote_error
 from fedrs.methods.base import Method
@@ -52,10 +51,6 @@ from fedrs.methods.base import Method
 log = logging.getLogger(__name__)
 AFFINITY_SLACK = 0.2  # an actor's own task may be this much smaller than the largest pending
 RESTART_GRACE_S = 60.0  # waiting for Ray to restart every actor: at most this (or the timeout)
-
-
-class SchedulingError(FedrsError):
-    """The cluster cannot host the requested client actors."""
 
 
 def _reason(exc: BaseException) -> str:
@@ -68,47 +63,6 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, RayActorError):
         return f"actor died ({type(exc).__name__})"
     return f"{type(exc).__name__}: {exc}"
-
-
-def client_bundle(cfg: RunConfig) -> dict[str, float]:
-    """One client actor's reservation: ``{"CPU": .., "GPU": ..}`` (GPU only when asked)."""
-    res = cfg.resources
-    bundle: dict[str, float] = {"CPU": res.num_cpus_per_client}
-    if res.num_gpus_per_client > 0:
-        bundle["GPU"] = res.num_gpus_per_client
-    return bundle
-
-
-def driver_bundle(cfg: RunConfig) -> dict[str, float]:
-    """The driver actor's reservation (empty: it only coordinates)."""
-    res = cfg.resources
-    return {k: v for k, v in (("CPU", res.server_num_cpus), ("GPU", res.server_num_gpus)) if v}
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Bundles of a placement group reserved by someone else (a ``fedrs sweep`` trial's, made
-    by Ray Tune): the driver actor goes to bundle ``driver_bundle``, client actor i to bundle
-    ``first_client_bundle + i``. The owner removes the group, not the pool."""
-
-    pg: Any
-    driver_bundle: int = 0
-    first_client_bundle: int = 0
-
-    def strategy(self, bundle: int) -> PlacementGroupSchedulingStrategy:
-        return PlacementGroupSchedulingStrategy(
-            placement_group=self.pg,
-            placement_group_bundle_index=bundle,
-            placement_group_capture_child_tasks=False,
-        )
-
-
-def trial_bundles(cfg: RunConfig) -> tuple[list[dict[str, float]], int]:
-    """The bundles one whole run needs in a single placement group, and the index of its
-    first client bundle: ``[driver (if it reserves anything), client x num_actors]``."""
-    head = driver_bundle(cfg)
-    clients = [client_bundle(cfg) for _ in range(cfg.resources.num_actors)]
-    return ([head] if head else []) + clients, int(bool(head))
 
 
 REQUEUES = 3  # times a task never started is sent back from dead actors before it fails
@@ -225,184 +179,8 @@ class ClientPool:
             raise ValueError(f"{len(costs)} costs for {len(tasks)} tasks")
         if affinity is not None and len(affinity) != len(tasks):
             raise ValueError(f"{len(affinity)} affinity keys for {len(tasks)} tasks")
-        order = range(len(tasks))
-        if costs is not None:
-            order = sorted(order, key=lambda i: -costs[i])  # stable: ties keep task order
-        pending = deque((i, tasks[i]) for i in order)
-        # per actor, its submitted tasks in submission order (= execution order): the head runs
-        queues: list[deque[tuple[ray.ObjectRef, int, Any]]] = [deque() for _ in self.actors]
-        owner: dict[ray.ObjectRef, int] = {}
-        requeued: dict[int, int] = {}  # task -> times sent back unstarted from a dead actor
-        # an actor that died gets no task until Ray has restarted it (its readiness probe)
-        # (kept across calls: an actor killed at the last round's deadline is still restarting)
-        probes = self.restarting
-        results: dict[int, Any] = {}
-        failures: dict[int, str] = {}
-        deadline = time.monotonic() + timeout_s
-        credit = max(timeout_s, RESTART_GRACE_S)  # deadline extension left for restarts
-
-        def fail(ti: int, reason: str) -> None:
-            failures[ti] = reason
-            log.warning("%s task %d failed: %s", method, ti, reason)
-
-        def actor_died(ai: int) -> None:
-            """Settle every task queued on a dead actor: the ones it finished keep their
-            results, the one it was running fails, the ones it never started go back to
-            ``pending`` (once) to run on another actor."""
-            self.deaths[ai] += 1
-            refs = [ref for ref, _, _ in queues[ai]]
-            wait_s = min(30.0, max(0.0, deadline - time.monotonic()))
-            ray.wait(refs, num_returns=len(refs), timeout=wait_s)
-            crashed = False
-            unstarted: list[tuple[int, Any]] = []
-            for ref, ti, task in queues[ai]:
-                del owner[ref]
-                if crashed:
-                    if requeued.get(ti, 0) >= REQUEUES:
-                        fail(ti, "actor died before starting it")
-                    else:
-                        requeued[ti] = requeued.get(ti, 0) + 1
-                        unstarted.append((ti, task))
-                    continue
-                try:
-                    results[ti] = ray.get(ref, timeout=0)
-                except RayTaskError as exc:
-                    fail(ti, _reason(exc))
-                except (RayActorError, GetTimeoutError) as exc:
-                    crashed = True
-                    fail(ti, _reason(exc) if isinstance(exc, RayActorError) else "actor died")
-            queues[ai].clear()
-            pending.extendleft(reversed(unstarted))
-            # while Ray restarts it, it answers ActorUnavailableError: wait until it is back
-            probes[ai] = self.actors[ai].__ray_ready__.remote()
-
-        def settle(ref: ray.ObjectRef) -> None:
-            if ref not in owner:  # settled with its dead actor's queue
-                return
-            ai = owner[ref]
-            try:
-                result: Any = ray.get(ref)
-            except RayActorError:
-                # died, or unreachable while Ray restarts it (ActorUnavailableError, also for
-                # the tasks queued behind): settle its whole queue. A task re-queued from an
-                # actor that was only unreachable may have run too; its fit is then discarded
-                # and its private state (saved atomically per round) simply rewritten.
-                actor_died(ai)
-                return
-            except RayError as exc:  # the client raised, the task was cancelled, ...
-                result = exc
-            ti = next(t for r, t, _ in queues[ai] if r == ref)
-            queues[ai] = deque(e for e in queues[ai] if e[0] != ref)
-            del owner[ref]
-            if isinstance(result, RayError):
-                fail(ti, _reason(result))
-            else:
-                results[ti] = result
-                if affinity is not None:
-                    self.home[affinity[ti]] = ai
-
-        def take(ai: int) -> tuple[int, Any]:
-            """The next pending task for actor ``ai``: its own key's, if one is nearly as
-            large as the largest pending task, else the largest."""
-            if affinity is not None:
-                floor = (1 - AFFINITY_SLACK) * costs[pending[0][0]] if costs is not None else 0
-                for k, (ti, _) in enumerate(pending):
-                    if costs is not None and costs[ti] < floor:
-                        break
-                    if self.home.get(affinity[ti]) == ai:
-                        item = pending[k]
-                        del pending[k]
-                        return item
-            return pending.popleft()
-
-        def steal(ready_actors: list[int]) -> None:
-            """Move tasks queued behind another actor's running one to idle actors."""
-            for ai in ready_actors:
-                if queues[ai]:
-                    continue
-                victim = max(range(len(queues)), key=lambda a: len(queues[a]))
-                if len(queues[victim]) < 2:  # nothing waits behind a running task
-                    return
-                ref, ti, task = queues[victim].pop()
-                del owner[ref]
-                ray.cancel(ref)
-                arg = shared[ti] if isinstance(shared, PerTask) else shared
-                new_ref = getattr(self.actors[ai], method).remote(arg, task)
-                queues[ai].append((new_ref, ti, task))
-                owner[new_ref] = ai
-                self.steals += 1
-                log.info(
-                    "%s task %d: taken from busy actor %d by idle actor %d", method, ti, victim, ai
-                )
-
-        while pending or owner:
-            if stop is not None and stop.is_set():
-                for queue in queues:
-                    for ref, _, _ in queue:
-                        ray.cancel(ref, force=False)  # queued ones never start
-                raise RunStopped(f"{method}: stopped with {len(owner) + len(pending)} tasks left")
-            now = time.monotonic()
-            remaining = deadline - now
-            if remaining <= 0:
-                # collect what finished in time, then fail and unstick the rest
-                done, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0)
-                for ref in done:
-                    settle(ref)
-                for ai, queue in enumerate(queues):
-                    for k, (ref, ti, _) in enumerate(queue):
-                        why = "timed out after" if k == 0 else "not started within"
-                        failures[ti] = f"{why} {timeout_s:.0f}s"
-                        ray.cancel(ref, force=False)
-                    if queue:
-                        self.deaths[ai] += 1
-                        ray.kill(self.actors[ai], no_restart=False)  # unstick it; Ray restarts it
-                        probes[ai] = self.actors[ai].__ray_ready__.remote()
-                for ti, _ in pending:
-                    failures[ti] = f"not started within {timeout_s:.0f}s"
-                break
-            live = [a for a in range(len(queues)) if self._alive(a)]
-            if not live and not owner:
-                for ti, _ in pending:
-                    fail(ti, "no live client actors (all died more often than Ray restarts them)")
-                break
-            for ai, probe in list(probes.items()):  # restarted yet?
-                if ai not in live:  # gone for good
-                    del probes[ai]
-                elif ray.wait([probe], timeout=0)[0]:
-                    try:
-                        ray.get(probe)
-                        del probes[ai]
-                    except RayError:  # not back yet: ask again
-                        probes[ai] = self.actors[ai].__ray_ready__.remote()
-            ready_actors = [a for a in live if a not in probes]
-            if pending and not ready_actors and not owner:  # every live actor restarting
-                back, _ = ray.wait(list(probes.values()), num_returns=1, timeout=1.0)
-                if back and time.monotonic() - now < 0.2:
-                    time.sleep(0.2)  # an unavailable actor answers at once: do not spin
-                waited = min(credit, time.monotonic() - now)
-                deadline, credit = deadline + waited, credit - waited
-                continue
-            if not pending:
-                steal(ready_actors)
-            # fewest tasks queued first; among equals, the actor that died least
-            for ai in sorted(ready_actors, key=lambda a: (len(queues[a]), self.deaths[a])):
-                busy = len(queues[ai])
-                if pending and (busy == 0 or (busy < depth and len(pending) > len(ready_actors))):
-                    ti, task = take(ai)
-                    arg = shared[ti] if isinstance(shared, PerTask) else shared
-                    ref = getattr(self.actors[ai], method).remote(arg, task)
-                    queues[ai].append((ref, ti, task))
-                    owner[ref] = ai
-            watch = list(owner) + (list(probes.values()) if pending else [])
-            ready, _ = ray.wait(
-                watch,
-                num_returns=1,
-                timeout=min(remaining, 1.0) if probes or stop is not None else remaining,
-            )
-            ready = [r for r in ready if r in owner]
-            for ref in ready:
-                settle(ref)
-        return results, failures
+        dispatch = _Dispatch(self, method, shared, tasks, timeout_s, costs, affinity)
+        return dispatch.run(depth, stop)
 
     def shutdown(self) -> None:
         """Kill the actors and free the placement group; calling it again does nothing."""
@@ -414,3 +192,228 @@ class ClientPool:
             with contextlib.suppress(RayError, ValueError):  # removed by another copy
                 remove_placement_group(self.pg)
             self.pg = None
+
+
+class _Dispatch:
+    """One ``ClientPool.map`` call: its pending tasks, each actor's queue (submission order =
+    execution order: the head runs), results, failures and the deadline."""
+
+    def __init__(
+        self,
+        pool: ClientPool,
+        method: str,
+        shared: Any,
+        tasks: list[Any],
+        timeout_s: float,
+        costs: list[float] | None,
+        affinity: list[Hashable] | None,
+    ) -> None:
+        self.pool, self.method, self.shared = pool, method, shared
+        self.timeout_s, self.costs, self.affinity = timeout_s, costs, affinity
+        order = range(len(tasks))
+        if costs is not None:
+            order = sorted(order, key=lambda i: -costs[i])  # stable: ties keep task order
+        self.pending = deque((i, tasks[i]) for i in order)
+        self.queues: list[deque[tuple[ray.ObjectRef, int, Any]]] = [deque() for _ in pool.actors]
+        self.owner: dict[ray.ObjectRef, int] = {}
+        self.requeued: dict[int, int] = {}  # task -> times sent back unstarted from a dead actor
+        # an actor that died gets no task until Ray has restarted it (its readiness probe)
+        # (kept across calls: an actor killed at the last round's deadline is still restarting)
+        self.probes = pool.restarting
+        self.results: dict[int, Any] = {}
+        self.failures: dict[int, str] = {}
+        self.deadline = time.monotonic() + timeout_s
+        self.credit = max(timeout_s, RESTART_GRACE_S)  # deadline extension left for restarts
+
+    def run(
+        self, depth: int, stop: threading.Event | None
+    ) -> tuple[dict[int, Any], dict[int, str]]:
+        """Hand out, wait, settle, until every task has a result or a failure."""
+        while self.pending or self.owner:
+            if stop is not None and stop.is_set():
+                self._cancel_all()
+                left = len(self.owner) + len(self.pending)
+                raise RunStopped(f"{self.method}: stopped with {left} tasks left")
+            now = time.monotonic()
+            remaining = self.deadline - now
+            if remaining <= 0:
+                self._expire()
+                break
+            live = [a for a in range(len(self.queues)) if self.pool._alive(a)]
+            if not live and not self.owner:
+                for ti, _ in self.pending:
+                    self._fail(
+                        ti, "no live client actors (all died more often than Ray restarts them)"
+                    )
+                break
+            self._check_probes(live)
+            ready_actors = [a for a in live if a not in self.probes]
+            if self.pending and not ready_actors and not self.owner:  # all live restarting
+                self._wait_for_restarts(now)
+                continue
+            if not self.pending:
+                self._steal(ready_actors)
+            self._hand_out(ready_actors, depth)
+            watch = list(self.owner) + (list(self.probes.values()) if self.pending else [])
+            slice_s = min(remaining, 1.0) if self.probes or stop is not None else remaining
+            ready, _ = ray.wait(watch, num_returns=1, timeout=slice_s)
+            for ref in [r for r in ready if r in self.owner]:
+                self._settle(ref)
+        return self.results, self.failures
+
+    def _submit(self, ai: int, ti: int, task: Any) -> None:
+        arg = self.shared[ti] if isinstance(self.shared, PerTask) else self.shared
+        ref = getattr(self.pool.actors[ai], self.method).remote(arg, task)
+        self.queues[ai].append((ref, ti, task))
+        self.owner[ref] = ai
+
+    def _hand_out(self, ready_actors: list[int], depth: int) -> None:
+        """Fewest tasks queued first; among equals, the actor that died least. An actor gets
+        a second task queued only while more tasks wait than there are ready actors."""
+        deaths = self.pool.deaths
+        for ai in sorted(ready_actors, key=lambda a: (len(self.queues[a]), deaths[a])):
+            busy = len(self.queues[ai])
+            many = len(self.pending) > len(ready_actors)
+            if self.pending and (busy == 0 or (busy < depth and many)):
+                self._submit(ai, *self._take(ai))
+
+    def _fail(self, ti: int, reason: str) -> None:
+        self.failures[ti] = reason
+        log.warning("%s task %d failed: %s", self.method, ti, reason)
+
+    def _cancel_all(self) -> None:
+        for queue in self.queues:
+            for ref, _, _ in queue:
+                ray.cancel(ref, force=False)  # queued ones never start
+
+    def _expire(self) -> None:
+        """The deadline passed: collect what finished in time, fail and unstick the rest."""
+        done, _ = ray.wait(list(self.owner), num_returns=len(self.owner), timeout=0)
+        for ref in done:
+            self._settle(ref)
+        for ai, queue in enumerate(self.queues):
+            for k, (ref, ti, _) in enumerate(queue):
+                why = "timed out after" if k == 0 else "not started within"
+                self.failures[ti] = f"{why} {self.timeout_s:.0f}s"
+                ray.cancel(ref, force=False)
+            if queue:
+                self.pool.deaths[ai] += 1
+                ray.kill(self.pool.actors[ai], no_restart=False)  # unstick it; Ray restarts it
+                self.probes[ai] = self.pool.actors[ai].__ray_ready__.remote()
+        for ti, _ in self.pending:
+            self.failures[ti] = f"not started within {self.timeout_s:.0f}s"
+
+    def _check_probes(self, live: list[int]) -> None:
+        """Forget the probes of actors back from a restart (or gone for good)."""
+        for ai, probe in list(self.probes.items()):
+            if ai not in live:  # gone for good
+                del self.probes[ai]
+            elif ray.wait([probe], timeout=0)[0]:
+                try:
+                    ray.get(probe)
+                    del self.probes[ai]
+                except RayError:  # not back yet: ask again
+                    self.probes[ai] = self.pool.actors[ai].__ray_ready__.remote()
+
+    def _wait_for_restarts(self, now: float) -> None:
+        """Every live actor is restarting: wait (up to a second), and credit the wait to the
+        deadline (restart credit, at most ``credit`` in all)."""
+        back, _ = ray.wait(list(self.probes.values()), num_returns=1, timeout=1.0)
+        if back and time.monotonic() - now < 0.2:
+            time.sleep(0.2)  # an unavailable actor answers at once: do not spin
+        waited = min(self.credit, time.monotonic() - now)
+        self.deadline, self.credit = self.deadline + waited, self.credit - waited
+
+    def _actor_died(self, ai: int) -> None:
+        """Settle every task queued on a dead actor: the ones it finished keep their results,
+        the one it was running fails, the ones it never started go back to ``pending`` (up to
+        ``REQUEUES`` times) to run on another actor."""
+        self.pool.deaths[ai] += 1
+        queue = self.queues[ai]
+        refs = [ref for ref, _, _ in queue]
+        wait_s = min(30.0, max(0.0, self.deadline - time.monotonic()))
+        ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+        crashed = False
+        unstarted: list[tuple[int, Any]] = []
+        for ref, ti, task in queue:
+            del self.owner[ref]
+            if crashed:
+                if self.requeued.get(ti, 0) >= REQUEUES:
+                    self._fail(ti, "actor died before starting it")
+                else:
+                    self.requeued[ti] = self.requeued.get(ti, 0) + 1
+                    unstarted.append((ti, task))
+                continue
+            try:
+                self.results[ti] = ray.get(ref, timeout=0)
+            except RayTaskError as exc:
+                self._fail(ti, _reason(exc))
+            except (RayActorError, GetTimeoutError) as exc:
+                crashed = True
+                self._fail(ti, _reason(exc) if isinstance(exc, RayActorError) else "actor died")
+        queue.clear()
+        self.pending.extendleft(reversed(unstarted))
+        # while Ray restarts it, it answers ActorUnavailableError: wait until it is back
+        self.probes[ai] = self.pool.actors[ai].__ray_ready__.remote()
+
+    def _settle(self, ref: ray.ObjectRef) -> None:
+        if ref not in self.owner:  # settled with its dead actor's queue
+            return
+        ai = self.owner[ref]
+        try:
+            result: Any = ray.get(ref)
+        except RayActorError:
+            # died, or unreachable while Ray restarts it (ActorUnavailableError, also for the
+            # tasks queued behind): settle its whole queue. A task re-queued from an actor
+            # that was only unreachable may have run too; its fit is then discarded and its
+            # private state (saved atomically per round) simply rewritten.
+            self._actor_died(ai)
+            return
+        except RayError as exc:  # the client raised, the task was cancelled, ...
+            result = exc
+        ti = next(t for r, t, _ in self.queues[ai] if r == ref)
+        self.queues[ai] = deque(e for e in self.queues[ai] if e[0] != ref)
+        del self.owner[ref]
+        if isinstance(result, RayError):
+            self._fail(ti, _reason(result))
+        else:
+            self.results[ti] = result
+            if self.affinity is not None:
+                self.pool.home[self.affinity[ti]] = ai
+
+    def _take(self, ai: int) -> tuple[int, Any]:
+        """The next pending task for actor ``ai``: its own key's, if one is nearly as large as
+        the largest pending task, else the largest."""
+        pending, costs = self.pending, self.costs
+        if self.affinity is not None:
+            floor = (1 - AFFINITY_SLACK) * costs[pending[0][0]] if costs is not None else 0
+            for k, (ti, _) in enumerate(pending):
+                if costs is not None and costs[ti] < floor:
+                    break
+                if self.pool.home.get(self.affinity[ti]) == ai:
+                    item = pending[k]
+                    del pending[k]
+                    return item
+        return pending.popleft()
+
+    def _steal(self, ready_actors: list[int]) -> None:
+        """Move tasks queued behind another actor's running one to idle actors."""
+        queues = self.queues
+        for ai in ready_actors:
+            if queues[ai]:
+                continue
+            victim = max(range(len(queues)), key=lambda a: len(queues[a]))
+            if len(queues[victim]) < 2:  # nothing waits behind a running task
+                return
+            ref, ti, task = queues[victim].pop()
+            del self.owner[ref]
+            ray.cancel(ref)
+            self._submit(ai, ti, task)
+            self.pool.steals += 1
+            log.info(
+                "%s task %d: taken from busy actor %d by idle actor %d",
+                self.method,
+                ti,
+                victim,
+                ai,
+            )

@@ -43,9 +43,10 @@ def _fitter(cfg_dict: dict[str, Any], data_path: str, tuned: bool, conn: Any) ->
     import torch
 
     from fedrs.actors.allocator import retain_freed_memory
-    from fedrs.benchmarks.harness import build_local, fit_options
+    from fedrs.benchmarks.harness import build_local
     from fedrs.core.config import from_dict
     from fedrs.datasets.manifest import FedDataset
+    from fedrs.orchestrator.exchange import fit_options
 
     applied = retain_freed_memory() if tuned else False
     torch.set_num_threads(1)
@@ -55,7 +56,7 @@ def _fitter(cfg_dict: dict[str, Any], data_path: str, tuned: bool, conn: Any) ->
     shard, seed = data.client(0), cfg.federation.seed
 
     def fit() -> None:
-        opts = fit_options(cfg, strategy, 1, 0)
+        opts = fit_options(cfg, 1, 0, strategy)
         method.fit(params, method.init_private(0, seed), shard, opts)
 
     fit()  # first-call costs

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import time
@@ -74,33 +73,18 @@ def datasets(
     ]
 
 
-def fit_options(cfg: Any, strategy: Any, rnd: int, cid: int, data: Any = None) -> Any:
-    """``FitOptions`` exactly as ``orchestrator/driver.py`` builds them for a client (with
-    ``data``, the upload keys narrowed to the client's group and round, as the driver does)."""
-    import dataclasses
-
+def client_exchange(
+    cfg: Any, data: Any, strategy: Any, global_keys: Any, rnd: int, cid: int
+) -> Any:
+    """What the driver sends this client in ``rnd`` and asks it to upload: the same
+    ``orchestrator/exchange.py`` rules (its group's tensors, its round's stage)."""
     from fedrs.methods import method_class
-    from fedrs.methods.base import FitOptions
+    from fedrs.orchestrator.exchange import client_record, exchange_for
 
-    options = FitOptions.from_config(cfg, rnd, cid, strategy)
-    if data is None:
-        return options
-    record = data.manifest["clients"][cid % data.num_clients]
-    group = method_class(cfg.method.name).upload_keys_for(cfg, record, rnd)
-    if group is None:
-        return options
-    return dataclasses.replace(
-        options, upload_keys=tuple(k for k in options.upload_keys if k in group)
+    record = client_record(data.manifest["clients"], cid)
+    return exchange_for(
+        method_class(cfg.method.name), cfg, record, rnd, tuple(global_keys), strategy.upload_keys
     )
-
-
-def client_download(cfg: Any, data: Any, params: dict[str, Any], rnd: int, cid: int) -> Any:
-    """The global tensors the driver sends this client in ``rnd`` (its group's)."""
-    from fedrs.methods import method_class
-
-    record = data.manifest["clients"][cid % data.num_clients]
-    group = method_class(cfg.method.name).download_keys_for(cfg, record, rnd)
-    return params if group is None else {k: v for k, v in params.items() if k in group}
 
 
 def build_local(cfg: Any, data: Any) -> tuple[Any, Any, dict[str, np.ndarray], Any]:
@@ -240,10 +224,9 @@ def actor_pids(records: list[dict[str, Any]]) -> set[int]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from fedrs.orchestrator.driver import METRICS
+    from fedrs.orchestrator import records
 
-    text = (run_dir / METRICS).read_text()
-    return [json.loads(x) for x in text.splitlines() if x.strip()]
+    return records.read(run_dir)
 
 
 def run_fedrs(cfg: Any, run_dir: Path) -> dict[str, Any]:

@@ -16,15 +16,15 @@ import numpy as np
 from fedrs.benchmarks.harness import (
     actor_pids,
     build_local,
-    client_download,
+    client_exchange,
     cpu_between,
     cpu_snapshot,
-    fit_options,
     machine_cpu,
     merge_cpu,
     steady_index,
     threads,
 )
+from fedrs.orchestrator.exchange import fit_options
 
 
 class SequentialLoop:
@@ -50,7 +50,8 @@ class SequentialLoop:
 
     def round(self, rnd: int) -> dict[str, Any]:
         from fedrs.core.sampling import sample_clients
-        from fedrs.core.strategies import ClientUpdate
+        from fedrs.core.validation import spec_of
+        from fedrs.orchestrator.exchange import accept
 
         fed, method = self.cfg.federation, self.method
         with threads():
@@ -61,19 +62,27 @@ class SequentialLoop:
             for cid in sampled:
                 tc = time.perf_counter()
                 state = self.private.get(cid) or method.init_private(cid, fed.seed)
-                sent = client_download(self.cfg, self.data, download, rnd, cid)
+                ex = client_exchange(self.cfg, self.data, self.strategy, download, rnd, cid)
+                sent = {k: download[k] for k in ex.down}
                 out = method.fit(
                     sent,
                     state,
                     self.shard_of(cid % self.data.num_clients),
-                    fit_options(self.cfg, self.strategy, rnd, cid, self.data),
+                    fit_options(self.cfg, rnd, cid, self.strategy, ex),
                 )
                 if out.private:
                     self.private[cid] = out.private
-                params, extras = self.method_cls.decode_upload(
-                    self.cfg, sent, out.params, out.extras
-                )
-                updates.append(ClientUpdate(cid, params, out.num_examples, out.metrics, extras))
+                reply = {
+                    "params": out.params,
+                    "extras": out.extras,
+                    "num_examples": out.num_examples,
+                    "metrics": out.metrics,
+                }  # what an actor returns, accepted by the driver's rule
+                spec = spec_of(self.params, ex.up)
+                update, why = accept(self.method_cls, self.cfg, cid, reply, sent, spec, None)
+                if update is None:
+                    raise RuntimeError(f"round {rnd}: client {cid} rejected: {why}")
+                updates.append(update)
                 client_s[str(cid)] = time.perf_counter() - tc
             fit_s = time.perf_counter() - t
             params = self.strategy.aggregate(self.params, updates)
@@ -171,7 +180,7 @@ def evaluate_in_process(method: Any, data: Any, params: dict, private: dict) -> 
     """The driver's evaluation, in one process: the global test split with the global tensors
     alone, and every client's local split with its private state; the method's own metrics
     (``evaluate_rows`` over the whole split, ``reduce_eval``)."""
-    from fedrs.orchestrator.driver import PERSONALIZED_EVAL_MAX
+    from fedrs.orchestrator.evaluation import PERSONALIZED_EVAL_MAX
 
     head = method.headline
     test = data.test_shard()
@@ -217,18 +226,19 @@ def _ceiling_worker(
         params,
         method.init_private(warm, cfg.federation.seed),
         shard_of(warm % data.num_clients),
-        fit_options(cfg, strategy, 0, warm),
+        fit_options(cfg, 0, warm, strategy),
     )
     times = []
     for rnd, clients in plan:
         barrier.wait()
         t = time.perf_counter()
         for cid in clients:
+            ex = client_exchange(cfg, data, strategy, params, rnd, cid)
             method.fit(
-                client_download(cfg, data, params, rnd, cid),
+                {k: params[k] for k in ex.down},
                 method.init_private(cid, cfg.federation.seed),
                 shard_of(cid % data.num_clients),
-                fit_options(cfg, strategy, rnd, cid, data),
+                fit_options(cfg, rnd, cid, strategy, ex),
             )
         times.append(time.perf_counter() - t)
     queue.put((rank, times, time.process_time()))

@@ -79,3 +79,13 @@ def load(run_dir: Path) -> tuple[int, dict[str, np.ndarray], dict[str, Any]] | N
     params = {k: v for k, v in tensors.items() if not k.startswith(SERVER_PREFIX)}
     server = {k[len(SERVER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SERVER_PREFIX)}
     return int(meta["round"]), params, server
+
+
+def section(state: dict[str, Any], prefix: str, *others: str) -> dict[str, Any]:
+    """The entries of a saved server state under ``prefix`` (the strategy's ``strategy/``),
+    prefix removed; ``prefix`` "" with ``others``: what no other section claims (the method's)."""
+    return {
+        k[len(prefix) :]: v
+        for k, v in state.items()
+        if k.startswith(prefix) and not (others and k.startswith(others))
+    }

@@ -54,6 +54,7 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     records = _client_records(cfg)
     if rounds:  # clients of groups / stages, tensors they hold already: exact, round by round
         from fedrs.core.sampling import sample_round
+        from fedrs.orchestrator.exchange import client_record, exchange_for, upload_numbers
         from fedrs.orchestrator.holdings import Holdings
 
         up_run = down_run = 0
@@ -62,23 +63,18 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
         glob = list(shapes["global"])
         held = Holdings(glob, [size[k] for k in glob])
         written = [k for k in glob if k in method.download_only]
+        up_keys = tuple(strategy.upload_keys)
         for rnd in range(1, rounds + 1):
             moved = set(written)
             # the driver's draw: fixed-size, or Poisson under privacy.mode
             for cid in sample_round(cfg, registered, len(records), data.excluded, rnd):
-                record = records[cid % len(records)]
-                ups = method.upload_keys_for(cfg, record, rnd)
-                downs = method.download_keys_for(cfg, record, rnd)
-                keys = [k for k in strategy.upload_keys if ups is None or k in ups]
-                names = method.extras_for(cfg, record, rnd)
-                up_run += sum(
-                    math.prod(s) for k, s in extras.items() if names is None or k in names
+                ex = exchange_for(
+                    method, cfg, client_record(records, cid), rnd, tuple(glob), up_keys
                 )
-                up_run += sum(method.wire_size(cfg, shapes["global"][k]) for k in keys)
-                got = [k for k in glob if downs is None or k in downs]
-                down_run += held.cost(cid, got)
-                held.deliver(cid, got)
-                moved.update(keys)
+                up_run += upload_numbers(method, cfg, ex, shapes["global"], extras)
+                down_run += held.cost(cid, ex.down)
+                held.deliver(cid, ex.down)
+                moved.update(ex.up)
             held.changed([k for k in glob if k in moved], rnd)
     return {
         "method": method.name,

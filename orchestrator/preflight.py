@@ -93,7 +93,7 @@ def resolve_names(
             f"(`fedrs strategies` describes them)"
         )
     shapes = method_cls.tensor_shapes(cfg, model_config(cfg.model.arch), num_classes)
-    from fedrs.orchestrator.driver import uploadable
+    from fedrs.orchestrator.exchange import uploadable
 
     strategy = make_strategy(
         cfg.strategy.name,
@@ -408,7 +408,7 @@ def check_room(cfg: RunConfig, out: Path, shapes: dict[str, Any], registered: in
 
 def check_federation(cfg: RunConfig, data: DataCheck) -> int:
     """Registered clients; clients per round may not exceed those that can be sampled."""
-    from fedrs.orchestrator.driver import registered_clients
+    from fedrs.core.sampling import registered_clients
 
     registered = registered_clients(cfg, data.partitions)
     usable = usable_clients(registered, data.partitions, data.excluded)

@@ -22,7 +22,7 @@ import ray
 from rich.console import Console
 
 from fedrs import reaper
-from fedrs.actors.pool import Placement
+from fedrs.actors.placement import Placement
 from fedrs.core.config import RunConfig
 from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError, FedrsError, remote_error

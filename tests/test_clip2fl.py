@@ -264,7 +264,7 @@ def test_per_class_plot_colours_bars_and_legend_by_group(
     from matplotlib.colors import to_rgba
 
     import fedrs.io
-    from fedrs.orchestrator.driver import _plot_classes
+    from fedrs.orchestrator.plots import plot_classes
 
     figures: list[Any] = []
     save = fedrs.io.save_figure
@@ -276,7 +276,7 @@ def test_per_class_plot_colours_bars_and_legend_by_group(
         "groups": ["few", "many", "medium"],
         "per_class_accuracy": [0.5, 0.9, None],
     }
-    _plot_classes(long_tail, ["a", "b", "c"], tmp_path / "p.png")
+    plot_classes(long_tail, ["a", "b", "c"], tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
     ax = figures[0].axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["b (150)", "c (40)", "a (5)"]

@@ -80,7 +80,7 @@ def test_placement_strategy_across_nodes(
 
 
 def test_unplaceable_pool_is_a_clear_error(synth_data: Path, tmp_path: Path) -> None:
-    from fedrs.actors.pool import SchedulingError
+    from fedrs.actors.placement import SchedulingError
 
     cfg = _cfg(synth_data, **{"resources.num_actors": 40, "resources.placement_timeout_s": 2})
     with pytest.raises(SchedulingError, match="cannot place 40 client actors"):

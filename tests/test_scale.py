@@ -15,11 +15,10 @@ import pytest
 from rich.console import Console
 
 from fedrs.core.config import RunConfig
-from fedrs.core.sampling import sample_clients
+from fedrs.core.sampling import registered_clients, sample_clients
 from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import ConfigError
-from fedrs.orchestrator.driver import registered_clients
 
 
 def _peak_bytes(fn: Any) -> tuple[Any, int]:

@@ -312,7 +312,7 @@ resources.num_gpus_per_client = 0.5
 
 
 def test_a_trial_reserves_its_driver_and_clients_in_one_group() -> None:
-    from fedrs.actors.pool import trial_bundles
+    from fedrs.actors.placement import trial_bundles
 
     cfg = expand(parse_sweep({"base": BASE}))[0].cfg
     assert trial_bundles(cfg) == ([{"CPU": 0.5}], 0)  # the driver only coordinates: no bundle

@@ -88,3 +88,15 @@ def collapse(record: dict) -> str | None:
     if kappa is not None and abs(kappa) < KAPPA_CHANCE:
         return f"kappa {kappa:.3f}: agreement no better than chance"
     return None
+
+
+def global_change(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far a round moved the global tensors: ``global_change`` = ||new - old|| over all of
+    them, and ``global_change_rel`` = that / ||old|| (0 when nothing travels)."""
+    keys = [k for k in new if k in old and np.shape(old[k]) == np.shape(new[k])]
+    diff = sum(float(np.sum((new[k].astype(np.float64) - old[k]) ** 2)) for k in keys)
+    norm = sum(float(np.sum(old[k].astype(np.float64) ** 2)) for k in keys)
+    return {
+        "global_change": diff**0.5,
+        "global_change_rel": (diff / norm) ** 0.5 if norm > 0 else 0.0,
+    }

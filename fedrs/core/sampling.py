@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.errors import ConfigError
+
 
 def sample_clients(num_clients: int, per_round: int, seed: int, round_: int) -> list[int]:
     """``min(per_round, num_clients)`` distinct client ids in ``[0, num_clients)``, sorted,
@@ -105,3 +107,15 @@ def sample_round(
         rate = inclusion_rate(fed.clients_per_round, registered)
         return poisson_usable(registered, rate, fed.seed, round_, partitions, excluded)
     return sample_usable(registered, fed.clients_per_round, fed.seed, round_, partitions, excluded)
+
+
+def registered_clients(cfg: Any, partitions: int) -> int:
+    """How many clients are registered: ``federation.num_clients``, or one per data partition
+    when it is 0. Fewer than the partitions would leave data no client ever trains on."""
+    n = cfg.federation.num_clients or partitions
+    if n < partitions:
+        raise ConfigError(
+            f"federation.num_clients={n} is below the dataset's {partitions} partitions: use 0 "
+            f"(one client per partition) or at least {partitions}"
+        )
+    return n

@@ -133,7 +133,7 @@ def run_trial(
     import ray
     from rich.console import Console
 
-    from fedrs.actors.pool import Placement, trial_bundles
+    from fedrs.actors.placement import Placement, trial_bundles
     from fedrs.orchestrator.checkpoint import latest_round
     from fedrs.orchestrator.runner import StoppedByUser, run
 
@@ -272,7 +272,7 @@ def run_sweep(
     if not todo:
         write_results(sweep_dir, trials, metric)
         return SweepResult(sweep_dir, len(trials), len(trials), 0)
-    from fedrs.actors.pool import trial_bundles
+    from fedrs.actors.placement import trial_bundles
 
     by_name = {t.name: t for t in todo}
 

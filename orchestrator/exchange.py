@@ -1,0 +1,153 @@
+"""The exchange rules, once: what each client receives and sends in a round, and whether what it
+sent back is accepted (or why not).
+
+Pure functions of the config, the method class, the client's data record and the round. The
+driver (``driver.py``), the ``--dry-run`` planner (``plan.py``) and the benchmark harness
+(``benchmarks/harness.py``, ``research_loop.py``) all call them, so the three agree by
+construction::
+
+    exchange_for(...)  -> Exchange(down, up, extras)   what travels, per client and round
+    fit_options(...)   -> FitOptions                   what the client is told to train
+    accept(...)        -> (ClientUpdate | None, why)   what the server takes from its reply
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedrs.core.config import RunConfig
+from fedrs.core.strategies import ClientUpdate
+from fedrs.core.validation import validate_extras, validate_update
+from fedrs.methods.base import FitOptions, Method
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One client's traffic in one round: the global tensors it receives (``down``), the
+    tensors it uploads (``up``) and the extra payloads it may send (``extras``; None: any
+    the method declares)."""
+
+    down: tuple[str, ...]
+    up: tuple[str, ...]
+    extras: tuple[str, ...] | None = None
+
+
+def uploadable(method_cls: type[Method], global_keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The global tensors clients may upload at all: all but the method's ``download_only``
+    (what only the server writes). The strategy is built over these."""
+    return tuple(k for k in global_keys if k not in method_cls.download_only)
+
+
+def client_record(clients: list[dict[str, Any]], client_id: int) -> dict[str, Any]:
+    """The data record (manifest entry) of registered client ``client_id``: it trains on
+    partition ``client_id % partitions``."""
+    return clients[client_id % len(clients)]
+
+
+def _narrow(keys: tuple[str, ...], group: Any) -> tuple[str, ...]:
+    return keys if group is None else tuple(k for k in keys if k in group)
+
+
+def exchange_for(
+    method_cls: type[Method],
+    cfg: RunConfig,
+    record: dict[str, Any],
+    rnd: int,
+    global_keys: tuple[str, ...],
+    upload_keys: tuple[str, ...],
+) -> Exchange:
+    """What the client described by ``record`` receives and sends in round ``rnd``: the
+    global tensors narrowed to its group (``download_keys_for``), the strategy's upload keys
+    narrowed likewise (``upload_keys_for``), and its extra payloads (``extras_for``)."""
+    extras = method_cls.extras_for(cfg, record, rnd)
+    return Exchange(
+        down=_narrow(global_keys, method_cls.download_keys_for(cfg, record, rnd)),
+        up=_narrow(upload_keys, method_cls.upload_keys_for(cfg, record, rnd)),
+        extras=None if extras is None else tuple(extras),
+    )
+
+
+def fit_options(
+    cfg: RunConfig, rnd: int, client_id: int, strategy: Any, ex: Exchange | None = None
+) -> FitOptions:
+    """The local-training options the client gets: ``cfg.client``, the strategy's client
+    options (FedProx's ``proximal_mu``) and, given its ``Exchange``, its upload keys."""
+    options = FitOptions.from_config(cfg, rnd, client_id, strategy)
+    return options if ex is None else dataclasses.replace(options, upload_keys=ex.up)
+
+
+def payload_bytes(payload: Any) -> int:
+    """Bytes of the arrays in an uploaded payload (0 for anything malformed)."""
+    if not isinstance(payload, dict):
+        return 0
+    return int(sum(v.nbytes for v in payload.values() if isinstance(v, np.ndarray)))
+
+
+def reply_bytes(reply: dict[str, Any]) -> int:
+    """Bytes a client's reply carried up: its tensors and its extra payloads."""
+    return payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
+
+
+def accept(
+    method_cls: type[Method],
+    cfg: RunConfig,
+    client_id: int,
+    reply: dict[str, Any],
+    sent: dict[str, np.ndarray],
+    spec: dict[str, tuple[tuple[int, ...], Any]],
+    extra_shapes: dict[str, tuple[int, ...]] | None,
+) -> tuple[ClientUpdate | None, str | None]:
+    """The update the server takes from a client's ``reply``, or None and why not.
+
+    The extras are checked against what the method declares, compressed tensors are restored
+    (``decode_upload``, given ``sent``: the tensors the client received), then the tensors are
+    checked against ``spec`` (the names, shapes and dtypes it was to upload; finite values)."""
+    params, extras = reply.get("params"), reply.get("extras")
+    reason = validate_extras(extras, method_cls.extra_allowed, extra_shapes)
+    if reason is None and isinstance(params, dict):
+        try:  # compressed tensors (low-rank factors) restored, then validated
+            params, extras = method_cls.decode_upload(cfg, sent, params, extras)
+        except (KeyError, ValueError) as exc:
+            reason = f"cannot decode the upload: {exc}"
+    reason = reason or validate_update(params, reply.get("num_examples"), spec)
+    if reason is not None:
+        return None, reason
+    update = ClientUpdate(
+        client_id, params, int(reply["num_examples"]), reply.get("metrics", {}), extras or {}
+    )
+    return update, None
+
+
+def upload_numbers(
+    method_cls: type[Method],
+    cfg: RunConfig,
+    ex: Exchange,
+    global_shapes: dict[str, tuple[int, ...]],
+    extra_shapes: dict[str, tuple[int, ...]],
+) -> int:
+    """Numbers the client sends under ``ex`` (``--dry-run``): its tensors as they travel
+    (``wire_size``: fewer when compressed) and, at most, its extra payloads."""
+    extras = sum(
+        int(np.prod(s, dtype=np.int64))
+        for k, s in extra_shapes.items()
+        if ex.extras is None or k in ex.extras
+    )
+    return extras + sum(method_cls.wire_size(cfg, global_shapes[k]) for k in ex.up)
+
+
+def declared_extras(
+    cfg: RunConfig, method_cls: type[Method], num_classes: int
+) -> dict[str, tuple[int, ...]] | None:
+    """The extra payloads' shapes the method declares (``tensor_shapes``' ``"extras"``), by
+    name; None when it declares none (names and values are still checked)."""
+    from fedrs.models.backbone import model_config
+
+    try:
+        shapes = method_cls.tensor_shapes(cfg, model_config(cfg.model.arch), num_classes)
+    except NotImplementedError:
+        return None
+    return shapes.get("extras") or None
