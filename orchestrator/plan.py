@@ -49,33 +49,7 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     fed, res = cfg.federation, cfg.resources
     per_round = fed.clients_per_round
     rounds = fed.rounds if method.trains else 0
-    up_run = sent * per_round * rounds
-    down_run = received * per_round * rounds
-    records = _client_records(cfg)
-    if rounds:  # clients of groups / stages, tensors they hold already: exact, round by round
-        from fedrs.core.sampling import sample_round
-        from fedrs.orchestrator.exchange import client_record, exchange_for, upload_numbers
-        from fedrs.orchestrator.holdings import Holdings
-
-        up_run = down_run = 0
-        # a tensor changes in a round when a sampled client uploads it or the server writes it;
-        # a client is sent only what it does not hold yet (orchestrator/holdings.py)
-        glob = list(shapes["global"])
-        held = Holdings(glob, [size[k] for k in glob])
-        written = [k for k in glob if k in method.download_only]
-        up_keys = tuple(strategy.upload_keys)
-        for rnd in range(1, rounds + 1):
-            moved = set(written)
-            # the driver's draw: fixed-size, or Poisson under privacy.mode
-            for cid in sample_round(cfg, registered, len(records), data.excluded, rnd):
-                ex = exchange_for(
-                    method, cfg, client_record(records, cid), rnd, tuple(glob), up_keys
-                )
-                up_run += upload_numbers(method, cfg, ex, shapes["global"], extras)
-                down_run += held.cost(cid, ex.down)
-                held.deliver(cid, ex.down)
-                moved.update(ex.up)
-            held.changed([k for k in glob if k in moved], rnd)
+    up_run, down_run = _traffic(cfg, method, strategy, shapes, data.excluded, registered, rounds)
     return {
         "method": method.name,
         "strategy": strategy.name,
@@ -124,6 +98,42 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
             if w
         ],
     }
+
+
+def _traffic(
+    cfg: RunConfig,
+    method: Any,
+    strategy: Any,
+    shapes: dict[str, Any],
+    excluded: dict[int, str],
+    registered: int,
+    rounds: int,
+) -> tuple[int, int]:
+    """Numbers sent up and down over the run, round by round as the driver would: the same
+    draw of clients, their groups and stages (``exchange``), the tensors they hold already."""
+    from fedrs.core.sampling import sample_round
+    from fedrs.orchestrator.exchange import client_record, exchange_for, upload_numbers
+    from fedrs.orchestrator.holdings import Holdings
+
+    records = _client_records(cfg)
+    glob = list(shapes["global"])
+    held = Holdings(glob, [math.prod(shapes["global"][k]) for k in glob])
+    written = [k for k in glob if k in method.download_only]
+    up_keys = tuple(strategy.upload_keys)
+    extras = shapes.get("extras", {})
+    up_run = down_run = 0
+    for rnd in range(1, rounds + 1):
+        # a tensor changes in a round when a sampled client uploads it or the server writes
+        # it; a client is sent only what it does not hold yet (orchestrator/holdings.py)
+        moved = set(written)
+        for cid in sample_round(cfg, registered, len(records), excluded, rnd):
+            ex = exchange_for(method, cfg, client_record(records, cid), rnd, tuple(glob), up_keys)
+            up_run += upload_numbers(method, cfg, ex, shapes["global"], extras)
+            down_run += held.cost(cid, ex.down)
+            held.deliver(cid, ex.down)
+            moved.update(ex.up)
+        held.changed([k for k in glob if k in moved], rnd)
+    return up_run, down_run
 
 
 def _client_records(cfg: RunConfig) -> list[dict[str, Any]]:

@@ -25,31 +25,28 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import socket
-import threading
-import time
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from fedrs.core.config import RunConfig, from_dict
 from fedrs.core.strategies import Strategy, make_strategy
-from fedrs.errors import ConfigError, FedrsError, ShardIntegrityError
+from fedrs.errors import ConfigError, ShardIntegrityError
 from fedrs.methods.base import Method
+from fedrs.orchestrator.cluster import (  # noqa: F401  (checked here in order; also exported)
+    ClusterError,
+    check_cluster,
+    check_ray_address,
+    cluster_nodes,
+    local_capacity,
+    placement_problem,
+)
+from fedrs.orchestrator.weights import check_weights
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar")
-PROBE_TIMEOUT_S = 5.0
 SYNTH_DIR = "data"  # the synthetic default dataset, inside the run directory
-
-
-class ClusterError(FedrsError):
-    """The cluster cannot be reached, or can never host the requested client actors."""
 
 
 @dataclass(frozen=True)
@@ -122,159 +119,6 @@ def resolve_names(
             f"{cfg.federation.clients_per_round}"
         )
     return method_cls, strategy, shapes
-
-
-# ------------------------------------------------------------------------------- weights
-def _run_bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """``fn()`` in a daemon thread; TimeoutError if it has not returned by ``timeout_s``."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer within {timeout_s:.0f} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _check_checkpoint(path: Path) -> str:
-    if not path.exists():
-        raise ConfigError(f"model.pretrained checkpoint {path} does not exist")
-    if not path.is_file():
-        raise ConfigError(f"model.pretrained {path} is not a file")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-    except OSError as exc:
-        raise ConfigError(
-            f"model.pretrained {path} cannot be read: {exc.strerror or exc}"
-        ) from None
-    size = path.stat().st_size
-    if size == 0:
-        raise ConfigError(f"model.pretrained {path} is empty")
-    if head.startswith(b"PK"):  # torch's zip format: its central directory sits at the end
-        try:
-            with zipfile.ZipFile(path) as zf:
-                zf.infolist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise ConfigError(
-                f"model.pretrained {path} is damaged or cut short ({exc}); {size:,} B on disk"
-            ) from None
-    elif path.suffix == ".safetensors":
-        header = int.from_bytes(head, "little") if len(head) == 8 else -1
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(8)
-                meta = json.loads(fh.read(header)) if 0 < header < size else None
-            end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"))
-        except (ValueError, TypeError, KeyError, OSError):
-            meta, end = None, -1
-        if meta is None or 8 + header + end > size:
-            raise ConfigError(f"model.pretrained {path} is not a complete safetensors file")
-    return f"checkpoint {path} ({size:,} B)"
-
-
-def _cached_weights(pcfg: dict[str, Any]) -> str | None:
-    """Where open_clip would find these pretrained weights without the network, or None."""
-    hub = pcfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, filename = os.path.split(hub)
-        names = [filename] if filename else []
-        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        for name in dict.fromkeys(names):
-            found = try_to_load_from_cache(repo_id=repo, filename=name)
-            if isinstance(found, str) and os.path.isfile(found):
-                return found
-        return None
-    url = pcfg.get("url", "")
-    if url:
-        target = Path("~/.cache/clip").expanduser() / os.path.basename(urlparse(url).path)
-        return str(target) if target.is_file() else None
-    return None
-
-
-def _weights_host(pcfg: dict[str, Any]) -> str:
-    if pcfg.get("hf_hub"):
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        return urlparse(endpoint).hostname or "huggingface.co"
-    return urlparse(pcfg.get("url", "")).hostname or "?"
-
-
-def _resolves(host: str) -> str | None:
-    """None when ``host`` resolves within the probe time, else why not."""
-    try:
-        _run_bounded(lambda: socket.getaddrinfo(host, 443), PROBE_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        return getattr(exc, "strerror", None) or str(exc)
-    return None
-
-
-def check_weights(arch: str, pretrained: str, fetch: bool = True) -> str:
-    """Check ``model.pretrained`` for ``arch``; return a short description of the weights.
-
-    A path must be a readable, complete checkpoint. An open_clip tag must be known for the arch
-    and be cached locally; otherwise it is downloaded here, once (``fetch``), unless the hub is
-    unreachable or ``HF_HUB_OFFLINE`` is set: then one line says so."""
-    if not pretrained:
-        return "random init"
-    import open_clip
-
-    from fedrs.models.backbone import register_configs
-
-    register_configs()
-    if (
-        os.sep in pretrained
-        or os.path.exists(pretrained)
-        or pretrained.endswith(CHECKPOINT_SUFFIXES)
-    ):
-        return _check_checkpoint(Path(pretrained))
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    if pretrained not in tags:
-        raise ConfigError(
-            f"model.pretrained {pretrained!r} is neither a local checkpoint nor an open_clip "
-            f"tag of {arch} (tags: {', '.join(tags) or 'none'})"
-        )
-    from open_clip import pretrained as oc_pretrained
-
-    pcfg = oc_pretrained.get_pretrained_cfg(arch, pretrained)
-    found = _cached_weights(pcfg)
-    if found:
-        return f"open_clip {arch} {pretrained} (cached: {found})"
-    how = (
-        "fetch them once where there is network (open_clip caches them under ~/.cache) or give "
-        "model.pretrained a checkpoint path"
-    )
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise ConfigError(
-            f"model.pretrained {pretrained!r}: the {arch} weights are not in the local cache "
-            f"and HF_HUB_OFFLINE is set; {how}"
-        )
-    host = _weights_host(pcfg)
-    why = _resolves(host)
-    if why is not None:
-        raise ConfigError(
-            f"model.pretrained {pretrained!r}: the {arch} weights are not in the local cache "
-            f"and {host} cannot be reached ({why}); {how}"
-        )
-    if not fetch:
-        return f"open_clip {arch} {pretrained} (not cached; downloaded at start)"
-    log.info("downloading the %s %s weights once, before the actors start", arch, pretrained)
-    try:
-        path = oc_pretrained.download_pretrained(pcfg)
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"model.pretrained {pretrained!r}: download failed: {first}") from None
-    return f"open_clip {arch} {pretrained} ({path})"
 
 
 # ------------------------------------------------------------------------------- data
@@ -427,176 +271,6 @@ def usable_clients(registered: int, partitions: int, excluded: dict[int, str]) -
     """Registered clients whose partition (c mod P) is not excluded."""
     full, rest = divmod(registered, partitions)
     return registered - sum(full + (p < rest) for p in excluded)
-
-
-# ------------------------------------------------------------------------------- cluster
-def check_ray_address(address: str | None = None) -> None:
-    """``RAY_ADDRESS`` (host:port, ray://host:port) must answer a TCP connect within seconds:
-    a wrong address is one line, not minutes of connection retries."""
-    address = address if address is not None else os.environ.get("RAY_ADDRESS", "")
-    if address in ("", "auto", "local"):
-        return
-    target = urlparse(address if "://" in address else f"tcp://{address}")
-    try:
-        host, port = target.hostname or "127.0.0.1", target.port
-    except ValueError:
-        port = None
-    if port is None:
-        raise ClusterError(f"RAY_ADDRESS={address!r} is not host:port (e.g. 127.0.0.1:6379)")
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ClusterError(
-            f"RAY_ADDRESS={address}: no Ray cluster answers there "
-            f"({exc.strerror or type(exc).__name__}); start one with `ray start --head` or "
-            f"unset RAY_ADDRESS to run on a local Ray"
-        ) from None
-
-
-def local_capacity() -> dict[str, float]:
-    """What a local Ray started on this machine will offer: CPUs (affinity and cgroup quota)
-    and the GPUs torch sees."""
-    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cpus = min(cpus, max(1.0, math.floor(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    gpus = 0.0
-    try:
-        import torch
-
-        gpus = float(torch.cuda.device_count())
-    except Exception:  # no usable CUDA
-        pass
-    return {"CPU": cpus, "GPU": gpus}
-
-
-def _fits(node: dict[str, float], bundle: dict[str, float]) -> int:
-    """How many bundles one node can ever hold (a fractional GPU share packs per GPU)."""
-    eps = 1e-9
-    n = math.inf
-    for res, need in bundle.items():
-        if need <= 0:
-            continue
-        have = float(node.get(res, 0.0))
-        if res == "GPU" and need < 1:
-            n = min(n, math.floor(1 / need + eps) * math.floor(have + eps))
-        else:
-            n = min(n, math.floor(have / need + eps))
-    return int(n) if n != math.inf else 1 << 30
-
-
-def _room(fits: list[int], strategy: str) -> int:
-    """How many client bundles nodes with ``fits`` room each can take under ``strategy``."""
-    if strategy == "STRICT_PACK":
-        return max(fits, default=0)
-    if strategy == "STRICT_SPREAD":
-        return sum(1 for f in fits if f >= 1)
-    return sum(fits)
-
-
-def placement_problem(
-    cfg: RunConfig, nodes: list[dict[str, float]], driver_in_group: bool = False
-) -> str | None:
-    """Why the client actors' placement group can never be placed on ``nodes``, or None.
-    With ``driver_in_group`` (a sweep trial's one group) the driver's own reservation
-    (``resources.server_num_cpus`` / ``server_num_gpus``) is a bundle of the same group: it
-    needs a node too, under the same strategy."""
-    res = cfg.resources
-    bundle = {"CPU": res.num_cpus_per_client, "GPU": res.num_gpus_per_client}
-    strategy, count = res.placement_strategy, res.num_actors
-    server = {"CPU": res.server_num_cpus, "GPU": res.server_num_gpus}
-    if not any(server.values()):
-        possible = _room([_fits(n, bundle) for n in nodes], strategy)
-    else:  # try each node as the driver's; the best choice decides
-        possible = 0
-        for i, host in enumerate(nodes):
-            if _fits(host, server) < 1:
-                continue
-            left = {k: float(host.get(k, 0)) - server.get(k, 0.0) for k in ("CPU", "GPU")}
-            rest = [left if j == i else n for j, n in enumerate(nodes)]
-            if driver_in_group and strategy == "STRICT_SPREAD":
-                rest = [n for j, n in enumerate(nodes) if j != i]
-            fits = [_fits(n, bundle) for n in rest]
-            if driver_in_group and strategy == "STRICT_PACK":
-                fits = [_fits(left, bundle)]
-            possible = max(possible, _room(fits, strategy))
-    if possible >= count:
-        return None
-    have = {
-        "CPU": sum(float(n.get("CPU", 0)) for n in nodes),
-        "GPU": sum(float(n.get("GPU", 0)) for n in nodes),
-    }
-    asked = {k: v for k, v in bundle.items() if v > 0}
-    hint = (
-        "set resources.num_gpus_per_client=0 (no GPU here)"
-        if bundle["GPU"] > 0 and have["GPU"] == 0
-        else "lower resources.num_actors or the per-client share"
-    )
-    if any(server.values()):
-        hint = f"the driver's { ({k: v for k, v in server.items() if v > 0}) } counted; {hint}"
-    return (
-        f"cannot place {count} client actors of {asked} ({strategy}): the cluster has "
-        f"{len(nodes)} node(s) with {have['CPU']:g} CPU and {have['GPU']:g} GPU in all, room "
-        f"for {possible}; {hint}"
-    )
-
-
-def cluster_nodes() -> list[dict[str, float]]:
-    """Total resources of each live node of the connected Ray cluster."""
-    import ray
-
-    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
-
-
-def check_cluster(cfg: RunConfig, connect: Callable[[], None] | None = None) -> None:
-    """Fail within seconds when the actors can never be placed. Before a local Ray starts the
-    check uses this machine's capacity; after ``connect`` (or when Ray is already up), the
-    cluster's live nodes. ``resources.autoscale_wait_s > 0`` asks the autoscaler for the
-    bundles and waits that long for nodes that fit them."""
-    import ray
-
-    if not ray.is_initialized():
-        if not os.environ.get("RAY_ADDRESS"):
-            problem = placement_problem(cfg, [local_capacity()])
-            if problem:
-                raise ClusterError(problem)
-        else:
-            check_ray_address()
-        if connect is None:
-            return
-        connect()
-    problem = placement_problem(cfg, cluster_nodes())
-    wait = cfg.resources.autoscale_wait_s
-    if problem and wait > 0:
-        res = cfg.resources
-        bundle = {"CPU": res.num_cpus_per_client}
-        if res.num_gpus_per_client:
-            bundle["GPU"] = res.num_gpus_per_client
-        from ray.autoscaler.sdk import request_resources
-
-        log.warning(
-            "%s; waiting up to %.0f s (resources.autoscale_wait_s) for the autoscaler to add "
-            "nodes for %d x %s",
-            problem,
-            wait,
-            res.num_actors,
-            bundle,
-        )
-        request_resources(bundles=[dict(bundle) for _ in range(res.num_actors)])
-        deadline = time.monotonic() + wait
-        try:
-            while problem and time.monotonic() < deadline:
-                time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
-                problem = placement_problem(cfg, cluster_nodes())
-        finally:  # the actors' own demand keeps the nodes; a standing request would pin them
-            request_resources(bundles=[])
-        if problem:
-            problem = f"{problem} (waited {wait:.0f} s for the autoscaler)"
-    if problem:
-        raise ClusterError(problem)
 
 
 # ------------------------------------------------------------------------------- all of it

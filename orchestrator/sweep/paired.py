@@ -133,54 +133,69 @@ def paired_differences(
     for group, sides in cells.items():
         if not (sides[c.a] and sides[c.b]):  # this group does not hold the comparison
             continue
-        keys = sorted(set(sides[c.a]) | set(sides[c.b]))
         for metric in metrics:
             has = [
                 any(_finite(r.get(metric)) is not None for r in sides[x].values()) for x in sides
             ]
             if not all(has):  # an arm without the metric at all (epsilon of a run without DP)
                 continue
-            pairs, unpaired = [], []
-            for key in keys:
-                ra, rb = sides[c.a].get(key), sides[c.b].get(key)
-                label = ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=True)) or "-"
-                va, vb = (
-                    _finite(r.get(metric)) if r and r.get("status") == "finished" else None
-                    for r in (ra, rb)
-                )
-                if va is None or vb is None:
-                    missing = [
-                        f"{arm} absent"
-                        if r is None
-                        else f"{arm} {r.get('status') or 'not finished'}"
-                        if r.get("status") != "finished"
-                        else f"{arm} has no {metric}"
-                        for arm, r, v in ((c.a, ra, va), (c.b, rb, vb))
-                        if v is None
-                    ]
-                    unpaired.append(f"{label} ({'; '.join(missing)})")
-                    continue
-                pairs.append({"key": label, "a": va, "b": vb, "diff": va - vb})
-            diffs = [p["diff"] for p in pairs]
-            n = len(diffs)
-            mean = float(np.mean(diffs)) if n else None
-            ci = t_half_width(diffs)
+            pairs, unpaired = _pair(c, sides, others, metric)
             out.append(
                 {
                     "compare": str(c),
                     "group": dict(zip(group_axes, group, strict=True)),
                     "metric": metric,
-                    "n": n,
-                    "mean": mean,
-                    "ci95": ci,
-                    "std": float(np.std(diffs, ddof=1)) if n > 1 else None,
-                    "positive": sum(d > 0 for d in diffs),
-                    "excludes_zero": ci is not None and abs(mean) > ci,
+                    **_summary([p["diff"] for p in pairs]),
                     "pairs": pairs,
                     "unpaired": unpaired,
                 }
             )
     return out
+
+
+def _pair(
+    c: Comparison, sides: dict[str, dict[tuple, dict[str, Any]]], others: list[str], metric: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The pairs (same values of every other axis, seeds included) where both arms finished
+    with a finite ``metric``, and each key that is not a pair, with why."""
+    pairs, unpaired = [], []
+    for key in sorted(set(sides[c.a]) | set(sides[c.b])):
+        ra, rb = sides[c.a].get(key), sides[c.b].get(key)
+        label = ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=True)) or "-"
+        va, vb = (
+            _finite(r.get(metric)) if r and r.get("status") == "finished" else None
+            for r in (ra, rb)
+        )
+        if va is None or vb is None:
+            missing = [
+                f"{arm} absent"
+                if r is None
+                else f"{arm} {r.get('status') or 'not finished'}"
+                if r.get("status") != "finished"
+                else f"{arm} has no {metric}"
+                for arm, r, v in ((c.a, ra, va), (c.b, rb, vb))
+                if v is None
+            ]
+            unpaired.append(f"{label} ({'; '.join(missing)})")
+            continue
+        pairs.append({"key": label, "a": va, "b": vb, "diff": va - vb})
+    return pairs, unpaired
+
+
+def _summary(diffs: list[float]) -> dict[str, Any]:
+    """n, mean, the 95 % Student-t half-width, sample std, how many are positive, and whether
+    the interval excludes 0."""
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else None
+    ci = t_half_width(diffs)
+    return {
+        "n": n,
+        "mean": mean,
+        "ci95": ci,
+        "std": float(np.std(diffs, ddof=1)) if n > 1 else None,
+        "positive": sum(d > 0 for d in diffs),
+        "excludes_zero": ci is not None and abs(mean) > ci,
+    }
 
 
 def md_cell(text: Any) -> str:

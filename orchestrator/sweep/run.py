@@ -212,59 +212,26 @@ def run_sweep(
     """Run (or resume) a sweep; return where it is and how many trials finished or failed.
     Results are written as trials end. ``done``: a stored ``results.csv`` of this sweep (a
     study run across machines) whose finished trials are taken as they are, not run again."""
-    from ray import tune
     from rich.console import Console
 
-    from fedrs.orchestrator.preflight import ClusterError, cluster_nodes, placement_problem
-    from fedrs.orchestrator.runner import connect_ray
     from fedrs.orchestrator.sweep.results import write_results
 
     console = console or Console()
     if mlflow:
-        try:
-            import mlflow as _
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-        except ImportError:
-            raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
-        try:  # a store MLflow refuses is one line now, not a traceback from inside Tune
-            _.set_tracking_uri(mlflow)
-            _.search_experiments(max_results=1)
-        except Exception as exc:
-            first = str(exc).strip().split(". ")[0]
-            raise SweepError(f"--mlflow {mlflow}: {first}") from None
-    if resume:
-        sweep_dir = Path(resume)
-        sweep, trials = load_trials(sweep_dir)
-        if overrides:
-            raise SweepError("--resume continues the stored sweep: drop --set")
-    else:
-        if path is None:
-            raise SweepError("give a sweep file (SWEEP.toml) or --resume DIR")
-        sweep = load_sweep(path, overrides)
-        trials = expand(sweep)
-        sweep_dir = new_sweep_dir(out, path)
+        _check_mlflow(mlflow)
+    sweep, trials, sweep_dir = _open(path, out, resume, overrides)
     carried = carry(trials, done) if done else {}
     if carried:
         write_json(sweep_dir / CARRIED, carried)
     todo = [t for t in trials if not is_finished(sweep_dir, t)]
-    from fedrs.orchestrator.preflight import check_weights
-
-    for arch, weights in dict.fromkeys((t.cfg.model.arch, t.cfg.model.pretrained) for t in todo):
-        check_weights(arch, weights)  # a missing checkpoint is one line, not a failed trial each
-    if todo:  # before anything is written: a trial no node can host is one line now
-        connect_ray()
-        nodes = cluster_nodes()
-        for t in todo:
-            problem = placement_problem(t.cfg, nodes, driver_in_group=True)
-            if problem:
-                raise ClusterError(f"trial {t.name} ({axes_text(t.axes)}): {problem}")
+    _preflight(todo)  # before anything is written: what no trial could run is one line now
     if not resume:
         write_spec(sweep_dir, sweep, trials)
     sweep_dir = sweep_dir.resolve()
-    done = len(trials) - len(todo)
+    finished = len(trials) - len(todo)
     console.print(
         f"[bold]fedrs sweep[/] {len(trials)} trials over {', '.join(sweep.axes) or 'no axes'}"
-        + (f"; {done} already finished, {len(todo)} to run" if done else "")
+        + (f"; {finished} already finished, {len(todo)} to run" if finished else "")
         + f" -> {sweep_dir}",
         soft_wrap=True,
     )
@@ -272,6 +239,85 @@ def run_sweep(
     if not todo:
         write_results(sweep_dir, trials, metric)
         return SweepResult(sweep_dir, len(trials), len(trials), 0)
+    callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
+    if mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
+    tuner = _tuner(sweep, todo, sweep_dir, callbacks)
+    quiet = logging.getLogger("ray.tune")  # our progress lines say it; tracebacks: error.txt
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        with _stop_on_signal(sweep_dir / STOP, console):
+            tuner.fit()
+    finally:
+        quiet.setLevel(level)
+        stopped = (sweep_dir / STOP).exists()
+        (sweep_dir / STOP).unlink(missing_ok=True)
+        rows = write_results(sweep_dir, trials, metric)
+    return _report(console, sweep, sweep_dir, rows, stopped)
+
+
+def _check_mlflow(uri: str) -> None:
+    """SweepError (one line) unless MLflow is installed and its tracking store answers."""
+    try:
+        import mlflow
+        from ray.air.integrations.mlflow import MLflowLoggerCallback  # noqa: F401
+    except ImportError:
+        raise SweepError("--mlflow needs MLflow: pip install 'fedrs[mlflow]'") from None
+    try:  # a store MLflow refuses is one line now, not a traceback from inside Tune
+        mlflow.set_tracking_uri(uri)
+        mlflow.search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).strip().split(". ")[0]
+        raise SweepError(f"--mlflow {uri}: {first}") from None
+
+
+def _open(
+    path: str | None, out: str | None, resume: str | None, overrides: list[str] | None
+) -> tuple[Any, list[Trial], Path]:
+    """(sweep, its trials, its directory): stored ones with ``resume``, else expanded from the
+    sweep file into a new directory."""
+    if resume:
+        if overrides:
+            raise SweepError("--resume continues the stored sweep: drop --set")
+        sweep, trials = load_trials(Path(resume))
+        return sweep, trials, Path(resume)
+    if path is None:
+        raise SweepError("give a sweep file (SWEEP.toml) or --resume DIR")
+    sweep = load_sweep(path, overrides)
+    return sweep, expand(sweep), new_sweep_dir(out, path)
+
+
+def _preflight(todo: list[Trial]) -> None:
+    """One line, before any trial starts, for weights that are missing or a trial that no
+    node of the cluster can host."""
+    from fedrs.orchestrator.preflight import (
+        ClusterError,
+        check_weights,
+        cluster_nodes,
+        placement_problem,
+    )
+    from fedrs.orchestrator.runner import connect_ray
+
+    for arch, weights in dict.fromkeys((t.cfg.model.arch, t.cfg.model.pretrained) for t in todo):
+        check_weights(arch, weights)  # a missing checkpoint is one line, not a failed trial each
+    if not todo:
+        return
+    connect_ray()
+    nodes = cluster_nodes()
+    for t in todo:
+        problem = placement_problem(t.cfg, nodes, driver_in_group=True)
+        if problem:
+            raise ClusterError(f"trial {t.name} ({axes_text(t.axes)}): {problem}")
+
+
+def _tuner(sweep: Any, todo: list[Trial], sweep_dir: Path, callbacks: list[Any]) -> Any:
+    """A Ray Tune ``Tuner`` over the trials to run: one placement group per trial (the run's
+    own bundles behind an empty head), actors reused, failures retried as the sweep says."""
+    from ray import tune
+
     from fedrs.actors.placement import trial_bundles
 
     by_name = {t.name: t for t in todo}
@@ -290,13 +336,10 @@ def run_sweep(
         resources,
     )
     attempt = 1 + sum(1 for _ in (sweep_dir / TUNE).glob("attempt-*"))
-    callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
-    if mlflow:
-        callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow, experiment_name=sweep_dir.name))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banner: the lines above say it
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C is ours: trials end gracefully
     (sweep_dir / STOP).unlink(missing_ok=True)  # a stop of an earlier attempt is over
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.name for t in todo])},
         tune_config=tune.TuneConfig(
@@ -313,28 +356,25 @@ def run_sweep(
             callbacks=callbacks,
         ),
     )
-    quiet = logging.getLogger("ray.tune")  # our progress lines say it; tracebacks: error.txt
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        with _stop_on_signal(sweep_dir / STOP, console):
-            tuner.fit()
-    finally:
-        quiet.setLevel(level)
-        stopped = (sweep_dir / STOP).exists()
-        (sweep_dir / STOP).unlink(missing_ok=True)
-        rows = write_results(sweep_dir, trials, metric)
+
+
+def _report(
+    console: Any, sweep: Any, sweep_dir: Path, rows: list[dict[str, Any]], stopped: bool
+) -> SweepResult:
+    """The closing lines: how many trials finished, failed, stopped or were not run, and why
+    each failed one did."""
     failed = [r for r in rows if r["status"] == "failed"]
     finished = sum(r["status"] == "finished" for r in rows)
     cut = sum(r["status"] == "stopped" for r in rows)
-    left = len(trials) - finished - len(failed)
+    total = len(rows)
+    left = total - finished - len(failed)
     console.print(
         (
-            f"sweep done: {finished} finished, {len(failed)} failed of {len(trials)}"
+            f"sweep done: {finished} finished, {len(failed)} failed of {total}"
             if not left
             else f"sweep stopped{' by Ctrl-C / SIGTERM' if stopped else ''}: {finished} finished, "
             f"{len(failed)} failed, {cut} stopped after a complete round, {left - cut} not run "
-            f"of {len(trials)}; continue with fedrs sweep --resume {sweep_dir}"
+            f"of {total}; continue with fedrs sweep --resume {sweep_dir}"
         )
         + f"; results in {sweep_dir / 'results.csv'}",
         soft_wrap=True,
@@ -344,7 +384,7 @@ def run_sweep(
             f"  [red]failed[/] {r['trial']} ({axes_text(row_axes(r, sweep))}): {r['error']}",
             soft_wrap=True,
         )
-    return SweepResult(sweep_dir, len(trials), finished, len(failed), stopped)
+    return SweepResult(sweep_dir, total, finished, len(failed), stopped)
 
 
 @contextlib.contextmanager
