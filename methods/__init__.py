@@ -6,6 +6,7 @@ from fedrs.core.registry import METHODS, method_class, register
 from fedrs.methods.base import FitOptions, FitOutput, Method
 from fedrs.methods.clip2fl import CLIP2FL, CReFF, StudentFedAvg
 from fedrs.methods.feddiff import EarlyFusion, FedDiff
+from fedrs.methods.fedotp import FedOTP
 from fedrs.methods.fedpgp import FedPGP
 from fedrs.methods.fedrsclip import FedRSCLIP
 from fedrs.methods.fullft import FullFedAvg
@@ -28,6 +29,7 @@ CLASSIFICATION = (
     LocalCoOp,
     PromptFLFineTune,
     FedPGP,
+    FedOTP,
     CLIP2FL,
     CReFF,
     StudentFedAvg,
