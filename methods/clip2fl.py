@@ -215,7 +215,7 @@ def _teacher_text(cfg: RunConfig, classes: list[str], device: torch.device) -> A
     from fedrs.models.prompt import zero_shot_text_features
 
     backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, device)
-    return backbone, zero_shot_text_features(backbone, classes, cfg.method.template)
+    return backbone, zero_shot_text_features(backbone, classes, cfg.method.options.template)
 
 
 def _embed_dim(cfg: RunConfig) -> int:
@@ -478,7 +478,7 @@ class CLIP2FL(Method):
             return None
         identity = {
             "teacher": self.teacher.identity(),
-            "template": self.cfg.method.template,
+            "template": self.cfg.method.options.template,
             "classes": list(self.classes),
             "output": f"logits*{self.teacher_scale!r}",
         }

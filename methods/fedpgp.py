@@ -82,7 +82,7 @@ class FedPGP(ClipMethod):
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
-        m = cfg.method
+        m = cfg.method.options
         self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
         self.model = PromptedCLIP(self.backbone, PromptLearner(self.backbone, classes, m.n_ctx))
         self.hand = zero_shot_text_features(self.backbone, classes, m.template)
@@ -91,7 +91,7 @@ class FedPGP(ClipMethod):
     def tensor_shapes(
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:
-        m, width = cfg.method, model_cfg["text_cfg"]["width"]
+        m, width = cfg.method.options, model_cfg["text_cfg"]["width"]
         return {
             "global": {SHARED: (m.n_ctx, width)},
             "private": {U: (m.n_ctx, m.rank), V: (m.rank, width)},
@@ -119,7 +119,7 @@ class FedPGP(ClipMethod):
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput:
-        m = self.cfg.method
+        m = self.cfg.method.options
         params = {
             SHARED: self.tensor(global_params[SHARED], True),
             U: self.tensor(private[U], True),

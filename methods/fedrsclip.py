@@ -191,7 +191,7 @@ class FedRSCLIP(ClipMethod):
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
-        m = cfg.method
+        m = cfg.method.options
         self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
         self.text_encoder = TextEncoder(self.backbone)
         self.shared = PromptLearner(self.backbone, classes, n_ctx=m.n_ctx)
@@ -207,7 +207,7 @@ class FedRSCLIP(ClipMethod):
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:
         text_w, vis_w = model_cfg["text_cfg"]["width"], model_cfg["vision_cfg"]["width"]
-        m = cfg.method
+        m = cfg.method.options
         visual = m.private_prompts and m.visual_prompts
         private = {PRIVATE: (m.n_ctx_private, text_w)} if m.private_prompts else {}
         if visual:
@@ -221,7 +221,7 @@ class FedRSCLIP(ClipMethod):
     @classmethod
     def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
         """V^k travels only with ``share_visual_mean`` (and private visual prompts)."""
-        m = cfg.method
+        m = cfg.method.options
         return (VISUAL,) if m.private_prompts and m.visual_prompts and m.share_visual_mean else ()
 
     def _shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -253,7 +253,7 @@ class FedRSCLIP(ClipMethod):
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput:
-        m = self.cfg.method
+        m = self.cfg.method.options
         params = {SHARED: self.tensor(global_params[SHARED], True)}
         if self.private is not None:
             params[PRIVATE] = self.tensor(private[PRIVATE], True)

@@ -43,7 +43,9 @@ class FullFedAvg(ClipMethod):
         self.model = copy.deepcopy(self.backbone.model)  # this one trains
         for p in self.model.parameters():
             p.requires_grad_(True)
-        self.tokens = class_prompts(self.backbone, classes, cfg.method.template).to(self.device)
+        self.tokens = class_prompts(self.backbone, classes, cfg.method.options.template).to(
+            self.device
+        )
 
     @classmethod
     def tensor_shapes(

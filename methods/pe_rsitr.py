@@ -39,7 +39,7 @@ class PERSITROptions:
 
 
 def _adapter_for(cfg: RunConfig, text_width: int, vision_width: int) -> MRSAdapter:
-    o = cfg.method
+    o = cfg.method.options
     bottleneck = o.bottleneck or min(BOTTLENECK, min(text_width, vision_width) // 2)
     check(
         bottleneck < min(text_width, vision_width),
@@ -70,7 +70,7 @@ class PERSITR(RetrievalMethod):
 
     @property
     def lambda_views(self) -> float:
-        return self.cfg.method.lambda_views
+        return self.cfg.method.options.lambda_views
 
     def reset(self, generator: torch.Generator) -> None:
         self.model.adapter.reset_parameters(generator)

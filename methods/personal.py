@@ -54,7 +54,10 @@ class LocalCoOp(PromptFL):
     def tensor_shapes(
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:
-        return {"global": {}, "private": {CTX: (cfg.method.n_ctx, model_cfg["text_cfg"]["width"])}}
+        return {
+            "global": {},
+            "private": {CTX: (cfg.method.options.n_ctx, model_cfg["text_cfg"]["width"])},
+        }
 
     def init_global(self, seed: int) -> Params:
         return {}
@@ -99,7 +102,7 @@ class PromptFLFineTune(PromptFL):
                 self,
                 global_params[CTX],
                 shard,
-                dataclasses.replace(options, epochs=self.cfg.method.ft_epochs),
+                dataclasses.replace(options, epochs=self.cfg.method.options.ft_epochs),
             )
         return {CTX: ctx}
 

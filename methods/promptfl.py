@@ -50,14 +50,17 @@ class PromptFL(ClipMethod):
         super().__init__(cfg, classes, device)
         self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
         self.model = PromptedCLIP(
-            self.backbone, PromptLearner(self.backbone, classes, n_ctx=cfg.method.n_ctx)
+            self.backbone, PromptLearner(self.backbone, classes, n_ctx=cfg.method.options.n_ctx)
         )
 
     @classmethod
     def tensor_shapes(
         cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
     ) -> dict[str, dict[str, tuple[int, ...]]]:
-        return {"global": {CTX: (cfg.method.n_ctx, model_cfg["text_cfg"]["width"])}, "private": {}}
+        return {
+            "global": {CTX: (cfg.method.options.n_ctx, model_cfg["text_cfg"]["width"])},
+            "private": {},
+        }
 
     def init_global(self, seed: int) -> Params:
         gen = torch.Generator().manual_seed(seed)

@@ -59,7 +59,7 @@ class RetrievalCoOp(RetrievalMethod):
     Options = CoOpOptions
 
     def build(self) -> AdaptedCLIP:
-        ctx = nn.Parameter(torch.zeros(self.cfg.method.n_ctx, self.backbone.text_width))
+        ctx = nn.Parameter(torch.zeros(self.cfg.method.options.n_ctx, self.backbone.text_width))
         return AdaptedCLIP(self.backbone.model, None, text_context=ctx)
 
     def reset(self, generator: torch.Generator) -> None:
@@ -70,7 +70,7 @@ class RetrievalCoOp(RetrievalMethod):
     @classmethod
     def tensor_shapes(cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int) -> Shapes:
         width = model_cfg["text_cfg"]["width"]
-        return {"global": {"text_context": (cfg.method.n_ctx, width)}, "private": {}}
+        return {"global": {"text_context": (cfg.method.options.n_ctx, width)}, "private": {}}
 
 
 class RetrievalFullFT(RetrievalMethod):
@@ -114,7 +114,7 @@ class RetrievalAdaptFormer(RetrievalMethod):
     @staticmethod
     def _adapters(cfg: RunConfig, model_cfg: dict[str, Any]) -> BlockAdapters:
         t, v = model_cfg["text_cfg"], model_cfg["vision_cfg"]
-        o = cfg.method
+        o = cfg.method.options
         return BlockAdapters(
             t["width"], v["width"], t["layers"], v["layers"], o.bottleneck, o.scale
         )

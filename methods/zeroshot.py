@@ -32,7 +32,7 @@ class ZeroShot(ClipMethod):
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
         self.backbone = load_backbone(cfg.model.arch, cfg.model.pretrained, self.device)
-        self.text = zero_shot_text_features(self.backbone, classes, cfg.method.template)
+        self.text = zero_shot_text_features(self.backbone, classes, cfg.method.options.template)
         self.scale = float(self.backbone.model.logit_scale.exp())
 
     @classmethod

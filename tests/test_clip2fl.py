@@ -263,13 +263,13 @@ def test_per_class_plot_colours_bars_and_legend_by_group(
 ) -> None:
     from matplotlib.colors import to_rgba
 
-    import fedrs.io
+    from fedrs.orchestrator import plots
     from fedrs.orchestrator.plots import plot_classes
 
     figures: list[Any] = []
-    save = fedrs.io.save_figure
+    save = plots.save_figure
     monkeypatch.setattr(
-        fedrs.io, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path))
+        plots, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path))
     )
     long_tail = {
         "train_counts": [5, 150, 40],

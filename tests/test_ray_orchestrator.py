@@ -167,7 +167,7 @@ def test_zero_shot_evaluates_once(synth_data: Path, tmp_path: Path) -> None:
     ds = FedDataset(synth_data)
     test = ds.test_shard()
     bb = load_backbone(cfg.model.arch, cfg.model.pretrained)
-    prompts = [cfg.method.template.format(c.replace("_", " ")) for c in ds.classes]
+    prompts = [cfg.method.options.template.format(c.replace("_", " ")) for c in ds.classes]
     with torch.no_grad():
         text = torch.nn.functional.normalize(bb.model.encode_text(bb.tokenizer(prompts)), dim=-1)
         logits = (

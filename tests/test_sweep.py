@@ -74,7 +74,7 @@ def test_a_section_axis_replaces_the_method_table() -> None:
     }
     trials = expand(parse_sweep(spec))
     assert [t.cfg.method.name for t in trials] == ["promptfl", "zeroshot"]
-    assert trials[0].cfg.method.n_ctx == 8
+    assert trials[0].cfg.method.options.n_ctx == 8
     # a free-named axis sets several keys together (a method with its strategy)
     arms = [
         {"label": "avg", "method.name": "promptfl"},

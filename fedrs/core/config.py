@@ -35,7 +35,8 @@ def method_options_class(name: str) -> type:
 class MethodConfig:
     """What clients train and send (``methods/``): the method's name and its own options, a
     frozen dataclass the method defines (``Method.Options``). In TOML and ``--set`` the
-    options sit beside the name (``method.n_ctx = 8``); ``cfg.method.n_ctx`` reads them."""
+    options sit beside the name (``method.n_ctx = 8``); code reads them typed, one way:
+    ``cfg.method.options.n_ctx``."""
 
     name: str = "promptfl"
     options: Any = None  # the method's Options instance; None: its defaults
@@ -43,12 +44,6 @@ class MethodConfig:
     def __post_init__(self) -> None:
         if self.options is None:
             object.__setattr__(self, "options", method_options_class(self.name)())
-
-    def __getattr__(self, key: str) -> Any:
-        options = self.__dict__.get("options")
-        if options is not None and not key.startswith("__") and hasattr(options, key):
-            return getattr(options, key)
-        raise AttributeError(f"method {self.__dict__.get('name')!r} has no option {key!r}")
 
     def to_dict(self, changed_only: bool = False) -> dict[str, Any]:
         """``{"name", **options}``; ``changed_only``: just the options not at their default."""
