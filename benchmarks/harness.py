@@ -31,7 +31,7 @@ def build_data(
     image_size: int,
     seed: int,
     alpha: float | None,
-    min_examples: int = 5,
+    min_examples: int | None = None,
 ) -> str:
     """The synthetic RS scenes, partitioned ``iid`` (equal clients) or ``dirichlet``, built once
     into ``out``."""
@@ -45,7 +45,7 @@ def build_data(
             num_clients=num_clients,
             seed=seed,
             alpha=alpha,
-            min_examples=min_examples,
+            **({} if min_examples is None else {"min_examples": min_examples}),
         )
         build_synthetic(out, per_class=per_class, image_size=image_size, partition=spec)
     return str(out.resolve())

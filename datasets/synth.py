@@ -244,7 +244,7 @@ def build_synthetic(
         spec = BuildSpec(
             sources=tuple(roots.items()),
             out=str(out),
-            partition=partition or PartitionSpec(scheme="dirichlet", num_clients=8, alpha=0.5),
+            partition=partition or PartitionSpec(),
             test_fraction=test_fraction,
             image_size=image_size,
             workers=workers,
@@ -311,7 +311,7 @@ def build_synthetic_captions(
         spec = BuildSpec(
             sources=(("captions", folder),),
             out=str(out),
-            partition=partition or PartitionSpec(scheme="dirichlet", num_clients=8, alpha=0.5),
+            partition=partition or PartitionSpec(),
             image_size=image_size,
             caption_classes=classes,
         )

@@ -29,45 +29,56 @@ Mistakes are one line, `fedrs: error: ...`, with exit status 2."""
 log = logging.getLogger("fedrs")
 
 
-def _add_partition_args(p: argparse.ArgumentParser, *, scheme: str, clients: int) -> None:
-    from fedrs.datasets.partition import SCHEMES
+def _add_partition_args(p: argparse.ArgumentParser) -> None:
+    """The partition flags; their defaults are ``PartitionSpec``'s (core/partition.py)."""
+    from fedrs.core.partition import DIRICHLET_ALPHA, SCHEMES, PartitionSpec
 
+    d = PartitionSpec()
     g = p.add_argument_group("partition")
     g.add_argument(
         "--partition",
         choices=SCHEMES,
-        default=scheme,
-        help=f"how training examples are split over clients (default {scheme})",
+        default=d.scheme,
+        help=f"how training examples are split over clients (default {d.scheme})",
     )
     g.add_argument(
         "--alpha",
         type=float,
-        default=None,
-        help="Dirichlet concentration (dirichlet/longtail default 0.5; domain: "
+        default=d.alpha,
+        help=f"Dirichlet concentration (dirichlet/longtail default {DIRICHLET_ALPHA}; domain: "
         "Dirichlet inside each source when given)",
     )
     g.add_argument(
         "--classes-per-client",
         type=int,
-        default=None,
-        help="pathological: classes each client holds (default 2)",
+        default=d.classes_per_client,
+        help=f"pathological: classes each client holds (default {d.classes_per_client})",
     )
     g.add_argument(
         "--imbalance-factor",
         type=float,
-        default=None,
-        help="longtail: largest / smallest class size before the split (default 10)",
+        default=d.imbalance_factor,
+        help=f"longtail: largest / smallest class size before the split (default "
+        f"{d.imbalance_factor:g})",
     )
     g.add_argument(
-        "--num-clients", type=int, default=clients, help=f"client shards (default {clients})"
+        "--num-clients",
+        type=int,
+        default=d.num_clients,
+        help=f"client shards (default {d.num_clients})",
     )
     g.add_argument(
         "--min-examples",
         type=int,
-        default=10,
-        help="smallest training shard a client may get (default 10)",
+        default=d.min_examples,
+        help=f"smallest training shard a client may get (default {d.min_examples})",
     )
-    g.add_argument("--seed", type=int, default=0, help="split and partition seed (default 0)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=PartitionSpec().seed,
+        help="split and partition seed (default 0)",
+    )
     g.add_argument(
         "--test-fraction",
         type=float,
@@ -113,7 +124,7 @@ def _add_modal_args(p: argparse.ArgumentParser) -> None:
 
 
 def _partition_spec(args: argparse.Namespace):
-    from fedrs.datasets.partition import PartitionSpec
+    from fedrs.core.partition import PartitionSpec
 
     return PartitionSpec(
         scheme=args.partition,
@@ -498,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--out", required=True, help="output folder (manifest.json + shards; replaced atomically)"
     )
-    _add_partition_args(b, scheme="iid", clients=10)
+    _add_partition_args(b)
     _add_modal_args(b)
     m = b.add_argument_group("multi-modal .mat sources (HSI + LiDAR scenes, pixel tables)")
     m.add_argument(
@@ -523,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--per-class", type=int, default=40, help="images per class, largest sensor")
     s.add_argument("--image-size", type=int, default=64, help="scene size in pixels (default 64)")
-    _add_partition_args(s, scheme="dirichlet", clients=8)
+    _add_partition_args(s)
     s.add_argument(
         "--multimodal",
         action="store_true",

@@ -109,9 +109,9 @@ def build_synthetic_default(cfg: RunConfig, out: Path, part: PartitionSpec) -> N
     method_class(cfg.method.name).synthetic_data.build(cfg.data, out, part)
 
 
-def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:
+def data_partition(cfg: RunConfig, min_examples: int | None = None) -> PartitionSpec:
     """The partition ``cfg.data`` asks for, seeded by ``federation.seed`` (the synthetic
-    default's, and a sweep's builds from sources)."""
+    default's, and a sweep's builds from sources); ``min_examples``: the spec's default."""
     d = cfg.data
     return PartitionSpec(
         scheme=d.partition,
@@ -120,7 +120,7 @@ def data_partition(cfg: RunConfig, min_examples: int = 5) -> PartitionSpec:
         alpha=d.alpha,
         classes_per_client=d.classes_per_client,
         imbalance_factor=d.imbalance_factor,
-        min_examples=min_examples,
+        **({} if min_examples is None else {"min_examples": min_examples}),
     )
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrs.core.partition import DIRICHLET_ALPHA, PartitionSpec
 from fedrs.core.registry import all_checks, method_class, methods
 from fedrs.errors import ConfigError
 
@@ -128,11 +129,13 @@ class DataConfig:
     """A built dataset (``data.path``) or, when empty, the synthetic default built in the run."""
 
     path: str = ""
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    num_clients: int = 8
-    classes_per_client: int = 2
-    imbalance_factor: float = 10.0
+    # how the synthetic default (and a sweep's builds) are partitioned: core/partition.py
+    # declares these options and their defaults once
+    partition: str = PartitionSpec.scheme
+    alpha: float = DIRICHLET_ALPHA
+    num_clients: int = PartitionSpec.num_clients
+    classes_per_client: int = PartitionSpec.classes_per_client
+    imbalance_factor: float = PartitionSpec.imbalance_factor
     per_class: int = 40  # synthetic default: images per class of the largest sensor
     image_size: int = 64  # synthetic default: image size (a scene's side)
     # synthetic scene (methods on HSI + LiDAR pixels): patch side and the modalities clients

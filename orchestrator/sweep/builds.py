@@ -69,7 +69,7 @@ def _partition(cfg: RunConfig, build: dict[str, Any]) -> Any:
     """The trial's partition: its data.* keys, seeded by [build] seed or federation.seed."""
     from fedrs.orchestrator.runner import data_partition
 
-    part = data_partition(cfg, build.get("min_examples", 5))
+    part = data_partition(cfg, build.get("min_examples"))
     return dataclasses.replace(part, seed=build["seed"]) if "seed" in build else part
 
 
