@@ -381,12 +381,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
-    from fedrs.core.config import StrategyConfig
     from fedrs.core.strategies import STRATEGIES
 
-    section = StrategyConfig()
-    rows = [
-        (name, cls.summary, f"options (strategy.KEY): {_defaults(section, cls.options)}")
+    rows = [  # each strategy's own Options, at their defaults
+        (name, cls.summary, f"options (strategy.KEY): {_defaults(cls.Options())}")
         for name, cls in sorted(STRATEGIES.items())
     ]
     return _print_registry("strategy.name         what the server does", rows)

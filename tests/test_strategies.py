@@ -141,10 +141,23 @@ def test_norm_clipping_scales_the_whole_update() -> None:
     np.testing.assert_allclose([out["a"][0], out["b"][0]], [0.3, 0.4], rtol=1e-6)
 
 
-def test_every_strategy_is_listed_with_its_options() -> None:
-    fields = set(StrategyConfig.__dataclass_fields__)
+def test_every_strategy_owns_its_options_and_the_section_holds_them_once() -> None:
+    import dataclasses
+
+    section = StrategyConfig()
+    keys = set(StrategyConfig.__dataclass_fields__) - {"name"}
+    owned = set()
     for name, cls in STRATEGIES.items():
-        assert cls.summary and set(cls.options) <= fields, name
+        assert cls.summary, name
+        for f in dataclasses.fields(cls.Options):  # declared by the strategy, default included
+            assert getattr(section, f.name) == f.default, (name, f.name)
+            owned.add(f.name)
+    assert owned == keys  # no section key that no strategy reads
+    assert dataclasses.fields(STRATEGIES["median"].Options) == ()
+    made = make_strategy("krum", global_keys=("w",), prompt_keys=(), options=section)
+    assert type(made.f) is int and made.m == 1  # its typed Options, from the section
+    with pytest.raises(ConfigError, match=r"strategy\.multi_krum must be >= 1"):
+        StrategyConfig(name="fedavg", multi_krum=0)  # every strategy's checks run
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -79,43 +79,41 @@ def _build_method(data: dict[str, Any]) -> MethodConfig:
     return MethodConfig(name, options)
 
 
-@dataclass(frozen=True)
-class StrategyConfig:
-    """How the server combines updates (``fedrs/core/strategies/``)."""
+def _strategy_fields() -> list[tuple[str, Any, Any]]:
+    """Every strategy's options (its ``Options`` dataclass), each key once: a key two
+    strategies read (``byzantine``, ``server_lr``) must have one default."""
+    from fedrs.core.strategies import STRATEGIES
 
-    name: str = "fedavg"  # `fedrs strategies` lists them
-    mu: float = 0.01  # FedProx proximal coefficient (used when name = fedprox)
-    # server optimisers (fedavgm, fedadam, fedyogi, fedadagrad; Reddi et al., 2021)
-    server_lr: float = 0.0  # eta; 0: the strategy's own (fedavgm 1.0, the adaptive ones 0.1)
-    server_momentum: float = 0.9  # fedavgm
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3  # adaptivity: the denominator's floor
-    # robust aggregation
-    trim_fraction: float = 0.1  # trimmed_mean: the share dropped at each end per coordinate
-    byzantine: int = 0  # f, the attackers krum / bulyan tolerate
-    multi_krum: int = 1  # krum: average the m best-scored updates (1: Krum)
-    # normclip: each update's (w - w_global) clipped to this L2 norm; 0: adaptive, the median of
-    # the round's update norms (an honest client's norm while attackers are under half)
-    clip_norm: float = 1.0
+    seen: dict[str, tuple[Any, Any]] = {}
+    for cls in STRATEGIES.values():
+        hints = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            if f.name in seen and seen[f.name][1] != f.default:
+                raise TypeError(f"strategy option {f.name!r} is declared with two defaults")
+            seen.setdefault(f.name, (hints[f.name], f.default))
+    return [(key, typ, field(default=value)) for key, (typ, value) in seen.items()]
 
-    def __post_init__(self) -> None:
-        _check(self.mu >= 0, f"strategy.mu must be >= 0, got {self.mu}")
-        _check(self.server_lr >= 0, f"strategy.server_lr must be >= 0, got {self.server_lr}")
-        for key in ("server_momentum", "beta1", "beta2"):
-            v = getattr(self, key)
-            _check(0 <= v < 1, f"strategy.{key} must be in [0, 1), got {v}")
-        _check(self.tau > 0, f"strategy.tau must be > 0, got {self.tau}")
-        _check(
-            0 <= self.trim_fraction < 0.5,
-            f"strategy.trim_fraction must be in [0, 0.5), got {self.trim_fraction}",
-        )
-        _check(self.byzantine >= 0, f"strategy.byzantine must be >= 0, got {self.byzantine}")
-        _check(self.multi_krum >= 1, f"strategy.multi_krum must be >= 1, got {self.multi_krum}")
-        _check(
-            self.clip_norm >= 0,
-            f"strategy.clip_norm must be >= 0 (0: the median update norm), got {self.clip_norm}",
-        )
+
+def _check_strategy_options(self: Any) -> None:
+    from fedrs.core.strategies import STRATEGIES
+
+    for cls in STRATEGIES.values():  # each strategy's own checks, on its own keys
+        cls.options_from(self)
+
+
+# How the server combines updates (``fedrs/core/strategies/``): ``name`` and every strategy's
+# options side by side (``strategy.mu = 0.1``), made from the strategies' ``Options``
+# dataclasses, where each key is declared with its default and its check (`fedrs strategies`).
+StrategyConfig = dataclasses.make_dataclass(
+    "StrategyConfig",
+    [("name", str, field(default="fedavg")), *_strategy_fields()],
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "How the server combines updates: strategy.name and the strategies' options.",
+        "__post_init__": _check_strategy_options,
+    },
+)
 
 
 @dataclass(frozen=True)

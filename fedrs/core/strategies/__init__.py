@@ -47,15 +47,17 @@ def make_strategy(
     options: Any = None,
 ) -> Strategy:
     """Build the strategy ``name`` for a method that shares ``global_keys``; ``options`` is
-    the run's ``StrategyConfig`` (default: its defaults, with ``mu`` when given)."""
+    the run's ``strategy`` section (default: its defaults, with ``mu`` when given), of which
+    the strategy takes its own ``Options``."""
     from fedrs.core.config import StrategyConfig
 
     if name not in STRATEGIES:
         raise ConfigError(f"unknown strategy.name {name!r}; choose from {sorted(STRATEGIES)}")
     if options is None:
         options = StrategyConfig(name=name, **({} if mu is None else {"mu": mu}))
-    return STRATEGIES[name].create(
-        options=options, global_keys=global_keys, prompt_keys=prompt_keys
+    cls = STRATEGIES[name]
+    return cls.create(
+        options=cls.options_from(options), global_keys=global_keys, prompt_keys=prompt_keys
     )
 
 

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 
+from fedrs.errors import ConfigError
+
 Params = dict[str, np.ndarray]
+
+
+def check(cond: bool, msg: str) -> None:
+    """An option check: ConfigError(msg) unless ``cond``."""
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A strategy that reads no ``strategy.*`` key."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,8 @@ class ClientUpdate:
 class Strategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `fedrs strategies`
-    options: ClassVar[tuple[str, ...]] = ()  # the strategy.* config keys it reads
+    # its strategy.* keys: a frozen dataclass declaring each with its default and its check
+    Options: ClassVar[type] = NoOptions
     # True: the server step of a mean of the updates, so ``aggregate(current, [u])`` with one
     # update of weight 1 takes ``u.params`` as the round's mean (central DP hands it DP-FedAvg's
     # noised mean that way, ``fedrs/core/privacy.py``); robust aggregators are not
@@ -35,11 +49,15 @@ class Strategy(ABC):
         self.upload_keys = upload_keys
 
     @classmethod
+    def options_from(cls, section: Any) -> Any:
+        """This strategy's ``Options`` from the run's ``strategy`` section (its own keys)."""
+        return cls.Options(**{f.name: getattr(section, f.name) for f in fields(cls.Options)})
+
+    @classmethod
     def create(
         cls, *, options: Any, global_keys: tuple[str, ...], prompt_keys: tuple[str, ...]
     ) -> Strategy:
-        """The strategy for a method sharing ``global_keys``; ``options`` is the run's
-        ``StrategyConfig`` (each strategy reads the keys it names in ``options``)."""
+        """The strategy for a method sharing ``global_keys``, given its ``Options``."""
         return cls(upload_keys=global_keys)
 
     def state_dict(self) -> Params:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
-from fedrs.core.strategies.robust import bulyan, check_bulyan, flat_updates
+from fedrs.core.strategies.robust import ByzantineOptions, bulyan, check_bulyan, flat_updates
 
 
 class Bulyan(Strategy):
     name = "bulyan"
     summary = "Krum-selected n - 2f updates, then a median-centred trimmed mean (n >= 4f + 3)"
-    options = ("byzantine",)
+    Options = ByzantineOptions
 
     def __init__(self, upload_keys: tuple[str, ...], f: int) -> None:
         super().__init__(upload_keys)

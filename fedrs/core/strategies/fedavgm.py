@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedrs.core.strategies.fedopt import ServerOptimizer, fedavgm_step
+from fedrs.core.strategies.fedopt import MomentumOptions, ServerOptimizer, fedavgm_step
 
 
 class FedAvgM(ServerOptimizer):
     name = "fedavgm"
     summary = "FedAvg with server momentum: v = beta v + delta, x += server_lr v"
     moments = ("v",)
-    options = ("server_lr", "server_momentum")
+    Options = MomentumOptions
 
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
         c = self.cfg

@@ -10,11 +10,12 @@ exactly). The step rules are small pure functions (``fedavgm_step``, ``adaptive_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy, check
 from fedrs.core.strategies.fedavg import average_keys
 
 SEP = "/"  # state names: "<moment>/<tensor>"
@@ -58,11 +59,45 @@ def adaptive_step(
     return x + lr * m / (np.sqrt(v) + tau), m, v
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    server_lr: float = 0.0  # eta; 0: the strategy's own (fedavgm 1.0, the adaptive ones 0.1)
+
+    def __post_init__(self) -> None:
+        check(self.server_lr >= 0, f"strategy.server_lr must be >= 0, got {self.server_lr}")
+
+
+def _unit(key: str, value: float) -> None:
+    check(0 <= value < 1, f"strategy.{key} must be in [0, 1), got {value}")
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions(ServerOptions):
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3  # adaptivity: the denominator's floor
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _unit("beta1", self.beta1)
+        _unit("beta2", self.beta2)
+        check(self.tau > 0, f"strategy.tau must be > 0, got {self.tau}")
+
+
+@dataclass(frozen=True)
+class MomentumOptions(ServerOptions):
+    server_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _unit("server_momentum", self.server_momentum)
+
+
 class ServerOptimizer(Strategy):
     """FedAvg's mean as a pseudo-gradient, then a server step; moments per tensor."""
 
     moments: ClassVar[tuple[str, ...]] = ()
-    options = ("server_lr",)
+    Options = ServerOptions
     averages = True
     default_lr: ClassVar[float] = 1.0  # strategy.server_lr when it is not set
 
@@ -110,7 +145,7 @@ class ServerOptimizer(Strategy):
 class Adaptive(ServerOptimizer):
     kind: ClassVar[str]
     moments = ("m", "v")
-    options = ("server_lr", "beta1", "beta2", "tau")
+    Options = AdaptiveOptions
     default_lr = 0.1
 
     def step(self, key: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:

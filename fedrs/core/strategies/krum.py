@@ -3,17 +3,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy, check
 from fedrs.core.strategies.fedavg import average_keys
-from fedrs.core.strategies.robust import flat_updates, krum_select
+from fedrs.core.strategies.robust import ByzantineOptions, flat_updates, krum_select
+
+
+@dataclass(frozen=True)
+class KrumOptions(ByzantineOptions):
+    multi_krum: int = 1  # average the m best-scored updates (1: Krum)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.multi_krum >= 1, f"strategy.multi_krum must be >= 1, got {self.multi_krum}")
 
 
 class Krum(Strategy):
     name = "krum"
     summary = "the update(s) with the lowest Krum score (multi_krum > 1: their mean)"
-    options = ("byzantine", "multi_krum")
+    Options = KrumOptions
 
     def __init__(self, upload_keys: tuple[str, ...], f: int, m: int) -> None:
         super().__init__(upload_keys)

@@ -8,11 +8,12 @@ between two), so no attacker's update outweighs the typical honest one however i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy, check
 from fedrs.core.strategies.fedavg import average_keys
 from fedrs.core.strategies.robust import clip_to_norm
 
@@ -53,10 +54,23 @@ def clip_update(current: Params, update: ClientUpdate, c: float) -> ClientUpdate
     )
 
 
+@dataclass(frozen=True)
+class NormClipOptions:
+    # each update's (w - w_global) clipped to this L2 norm; 0: adaptive, the median of the
+    # round's update norms (an honest client's norm while attackers are under half)
+    clip_norm: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(
+            self.clip_norm >= 0,
+            f"strategy.clip_norm must be >= 0 (0: the median update norm), got {self.clip_norm}",
+        )
+
+
 class NormClip(Strategy):
     name = "normclip"
     summary = "each update clipped to L2 norm clip_norm (0: the median update norm), then FedAvg"
-    options = ("clip_norm",)
+    Options = NormClipOptions
 
     def __init__(self, upload_keys: tuple[str, ...], c: float) -> None:
         super().__init__(upload_keys)

@@ -17,10 +17,20 @@ inflate). ``vectors`` are ``(n, d)``: one flattened update per client, in client
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from fedrs.core.strategies.base import ClientUpdate, Params
+from fedrs.core.strategies.base import ClientUpdate, Params, check
 from fedrs.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ByzantineOptions:
+    byzantine: int = 0  # f, the attackers krum / bulyan tolerate
+
+    def __post_init__(self) -> None:
+        check(self.byzantine >= 0, f"strategy.byzantine must be >= 0, got {self.byzantine}")
 
 
 def coordinate_median(vectors: np.ndarray) -> np.ndarray:

@@ -4,16 +4,28 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from fedrs.core.strategies.base import ClientUpdate, Params, Strategy
+from fedrs.core.strategies.base import ClientUpdate, Params, Strategy, check
 from fedrs.core.strategies.robust import per_coordinate, trimmed_mean
+
+
+@dataclass(frozen=True)
+class TrimmedMeanOptions:
+    trim_fraction: float = 0.1  # the share dropped at each end per coordinate
+
+    def __post_init__(self) -> None:
+        check(
+            0 <= self.trim_fraction < 0.5,
+            f"strategy.trim_fraction must be in [0, 0.5), got {self.trim_fraction}",
+        )
 
 
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
     summary = "per coordinate, the mean without the trim_fraction lowest and highest values"
-    options = ("trim_fraction",)
+    Options = TrimmedMeanOptions
 
     def __init__(self, upload_keys: tuple[str, ...], fraction: float) -> None:
         super().__init__(upload_keys)
