@@ -78,7 +78,7 @@ def own_ray() -> Iterator[dict[str, float]]:
     it took to start (``start_s``); ``shutdown_s`` is added when it was shut down here."""
     import ray
 
-    from fedrs.orchestrator.runner import connect_ray
+    from fedrs.orchestrator.spawn import connect_ray
 
     started = not ray.is_initialized()
     t = time.perf_counter()

@@ -127,7 +127,7 @@ def run_interleaved(cfg: Any, data_path: str, run_dir: Path) -> tuple[dict, dict
     import ray
 
     from fedrs.methods import method_class
-    from fedrs.orchestrator.runner import shutdown_pool, spawn_driver
+    from fedrs.orchestrator.spawn import shutdown_pool, spawn_driver
 
     t0 = time.perf_counter()
     driver, pool = spawn_driver(cfg, run_dir, method_class(cfg.method.name))

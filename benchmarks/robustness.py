@@ -446,7 +446,8 @@ def run_sweeps(sweeps: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]
 
     from fedrs.orchestrator.sweep.results import read_results, write_results
     from fedrs.orchestrator.sweep.run import run_sweep
-    from fedrs.orchestrator.sweep.spec import SPEC, expand, load_trials, parse_sweep, write_spec
+    from fedrs.orchestrator.sweep.spec import SPEC, expand, parse_sweep
+    from fedrs.orchestrator.sweep.store import load_trials, write_spec
 
     rows = []
     for folder, table in sweeps:

@@ -16,7 +16,7 @@ either side is timed and shared by both).
 
 Both sides compute the same trials (same configs, data and seeds; only ``num_actors`` differs,
 which does not change results): ``final_accuracy`` per trial is compared. Beside the totals,
-each trial's fixed cost is reported (``orchestrator.sweep.RunClock``): ``start_s`` (preflight,
+each trial's fixed cost is reported (``sweep.progress.RunClock``): ``start_s`` (preflight,
 driver and actor spawn, backbone, first parameters), ``rounds_s`` and ``finish_s``; a sweep of
 many short trials pays the start again and again, so that is where it has to be cut.
 
@@ -67,7 +67,7 @@ def run_sequential(trials: list[Any], builds: Path, workers: int, root: Path) ->
 
     from fedrs.orchestrator.runner import run
     from fedrs.orchestrator.sweep.builds import ensure_build
-    from fedrs.orchestrator.sweep.run import RunClock
+    from fedrs.orchestrator.sweep.progress import RunClock
 
     out, t0 = [], time.perf_counter()
     for t in trials:
@@ -100,7 +100,8 @@ def run_concurrent(spec: dict[str, Any], sweep_dir: Path, builds: Path) -> dict[
 
     from fedrs.orchestrator.sweep.results import read_results
     from fedrs.orchestrator.sweep.run import run_sweep
-    from fedrs.orchestrator.sweep.spec import BUILDS, expand, parse_sweep, write_spec
+    from fedrs.orchestrator.sweep.spec import BUILDS, expand, parse_sweep
+    from fedrs.orchestrator.sweep.store import write_spec
 
     sweep = parse_sweep(spec)
     sweep_dir.mkdir(parents=True)
@@ -144,7 +145,7 @@ def run(
     order: str = "sweep-first",
     keep: str | None = None,
 ) -> dict[str, Any]:
-    from fedrs.orchestrator.runner import connect_ray
+    from fedrs.orchestrator.spawn import connect_ray
     from fedrs.orchestrator.sweep.builds import ensure_build
     from fedrs.orchestrator.sweep.spec import expand, parse_sweep
 

@@ -23,7 +23,12 @@ from fedrs.errors import FedrsError
 from fedrs.io import write_bytes, write_json
 
 SERVER_PREFIX = "server/"
+STRATEGY_PREFIX = "strategy/"  # a server optimiser's moments, beside the method server's state
 DIR = "checkpoint"
+
+
+class CheckpointError(FedrsError):
+    """A round's checkpoint could not be written (a full disk, a lost mount)."""
 
 
 def save(
@@ -89,3 +94,41 @@ def section(state: dict[str, Any], prefix: str, *others: str) -> dict[str, Any]:
         for k, v in state.items()
         if k.startswith(prefix) and not (others and k.startswith(others))
     }
+
+
+def save_round(
+    run_dir: Path,
+    round_: int,
+    params: dict[str, np.ndarray],
+    servers: tuple[Any, Any, Any],
+    before: Any = None,
+) -> None:
+    """Round ``round_``'s global tensors with the state of ``servers`` (the method's server,
+    the strategy, the driver's holdings), atomically; ``before()`` runs first (chaos runs
+    inject faults there). CheckpointError, naming the round to resume after, on failure."""
+    server, strategy, holdings = servers
+    try:
+        if before is not None:
+            before()
+        state = (
+            server.state_dict()
+            | {STRATEGY_PREFIX + k: v for k, v in strategy.state_dict().items()}
+            | holdings.state_dict()
+        )
+        save(run_dir, round_, params, state)
+    except OSError as exc:  # the last complete checkpoint is untouched (atomic writes)
+        done = latest_round(run_dir)
+        raise CheckpointError(
+            f"round {round_}: cannot write its checkpoint ({exc.strerror or exc}); the run can "
+            f"be resumed after round {done} with --resume once that is fixed"
+        ) from None
+
+
+def restore_round(
+    saved: dict[str, Any], round_: int, servers: tuple[Any, Any, Any], holdings_prefix: str
+) -> None:
+    """Load what ``save_round`` kept of the method's server, the strategy and the holdings."""
+    server, strategy, holdings = servers
+    server.load_state_dict(section(saved, "", STRATEGY_PREFIX, holdings_prefix))
+    strategy.load_state_dict(section(saved, STRATEGY_PREFIX))
+    holdings.load_state_dict(saved, round_)

@@ -32,13 +32,15 @@ import numpy as np
 import ray
 
 from fedrs.actors.client import FitTask
+from fedrs.actors.dispatch import PerTask
 from fedrs.actors.placement import Placement
-from fedrs.actors.pool import ClientPool, PerTask
+from fedrs.actors.pool import ClientPool
+from fedrs.core import privacy
 from fedrs.core.attacks import OMNISCIENT, omniscient
 from fedrs.core.config import RunConfig, with_data_path
 from fedrs.core.metrics import collapse, global_change
-from fedrs.core.privacy import central_estimate, epsilon
-from fedrs.core.sampling import inclusion_rate, registered_clients, sample_round, usable_count
+from fedrs.core.privacy import central_estimate
+from fedrs.core.sampling import registered_clients, sample_round
 from fedrs.core.state_store import FileStateStore
 from fedrs.core.strategies import ClientUpdate, make_strategy
 from fedrs.core.validation import spec_of
@@ -68,15 +70,8 @@ log = logging.getLogger(__name__)
 STATE_DIR = "client_state"
 
 
-class CheckpointError(FedrsError):
-    """A round's checkpoint could not be written (a full disk, a lost mount)."""
-
-
 class RoundFailedError(FedrsError):
     """Too few clients reported in a round."""
-
-
-STRATEGY_STATE = "strategy/"  # checkpointed beside the method server's state
 
 
 class Driver:
@@ -145,10 +140,7 @@ class Driver:
             self.round = 0
             self.params = self.pool.call_one("init_global", cfg.federation.seed)
         else:
-            self.round, self.params, saved = state
-            self.server.load_state_dict(
-                checkpoint.section(saved, "", STRATEGY_STATE, HOLDINGS_STATE)
-            )
+            self.round, self.params, _ = state
             records.truncate(self.run_dir, self.round)
             log.info("resuming after round %d", self.round)
         # What the server holds and broadcasts: the method's global tensors.
@@ -159,13 +151,11 @@ class Driver:
             global_keys=uploadable(method_cls, self.global_keys),
             prompt_keys=method_cls.prompt_keys,
         )
-        if state is not None:  # a server optimiser's moments, as they were
-            self.strategy.load_state_dict(checkpoint.section(state[2], STRATEGY_STATE))
         self.spec = spec_of(self.params, self.strategy.upload_keys)
         # which tensors each client holds (bytes_down) and the resting objects handed out
         self.holdings = Holdings(self.global_keys, [v.nbytes for v in self.params.values()])
-        if state is not None:
-            self.holdings.load_state_dict(state[2], self.round)
+        if state is not None:  # the server's, the strategy's (moments) and the holdings
+            checkpoint.restore_round(state[2], self.round, self._servers(), HOLDINGS_STATE)
         self.broadcast = Broadcast()
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
         self.evaluator = Evaluator(
@@ -250,7 +240,7 @@ class Driver:
             "round": rnd,
             **records.train_means(updates),
             **change,  # does the global model move at all? (per round, every method)
-            **self.privacy_spent(rnd),
+            **privacy.spent(self.cfg, rnd, self.num_registered),
             **{f"server_{k}": v for k, v in self.server.metrics.items()},
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
         }
@@ -360,7 +350,9 @@ class Driver:
                 updates,
                 self.strategy.upload_keys,
                 self.cfg.privacy,
-                self.expected_cohort(),
+                privacy.expected_cohort(
+                    self.cfg, self.num_registered, self.data.num_clients, self.excluded
+                ),
                 self.cfg.federation.seed,
                 rnd,
             )
@@ -385,38 +377,19 @@ class Driver:
         self.round = rnd
         return change
 
+    def _servers(self) -> tuple[Any, Any, Any]:
+        return self.server, self.strategy, self.holdings
+
     def _checkpoint(self, rnd: int) -> None:
         """The global tensors and every server-side state, atomically (CheckpointError)."""
-        try:
-            inject(self.cfg.federation.faults, "checkpoint", rnd)  # chaos runs only
-            checkpoint.save(
-                self.run_dir,
-                rnd,
-                self.params,
-                self.server.state_dict()
-                | {STRATEGY_STATE + k: v for k, v in self.strategy.state_dict().items()}
-                | self.holdings.state_dict(),
-            )
-        except OSError as exc:  # the last complete checkpoint is untouched (atomic writes)
-            done = checkpoint.latest_round(self.run_dir)
-            raise CheckpointError(
-                f"round {rnd}: cannot write its checkpoint ({exc.strerror or exc}); the run can "
-                f"be resumed after round {done} with --resume once that is fixed"
-            ) from None
-
-    def privacy_spent(self, rnd: int) -> dict[str, Any]:
-        """(epsilon, delta) after ``rnd`` rounds (``privacy.mode`` central or local)."""
-        p = self.cfg.privacy
-        if p.mode == "none":
-            return {}
-        rate = inclusion_rate(self.cfg.federation.clients_per_round, self.num_registered)
-        eps = epsilon(p, rnd, rate if p.mode == "central" else 1.0)
-        return {"epsilon": eps, "delta": p.delta}
-
-    def expected_cohort(self) -> float:
-        """q x the usable registered clients: central DP's fixed denominator (DP-FedAvg)."""
-        usable = usable_count(self.num_registered, self.data.num_clients, frozenset(self.excluded))
-        return inclusion_rate(self.cfg.federation.clients_per_round, self.num_registered) * usable
+        faults = self.cfg.federation.faults
+        checkpoint.save_round(  # chaos runs inject a fault first
+            self.run_dir,
+            rnd,
+            self.params,
+            self._servers(),
+            lambda: inject(faults, "checkpoint", rnd),
+        )
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, rnd: int, sampled: list[int] | None = None) -> dict[str, Any]:

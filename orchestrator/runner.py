@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,22 +19,20 @@ from typing import Any
 import ray
 from rich.console import Console
 
-from fedrs import reaper
 from fedrs.actors.placement import Placement
 from fedrs.core.config import RunConfig
-from fedrs.datasets.partition import PartitionSpec
 from fedrs.errors import ConfigError, FedrsError, remote_error
-from fedrs.io import first_missing, fresh_path, write_json
+from fedrs.io import first_missing, fresh_path
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint
 from fedrs.orchestrator.preflight import (
     SYNTH_DIR,
     Checked,
-    check_ray_address,
     preflight,
     resume_config,
 )
+from fedrs.orchestrator.spawn import connect_ray, shutdown_pool, spawn_driver
 from fedrs.runlock import LOCK, RunDirBusyError, locked
 
 log = logging.getLogger(__name__)
@@ -87,88 +83,8 @@ def clear_run_files(run_dir: Path) -> None:
             target.unlink(missing_ok=True)
 
 
-def ensure_data(cfg: RunConfig, run_dir: Path) -> str:
-    """``data.path`` when set; else the synthetic default, built once inside the run dir."""
-    if cfg.data.path:
-        return str(Path(cfg.data.path).resolve())
-    from fedrs.datasets.manifest import MANIFEST
-
-    out = run_dir / SYNTH_DIR
-    if not (out / MANIFEST).is_file():
-        log.info("building the synthetic default dataset in %s", out)
-        build_synthetic_default(cfg, out, data_partition(cfg))
-    return str(out.resolve())
-
-
-def build_synthetic_default(cfg: RunConfig, out: Path, part: PartitionSpec) -> None:
-    """The synthetic data the method asks for (``Method.synthetic_data``, a
-    ``datasets.defaults.SyntheticDefault``): land-cover scenes, captioned scenes or a
-    co-registered HSI + LiDAR scene."""
-    from fedrs.methods import method_class
-
-    method_class(cfg.method.name).synthetic_data.build(cfg.data, out, part)
-
-
-def data_partition(cfg: RunConfig, min_examples: int | None = None) -> PartitionSpec:
-    """The partition ``cfg.data`` asks for, seeded by ``federation.seed`` (the synthetic
-    default's, and a sweep's builds from sources); ``min_examples``: the spec's default."""
-    d = cfg.data
-    return PartitionSpec(
-        scheme=d.partition,
-        num_clients=d.num_clients,
-        seed=cfg.federation.seed,
-        alpha=d.alpha,
-        classes_per_client=d.classes_per_client,
-        imbalance_factor=d.imbalance_factor,
-        **({} if min_examples is None else {"min_examples": min_examples}),
-    )
-
-
-class _NoTokenNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Token authentication is enabled" not in record.getMessage()
-
-
-def connect_ray() -> None:
-    """Join ``RAY_ADDRESS``'s cluster if set, else start a local one on loopback (once per
-    process). An address where nothing answers is one line within seconds."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        check_ray_address()
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        # "local": always a fresh instance. A bare ray.init() would instead follow
-        # /tmp/ray/ray_current_cluster to whatever `ray start` ran last, even a dead cluster.
-        # The reaper stops it (agents included) should this process be killed.
-        reaper.start()
-        # token authentication stays on (Ray's default for a local instance); Ray's notice
-        # that it is on, printed by every command, is dropped (the user cannot act on it)
-        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-            _NoTokenNotice()
-        )
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            log_to_driver=True,
-        )
-    _sigterm_as_ctrl_c()
-
-
 class StoppedByUser(KeyboardInterrupt):
     """A run stopped by Ctrl-C / SIGTERM after writing its summary (exit status 130)."""
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def _sigterm_as_ctrl_c() -> None:
-    """SIGTERM (``ray job stop``) stops a run as Ctrl-C does. ``ray.init`` installs its own
-    handler, which logs and aborts the process: ours goes back on after it (main thread only)."""
-    with contextlib.suppress(ValueError):
-        signal.signal(signal.SIGTERM, _interrupt)
 
 
 def finished_summary(run_dir: Path, cfg: RunConfig, completed: int) -> dict[str, Any] | None:
@@ -313,80 +229,6 @@ def _stream(
             ray.get(driver.shutdown.remote(), timeout=30)
         ray.kill(driver)
         shutdown_pool(pool)  # a driver that never started (or hung) released nothing
-
-
-def spawn_driver(
-    cfg: RunConfig,
-    run_dir: Path,
-    method_cls: type[Method],
-    resume: bool = False,
-    checked: Checked | None = None,
-    placement: Placement | None = None,
-) -> tuple[Any, Any]:
-    """Preflight (unless already ``checked``), prepare the data, record the config, start the
-    client actors and the driver actor that takes them over; returns (driver handle, client
-    pool): the driver shuts the pool down, ``shutdown_pool`` is the caller's safety net.
-    ``run`` streams its rounds; benchmarks may call ``run_round`` one round at a time."""
-    if checked is None:
-        checked = preflight(
-            cfg, run_dir if resume else None, method_cls, connect=connect_ray, out=run_dir
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data_path = ensure_data(cfg, run_dir)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    connect_ray()
-    from fedrs.actors.pool import ClientPool
-    from fedrs.orchestrator.driver import STATE_DIR, Driver
-
-    res = cfg.resources
-    # The client actors start now, while the driver actor starts: each start-up is a process
-    # importing torch (and open_clip), seconds that would otherwise add up one after the other.
-    # The driver takes the pool over (and shuts it down); should it fail to start, so do they.
-    pool = ClientPool(
-        cfg, method_cls, data_path, str((run_dir / STATE_DIR).resolve()), placement=placement
-    )
-    # two threads: request_stop (Ctrl-C) must run while run() streams rounds
-    driver = ray.remote(
-        num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus, max_concurrency=2
-    )(Driver)
-    if placement is not None:
-        driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
-    elif res.driver_node == "local" and (strategy := driver_strategy(res)) is not None:
-        driver = driver.options(scheduling_strategy=strategy)
-    try:
-        handle = driver.remote(
-            cfg,
-            str(run_dir.resolve()),
-            data_path,
-            method_cls,
-            resume,
-            checked.data.excluded,
-            placement,
-            pool,
-        )
-    except BaseException:
-        pool.shutdown()
-        raise
-    return handle, pool
-
-
-def driver_strategy(res: Any) -> Any:
-    """``resources.driver_node = "local"``: a driver actor that only coordinates (0 CPUs,
-    0 GPUs, the default) runs on the node running this process (the head under ``ray job
-    submit``). It always fits there, so the affinity is hard: Ray's soft affinity moves an actor
-    off a node that is merely busy. None (Ray places it) for a driver that asks for resources:
-    pinned, it could wait forever behind the client actors on a full node."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if res.server_num_cpus or res.server_num_gpus:
-        return None
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-
-
-def shutdown_pool(pool: Any) -> None:
-    """Release client actors and their placement group whatever state they are in."""
-    with contextlib.suppress(Exception):
-        pool.shutdown()
 
 
 def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[[], int]) -> None:

@@ -361,6 +361,7 @@ def test_an_out_without_room_for_the_run_is_one_line_before_ray(
         raise AssertionError("Ray was joined before the room check")
 
     monkeypatch.setattr("fedrs.orchestrator.runner.connect_ray", no_ray)
+    monkeypatch.setattr("fedrs.orchestrator.spawn.connect_ray", no_ray)
     monkeypatch.chdir(workdir)
     rc = cli.main(["run", "--out", "r", "--set", "method.name=fedrsclip"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,7 +17,7 @@ def test_driver_strategy_keeps_a_coordinating_driver_on_the_local_node() -> None
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from fedrs.core.config import ResourcesConfig
-    from fedrs.orchestrator.runner import driver_strategy
+    from fedrs.orchestrator.spawn import driver_strategy
 
     class Probe:  # local: pickled by value (workers cannot import a test module)
         def node(self) -> str:

@@ -350,8 +350,9 @@ def test_a_trial_whose_process_died_is_recorded_as_failed(tmp_path: Path) -> Non
     from types import SimpleNamespace
 
     from fedrs.io import write_json
-    from fedrs.orchestrator.sweep.run import SweepProgress
-    from fedrs.orchestrator.sweep.spec import STATUS, trial_status
+    from fedrs.orchestrator.sweep.progress import SweepProgress
+    from fedrs.orchestrator.sweep.spec import STATUS
+    from fedrs.orchestrator.sweep.store import trial_status
 
     trials = expand(parse_sweep({"base": BASE, "grid": {"federation.seed": [0, 1]}}))
     write_json(tmp_path / STATUS / f"{trials[0].name}.json", {"status": "running"})
@@ -397,7 +398,7 @@ def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones
 
     from fedrs.orchestrator.sweep.results import carry
     from fedrs.orchestrator.sweep.run import run_sweep
-    from fedrs.orchestrator.sweep.spec import config_sha
+    from fedrs.orchestrator.sweep.store import config_sha
 
     def toml(base: dict) -> str:
         keys = [f"{s}.{k} = {json.dumps(v)}" for s, t in base.items() for k, v in t.items()]

@@ -109,3 +109,24 @@ def epsilon(cfg: Any, rounds: int, sample_rate: float) -> float:
     acc = RDPAccountant() if cfg.accountant == "rdp" else PRVAccountant()
     acc.history = [(cfg.noise_multiplier, sample_rate, rounds)]
     return float(acc.get_epsilon(delta=cfg.delta))
+
+
+def spent(cfg: Any, rnd: int, registered: int) -> dict[str, Any]:
+    """``{"epsilon", "delta"}`` after ``rnd`` rounds of a run config (``privacy.mode``
+    central: subsampled at q = clients_per_round / registered; local: every round counts in
+    full); empty without DP."""
+    from fedrs.core.sampling import inclusion_rate
+
+    p = cfg.privacy
+    if p.mode == "none":
+        return {}
+    rate = inclusion_rate(cfg.federation.clients_per_round, registered)
+    return {"epsilon": epsilon(p, rnd, rate if p.mode == "central" else 1.0), "delta": p.delta}
+
+
+def expected_cohort(cfg: Any, registered: int, partitions: int, excluded: Any) -> float:
+    """q x the usable registered clients: central DP's fixed denominator (DP-FedAvg)."""
+    from fedrs.core.sampling import inclusion_rate, usable_count
+
+    usable = usable_count(registered, partitions, frozenset(excluded))
+    return inclusion_rate(cfg.federation.clients_per_round, registered) * usable

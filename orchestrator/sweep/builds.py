@@ -67,7 +67,7 @@ def _build_mat(cfg: RunConfig, build: dict[str, Any], out: Path, part: Any) -> N
 
 def _partition(cfg: RunConfig, build: dict[str, Any]) -> Any:
     """The trial's partition: its data.* keys, seeded by [build] seed or federation.seed."""
-    from fedrs.orchestrator.runner import data_partition
+    from fedrs.orchestrator.spawn import data_partition
 
     part = data_partition(cfg, build.get("min_examples"))
     return dataclasses.replace(part, seed=build["seed"]) if "seed" in build else part
@@ -100,7 +100,7 @@ def ensure_build(cfg: RunConfig, build: dict[str, Any], builds: Path) -> str:
                     BuildSpec.from_args(build["sources"], str(out), partition=part, **options)
                 )
             else:
-                from fedrs.orchestrator.runner import build_synthetic_default
+                from fedrs.orchestrator.spawn import build_synthetic_default
 
                 build_synthetic_default(cfg, out, part)
             log.info("built %s", out)

@@ -14,7 +14,8 @@ import numpy as np
 from fedrs.io import atomic_open, new_figure, save_figure, write_json
 from fedrs.orchestrator.sweep.paired import md_cell
 from fedrs.orchestrator.sweep.results import as_number, columns, read_stored, write_results
-from fedrs.orchestrator.sweep.spec import SweepError, is_seed_axis, load_trials
+from fedrs.orchestrator.sweep.spec import SweepError, is_seed_axis
+from fedrs.orchestrator.sweep.store import load_trials
 
 
 # ------------------------------------------------------------------------------ statistics

@@ -15,16 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fedrs.io import atomic_open, write_bytes
-from fedrs.orchestrator.sweep.spec import (
-    TRIALS,
-    SweepError,
-    Trial,
-    axes_text,
-    carried_rows,
-    config_sha,
-    label,
-    trial_status,
-)
+from fedrs.orchestrator.sweep.spec import TRIALS, SweepError, Trial, axes_text, label
+from fedrs.orchestrator.sweep.store import carried_rows, config_sha, trial_status
 
 RESULTS = "results"
 
