@@ -21,6 +21,7 @@ from fedrs.actors.allocator import retain_freed_memory
 from fedrs.core.attacks import LabelFlipped, attackers, tamper
 from fedrs.core.config import from_dict, with_data_path
 from fedrs.core.privacy import privatize_local
+from fedrs.core.registry import known
 from fedrs.core.state_store import FileStateStore
 from fedrs.datasets.features import CachedShard, FeatureCache, FeatureShard, feature_key
 from fedrs.datasets.manifest import FedDataset, ShardEntry
@@ -105,6 +106,7 @@ class ClientWorker:
         state_root: str,
         index: int = 0,
     ) -> None:
+        known(method_cls)  # the class this actor runs, by the name its config gives
         self.cfg = with_data_path(from_dict(cfg), data_path)
         self.index = index
         self.allocator_tuned = self.cfg.resources.retain_freed_memory and retain_freed_memory()

@@ -157,32 +157,11 @@ class Method(ABC):
     """Base class of federated methods; subclasses set ``name`` and implement the hooks."""
 
     name: ClassVar[str]
-    headline: ClassVar[str] = "accuracy"  # the metric progress, plot and summary follow
+
     summary: ClassVar[str] = ""  # one line for `fedrs methods`
+
     # The method's own options (``method.KEY`` in TOML / --set): a frozen, validated dataclass.
     Options: ClassVar[type] = NoOptions
-    trains: ClassVar[bool] = True
-    global_keys: tuple[str, ...] = ()
-    prompt_keys: tuple[str, ...] = ()
-    download_only: ClassVar[tuple[str, ...]] = ()  # global tensors clients never upload
-    extra_keys: ClassVar[tuple[str, ...]] = ()  # extra payload names (a trailing "/": a prefix)
-    Server: ClassVar[type[MethodServer]] = MethodServer
-    # False: clients never share a model (local training only); the global split is then
-    # evaluated only through each client's own model (federation.eval_personal_global)
-    global_model: ClassVar[bool] = True
-    # the synthetic default data a run without data.path builds for it (datasets/defaults.py):
-    # IMAGES (land-cover scenes), CAPTIONS (captioned scenes), SCENE (HSI + LiDAR)
-    synthetic_data: ClassVar[SyntheticDefault] = IMAGES
-    # what the data must hold, checked in preflight before Ray starts: "labels" (class
-    # labels), "captions" (image-text pairs), "modalities" (co-registered HSI / LiDAR bands)
-    needs: ClassVar[frozenset[str]] = frozenset({"labels"})
-    # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
-    # training shard (e.g. fine-tuning the global prompt locally); see there
-    personalizes: ClassVar[bool] = False
-    # The run settings of the method's own benchmark tables (dotted run-config keys, e.g.
-    # ``{"client.lr": 0.05}``): they replace the global defaults for this method, and never
-    # a key the user's file or ``--set`` gives (``orchestrator.config.from_dict``).
-    run_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         options = getattr(cfg.method, "options", None)
@@ -195,15 +174,9 @@ class Method(ABC):
         self.classes = classes
         self.device = torch.device(device)
 
-    @classmethod
-    def tensor_shapes(
-        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
-    ) -> dict[str, dict[str, tuple[int, ...]]]:
-        """``{"global": {name: shape}, "private": {...}}`` from the architecture config alone,
-        without building a model (``fedrs run --dry-run``); an optional ``"extras"`` scope
-        gives the extra payloads a client sends at most per round (``extras_for`` narrows them per
-        client)."""
-        raise NotImplementedError(f"{cls.name} does not describe its tensors")
+    # --- local training (in a client actor) -------------------------------------------------
+
+    trains: ClassVar[bool] = True
 
     @abstractmethod
     def init_global(self, seed: int) -> Params: ...
@@ -215,6 +188,110 @@ class Method(ABC):
     def fit(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
     ) -> FitOutput: ...
+
+    def input_cache(self) -> InputCache | None:
+        """What this method computes once per shard and keeps beside it (the shared cache,
+        ``datasets/features.py``; ``data.feature_cache`` switches it off); None: nothing."""
+        return None
+
+    # what the data must hold, checked in preflight before Ray starts: "labels" (class
+    # labels), "captions" (image-text pairs), "modalities" (co-registered HSI / LiDAR bands)
+    needs: ClassVar[frozenset[str]] = frozenset({"labels"})
+
+    # the synthetic default data a run without data.path builds for it (datasets/defaults.py):
+    # IMAGES (land-cover scenes), CAPTIONS (captioned scenes), SCENE (HSI + LiDAR)
+    synthetic_data: ClassVar[SyntheticDefault] = IMAGES
+
+    # The run settings of the method's own benchmark tables (dotted run-config keys, e.g.
+    # ``{"client.lr": 0.05}``): they replace the global defaults for this method, and never
+    # a key the user's file or ``--set`` gives (``orchestrator.config.from_dict``).
+    run_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> list[str]:
+        """Settings that cannot make a meaningful run, checked in preflight: raise ConfigError
+        (one line, with the fix) when the run could not mean anything; return warnings (each
+        with the fix) for what rarely does. Default: none."""
+        return []
+
+    # --- exchange: what travels (orchestrator/exchange.py applies these) --------------------
+
+    @classmethod
+    def tensor_shapes(
+        cls, cfg: RunConfig, model_cfg: dict[str, Any], num_classes: int
+    ) -> dict[str, dict[str, tuple[int, ...]]]:
+        """``{"global": {name: shape}, "private": {...}}`` from the architecture config alone,
+        without building a model (``fedrs run --dry-run``); an optional ``"extras"`` scope
+        gives the extra payloads a client sends at most per round (``extras_for`` narrows them per
+        client)."""
+        raise NotImplementedError(f"{cls.name} does not describe its tensors")
+
+    global_keys: tuple[str, ...] = ()
+
+    prompt_keys: tuple[str, ...] = ()
+
+    download_only: ClassVar[tuple[str, ...]] = ()  # global tensors clients never upload
+
+    extra_keys: ClassVar[tuple[str, ...]] = ()  # extra payload names (a trailing "/": a prefix)
+
+    Server: ClassVar[type[MethodServer]] = MethodServer
+
+    @classmethod
+    def upload_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The tensors the client described by ``client`` (its manifest record) uploads in
+        ``round``; None: all the strategy asks for. FedDiff returns one branch per modality
+        and one stage's tensors per round."""
+        return None
+
+    @classmethod
+    def download_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The global tensors the client receives in ``round``; None: all of them."""
+        return None
+
+    @classmethod
+    def extras_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
+        """The extra payloads (names of ``tensor_shapes``' ``"extras"``) the client sends in
+        ``round``, for ``--dry-run``; None: all of them. CLIP2FL: one per local class."""
+        return None
+
+    @classmethod
+    def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
+        """The extra payloads (of ``extra_keys``) clients send at all under ``cfg``; default:
+        all of them. Under ``privacy.mode`` a method is refused when any are sent (DP clips and
+        noises the tensors, not the extras)."""
+        return cls.extra_keys
+
+    @classmethod
+    def wire_size(cls, cfg: RunConfig, shape: tuple[int, ...]) -> int:
+        """Numbers a client sends for a tensor of ``shape`` (``--dry-run``): all of them, or
+        fewer when the method compresses uploads (FedDiff's low-rank factors)."""
+        return int(np.prod(shape, dtype=np.int64))
+
+    @classmethod
+    def decode_upload(
+        cls, cfg: RunConfig, sent: Params, params: Params, extras: Params
+    ) -> tuple[Params, Params]:
+        """(params, extras) as the strategy sees them, from what a client uploaded: a method
+        whose clients compress tensors (e.g. low-rank factors in ``extras``) restores them
+        here, given ``sent``, the global tensors the client received. Called after the extras
+        were validated; the restored params are validated next. Default: unchanged."""
+        return params, extras
+
+    @classmethod
+    def extra_allowed(cls, name: str) -> bool:
+        return any(name == k or (k.endswith("/") and name.startswith(k)) for k in cls.extra_keys)
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    headline: ClassVar[str] = "accuracy"  # the metric progress, plot and summary follow
+
+    # False: clients never share a model (local training only); the global split is then
+    # evaluated only through each client's own model (federation.eval_personal_global)
+    global_model: ClassVar[bool] = True
+
+    # True: before a client's model is evaluated, ``personalize`` adapts it on the client's
+    # training shard (e.g. fine-tuning the global prompt locally); see there
+    personalizes: ClassVar[bool] = False
 
     def personalize(
         self, global_params: Params, private: Params, shard: Shard, options: FitOptions
@@ -280,63 +357,6 @@ class Method(ABC):
                     sum(np.asarray(p["class_pred"], float) for p in counted),
                 )
         return out
-
-    def input_cache(self) -> InputCache | None:
-        """What this method computes once per shard and keeps beside it (the shared cache,
-        ``datasets/features.py``; ``data.feature_cache`` switches it off); None: nothing."""
-        return None
-
-    @classmethod
-    def upload_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
-        """The tensors the client described by ``client`` (its manifest record) uploads in
-        ``round``; None: all the strategy asks for. FedDiff returns one branch per modality
-        and one stage's tensors per round."""
-        return None
-
-    @classmethod
-    def download_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
-        """The global tensors the client receives in ``round``; None: all of them."""
-        return None
-
-    @classmethod
-    def extras_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
-        """The extra payloads (names of ``tensor_shapes``' ``"extras"``) the client sends in
-        ``round``, for ``--dry-run``; None: all of them. CLIP2FL: one per local class."""
-        return None
-
-    @classmethod
-    def check_run(cls, cfg: RunConfig) -> list[str]:
-        """Settings that cannot make a meaningful run, checked in preflight: raise ConfigError
-        (one line, with the fix) when the run could not mean anything; return warnings (each
-        with the fix) for what rarely does. Default: none."""
-        return []
-
-    @classmethod
-    def sent_extras(cls, cfg: RunConfig) -> tuple[str, ...]:
-        """The extra payloads (of ``extra_keys``) clients send at all under ``cfg``; default:
-        all of them. Under ``privacy.mode`` a method is refused when any are sent (DP clips and
-        noises the tensors, not the extras)."""
-        return cls.extra_keys
-
-    @classmethod
-    def wire_size(cls, cfg: RunConfig, shape: tuple[int, ...]) -> int:
-        """Numbers a client sends for a tensor of ``shape`` (``--dry-run``): all of them, or
-        fewer when the method compresses uploads (FedDiff's low-rank factors)."""
-        return int(np.prod(shape, dtype=np.int64))
-
-    @classmethod
-    def decode_upload(
-        cls, cfg: RunConfig, sent: Params, params: Params, extras: Params
-    ) -> tuple[Params, Params]:
-        """(params, extras) as the strategy sees them, from what a client uploaded: a method
-        whose clients compress tensors (e.g. low-rank factors in ``extras``) restores them
-        here, given ``sent``, the global tensors the client received. Called after the extras
-        were validated; the restored params are validated next. Default: unchanged."""
-        return params, extras
-
-    @classmethod
-    def extra_allowed(cls, name: str) -> bool:
-        return any(name == k or (k.endswith("/") and name.startswith(k)) for k in cls.extra_keys)
 
 
 # ---------------------------------------------------------------------------------------------

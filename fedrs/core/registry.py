@@ -33,6 +33,15 @@ def register(cls: Any) -> Any:
     return cls
 
 
+def known(cls: Any) -> Any:
+    """``cls`` registered under its name unless a method of that name is known already: a
+    class handed to another process explicitly (a Ray worker given a method defined outside
+    any installed package) can then be named by the configs that process reads."""
+    if cls.name not in methods():
+        register(cls)
+    return cls
+
+
 def methods() -> dict[str, Any]:
     """Every registered method by name (built-in and entry points, loaded once)."""
     if not _loaded.is_set():
