@@ -56,7 +56,11 @@ def test_chaos_scenarios_complete_and_lose_nothing(synth_data: Path, tmp_path: P
     summary = run(chaos, out=str(tmp_path / "chaos"), console=quiet)
     m = [json.loads(x) for x in (tmp_path / "chaos" / "metrics.jsonl").read_text().splitlines()]
     assert summary["rounds_completed"] == 2 and [r["round"] for r in m] == [1, 2]
-    # round 1: the killed actor's client; round 2: the straggler (and a client queued behind it
-    # on the same actor when the deadline came)
-    assert list(m[0]["failures"]) == ["3"] and "timed out" in m[1]["failures"]["3"]
+    # round 1: the killed actor's client (under load, a client whose reply was still in flight
+    # on that actor when it died goes with it, for the same reason); round 2: the straggler
+    # (and a client queued behind it on the same actor when the deadline came)
+    died = m[0]["failures"]
+    assert "3" in died and len(died) <= 2, died
+    assert all(why.startswith("actor died") for why in died.values()), died
+    assert "timed out" in m[1]["failures"]["3"]
     assert all(r["clients_ok"] + r["clients_failed"] + r["clients_rejected"] == 6 for r in m)
