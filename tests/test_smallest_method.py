@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,13 @@ def test_the_readme_method_trains_federated_with_every_other_hook_at_its_default
 
 
 def _run_probe(probe: type, synth_data: Path, tmp_path: Path, checkpoint, plan, run) -> None:
+    # a private copy: other tests' runs store frozen features beside the shared shards, and
+    # this test checks that the first round computes them
+    data = shutil.copytree(
+        synth_data, tmp_path / "data", ignore=shutil.ignore_patterns("features-*")
+    )
     cfg = small_run(
-        synth_data,
+        data,
         **{"method.name": probe.name, "federation.rounds": 2, "client.lr": 0.5},
     )
     # --dry-run from its tensor shapes alone: one (classes x embed_dim) head travels
