@@ -40,15 +40,13 @@ def _scene(data: Any, out: Path, part: Any) -> None:
     from fedrs.datasets.multimodal import (
         ModalBuildSpec,
         build_synthetic_scene,
-        parse_client_modalities,
     )
 
-    groups = data.client_modalities
     spec = ModalBuildSpec(
         out=str(out),
         partition=part,
-        patch={"*": data.patch_size},
-        client_modalities=parse_client_modalities(groups) if groups else (),
+        patch={"*": data.modal.patch_size},
+        client_modalities=data.modal.groups(),
     )
     build_synthetic_scene(spec, height=data.image_size, width=data.image_size)
 
@@ -68,6 +66,6 @@ CAPTIONS = SyntheticDefault(
 SCENE = SyntheticDefault(
     "scene",
     frozenset({"labels", "modalities"}),
-    lambda d: ["scene", d.image_size, d.patch_size, d.client_modalities],
+    lambda d: ["scene", d.image_size, d.modal.patch_size, d.modal.client_modalities],
     _scene,
 )

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import fedrs
+from fedrs.core.modal import client_groups
 from fedrs.datasets.builder import _local_test, _stratified_test_split
 from fedrs.datasets.manifest import FORMAT, MANIFEST, FedDataset
 from fedrs.datasets.partition import PartitionSpec, partition
@@ -109,10 +110,10 @@ class ModalBuildSpec:
 def parse_client_modalities(text: str) -> tuple[tuple[str, ...], ...]:
     """``"hsi+lidar"`` -> every client paired; ``"hsi,lidar"`` -> alternating single-modality
     clients; ``"hsi+lidar,hsi,lidar"`` -> thirds."""
-    groups = tuple(tuple(m.strip() for m in g.split("+") if m.strip()) for g in text.split(","))
-    if not text.strip() or any(not g for g in groups):
-        raise DataError(f"--client-modalities {text!r}: give e.g. 'hsi+lidar' or 'hsi,lidar'")
-    return groups
+    try:
+        return client_groups(text)
+    except ValueError as exc:
+        raise DataError(f"--client-modalities {exc}") from None
 
 
 def parse_patch_sizes(values: Sequence[str]) -> dict[str, int]:

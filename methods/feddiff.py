@@ -202,7 +202,7 @@ def _modalities(cfg: RunConfig) -> dict[str, dict[str, int]]:
     if not cfg.data.path:  # the synthetic default scene, built when the run starts
         from fedrs.datasets.multimodal import synthetic_modalities
 
-        found = synthetic_modalities(cfg.data.patch_size)
+        found = synthetic_modalities(cfg.data.modal.patch_size)
     else:
         try:
             text = (Path(cfg.data.path) / "manifest.json").read_text()

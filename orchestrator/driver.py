@@ -36,20 +36,19 @@ from fedrs.actors.dispatch import PerTask
 from fedrs.actors.placement import Placement
 from fedrs.actors.pool import ClientPool
 from fedrs.core import privacy
-from fedrs.core.attacks import OMNISCIENT, omniscient
 from fedrs.core.config import RunConfig, with_data_path
 from fedrs.core.metrics import collapse, global_change
-from fedrs.core.privacy import central_estimate
 from fedrs.core.sampling import registered_clients, sample_round
 from fedrs.core.state_store import FileStateStore
 from fedrs.core.strategies import ClientUpdate, make_strategy
 from fedrs.core.validation import spec_of
 from fedrs.datasets.manifest import FedDataset
-from fedrs.errors import FedrsError, RunStopped
+from fedrs.errors import RunStopped
 from fedrs.faults import inject
 from fedrs.io import process_memory, write_json
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint, records
+from fedrs.orchestrator.aggregate import check_quorum, combine
 from fedrs.orchestrator.broadcast import Broadcast
 from fedrs.orchestrator.evaluation import Evaluator, train_class_counts
 from fedrs.orchestrator.exchange import (
@@ -68,10 +67,6 @@ from fedrs.orchestrator.plots import plot_classes, plot_curve
 
 log = logging.getLogger(__name__)
 STATE_DIR = "client_state"
-
-
-class RoundFailedError(FedrsError):
-    """Too few clients reported in a round."""
 
 
 class Driver:
@@ -124,6 +119,10 @@ class Driver:
         self.num_registered = registered_clients(cfg, self.data.num_clients)
         # partitions left out by preflight (data.bad_shards=exclude): never sampled or evaluated
         self.excluded = {int(p): why for p, why in (excluded or {}).items()}
+        # clients expected per round (q x usable registered): central DP's fixed denominator
+        self.cohort = privacy.expected_cohort(
+            cfg, self.num_registered, self.data.num_clients, self.excluded
+        )
         state = checkpoint.load(self.run_dir) if resume else None
         if state is None:  # a fresh start: nothing an earlier run left in this directory counts
             for stale in (STATE_DIR, checkpoint.DIR):
@@ -174,16 +173,7 @@ class Driver:
         """Run the remaining rounds, yielding each round's metrics as it completes."""
         fed = self.cfg.federation
         if not self.method_cls.trains:
-            record = {
-                "round": 0,
-                **self.evaluate(0),
-                "clients_ok": 0,
-                "clients_failed": 0,
-                "clients_rejected": 0,
-                "bytes_up": 0,
-                "bytes_down": 0,
-                "wall_s": 0.0,
-            }
+            record = records.untrained(self.evaluate(0))
             records.append(self.run_dir, record)
             yield record
             return
@@ -228,12 +218,16 @@ class Driver:
         updates, rejected = self._accept(sampled, exchanges, results)
         dropped = {sampled[ti]: why for ti, why in failures.items()}
         self._discard(rnd, dropped, rejected)
-        self._check_quorum(rnd, len(sampled), len(updates), {**dropped, **rejected})
+        check_quorum(
+            self.cfg, self.strategy, rnd, len(sampled), len(updates), {**dropped, **rejected}
+        )
         fit_s = time.perf_counter() - t0
         inject(fed.faults, "aggregate", rnd)  # chaos runs only
         t_server = time.perf_counter()
         liars = {sampled[ti] for ti, r in results.items() if r.get("attack")}
-        params, updates = self._combine(rnd, updates, liars)
+        params, updates = combine(
+            self.cfg, self.strategy, self.server, self.params, updates, liars, rnd, self.cohort
+        )
         change = self._advance(rnd, params)
         server_s = time.perf_counter() - t_server  # on the server's own device
         record: dict[str, Any] = {
@@ -320,48 +314,6 @@ class Driver:
             verb = "rejected" if cid in rejected else "dropped out"
             log.warning("round %d: client %d %s: %s", rnd, cid, verb, why)
             self.store.discard(cid, rnd)
-
-    def _check_quorum(self, rnd: int, sampled: int, ok: int, failed: dict[int, str]) -> None:
-        """RoundFailedError when fewer updates were accepted than ``federation.min_clients``
-        or the strategy needs (under privacy.mode Poisson cohorts vary: only faults fail)."""
-        fed = self.cfg.federation
-        need = max(fed.min_clients, self.strategy.min_clients())
-        if self.cfg.privacy.mode != "none":
-            need = min(need, sampled)
-        if ok < need:
-            first = next(iter(failed.items()), (None, "no client sampled"))
-            raise RoundFailedError(
-                f"round {rnd}: {ok} of {sampled} clients reported, fewer than "
-                f"federation.min_clients={fed.min_clients} or the "
-                f"{self.strategy.min_clients()} {self.strategy.name} needs (client {first[0]}: "
-                f"{first[1]})"
-            )
-
-    def _combine(
-        self, rnd: int, updates: list[ClientUpdate], liars: set[int]
-    ) -> tuple[dict[str, np.ndarray], list[ClientUpdate]]:
-        """The new global tensors (strategy, then the method's server step) and the updates
-        they came from (omniscient attacks replace the liars' with crafted ones)."""
-        if self.cfg.attack.kind in OMNISCIENT:  # alie / ipm: crafted from the honest updates
-            updates = omniscient(self.cfg.attack.kind, self.params, updates, liars, self.cfg.attack)
-        if self.cfg.privacy.mode == "central":  # DP-FedAvg's noised mean, as the round's mean
-            mean = central_estimate(
-                self.params,
-                updates,
-                self.strategy.upload_keys,
-                self.cfg.privacy,
-                privacy.expected_cohort(
-                    self.cfg, self.num_registered, self.data.num_clients, self.excluded
-                ),
-                self.cfg.federation.seed,
-                rnd,
-            )
-            params = self.strategy.aggregate(self.params, [ClientUpdate(-1, mean, 1)])
-            return self.server.update(rnd, params, []), updates  # no individual update here
-        if updates:
-            params = self.strategy.aggregate(self.params, updates)
-            return self.server.update(rnd, params, updates), updates
-        return dict(self.params), updates  # an empty Poisson cohort (local DP): nothing moves
 
     def _advance(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, float]:
         """Make ``params`` the global tensors of round ``rnd``; how far the clients' tensors

@@ -154,3 +154,9 @@ def long_tail(
         "few_shot_below": few_below,
         "per_class_accuracy": final,
     }
+
+
+def untrained(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """The one record of a method that does not train (zero-shot): round 0, nothing sent."""
+    nothing = ("clients_ok", "clients_failed", "clients_rejected", "bytes_up", "bytes_down")
+    return {"round": 0, **evaluation, **dict.fromkeys(nothing, 0), "wall_s": 0.0}

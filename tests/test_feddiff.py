@@ -390,7 +390,7 @@ def test_sweep_builds_a_pixel_table_with_each_trials_modal_keys(tmp_path: Path) 
     build = {"sources": [f"h={src}"], "min_examples": 2}
     base = {"method.name": "feddiff", "data.partition": "iid", "data.num_clients": 2}
     paired = RunConfig().replace(**base)
-    split = RunConfig().replace(**base, **{"data.client_modalities": "hsi,lidar"})
+    split = RunConfig().replace(**base, **{"data.modal.client_modalities": "hsi,lidar"})
     assert build_key(paired, build) != build_key(split, build)
     for cfg, want in ((paired, [["hsi", "lidar"]] * 2), (split, [["hsi"], ["lidar"]])):
         m = json.loads(

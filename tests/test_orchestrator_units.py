@@ -261,3 +261,37 @@ def test_a_collapsed_round_is_named_in_the_record_and_the_round_line() -> None:
     )
     assert "acc 0.574" in line and "AA 0.330" in line and "kappa 0.020" in line
     assert "collapsed: one class predicted" in line
+
+
+def test_the_multimodal_keys_live_in_their_own_table(tmp_path: Path) -> None:
+    """data.modal.* (fedrs/core/modal.py) validate there, dump as [data.modal], load back, and
+    hash flat so that results stored under data.patch_size keep their config_sha."""
+    from fedrs.core.config import to_toml
+    from fedrs.errors import ConfigError
+    from fedrs.orchestrator.sweep.store import config_sha
+
+    cfg = from_dict({}, ["data.modal.patch_size=5", "data.modal.client_modalities=hsi,lidar"])
+    assert cfg.data.modal.groups() == (("hsi",), ("lidar",))
+    assert not hasattr(cfg.data, "patch_size")  # not among the keys every dataset shares
+    dumped = tmp_path / "c.toml"
+    dumped.write_text(to_toml(cfg))
+    assert "[data.modal]\npatch_size = 5\n" in dumped.read_text()
+    assert load_config(dumped) == cfg
+    with pytest.raises(ConfigError, match=r"data\.modal\.patch_size must be an odd number"):
+        from_dict({}, ["data.modal.patch_size=4"])
+    with pytest.raises(ConfigError, match=r"data\.modal\.client_modalities 'hsi,,lidar'"):
+        from_dict({}, ["data.modal.client_modalities=hsi,,lidar"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'data\.patch_size'"):
+        from_dict({}, ["data.patch_size=5"])
+    # rows stored before the table existed (data.patch_size) keep their hashes
+    import csv
+
+    from fedrs.orchestrator.sweep.spec import expand, load_sweep
+
+    sweeps = Path(__file__).parents[1] / "benchmarks" / "sweeps"
+    stored = {
+        r["trial"]: r["config_sha"]
+        for r in csv.DictReader((sweeps / "fedrsclip_study.results.csv").open())
+    }
+    trials = expand(load_sweep(sweeps / "fedrsclip_study.toml"))[:4]
+    assert [stored[t.name] for t in trials] == [config_sha(t.cfg) for t in trials]

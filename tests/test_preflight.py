@@ -303,7 +303,7 @@ def test_finished_run_is_left_alone_and_banner_shows_strategy(
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_run_failing_before_round_one_leaves_no_directory(synth_data: Path, tmp_path: Path):
-    from fedrs.orchestrator.driver import RoundFailedError
+    from fedrs.orchestrator.aggregate import RoundFailedError
     from fedrs.orchestrator.runner import run
 
     class Broken(PromptFL):

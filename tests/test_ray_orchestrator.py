@@ -20,7 +20,7 @@ from fedrs.core.config import RunConfig
 from fedrs.methods.base import FitOutput
 from fedrs.methods.promptfl import PromptFL
 from fedrs.orchestrator import checkpoint
-from fedrs.orchestrator.driver import RoundFailedError
+from fedrs.orchestrator.aggregate import RoundFailedError
 from fedrs.orchestrator.runner import run
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrs.core.modal import ModalOptions
 from fedrs.core.partition import DIRICHLET_ALPHA, PartitionSpec
 from fedrs.core.registry import all_checks, method_class, methods
 from fedrs.errors import ConfigError
@@ -136,10 +137,8 @@ class DataConfig:
     imbalance_factor: float = PartitionSpec.imbalance_factor
     per_class: int = 40  # synthetic default: images per class of the largest sensor
     image_size: int = 64  # synthetic default: image size (a scene's side)
-    # synthetic scene (methods on HSI + LiDAR pixels): patch side and the modalities clients
-    # hold in turn ("hsi+lidar": all paired; "hsi,lidar": alternating single-modality)
-    patch_size: int = 7
-    client_modalities: str = ""
+    # the multi-modal data kind's own options ([data.modal]; fedrs/core/modal.py)
+    modal: ModalOptions = field(default_factory=ModalOptions)
     # Frozen-feature cache: for methods that never change the image encoder (PromptFL,
     # zero-shot), image embeddings are computed once per shard and stored beside it.
     feature_cache: bool = True
@@ -150,10 +149,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check(self.num_clients >= 1, f"data.num_clients must be >= 1, got {self.num_clients}")
         _check(self.alpha > 0, f"data.alpha must be > 0, got {self.alpha}")
-        _check(
-            self.patch_size >= 1 and self.patch_size % 2 == 1,
-            f"data.patch_size must be an odd number >= 1, got {self.patch_size}",
-        )
         _check(
             self.bad_shards in ("stop", "exclude"),
             f"data.bad_shards must be 'stop' or 'exclude', got {self.bad_shards!r}",
@@ -501,10 +496,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def to_toml(cfg: RunConfig) -> str:
     """The config as TOML, every key present (what ``fedrs config`` prints; loads back)."""
     lines: list[str] = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
         for key, value in values.items():
-            text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
-            lines.append(f"{key} = {text}")
+            if not isinstance(value, dict):
+                text = str(value).lower() if isinstance(value, bool) else json.dumps(value)
+                lines.append(f"{key} = {text}")
         lines.append("")
+        for key, value in values.items():  # a sub-table ([data.modal]) after its section's keys
+            if isinstance(value, dict):
+                table(f"{name}.{key}", value)
+
+    for section, values in cfg.to_dict().items():
+        table(section, values)
     return "\n".join(lines)

@@ -32,7 +32,7 @@ def build_key(cfg: RunConfig, build: dict[str, Any]) -> str | None:
         else {"synthetic": method_class(cfg.method.name).synthetic_data.key(d)}
     )
     if build and _mat_build(build):
-        what["modal"] = [d.patch_size, d.client_modalities]
+        what["modal"] = [d.modal.patch_size, d.modal.client_modalities]
     blob = json.dumps({**what, "partition": part}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -51,13 +51,12 @@ def _build_mat(cfg: RunConfig, build: dict[str, Any], out: Path, part: Any) -> N
 
     if len(build["sources"]) != 1:
         raise SweepError("[build]: a .mat source (scene or pixel table) is built on its own")
-    groups = cfg.data.client_modalities
     spec = mm.ModalBuildSpec(
         out=str(out),
         partition=part,
         test_fraction=build.get("test_fraction", 0.2),
-        patch=mm.parse_patch_sizes(build.get("patch_size") or [str(cfg.data.patch_size)]),
-        client_modalities=mm.parse_client_modalities(groups) if groups else (),
+        patch=mm.parse_patch_sizes(build.get("patch_size") or [str(cfg.data.modal.patch_size)]),
+        client_modalities=cfg.data.modal.groups(),
         tile=build.get("tile_size", 0),
     )
     names = dict(v.split("=", 1) for v in build.get("var", []))

@@ -41,9 +41,9 @@ BUILD_KEYS = {
     "skip_bad": bool,
     "workers": int,
     "seed": int,  # one split / partition for every trial (default: each trial's federation.seed)
-    # multi-modal .mat sources (a scene or a pixel table; data.patch_size and
-    # data.client_modalities come from each trial's config)
-    "patch_size": list,  # ["hsi=1", "lidar=7"]: per modality, instead of data.patch_size
+    # multi-modal .mat sources (a scene or a pixel table; data.modal.patch_size and
+    # data.modal.client_modalities come from each trial's config)
+    "patch_size": list,  # ["hsi=1", "lidar=7"]: per modality, instead of data.modal.patch_size
     "patches": list,  # ["lidar=PATH"]: a pixel table's patch matrices
     "var": list,  # ["hsi=NAME"]
     "tile_size": int,

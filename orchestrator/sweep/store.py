@@ -38,6 +38,11 @@ def config_sha(cfg: RunConfig) -> str:
     data = cfg.to_dict()
     for section, key in (("data", "path"), ("model", "pretrained")):
         data[section][key] = Path(data[section][key]).name if data[section][key] else ""
+    # sub-tables hashed flat (data.modal.patch_size as data.patch_size): rows stored before
+    # the multi-modal keys had their own table keep their hashes
+    for values in data.values():
+        for name in [k for k, v in values.items() if isinstance(v, dict)]:
+            values.update(values.pop(name))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
