@@ -47,6 +47,7 @@ def _scene(data: Any, out: Path, part: Any) -> None:
         partition=part,
         patch={"*": data.modal.patch_size},
         client_modalities=data.modal.groups(),
+        partners=data.modal.partners,
     )
     build_synthetic_scene(spec, height=data.image_size, width=data.image_size)
 

@@ -80,6 +80,9 @@ class ModalBuildSpec:
     patch: dict[str, int] = field(default_factory=dict)  # modality -> k (default 1)
     # modality sets assigned to clients in turn; empty: every client holds every modality
     client_modalities: tuple[tuple[str, ...], ...] = ()
+    # partner organisations ("hsi|lidar"): each partition part (a region) is held by one
+    # client per group, with the same pixels; else the groups go to clients in turn
+    partners: bool = False
     tile: int = 0  # scenes: side of the test tiles in pixels (0: about 100 tiles)
     source: str = "scene"  # a name for the domain column and the manifest
 
@@ -91,11 +94,15 @@ class ModalBuildSpec:
                 raise DataError(f"--patch-size {name}={k}: must be an odd number >= 1")
         if self.tile < 0:
             raise DataError(f"--tile-size must be >= 0, got {self.tile}")
+        if self.partners and len(self.client_modalities) < 2:
+            raise DataError("partner organisations need two modality groups ('hsi|lidar')")
 
     def patch_size(self, modality: str) -> int:
         return self.patch.get(modality, self.patch.get("*", 1))
 
     def modalities_of(self, cid: int, available: Sequence[str]) -> list[str]:
+        """What client ``cid`` holds (under ``partners``: ``cid`` is an organisation's index
+        within its region)."""
         if not self.client_modalities:
             return list(available)
         chosen = self.client_modalities[cid % len(self.client_modalities)]
@@ -105,6 +112,27 @@ class ModalBuildSpec:
                 f"--client-modalities names {unknown}, the data has modalities {list(available)}"
             )
         return list(chosen)
+
+
+def _regions(spec: ModalBuildSpec, parts: int) -> list[list[int]]:
+    """Under ``partners``: the client ids of each region (organisation g of region r is client
+    ``r * G + g``)."""
+    g = len(spec.client_modalities)
+    return [list(range(r * g, (r + 1) * g)) for r in range(parts)]
+
+
+def _holders(
+    spec: ModalBuildSpec, parts: int, names: Sequence[str]
+) -> list[tuple[int, int, list[str], list[int]]]:
+    """``(client id, partition part, modalities, partner ids)`` of every client: one per part,
+    or under ``partners`` one per part and modality group."""
+    if not spec.partners:
+        return [(cid, cid, spec.modalities_of(cid, names), []) for cid in range(parts)]
+    out = []
+    for part, ids in enumerate(_regions(spec, parts)):
+        for g, cid in enumerate(ids):
+            out.append((cid, part, spec.modalities_of(g, names), [i for i in ids if i != cid]))
+    return out
 
 
 def parse_client_modalities(text: str) -> tuple[tuple[str, ...], ...]:
@@ -332,14 +360,14 @@ def _write_build(
 
             test_entry = write("test.arrow", test, names)
             clients = []
-            for cid, rows in enumerate(client_rows):
-                mods = spec.modalities_of(cid, names)
-                local = _local_test(
+            for cid, part, mods, partners in _holders(spec, len(client_rows), names):
+                rows = client_rows[part]
+                local = _local_test(  # partners draw the same local test pixels
                     rows,
                     test,
                     labels.astype(str),
                     spec.test_fraction,
-                    np.random.default_rng([p.seed, cid]),
+                    np.random.default_rng([p.seed, part if spec.partners else cid]),
                 )
                 clients.append(
                     {
@@ -348,6 +376,7 @@ def _write_build(
                         "modalities": mods,
                         "domain_counts": {spec.source: len(rows)},
                         "local_test": write(f"client_{cid:05d}_test.arrow", local, mods),
+                        **({"region": part, "partners": partners} if spec.partners else {}),
                     }
                 )
                 log.info(
@@ -366,6 +395,9 @@ def _write_build(
                 "scene": scene,
                 "partition": p.as_dict(),
                 "client_modalities": [list(g) for g in spec.client_modalities] or [names],
+                # partner organisations: the clients of each region (same pixels, each with
+                # its own modalities; every organisation holds the labels)
+                "partners": _regions(spec, len(client_rows)) if spec.partners else None,
                 "seed": p.seed,
                 "test_fraction": spec.test_fraction,
                 "sources": [{"name": spec.source, **origin.get("source", {})}],

@@ -112,8 +112,9 @@ def _add_modal_args(p: argparse.ArgumentParser) -> None:
         "--client-modalities",
         default="",
         metavar="GROUPS",
-        help="modalities clients hold, in turn: 'hsi+lidar' every client paired (default), "
-        "'hsi,lidar' alternating single-modality clients",
+        help="modalities clients hold: 'hsi+lidar' every client paired (default), "
+        "'hsi,lidar' alternating single-modality clients, 'hsi|lidar' partner organisations "
+        "holding the two modalities of the same pixels (one pair per region)",
     )
     g.add_argument(
         "--tile-size",
@@ -138,6 +139,7 @@ def _partition_spec(args: argparse.Namespace):
 
 
 def _modal_spec(args: argparse.Namespace):
+    from fedrs.core.modal import partnered
     from fedrs.datasets.multimodal import (
         ModalBuildSpec,
         parse_client_modalities,
@@ -152,6 +154,7 @@ def _modal_spec(args: argparse.Namespace):
         client_modalities=(
             parse_client_modalities(args.client_modalities) if args.client_modalities else ()
         ),
+        partners=partnered(args.client_modalities),
         tile=args.tile_size,
     )
 
@@ -159,8 +162,12 @@ def _modal_spec(args: argparse.Namespace):
 def _print_modal(ds: Any) -> None:
     counts, m = ds.manifest["counts"], ds.manifest
     near = counts.get("dropped_near_test")
+    regions = m.get("partners")
+    orgs = " | ".join("+".join(g) for g in m["client_modalities"])
     print(
-        f"built {ds.num_clients} client shards + test ({counts['train']} train, "
+        f"built {ds.num_clients} client shards"
+        + (f" ({len(regions)} regions x partner organisations {orgs})" if regions else "")
+        + f" + test ({counts['train']} train, "
         f"{counts['test']} test pixels, {len(ds.classes)} classes; modalities "
         + ", ".join(
             f"{k} {v['bands']} bands {v['patch']}x{v['patch']}" for k, v in m["modalities"].items()

@@ -11,18 +11,38 @@ from fedrs.errors import ConfigError
 
 
 def client_groups(text: str) -> tuple[tuple[str, ...], ...]:
-    """``"hsi+lidar"`` -> every client paired; ``"hsi,lidar"`` -> alternating single-modality
-    clients; ``"hsi+lidar,hsi,lidar"`` -> thirds (ValueError when a group is empty)."""
-    groups = tuple(tuple(m.strip() for m in g.split("+") if m.strip()) for g in text.split(","))
+    """The modality groups of a ``client_modalities`` spec (ValueError when malformed):
+
+    - ``"hsi+lidar"``: every client paired (holds both modalities of its pixels);
+    - ``"hsi,lidar"``: clients in turn hold one group each, of different pixels;
+      ``"hsi+lidar,hsi,lidar"``: thirds;
+    - ``"hsi|lidar"``: partner organisations (``partnered``): each region of the data is held
+      by one organisation per group, with the same pixels and only its own modalities.
+    """
+    sep = "|" if "|" in text else ","
+    if sep == "|" and "," in text:
+        raise ValueError(f"{text!r}: partners ('|') and alternating clients (',') do not mix")
+    groups = tuple(tuple(m.strip() for m in g.split("+") if m.strip()) for g in text.split(sep))
     if not text.strip() or any(not g for g in groups):
-        raise ValueError(f"{text!r}: give e.g. 'hsi+lidar' or 'hsi,lidar'")
+        raise ValueError(f"{text!r}: give e.g. 'hsi+lidar', 'hsi,lidar' or 'hsi|lidar'")
+    if sep == "|" and len(groups) < 2:
+        raise ValueError(f"{text!r}: partner organisations need two groups or more")
+    held = [m for g in groups for m in g]
+    if sep == "|" and len(held) != len(set(held)):
+        raise ValueError(f"{text!r}: partner organisations hold different modalities")
     return groups
+
+
+def partnered(text: str) -> bool:
+    """Whether ``client_modalities`` names partner organisations (``"hsi|lidar"``)."""
+    return "|" in text
 
 
 @dataclass(frozen=True)
 class ModalOptions:
     """Patch side (k x k neighbourhood of each pixel, every modality) and which modalities the
-    clients hold in turn (``client_modalities``; "" = every client holds every modality)."""
+    clients hold (``client_modalities``, ``client_groups``' grammar; "" = every client holds
+    every modality)."""
 
     patch_size: int = 7
     client_modalities: str = ""
@@ -41,3 +61,8 @@ class ModalOptions:
     def groups(self) -> tuple[tuple[str, ...], ...]:
         """The parsed ``client_modalities`` (empty: every client holds every modality)."""
         return client_groups(self.client_modalities) if self.client_modalities else ()
+
+    @property
+    def partners(self) -> bool:
+        """Partner organisations share each region's pixels (``"hsi|lidar"``)."""
+        return partnered(self.client_modalities)

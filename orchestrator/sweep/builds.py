@@ -57,6 +57,7 @@ def _build_mat(cfg: RunConfig, build: dict[str, Any], out: Path, part: Any) -> N
         test_fraction=build.get("test_fraction", 0.2),
         patch=mm.parse_patch_sizes(build.get("patch_size") or [str(cfg.data.modal.patch_size)]),
         client_modalities=cfg.data.modal.groups(),
+        partners=cfg.data.modal.partners,
         tile=build.get("tile_size", 0),
     )
     names = dict(v.split("=", 1) for v in build.get("var", []))
