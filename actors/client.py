@@ -7,6 +7,7 @@ the client-state store, so any worker can train any client.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 
 from fedrs.actors.allocator import retain_freed_memory
@@ -186,14 +188,7 @@ class ClientWorker:
         t0 = time.perf_counter()
         cid, rnd = task.client_id, task.options.round
         inject(self.cfg.federation.faults, "fit", rnd, cid)  # chaos runs only
-        resting = None  # where this fit's unchanged tensors came from (a Download's resting)
-        if isinstance(params, Download):
-            fetched = self.resident.fetched
-            if params.resting is not None:
-                resting = "resident"
-            params = self.resident.params(params)
-            if self.resident.fetched > fetched:
-                resting = "fetched"
+        params, resting = self._received(params)
         computed = self.features.computed if self.features is not None else 0
         shard = self._view(self.data.clients[self.partition(cid)].train)
         cache = None
@@ -206,7 +201,14 @@ class ClientWorker:
         attack = self.cfg.attack.kind if cid in self.attackers else None
         if attack == "labelflip":
             shard = LabelFlipped(shard, len(self.data.classes))
-        out = self.method.fit(params, private, shard, task.options)
+        options = task.options
+        if options.partners:  # what partner organisations shared, relayed by the driver
+            got = {
+                p: ray.get(v) if isinstance(v, ray.ObjectRef) else v
+                for p, v in options.partners.items()
+            }
+            options = dataclasses.replace(options, partners=got)
+        out = self.method.fit(params, private, shard, options)
         if self.cfg.privacy.mode == "local" and attack is None:  # clipped and noised here
             out.params = privatize_local(out.params, params, self.cfg.privacy, self.seed, rnd, cid)
         if attack is not None:
@@ -238,6 +240,29 @@ class ClientWorker:
                 "state_save_s": t4 - t3,
             },
         }
+
+    def _received(self, params: Params | Download) -> tuple[Params, str | None]:
+        """The global tensors of a fit or share, and where their unchanged part came from
+        (a ``Download``'s resting tensors: ``"resident"`` on this actor, or ``"fetched"``)."""
+        if not isinstance(params, Download):
+            return params, None
+        fetched = self.resident.fetched
+        resting = "resident" if params.resting is not None else None
+        params = self.resident.params(params)
+        if self.resident.fetched > fetched:
+            resting = "fetched"
+        return params, resting
+
+    def share(self, params: Params | Download, task: FitTask) -> dict[str, Any]:
+        """What the client shares with its partner organisations this round (``Method.share``
+        on its training shard with the received tensors); checked by the driver."""
+        t0 = time.perf_counter()
+        cid, rnd = task.client_id, task.options.round
+        inject(self.cfg.federation.faults, "share", rnd, cid)  # chaos runs only
+        params, _ = self._received(params)
+        shard = self._view(self.data.clients[self.partition(cid)].train)
+        payload = self.method.share(params, self._private(cid, rnd), shard, task.options)
+        return {"client_id": cid, "payload": payload, "share_s": time.perf_counter() - t0}
 
     def predict(self, params: Params, task: EvalTask) -> np.ndarray:
         """Predicted classes of rows ``start:stop`` of the global test shard (a scene's map)."""

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 import fedrs
-from fedrs.core.modal import client_groups
+from fedrs.core.modal import client_groups, regions_of
 from fedrs.datasets.builder import _local_test, _stratified_test_split
 from fedrs.datasets.manifest import FORMAT, MANIFEST, FedDataset
 from fedrs.datasets.partition import PartitionSpec, partition
@@ -117,8 +117,7 @@ class ModalBuildSpec:
 def _regions(spec: ModalBuildSpec, parts: int) -> list[list[int]]:
     """Under ``partners``: the client ids of each region (organisation g of region r is client
     ``r * G + g``)."""
-    g = len(spec.client_modalities)
-    return [list(range(r * g, (r + 1) * g)) for r in range(parts)]
+    return regions_of(parts, len(spec.client_modalities))
 
 
 def _holders(

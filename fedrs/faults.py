@@ -2,12 +2,13 @@
 
 A spec is ``;``-separated rules ``SITE@ROUND[:WHO]=ACTION``:
 
-* ``SITE``: ``fit`` (a client's local training, on its actor), ``aggregate`` (the driver,
+* ``SITE``: ``fit`` (a client's local training, on its actor), ``share`` (a client sharing
+  with its partner organisations, before ``fit``), ``aggregate`` (the driver,
   mid-round: the clients' updates are in, the new global model not yet made) or
   ``checkpoint`` (the driver writing a round's checkpoint);
 * ``ROUND``: a round number or ``*`` (every round);
-* ``WHO`` (``fit`` only): a client id, or ``pP`` - each (round, client) with probability P,
-  drawn from (round, client): deterministic, the same on every actor and rerun;
+* ``WHO`` (``fit`` and ``share`` only): a client id, or ``pP`` - each (round, client) with
+  probability P, drawn from (round, client): deterministic, the same on every actor and rerun;
 * ``ACTION``: ``exit`` (the process dies: a killed actor), ``sleep:S`` (a straggler),
   ``enospc`` (the disk is full), ``raise`` (an exception).
 
@@ -27,7 +28,7 @@ import numpy as np
 from fedrs.errors import ConfigError
 
 log = logging.getLogger(__name__)
-SITES = ("fit", "checkpoint", "aggregate")
+SITES = ("fit", "share", "checkpoint", "aggregate")
 
 
 def parse(spec: str) -> list[tuple[str, str, str, str]]:

@@ -91,6 +91,9 @@ class FitOptions:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
     upload_keys: tuple[str, ...] = ()
+    # what this client's partner organisations shared with it this round (``share``), by
+    # partner id; empty without a partner exchange
+    partners: dict[int, Params] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_config(
@@ -280,6 +283,27 @@ class Method(ABC):
     @classmethod
     def extra_allowed(cls, name: str) -> bool:
         return any(name == k or (k.endswith("/") and name.startswith(k)) for k in cls.extra_keys)
+
+    # Partner exchange (vertical / split learning): clients whose data records name
+    # ``partners`` (organisations holding other modalities of the same pixels) first ``share``
+    # a payload; the orchestrator checks it against ``partner_shapes``, relays it through the
+    # object store and hands it to each partner's ``fit`` as ``options.partners``
+    # (orchestrator/partners.py). A region whose organisation fails to share skips the round.
+
+    @classmethod
+    def partner_shapes(
+        cls, cfg: RunConfig, client: dict[str, Any], round: int
+    ) -> dict[str, tuple[int, ...]] | None:
+        """What the client described by ``client`` sends each partner in ``round`` (float32
+        arrays by name); None: nothing, no share phase (the default)."""
+        return None
+
+    def share(
+        self, global_params: Params, private: Params, shard: Shard, options: FitOptions
+    ) -> Params:
+        """The payload of ``partner_shapes`` for this client's partners, computed from the
+        global tensors it received and its training ``shard``."""
+        raise NotImplementedError(f"{self.name} declares partner_shapes but no share")
 
     # --- evaluation -----------------------------------------------------------------------
 

@@ -70,7 +70,7 @@ from fedrs.methods.base import (
     check,
     local_sgd,
 )
-from fedrs.models.feddiff import DDPM, Branch, FusionHead, UNet, resize_patches
+from fedrs.models.feddiff import DDPM, WIDTH, Branch, FusionHead, UNet, resize_patches
 
 if TYPE_CHECKING:
     from fedrs.core.config import RunConfig
@@ -96,6 +96,11 @@ class FedDiffOptions:
     mse_weight: float = 1.0  # consistency of the fused heads' logits
     weight_reg: float = 1e-4  # squared L2 norm of the classifier's weights
     rank: int = 0  # communication module: rank of the uploaded factors (0: full tensors)
+    # partner organisations (a 'hsi|lidar' build): each sends its partner its branch features
+    # of their shared pixels, as rank-feature_rank factors per block of client.batch_size rows
+    # (0: the features as they are); exchange = false: each organisation trains alone
+    exchange: bool = True
+    feature_rank: int = 8
 
     def __post_init__(self) -> None:
         check(len(self.modalities) == 2, "method.modalities: FedDiff has two branches")
@@ -111,6 +116,7 @@ class FedDiffOptions:
             "method.feature_timesteps must lie in [0, diffusion_steps)",
         )
         check(self.rank >= 0, "method.rank must be >= 0")
+        check(0 <= self.feature_rank <= WIDTH, f"method.feature_rank must be in [0, {WIDTH}]")
         for name in ("mse_weight", "weight_reg", "diffusion_lr"):
             check(getattr(self, name) >= 0, f"method.{name} must be >= 0")
 
@@ -193,6 +199,56 @@ def decode_lowrank(sent: Params, params: Params, extras: Params) -> tuple[Params
             raise ValueError(f"{key}: factors {u.shape} x {v.shape} do not give {base.shape}")
         params[key] = (base + (u.astype(np.float64) @ v).reshape(base.shape)).astype(base.dtype)
     return params, rest
+
+
+def feature_shapes(rows: int, batch: int, rank: int) -> dict[str, tuple[int, ...]]:
+    """What an organisation sends its partner for ``rows`` pixels: the ``(rows, WIDTH)``
+    branch features, or (``rank`` > 0) per block of ``batch`` rows the factors ``U S`` (rows
+    stacked) and ``V^T`` of their rank-``rank`` truncated SVD."""
+    if rank == 0:
+        return {"features": (rows, WIDTH)}
+    return {"features/u": (rows, rank), "features/v": (-(-rows // batch), rank, WIDTH)}
+
+
+def compress_rows(feats: np.ndarray, rank: int, batch: int) -> Params:
+    """``feature_shapes``' payload for ``feats`` (``(rows, WIDTH)``); a block with fewer rows
+    than ``rank`` pads its factors with zeros."""
+    if rank == 0:
+        return {"features": np.ascontiguousarray(feats, dtype=np.float32)}
+    shapes = feature_shapes(len(feats), batch, rank)
+    u = np.zeros(shapes["features/u"], np.float32)
+    v = np.zeros(shapes["features/v"], np.float32)
+    for b in range(v.shape[0]):
+        block = feats[b * batch : (b + 1) * batch].astype(np.float64)
+        left, sing, right = np.linalg.svd(block, full_matrices=False)
+        r = min(rank, len(sing))
+        u[b * batch : b * batch + len(block), :r] = left[:, :r] * sing[:r]
+        v[b, :r] = right[:r]
+    return {"features/u": u, "features/v": v}
+
+
+def restore_rows(payload: Params, batch: int) -> np.ndarray:
+    """The ``(rows, WIDTH)`` features a partner's ``compress_rows`` payload carries."""
+    if "features" in payload:
+        return payload["features"]
+    u, v = payload["features/u"], payload["features/v"]
+    out = np.empty((len(u), v.shape[2]), np.float32)
+    for b in range(v.shape[0]):
+        out[b * batch : (b + 1) * batch] = u[b * batch : (b + 1) * batch] @ v[b]
+    return out
+
+
+def _manifest(cfg: RunConfig) -> dict[str, Any]:
+    """The data's manifest ({} for the synthetic default before it is built, or unreadable)."""
+    try:
+        return json.loads((Path(cfg.data.path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _exchanges(cfg: RunConfig, client: dict[str, Any]) -> bool:
+    """The client is a partner organisation that exchanges features (``method.exchange``)."""
+    return bool(client.get("partners")) and cfg.method.options.exchange
 
 
 def _modalities(cfg: RunConfig) -> dict[str, dict[str, int]]:
@@ -375,6 +431,9 @@ class FedDiff(_PixelMethod):
     def __init__(self, cfg: RunConfig, classes: list[str], device: str = "cpu") -> None:
         super().__init__(cfg, classes, device)
         o = self.opts
+        # the data's clients are partner organisations ('hsi|lidar'): the joint prediction
+        # carries each one's features to the other as they cross the boundary (``_joint``)
+        self.partnered = bool(_manifest(cfg).get("partners"))
         self.ddpm = DDPM(o.diffusion_steps, o.beta_start, o.beta_end)
         self.cache: OrderedDict[tuple[str, str, str], np.ndarray] = OrderedDict()
         self.cache_hits = self.cache_misses = 0
@@ -389,9 +448,40 @@ class FedDiff(_PixelMethod):
         if round <= opts.stage1_rounds:
             return unets, unets
         train = tuple(f"clf_{m}." for m in held)
-        if len(held) == len(opts.modalities):
-            train += ("fuse.",)
+        if len(held) == len(opts.modalities) or _exchanges(cfg, client):
+            train += ("fuse.",)  # a partner's features complete the pair
         return unets + train, train
+
+    @classmethod
+    def partner_shapes(
+        cls, cfg: RunConfig, client: dict[str, Any], round: int
+    ) -> dict[str, tuple[int, ...]] | None:
+        """Stage 2, partner organisations: the branch features of the shared pixels."""
+        opts: FedDiffOptions = cfg.method.options
+        if round <= opts.stage1_rounds or not _exchanges(cfg, client):
+            return None
+        return feature_shapes(client["num_examples"], cfg.client.batch_size, opts.feature_rank)
+
+    def share(
+        self, global_params: Params, private: Params, shard: Any, options: FitOptions
+    ) -> Params:
+        """This organisation's branch features of its training pixels (the received
+        classifier, its modality's diffusion features), compressed for the partner."""
+        self._load(global_params)
+        self.nets.eval()
+        (m,) = [m for m in self.opts.modalities if m in shard.arrays]
+        diff = self.diffusion_features(shard, m, global_params)
+        with torch.no_grad():
+            feats = [
+                self._features(shard, np.arange(s, min(s + EVAL_BATCH, len(shard))), m, diff)
+                for s in range(0, len(shard), EVAL_BATCH)
+            ]
+        rows = torch.cat(feats).cpu().numpy() if feats else np.zeros((0, WIDTH), np.float32)
+        return compress_rows(rows, self.opts.feature_rank, options.batch_size)
+
+    def _features(self, shard: Any, rows: np.ndarray, m: str, diff: Any) -> torch.Tensor:
+        d = None if diff is None else torch.from_numpy(diff[rows]).to(self.device)
+        return self.nets[f"clf_{m}"](self._inputs(shard, rows, [m])[m], d)
 
     @classmethod
     def upload_keys_for(cls, cfg: RunConfig, client: dict[str, Any], round: int) -> Any:
@@ -496,18 +586,23 @@ class FedDiff(_PixelMethod):
         return feats
 
     def logits(
-        self, x: dict[str, torch.Tensor], diff: dict[str, torch.Tensor | None]
+        self,
+        x: dict[str, torch.Tensor],
+        diff: dict[str, torch.Tensor | None],
+        partner: dict[str, torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], int]:
         """Every head's logits the example's modalities allow (fusion heads first) and how
-        many of them are fusion heads."""
-        feats = {m: self.nets[f"clf_{m}"](x[m], diff.get(m)) for m in x}
+        many of them are fusion heads. ``partner``: the other modality's branch features as
+        a partner organisation sent them (constants here: no gradient crosses to it)."""
+        own = {m: self.nets[f"clf_{m}"](x[m], diff.get(m)) for m in x}
+        feats = {**(partner or {}), **own}
         out: list[torch.Tensor] = []
         fused = 0
         if len(feats) == 2:
             a, b = self.opts.modalities
             out = self.nets["fuse"](feats[a], feats[b])
             fused = len(out)
-        out += [self.nets[f"clf_{m}"].head(f) for m, f in feats.items()]
+        out += [self.nets[f"clf_{m}"].head(f) for m, f in own.items()]
         return out, fused
 
     def _fit_classifier(
@@ -515,6 +610,7 @@ class FedDiff(_PixelMethod):
     ) -> FitOutput:
         misses = self.cache_misses
         diff = {m: self.diffusion_features(shard, m, received) for m in held}
+        partner = self._partner(options, held, len(shard))
         names = tuple(k for k in self.nets.state_dict() if k.startswith(("clf_", "fuse")))
         train = {n for n in names if n in options.upload_keys}
         params = {k: p for k, p in self.nets.named_parameters() if k in train}
@@ -529,7 +625,8 @@ class FedDiff(_PixelMethod):
                 m: None if f is None else torch.from_numpy(f[rows]).to(self.device)
                 for m, f in diff.items()
             }
-            out, fused = self.logits(x, d)
+            p = None if partner is None else {m: f[rows] for m, f in partner.items()}
+            out, fused = self.logits(x, d, p)
             y = torch.as_tensor(shard.labels[rows], device=self.device)
             loss = fused_loss(out, fused, y, opts.mse_weight)
             if opts.weight_reg:
@@ -540,6 +637,20 @@ class FedDiff(_PixelMethod):
         up, extras = self._upload(names, received, options)
         metrics |= {"stage": 2.0, "feature_cache_miss": float(self.cache_misses > misses)}
         return FitOutput(params=up, num_examples=len(shard), metrics=metrics, extras=extras)
+
+    def _partner(
+        self, options: FitOptions, held: list[str], rows: int
+    ) -> dict[str, torch.Tensor] | None:
+        """The partner's branch features of this shard's pixels (by modality), restored from
+        what it shared; None without a partner exchange."""
+        if not options.partners:
+            return None
+        (payload,) = options.partners.values()  # FedDiff: two modalities, one partner
+        (other,) = [m for m in self.opts.modalities if m not in held]
+        feats = restore_rows(payload, options.batch_size)
+        if len(feats) != rows:
+            raise ValueError(f"partner features for {len(feats)} pixels, the shard has {rows}")
+        return {other: torch.from_numpy(feats).to(self.device)}
 
     def _predictor(self, global_params: Params, shard: Any) -> tuple[Any, list[str]]:
         """``rows -> (summed logits, {variant: logits})`` with the received model."""
@@ -554,13 +665,35 @@ class FedDiff(_PixelMethod):
                 m: None if f is None else torch.from_numpy(f[rows]).to(self.device)
                 for m, f in diff.items()
             }
-            out, fused = self.logits(x, d)
+            if self.partnered and self.opts.exchange and len(held) == 2:
+                out, fused = self._joint(x, d, rows)
+            else:
+                out, fused = self.logits(x, d)
             variants = {m: out[fused + i] for i, m in enumerate(held)}
             if fused:
                 variants["fused"] = sum(out[:fused])
             return sum(out), variants
 
         return logits_of, held
+
+    def _joint(
+        self, x: dict[str, torch.Tensor], d: dict[str, Any], rows: np.ndarray
+    ) -> tuple[list[torch.Tensor], int]:
+        """Partner organisations predicting together: each computes the fusion heads from its
+        own features and the partner's as they cross the boundary (compressed per block of
+        ``client.batch_size`` rows, as in training); the joint logits average the two views'
+        fusion heads, then each organisation's own head. At ``feature_rank`` 0 this is the
+        paired prediction exactly."""
+        a, b = self.opts.modalities
+        batch, rank = self.cfg.client.batch_size, self.opts.feature_rank
+        views = []
+        for m, other in ((a, b), (b, a)):
+            sent = self.nets[f"clf_{other}"](x[other], d.get(other)).detach().cpu().numpy()
+            crossed = restore_rows(compress_rows(sent, rank, batch), batch)
+            partner = {other: torch.from_numpy(crossed).to(self.device)}
+            views.append(self.logits({m: x[m]}, {m: d.get(m)}, partner)[0])
+        fused = [(p + q) / 2 for p, q in zip(views[0][:3], views[1][:3], strict=True)]
+        return [*fused, views[0][3], views[1][3]], 3
 
     def evaluate_rows(
         self, global_params: Params, private: Params, shard: Any, start: int, stop: int

@@ -20,6 +20,7 @@ round)), so 100,000 registered clients cost it no more memory than 100.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -38,7 +39,7 @@ from fedrs.actors.pool import ClientPool
 from fedrs.core import privacy
 from fedrs.core.config import RunConfig, with_data_path
 from fedrs.core.metrics import collapse, global_change
-from fedrs.core.sampling import registered_clients, sample_round
+from fedrs.core.sampling import registered_clients, sample_cohort
 from fedrs.core.state_store import FileStateStore
 from fedrs.core.strategies import ClientUpdate, make_strategy
 from fedrs.core.validation import spec_of
@@ -47,7 +48,7 @@ from fedrs.errors import RunStopped
 from fedrs.faults import inject
 from fedrs.io import process_memory, write_json
 from fedrs.methods.base import Method
-from fedrs.orchestrator import checkpoint, records
+from fedrs.orchestrator import checkpoint, partners, records
 from fedrs.orchestrator.aggregate import check_quorum, combine
 from fedrs.orchestrator.broadcast import Broadcast
 from fedrs.orchestrator.evaluation import Evaluator, train_class_counts
@@ -119,6 +120,8 @@ class Driver:
         self.num_registered = registered_clients(cfg, self.data.num_clients)
         # partitions left out by preflight (data.bad_shards=exclude): never sampled or evaluated
         self.excluded = {int(p): why for p, why in (excluded or {}).items()}
+        # partner organisations by region (a 'hsi|lidar' build): sampled and trained together
+        self.groups = partners.partner_groups(self.data.manifest)
         # clients expected per round (q x usable registered): central DP's fixed denominator
         self.cohort = privacy.expected_cohort(
             cfg, self.num_registered, self.data.num_clients, self.excluded
@@ -157,6 +160,9 @@ class Driver:
             checkpoint.restore_round(state[2], self.round, self._servers(), HOLDINGS_STATE)
         self.broadcast = Broadcast()
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
+        self.partners = partners.Partners(
+            cfg, method_cls, self.data.manifest, self.pool, self.strategy
+        )
         self.evaluator = Evaluator(
             cfg, method_cls, self.data, self.pool, self.num_registered, self.excluded
         )
@@ -203,8 +209,8 @@ class Driver:
         fed = self.cfg.federation
         t0 = time.perf_counter()
         # fixed-size, or Poisson under privacy.mode (what the accountant assumes; may be empty)
-        sampled = sample_round(
-            self.cfg, self.num_registered, self.data.num_clients, self.excluded, rnd
+        sampled = sample_cohort(  # partner organisations of a region join together
+            self.cfg, self.num_registered, self.data.num_clients, self.excluded, rnd, self.groups
         )
         self._sampled = sampled  # whose private state an abandoned round discards
         exchanges = [self.exchange(cid, rnd) for cid in sampled]
@@ -213,7 +219,7 @@ class Driver:
             self.holdings.cost(c, ex.down) for c, ex in zip(sampled, exchanges, strict=True)
         )
         steals = self.pool.steals
-        results, failures = self._fit(rnd, sampled, exchanges)
+        results, failures, shared = self._fit(rnd, sampled, exchanges)
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         updates, rejected = self._accept(sampled, exchanges, results)
         dropped = {sampled[ti]: why for ti, why in failures.items()}
@@ -237,6 +243,7 @@ class Driver:
             **privacy.spent(self.cfg, rnd, self.num_registered),
             **{f"server_{k}": v for k, v in self.server.metrics.items()},
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
+            **shared,  # what partner organisations sent each other (none: nothing)
         }
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
@@ -259,30 +266,44 @@ class Driver:
     # ------------------------------------------------------------------ the round's steps
     def _fit(
         self, rnd: int, sampled: list[int], exchanges: list[Exchange]
-    ) -> tuple[dict[int, Any], dict[int, str]]:
+    ) -> tuple[dict[int, Any], dict[int, str], dict[str, Any]]:
         """Send each client its group's tensors (one object per distinct group; what the
-        last round left unchanged in one that actors keep resident) and train on the pool, a
-        client staying on its actor so per-actor caches hit. Results and failures by task."""
+        last round left unchanged in one that actors keep resident), let partners share
+        (``partners.Partners``), train on the pool (a client stays on its actor, so per-actor
+        caches hit). Results and failures by index into ``sampled``; the partner traffic."""
         downs = [ex.down for ex in exchanges]
         groups = list(dict.fromkeys(downs))  # one object per distinct group
         downloads = self.broadcast.downloads(groups, self.params, self.holdings, self.round)
+        inbox, lost, shared = self.partners.share(
+            rnd, sampled, [downloads[d] for d in downs], self._stop
+        )
+        active = [i for i, cid in enumerate(sampled) if cid not in lost]
         tasks = [
-            FitTask(cid, fit_options(self.cfg, rnd, cid, self.strategy, ex))
-            for cid, ex in zip(sampled, exchanges, strict=True)
+            FitTask(
+                sampled[i],
+                dataclasses.replace(
+                    fit_options(self.cfg, rnd, sampled[i], self.strategy, exchanges[i]),
+                    partners=inbox.get(sampled[i], {}),
+                ),
+            )
+            for i in active
         ]
         parts = self.data.num_clients  # registered client c trains on partition c % parts
         results, failures = self.pool.map(
             "fit",
-            PerTask(downloads[k] for k in downs),
+            PerTask(downloads[downs[i]] for i in active),
             tasks,
             self.cfg.federation.round_timeout_s,
-            [self.data.clients[c % parts].train.num_examples for c in sampled],
-            affinity=list(sampled),
+            [self.data.clients[sampled[i] % parts].train.num_examples for i in active],
+            affinity=[sampled[i] for i in active],
             stop=self._stop,  # a stop abandons the round while it trains (RunStopped)
         )
-        for ti in results:  # delivered (a task that failed may not have received its tensors)
-            self.holdings.deliver(sampled[ti], downs[ti])
-        return results, failures
+        results = {active[ti]: r for ti, r in results.items()}
+        failures = {active[ti]: why for ti, why in failures.items()}
+        failures |= {i: lost[cid] for i, cid in enumerate(sampled) if cid in lost}
+        for i in results:  # delivered (a task that failed may not have received its tensors)
+            self.holdings.deliver(sampled[i], downs[i])
+        return results, failures, shared
 
     def _accept(
         self, sampled: list[int], exchanges: list[Exchange], results: dict[int, Any]

@@ -49,7 +49,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
     fed, res = cfg.federation, cfg.resources
     per_round = fed.clients_per_round
     rounds = fed.rounds if method.trains else 0
-    up_run, down_run = _traffic(cfg, method, strategy, shapes, data.excluded, registered, rounds)
+    traffic = _traffic(cfg, method, strategy, shapes, data.excluded, registered, rounds)
+    up_run, down_run, partner_run = traffic
     return {
         "method": method.name,
         "strategy": strategy.name,
@@ -89,6 +90,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
         "bytes_received_per_client": received * BYTES_PER_PARAM,
         "bytes_up_per_run": up_run * BYTES_PER_PARAM,
         "bytes_down_per_run": down_run * BYTES_PER_PARAM,
+        # between partner organisations (None: none; or unknown until the data is built)
+        "partner_bytes_per_round": partner_run,
         "warnings": [
             w
             for w in (
@@ -108,14 +111,17 @@ def _traffic(
     excluded: dict[int, str],
     registered: int,
     rounds: int,
-) -> tuple[int, int]:
+) -> tuple[int, int, list[int] | None]:
     """Numbers sent up and down over the run, round by round as the driver would: the same
-    draw of clients, their groups and stages (``exchange``), the tensors they hold already."""
-    from fedrs.core.sampling import sample_round
+    draw of clients, their groups and stages (``exchange``), the tensors they hold already;
+    and the bytes partner organisations send each other in each round (``partners``)."""
+    from fedrs.core.sampling import sample_cohort
+    from fedrs.orchestrator import partners
     from fedrs.orchestrator.exchange import client_record, exchange_for, upload_numbers
     from fedrs.orchestrator.holdings import Holdings
 
-    records = _client_records(cfg)
+    records, groups = _client_records(cfg)
+    between: list[int] | None = [] if groups and cfg.data.path else None
     glob = list(shapes["global"])
     held = Holdings(glob, [math.prod(shapes["global"][k]) for k in glob])
     written = [k for k in glob if k in method.download_only]
@@ -126,25 +132,42 @@ def _traffic(
         # a tensor changes in a round when a sampled client uploads it or the server writes
         # it; a client is sent only what it does not hold yet (orchestrator/holdings.py)
         moved = set(written)
-        for cid in sample_round(cfg, registered, len(records), excluded, rnd):
+        sampled = sample_cohort(cfg, registered, len(records), excluded, rnd, groups)
+        if between is not None:
+            share = partners.plan_round(method, cfg, records, sampled, rnd)
+            between.append(sum(share.bytes_sent(c) for c in share.shapes) if share else 0)
+        for cid in sampled:
             ex = exchange_for(method, cfg, client_record(records, cid), rnd, tuple(glob), up_keys)
             up_run += upload_numbers(method, cfg, ex, shapes["global"], extras)
             down_run += held.cost(cid, ex.down)
             held.deliver(cid, ex.down)
             moved.update(ex.up)
         held.changed([k for k in glob if k in moved], rnd)
-    return up_run, down_run
+    return up_run, down_run, between
 
 
-def _client_records(cfg: RunConfig) -> list[dict[str, Any]]:
-    """The data's client records (manifest), one per partition."""
+def _client_records(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[list[int]] | None]:
+    """The data's client records (manifest), one per partition, and its partner groups."""
     import json
     from pathlib import Path
 
-    if not cfg.data.path:  # the synthetic default: its clients all hold everything
-        return [{"id": c} for c in range(cfg.data.num_clients)]
+    from fedrs.core.modal import regions_of
+    from fedrs.orchestrator.partners import partner_groups
+
+    if not cfg.data.path:  # the synthetic default: every client holds everything, or
+        modal = cfg.data.modal  # partner organisations hold one group each
+        if not modal.partners:
+            return [{"id": c} for c in range(cfg.data.num_clients)], None
+        held = modal.groups()
+        groups = regions_of(cfg.data.num_clients, len(held))
+        records = [
+            {"id": c, "modalities": list(held[g]), "partners": [p for p in ids if p != c]}
+            for ids in groups
+            for g, c in enumerate(ids)
+        ]
+        return records, groups
     manifest = json.loads((Path(cfg.data.path) / "manifest.json").read_text())
-    return list(manifest["clients"])
+    return list(manifest["clients"]), partner_groups(manifest)
 
 
 def render(p: dict[str, Any]) -> str:
@@ -165,6 +188,12 @@ def render(p: dict[str, Any]) -> str:
         f"per run: {p['bytes_up_per_run']:,} B up, {p['bytes_down_per_run']:,} B down"
         " (every sampled client, round by round)",
     ]
+    between = p["partner_bytes_per_round"]
+    if between:
+        lines.append(
+            f"between partner organisations: {sum(between):,} B per run "
+            f"({', '.join(f'{b:,}' for b in between)} B by round)"
+        )
     for scope in ("global", "private", "extras"):
         for name, shape in p["tensors"][scope].items():
             lines.append(f"  {scope:7} {name:24} {'x'.join(map(str, shape))}")

@@ -58,6 +58,7 @@ class DataCheck:
     num_classes: int
     excluded: dict[int, str] = field(default_factory=dict)  # partition -> why it is left out
     holds: frozenset[str] | None = None  # labels / captions / modalities; None: synthetic
+    regions: int = 0  # partner organisations ('hsi|lidar'): the regions they share; 0: none
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,10 @@ def check_data(cfg: RunConfig, run_dir: Path | None) -> DataCheck:
     if not path:
         from fedrs.datasets.synth import SCENES
 
-        return DataCheck(None, cfg.data.num_clients, len(SCENES))
+        modal = cfg.data.modal  # a multi-modal default split across partner organisations
+        orgs = len(modal.groups()) if modal.partners else 1
+        regions = cfg.data.num_clients if modal.partners else 0
+        return DataCheck(None, cfg.data.num_clients * orgs, len(SCENES), regions=regions)
     if not (Path(path) / MANIFEST).is_file():
         raise ConfigError(
             f"data.path {path!r} holds no {MANIFEST}; build it with `fedrs data build` (or leave "
@@ -173,6 +177,7 @@ def check_data(cfg: RunConfig, run_dir: Path | None) -> DataCheck:
         ds.num_classes,
         excluded,
         frozenset(k for k, v in holds.items() if v),
+        len(manifest.get("partners") or []),
     )
 
 
@@ -257,6 +262,19 @@ def check_federation(cfg: RunConfig, data: DataCheck) -> int:
     registered = registered_clients(cfg, data.partitions)
     usable = usable_clients(registered, data.partitions, data.excluded)
     fed = cfg.federation
+    if data.regions:  # partner organisations join a round together, region by region
+        if registered != data.partitions:
+            raise ConfigError(
+                f"federation.num_clients={fed.num_clients}: the data's partner organisations "
+                f"are its {data.partitions} clients; use 0"
+            )
+        if fed.clients_per_round > data.regions:
+            raise ConfigError(
+                f"federation.clients_per_round={fed.clients_per_round} exceeds the data's "
+                f"{data.regions} regions (with partner organisations it counts regions, each "
+                f"joining with all its organisations)"
+            )
+        return registered
     left_out = f" ({registered - usable} left out with damaged shards)" if data.excluded else ""
     if fed.clients_per_round > usable:
         raise ConfigError(

@@ -33,6 +33,12 @@ def client_groups(text: str) -> tuple[tuple[str, ...], ...]:
     return groups
 
 
+def regions_of(regions: int, organisations: int) -> list[list[int]]:
+    """The client ids of each region when ``organisations`` partners share it: organisation
+    g of region r is client ``r * organisations + g``."""
+    return [list(range(r * organisations, (r + 1) * organisations)) for r in range(regions)]
+
+
 def partnered(text: str) -> bool:
     """Whether ``client_modalities`` names partner organisations (``"hsi|lidar"``)."""
     return "|" in text

@@ -119,3 +119,22 @@ def registered_clients(cfg: Any, partitions: int) -> int:
             f"(one client per partition) or at least {partitions}"
         )
     return n
+
+
+def sample_cohort(
+    cfg: Any,
+    registered: int,
+    partitions: int,
+    excluded: frozenset[int] | Collection[int],
+    round_: int,
+    groups: list[list[int]] | None = None,
+) -> list[int]:
+    """``sample_round``, or with partner ``groups`` (organisations holding different
+    modalities of one region's pixels, which only train together): the regions are sampled
+    as ``sample_round`` samples clients (``clients_per_round`` regions; a region with an
+    excluded organisation is left out) and every organisation of each joins."""
+    if not groups:
+        return sample_round(cfg, registered, partitions, excluded, round_)
+    bad = frozenset(r for r, g in enumerate(groups) if any(c in excluded for c in g))
+    regions = sample_round(cfg, len(groups), len(groups), bad, round_)
+    return sorted(c for r in regions for c in groups[r])
