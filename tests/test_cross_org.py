@@ -94,3 +94,167 @@ def test_the_run_config_names_partners_in_the_same_grammar() -> None:
     assert modal.partners and modal.groups() == (("hsi",), ("lidar",))
     assert not from_dict({}, ["data.modal.client_modalities=hsi,lidar"]).data.modal.partners
     assert client_groups("hsi+lidar") == (("hsi", "lidar"),)
+
+
+# ---------------------------------------------------------------------- the exchange, pure
+def test_features_cross_as_per_block_truncated_svds() -> None:
+    from fedrs.methods.feddiff import compress_rows, feature_shapes, restore_rows
+
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(70, 64)).astype(np.float32)
+    sent = compress_rows(feats, 4, 32)  # blocks of 32, 32 and 6 rows
+    assert {k: v.shape for k, v in sent.items()} == feature_shapes(70, 32, 4)
+    assert sent["features/v"].shape == (3, 4, 64)
+    back = restore_rows(sent, 32)
+    for lo, hi in ((0, 32), (32, 64), (64, 70)):  # each block: its best rank-4 approximation
+        u, s, vt = np.linalg.svd(feats[lo:hi].astype(np.float64), full_matrices=False)
+        best = (u[:, :4] * s[:4]) @ vt[:4]
+        np.testing.assert_allclose(back[lo:hi], best, atol=1e-4)
+    assert not np.allclose(back[:32], feats[:32], atol=1e-2)  # rank 4 of 32 x 64 is lossy
+    # fewer numbers than the features, and rank 0 sends them as they are
+    assert sum(v.size for v in sent.values()) < feats.size
+    np.testing.assert_array_equal(restore_rows(compress_rows(feats, 0, 32), 32), feats)
+
+
+def _plan(shapes: dict | None = None):
+    from fedrs.orchestrator.partners import plan_round
+
+    class Sharer:
+        @classmethod
+        def partner_shapes(cls, cfg, client, rnd):
+            return {"f": (client["num_examples"], 2)} if client.get("partners") else None
+
+    records = [
+        {"id": 0, "num_examples": 3, "partners": [1]},
+        {"id": 1, "num_examples": 3, "partners": [0]},
+        {"id": 2, "num_examples": 5, "partners": [3]},
+        {"id": 3, "num_examples": 5, "partners": [2]},
+    ]
+    return plan_round(Sharer, None, records, [0, 1, 2, 3], 1)
+
+
+def test_the_plan_checks_routes_and_skips_a_region_whose_partner_failed() -> None:
+    from fedrs.orchestrator.partners import check_share, lost, route
+
+    plan = _plan()
+    assert plan.partners == {0: (1,), 1: (0,), 2: (3,), 3: (2,)}
+    assert plan.bytes_sent(2) == 5 * 2 * 4
+    ok = np.zeros((3, 2), np.float32)
+    assert check_share({"f": ok}, plan.shapes[0]) is None
+    bad = {
+        "names": {"g": ok},
+        "shape": {"f": np.zeros((4, 2), np.float32)},
+        "float32": {"f": ok.astype(np.float64)},
+        "non-finite": {"f": np.full((3, 2), np.nan, np.float32)},
+    }
+    for why, payload in bad.items():
+        assert check_share(payload, plan.shapes[0]) is not None, why
+    assert "non-finite" in check_share(bad["non-finite"], plan.shapes[0])
+    # client 1 failed to share: region {0, 1} skips the round, region {2, 3} goes on
+    out = lost(plan, {0, 2, 3}, {1: "timed out"})
+    assert out == {
+        0: "partner 1 could not share: timed out",
+        1: "could not share with its partners: timed out",
+    }
+    assert route(plan, {0: "h0", 2: "h2", 3: "h3"}, [2, 3]) == {2: {3: "h3"}, 3: {2: "h2"}}
+
+
+def test_regions_are_sampled_whole() -> None:
+    from fedrs.core.sampling import sample_cohort
+
+    cfg = from_dict({}, ["federation.clients_per_round=2", "federation.seed=3"])
+    groups = [[0, 1], [2, 3], [4, 5], [6, 7]]
+    for rnd in range(1, 6):
+        picked = sample_cohort(cfg, 8, 8, frozenset(), rnd, groups)
+        assert len(picked) == 4 and all((c ^ 1) in picked for c in picked)  # pairs only
+        assert picked == sample_cohort(cfg, 8, 8, frozenset(), rnd, groups)  # replayable
+    # a region with an organisation left out (damaged shard) is never sampled
+    for rnd in range(1, 6):
+        assert not {2, 3} & set(sample_cohort(cfg, 8, 8, {3}, rnd, groups))
+
+
+# ---------------------------------------------------------------------- FedDiff across orgs
+def _orgs(tmp: Path, groups: str = "hsi|lidar") -> Path:
+    build_synthetic_scene(_spec(tmp, groups, regions=2), height=48, width=48)
+    return tmp
+
+
+def _cfg(data: Path, **sets: object):
+    base = {
+        "method.name": "feddiff",
+        "method.diffusion": False,
+        "data.path": str(data),
+        "federation.rounds": 3,
+        "federation.clients_per_round": 2,
+        "client.local_epochs": 2,
+        "resources.num_actors": 2,
+        **sets,
+    }
+    return from_dict({}, [f"{k}={v}" for k, v in base.items()])
+
+
+def test_the_joint_prediction_at_full_rank_is_the_paired_one(tmp_path: Path) -> None:
+    """Organisations predicting together through an uncompressed exchange compute what one
+    paired client would; compressed, what crosses the boundary changes the logits."""
+    import torch
+
+    from fedrs.methods.feddiff import FedDiff
+
+    orgs = _orgs(tmp_path / "orgs")
+    paired = _orgs(tmp_path / "paired", "hsi+lidar")
+    ds = FedDataset(orgs)
+    torch.manual_seed(0)
+    full = FedDiff(_cfg(orgs, **{"method.feature_rank": 0}), ds.classes)
+    params = {
+        k: (v + np.random.default_rng(1).normal(0, 0.3, v.shape)).astype(np.float32)
+        for k, v in full.init_global(0).items()
+    }
+    test = ds.test_shard()
+
+    def scores(method: FedDiff) -> dict:
+        return method.evaluate_rows(params, {}, test, 0, len(test))
+
+    alone = FedDiff(_cfg(paired), ds.classes)
+    assert full.partnered and not alone.partnered
+    a, b = scores(full), scores(alone)
+    assert a["correct"] == b["correct"] and abs(a["loss_sum"] - b["loss_sum"]) < 1e-3
+    lossy = scores(FedDiff(_cfg(orgs, **{"method.feature_rank": 1}), ds.classes))
+    assert abs(lossy["loss_sum"] - a["loss_sum"]) > 1e-3
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_organisations_exchange_features_and_train_the_fusion(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from rich.console import Console
+
+    from fedrs.orchestrator import checkpoint
+    from fedrs.orchestrator.plan import plan
+    from fedrs.orchestrator.runner import run
+
+    data = _orgs(tmp_path / "orgs")
+    quiet = Console(file=io.StringIO())
+    cfg = _cfg(data)
+    planned = plan(cfg)["partner_bytes_per_round"]
+    run(cfg, out=str(tmp_path / "x"), console=quiet)
+    rounds = [json.loads(x) for x in (tmp_path / "x" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["partner_bytes"] for r in rounds] == planned and planned[0] > 0
+    assert all(r["clients_ok"] == 4 and r["regions_skipped"] == 0 for r in rounds)
+    assert rounds[-1]["accuracy"] > rounds[-1]["accuracy_hsi"]  # the exchange helps here
+    _, trained, _ = checkpoint.load(tmp_path / "x")
+    assert np.abs(trained["fuse.heads.0.weight"]).sum() > 0  # organisations train the fusion
+    # each organisation alone: nothing crosses, nobody trains the fusion heads
+    alone_cfg = _cfg(data, **{"method.exchange": False, "federation.rounds": 1})
+    run(alone_cfg, out=str(tmp_path / "n"), console=quiet)
+    alone = [json.loads(x) for x in (tmp_path / "n" / "metrics.jsonl").read_text().splitlines()]
+    assert all("partner_bytes" not in r for r in alone)
+    _, untrained, _ = checkpoint.load(tmp_path / "n")
+    assert np.abs(untrained["fuse.heads.0.weight"]).sum() == 0
+    # an organisation that fails to share: its region skips the round, counted; nothing hangs
+    faulty = _cfg(data, **{"federation.faults": "share@2:1=raise"})
+    run(faulty, out=str(tmp_path / "f"), console=quiet)
+    hit = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["regions_skipped"] for r in hit] == [0, 1, 0]
+    assert hit[1]["clients_ok"] == 2 and set(hit[1]["failures"]) == {"0", "1"}
+    assert set(hit[1]["partner_bytes_by_client"]) == {"2", "3"}  # only what was relayed
