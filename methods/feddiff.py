@@ -20,6 +20,34 @@ As ../shared/METHODS.md section 4 gives the paper and its code (networks: ``mode
   SVD factors ``U S`` and ``V^T`` (extras ``lowrank/<name>/u|v``); the server restores
   ``W_received + U S V^T`` (``decode_upload``). ``bytes_up`` counts what was sent.
 
+**Across organisations** (the paper's setting: "one organisation holds HSI, another LiDAR of
+the same scene"; a build with ``--client-modalities 'hsi|lidar'``): each region's pixels are held
+by an HSI and a LiDAR organisation with the same pixel ids. From stage 2 on, each round each
+organisation first sends its partner its branch features of their shared pixels (computed
+with the received classifier), compressed per block of ``client.batch_size`` aligned rows to
+rank ``feature_rank`` (truncated SVD factors; 0: as they are); the orchestrator checks and
+relays them (``orchestrator/partners.py``, ``partner_bytes`` per round and organisation). Each
+organisation then trains its branch, its own logit head and the fusion blocks and heads on its
+own features and the partner's; same-modality branches and the fusion part are averaged across
+regions by the strategy (vertical within a region, horizontal across regions). Stage 1 trains
+each organisation's U-Net as before. The joint prediction (global test split) averages the two
+organisations' fusion heads, each computed from its own features and the partner's as they
+cross (compressed), plus both own heads; ``accuracy_<m>`` is each organisation alone.
+
+Which parts are the paper's and which are our reading (the paper does not give them):
+
+* the paper's: the two organisations, dual-branch diffusion features, bilateral connections,
+  a low-rank communication module between clients, CE + MSE + weight regularisation;
+* ours: features cross once per round (a snapshot before local training), not per step,
+  and no gradient flows back across the boundary: each side treats the partner's features
+  as constants, so nothing but compressed features ever leaves an organisation (never pixels,
+  labels or gradients); hence both organisations of a region hold the labels (with labels on
+  one side only, the other could not train without gradients crossing: not an option here);
+  the low-rank module is read as compressing these features, and separately (``rank``) the
+  uploads to the server; three fusion heads + one head per branch (the code's three heads
+  plus the branches' own heads, which let one organisation predict alone); the MSE term as
+  consistency between the fusion heads' logits.
+
 Where the paper is silent, the standard reading, documented here:
 
 * clients are sites (horizontal FL); a client holding one modality trains that modality's

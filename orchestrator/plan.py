@@ -77,6 +77,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
             # under privacy.mode each client joins with probability per_round / registered
             "sampling": "poisson" if cfg.privacy.mode != "none" else "fixed",
             "rounds": rounds,
+            # partner organisations: per_round counts regions, each joining whole
+            "regions": data.regions,
         },
         "tensors": {
             scope: {k: list(s) for k, s in shapes.get(scope, {}).items()}
@@ -178,8 +180,13 @@ def render(p: dict[str, Any]) -> str:
         f"method {p['method']} + strategy {p['strategy_in_effect']} on {p['model']['arch']}",
         f"actors: {a['num_actors']} x {a['per_actor']} ({a['placement_strategy']}), "
         f"total {a['total']}",
-        f"clients: {p['clients']['registered']} registered, {p['clients']['per_round']} per "
-        f"round{poisson}, {p['clients']['rounds']} rounds",
+        f"clients: {p['clients']['registered']} registered, {p['clients']['per_round']} "
+        + (
+            f"of {p['clients']['regions']} regions (all their organisations) "
+            if p["clients"]["regions"]
+            else ""
+        )
+        + f"per round{poisson}, {p['clients']['rounds']} rounds",
         f"trainable parameters per client: {p['trainable_params']:,} "
         f"({p['private_params_per_client']:,} private, never sent)",
         f"per client per round: sends {at_most}{p['params_sent_per_client']:,} params "

@@ -257,7 +257,12 @@ def _drive(
     console.print(
         f"[bold]fedrs[/] {cfg.method.name} + {checked.strategy.describe()}: {len(actors)} "
         f"client actors ({', '.join(devices)}), {cfg.federation.rounds} rounds x "
-        f"{cfg.federation.clients_per_round} of {checked.registered} clients"
+        + (
+            f"{cfg.federation.clients_per_round} of {checked.data.regions} regions "
+            f"({checked.registered} partner organisations)"
+            if checked.data.regions
+            else f"{cfg.federation.clients_per_round} of {checked.registered} clients"
+        )
         + (f" ({len(excluded)} left out: damaged shards)" if excluded else "")
         + f"; weights: {checked.weights} -> {run_dir}"
     )

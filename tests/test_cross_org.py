@@ -258,3 +258,25 @@ def test_organisations_exchange_features_and_train_the_fusion(tmp_path: Path) ->
     assert [r["regions_skipped"] for r in hit] == [0, 1, 0]
     assert hit[1]["clients_ok"] == 2 and set(hit[1]["failures"]) == {"0", "1"}
     assert set(hit[1]["partner_bytes_by_client"]) == {"2", "3"}  # only what was relayed
+
+
+def test_a_mat_scene_of_our_own_splits_across_organisations(tmp_path: Path) -> None:
+    """An HSI + DSM scene with its own variable names, named with --var, built for partner
+    organisations from the command line."""
+    import scipy.io
+
+    from fedrs.cli import main
+
+    rng = np.random.default_rng(4)
+    gt = np.repeat(np.repeat(rng.integers(1, 4, size=(4, 4)), 8, 0), 8, 1)  # 32 x 32 blocks
+    cube = rng.normal(size=(32, 32, 10)) + gt[..., None]
+    dsm = rng.normal(size=(32, 32)) + 2.0 * gt
+    scipy.io.savemat(tmp_path / "site.mat", {"refl": cube, "height": dsm, "truth": gt})
+    argv = ["data", "build", "--source", f"site={tmp_path / 'site.mat'}"]
+    argv += ["--var", "hsi=refl", "--var", "lidar=height", "--var", "gt=truth"]
+    argv += ["--client-modalities", "hsi|lidar", "--partition", "spatial", "--num-clients", "2"]
+    argv += ["--patch-size", "3", "--min-examples", "5", "--out", str(tmp_path / "b")]
+    assert main(argv) == 0
+    ds = FedDataset(tmp_path / "b")
+    _partners_agree(ds, 2)
+    assert ds.manifest["modalities"]["lidar"]["bands"] == 1
