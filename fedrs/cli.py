@@ -437,6 +437,7 @@ BENCHMARKS = {
     "allocator": "fedrs.benchmarks.allocator",
     "retrieval": "fedrs.benchmarks.retrieval",
     "sweep": "fedrs.benchmarks.sweep",
+    "cross-org": "fedrs.benchmarks.cross_org",
 }
 
 
