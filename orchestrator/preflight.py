@@ -194,6 +194,14 @@ def check_method_fit(cfg: RunConfig, data: DataCheck, method_cls: type[Method]) 
     """The data kind the method needs, then its own rules for meaningless runs
     (``Method.check_run``: errors raise; warnings are said, loudly). Runs and plans alike."""
     check_data_kind(cfg, data, method_cls)
+    # partner organisations are sampled region by region and exchange features beside
+    # their updates: neither is what the accountant and the clipping cover yet
+    if data.regions and cfg.privacy.mode != "none":
+        raise ConfigError(
+            f"privacy.mode={cfg.privacy.mode} with partner organisations ('hsi|lidar' data) is "
+            f"not supported: regions are sampled as units and partners exchange features "
+            f"that DP does not cover; use data without partners, or no DP"
+        )
     for warning in method_cls.check_run(cfg):
         log.warning("%s", warning)
 

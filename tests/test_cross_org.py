@@ -280,3 +280,22 @@ def test_a_mat_scene_of_our_own_splits_across_organisations(tmp_path: Path) -> N
     ds = FedDataset(tmp_path / "b")
     _partners_agree(ds, 2)
     assert ds.manifest["modalities"]["lidar"]["bands"] == 1
+
+
+def test_dp_with_partner_organisations_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Regions are sampled as units and partners exchange features: DP covers neither (a
+    method whose uploads DP could protect, FedDiff sending no extras, still refused)."""
+    from fedrs.methods.feddiff import FedDiff
+    from fedrs.orchestrator.plan import plan
+
+    class Plain(FedDiff):
+        @classmethod
+        def sent_extras(cls, cfg):
+            return ()
+
+    data = _orgs(tmp_path / "orgs")
+    dp = {"privacy.mode": "local", "method.exchange": False}
+    with pytest.raises(ConfigError, match=r"with partner organisations .* not supported"):
+        plan(_cfg(data, **dp), method_cls=Plain)
+    paired = _orgs(tmp_path / "paired", "hsi+lidar")
+    assert plan(_cfg(paired, **dp), method_cls=Plain)["clients"]["sampling"] == "poisson"
