@@ -96,6 +96,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     }
     arms = {"exchange": {}, "alone": {"method.exchange": "false"}}
     walls: dict[str, list[float]] = {a: [] for a in arms}
+    fits: dict[str, list[float]] = {a: [] for a in arms}  # share + local training
+    shares: dict[str, list[float]] = {a: [] for a in arms}  # the share phase alone
     work: dict[str, list[Any]] = {a: [] for a in arms}
     extra: dict[str, Any] = {}
     quiet = Console(file=io.StringIO())
@@ -108,6 +110,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 run(cfg, out=str(out), console=quiet)
                 recs = _rounds(out, stage1)
                 walls[arm] += [r["wall_s"] for r in recs]
+                fits[arm] += [r["fit_s"] for r in recs]
+                shares[arm] += [r.get("share_s", 0.0) for r in recs]
                 work[arm].append(
                     [{c: v.get("num_examples") for c, v in r["clients"].items()} for r in recs]
                 )
@@ -120,7 +124,17 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     same = all(w == work["alone"][0] for arm in arms for w in work[arm])
     medians = {a: statistics.median(w) for a, w in walls.items()}
     ratio = medians["exchange"] / medians["alone"]
-    rows = [{"arm": a, "median_round_s": medians[a], "rounds": len(walls[a])} for a in arms]
+    med = statistics.median
+    rows = [
+        {
+            "arm": a,
+            "median_round_s": medians[a],
+            "median_share_s": med(shares[a]),
+            "median_train_s": med(f - sh for f, sh in zip(fits[a], shares[a], strict=True)),
+            "rounds": len(walls[a]),
+        }
+        for a in arms
+    ]
     print_table(f"cross-organisation FedDiff: exchange overhead {ratio:.3f}", rows)
     result = {
         "benchmark": "cross-org",
@@ -129,6 +143,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         "meets_target": ratio <= TARGET,
         "same_work": same,
         "median_round_s": medians,
+        "phases": rows,
         "round_walls_s": walls,
         **extra,
         "setup": o,

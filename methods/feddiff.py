@@ -401,9 +401,17 @@ class _PixelMethod(Method):
     ) -> dict[str, Any]:
         labels = shard.labels[start:stop]
         rows = np.arange(start, stop)
-        out = batched_eval(lambda r: logits_of(r)[0], rows, labels, EVAL_BATCH)
-        for variant in logits_of(rows[:1])[1] if len(rows) else {}:
-            part = batched_eval(lambda r, v=variant: logits_of(r)[1][v], rows, labels, EVAL_BATCH)
+        memo: dict[tuple[int, int], Any] = {}  # each batch's logits computed once, not per variant
+
+        def once(r: np.ndarray) -> Any:
+            key = (int(r[0]), len(r))
+            if key not in memo:
+                memo[key] = logits_of(r)
+            return memo[key]
+
+        out = batched_eval(lambda r: once(r)[0], rows, labels, EVAL_BATCH)
+        for variant in once(rows[:EVAL_BATCH])[1] if len(rows) else {}:
+            part = batched_eval(lambda r, v=variant: once(r)[1][v], rows, labels, EVAL_BATCH)
             out[f"correct_{variant}"] = part["correct"]
         return out
 
@@ -714,14 +722,17 @@ class FedDiff(_PixelMethod):
         paired prediction exactly."""
         a, b = self.opts.modalities
         batch, rank = self.cfg.client.batch_size, self.opts.feature_rank
-        views = []
-        for m, other in ((a, b), (b, a)):
-            sent = self.nets[f"clf_{other}"](x[other], d.get(other)).detach().cpu().numpy()
-            crossed = restore_rows(compress_rows(sent, rank, batch), batch)
-            partner = {other: torch.from_numpy(crossed).to(self.device)}
-            views.append(self.logits({m: x[m]}, {m: d.get(m)}, partner)[0])
-        fused = [(p + q) / 2 for p, q in zip(views[0][:3], views[1][:3], strict=True)]
-        return [*fused, views[0][3], views[1][3]], 3
+        own = {m: self.nets[f"clf_{m}"](x[m], d.get(m)) for m in (a, b)}
+        crossed = {  # each organisation's features as its partner receives them
+            m: torch.from_numpy(
+                restore_rows(compress_rows(f.detach().cpu().numpy(), rank, batch), batch)
+            ).to(self.device)
+            for m, f in own.items()
+        }
+        fuse = self.nets["fuse"]
+        views = (fuse(own[a], crossed[b]), fuse(crossed[a], own[b]))  # a's view, b's view
+        fused = [(p + q) / 2 for p, q in zip(*views, strict=True)]
+        return [*fused, *(self.nets[f"clf_{m}"].head(own[m]) for m in (a, b))], 3
 
     def evaluate_rows(
         self, global_params: Params, private: Params, shard: Any, start: int, stop: int

@@ -20,6 +20,7 @@ between sending the global tensors and local training).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,7 @@ class Partners:
         tensors) checked and put in the object store once, each client given its partners'.
         Returns the inbox by client, the clients that lose the round with why, and the round's
         partner traffic for its record (``partner_bytes``, per client, regions skipped)."""
+        t0 = time.perf_counter()
         plan = plan_round(self.method_cls, self.cfg, self.records, sampled, rnd)
         if plan is None:
             return {}, {}, {}
@@ -168,5 +170,6 @@ class Partners:
                 "partner_bytes": sum(sent.values()),
                 "partner_bytes_by_client": {str(c): b for c, b in sorted(sent.items())},
                 "regions_skipped": len(skipped),
+                "share_s": time.perf_counter() - t0,  # the share phase, on the driver's clock
             },
         )
