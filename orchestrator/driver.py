@@ -41,7 +41,7 @@ from fedrs.core.config import RunConfig, with_data_path
 from fedrs.core.metrics import collapse, global_change
 from fedrs.core.sampling import registered_clients, sample_cohort
 from fedrs.core.state_store import FileStateStore
-from fedrs.core.strategies import ClientUpdate, make_strategy
+from fedrs.core.strategies import make_strategy
 from fedrs.core.validation import spec_of
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import RunStopped
@@ -54,7 +54,7 @@ from fedrs.orchestrator.broadcast import Broadcast
 from fedrs.orchestrator.evaluation import Evaluator, train_class_counts
 from fedrs.orchestrator.exchange import (
     Exchange,
-    accept,
+    accept_all,
     client_record,
     declared_extras,
     exchange_for,
@@ -221,7 +221,16 @@ class Driver:
         steals = self.pool.steals
         results, failures, shared = self._fit(rnd, sampled, exchanges)
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
-        updates, rejected = self._accept(sampled, exchanges, results)
+        updates, rejected = accept_all(
+            self.method_cls,
+            self.cfg,
+            sampled,
+            exchanges,
+            results,
+            self.params,
+            self.spec,
+            self.extra_shapes,
+        )
         dropped = {sampled[ti]: why for ti, why in failures.items()}
         self._discard(rnd, dropped, rejected)
         check_quorum(
@@ -304,29 +313,6 @@ class Driver:
         for i in results:  # delivered (a task that failed may not have received its tensors)
             self.holdings.deliver(sampled[i], downs[i])
         return results, failures, shared
-
-    def _accept(
-        self, sampled: list[int], exchanges: list[Exchange], results: dict[int, Any]
-    ) -> tuple[list[ClientUpdate], dict[int, str]]:
-        """The updates accepted (``exchange.accept``) and, by client, why others were not."""
-        updates: list[ClientUpdate] = []
-        rejected: dict[int, str] = {}
-        for ti, reply in sorted(results.items()):
-            ex, cid = exchanges[ti], sampled[ti]
-            update, why = accept(
-                self.method_cls,
-                self.cfg,
-                cid,
-                reply,
-                {k: self.params[k] for k in ex.down},
-                {k: self.spec[k] for k in ex.up},
-                self.extra_shapes,
-            )
-            if update is None:
-                rejected[cid] = str(why)
-            else:
-                updates.append(update)
-        return updates, rejected
 
     def _discard(self, rnd: int, dropped: dict[int, str], rejected: dict[int, str]) -> None:
         """Log each client that dropped out or was rejected; its private state of this round

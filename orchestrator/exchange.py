@@ -122,6 +122,33 @@ def accept(
     return update, None
 
 
+def accept_all(
+    method_cls: type[Method],
+    cfg: RunConfig,
+    sampled: list[int],
+    exchanges: list[Exchange],
+    results: dict[int, dict[str, Any]],
+    params: dict[str, np.ndarray],
+    spec: dict[str, tuple[tuple[int, ...], Any]],
+    extra_shapes: dict[str, tuple[int, ...]] | None,
+) -> tuple[list[ClientUpdate], dict[int, str]]:
+    """``accept`` for every reply of a round (``results`` by index into ``sampled``): the
+    updates accepted, in client order, and by client why the others were not."""
+    updates: list[ClientUpdate] = []
+    rejected: dict[int, str] = {}
+    for ti, reply in sorted(results.items()):
+        ex, cid = exchanges[ti], sampled[ti]
+        sent = {k: params[k] for k in ex.down}
+        update, why = accept(
+            method_cls, cfg, cid, reply, sent, {k: spec[k] for k in ex.up}, extra_shapes
+        )
+        if update is None:
+            rejected[cid] = str(why)
+        else:
+            updates.append(update)
+    return updates, rejected
+
+
 def upload_numbers(
     method_cls: type[Method],
     cfg: RunConfig,
