@@ -131,6 +131,9 @@ class ClientWorker:
         self.features: FeatureCache | None = None  # opened on first use
         self._personal: tuple[Any, Params] = (None, {})  # last (client, round) personalised
         self.resident = ResidentTensors()  # global tensors unchanged for rounds (Download)
+        # registered client -> partition of this worker's data, where it is not c mod P (a
+        # deployment site numbers its partitions its own way: actors/sites.py)
+        self.partitions: dict[int, int] = {}
         a = self.cfg.attack  # simulated Byzantine clients (fedrs/core/attacks.py)
         registered = self.cfg.federation.num_clients or self.data.num_clients
         self.attackers = (
@@ -177,7 +180,7 @@ class ClientWorker:
     def partition(self, client_id: int) -> int:
         """The data partition a registered client trains on (``federation.num_clients`` may
         register more clients than the data has partitions: client c uses c mod P)."""
-        return client_id % self.data.num_clients
+        return self.partitions.get(client_id, client_id % self.data.num_clients)
 
     def _private(self, client_id: int, before_round: int) -> Params:
         state = self.store.load(client_id, before_round)

@@ -95,6 +95,11 @@ class ClientPool:
         pool.restarting = {}
         return pool
 
+    @staticmethod
+    def put(obj: Any) -> Any:
+        """``obj`` in the object store, once, for many tasks to read (an ObjectRef)."""
+        return ray.put(obj)
+
     def _alive(self, ai: int) -> bool:
         """False once an actor has died more often than Ray restarts it (-1: always)."""
         return self.max_restarts < 0 or self.deaths[ai] <= self.max_restarts

@@ -23,6 +23,7 @@ Federated learning of CLIP on remote-sensing imagery, on Ray.
   fedrs config [CONFIG]         every config key with its value (defaults + CONFIG + --set)
   fedrs pretrain                pretrain a small CLIP on image-caption shards
   fedrs bench NAME              benchmarks that print and record figures
+  fedrs deploy local|app|certs|key   on Flower's deployment runtime (real sites)
 
 Mistakes are one line, `fedrs: error: ...`, with exit status 2."""
 
@@ -281,6 +282,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print("fedrs: error: --overwrite needs --out RUN_DIR", file=sys.stderr)
             return 2
         run(load_config(args.config, args.set), out=args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedrs.orchestrator import deploy
+
+    what = args.deploy_command
+    if what == "certs":
+        c = deploy.make_certs(Path(args.out), args.host, args.days)
+        print(f"CA {c.ca} (give it to every site), certificate {c.cert}, key {c.key}")
+        return 0
+    if what == "key":
+        k = deploy.make_node_key(Path(args.path))
+        print(f"private key {k} (stays on the site); register {k}.pub on the SuperLink")
+        return 0
+    from fedrs.core.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if what == "app":
+        from fedrs.orchestrator.flower_app import deploy_config
+
+        app = deploy.write_app(
+            Path(args.app), deploy_config(cfg), Path(args.out), args.sites, args.wait, args.resume
+        )
+        print(f"{app}: run it with `flwr run {app} <connection>`")
+        return 0
+    deploy.local(cfg, args.sites, args.out, args.insecure, args.overwrite, timeout_s=args.timeout)
     return 0
 
 
@@ -671,6 +701,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="a benchmark-specific option (see the benchmark's docstring), e.g. --set clients=20",
     )
     bench.set_defaults(func=_cmd_bench)
+
+    dp = sub.add_parser("deploy", help="run on Flower's deployment runtime (real sites, TLS)")
+    dsub2 = dp.add_subparsers(dest="deploy_command", required=True)
+    dl = dsub2.add_parser("local", help="rehearse: a SuperLink + N SuperNodes on 127.0.0.1")
+    dl.add_argument("config", nargs="?", default=None, help="TOML config file")
+    dl.add_argument("--sites", type=int, required=True, help="SuperNodes (organisations)")
+    dl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    dl.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
+    dl.add_argument("--overwrite", action="store_true", help="with --out: replace a run there")
+    dl.add_argument("--insecure", action="store_true", help="no TLS, no site authentication (loud)")
+    dl.add_argument("--timeout", type=float, default=None, help="give up after this many s")
+    dl.set_defaults(func=_cmd_deploy)
+    dc = dsub2.add_parser("certs", help="a CA and a SuperLink certificate for a host name")
+    dc.add_argument("--host", required=True, help="the SuperLink's DNS name or IP address")
+    dc.add_argument("--out", required=True, help="directory for ca.crt, server.pem, server.key")
+    dc.add_argument("--days", type=int, default=365, help="validity (365)")
+    dc.set_defaults(func=_cmd_deploy)
+    dk = dsub2.add_parser("key", help="a site's key pair for SuperNode authentication")
+    dk.add_argument("path", help="private key path (PATH.pub: the key to register)")
+    dk.set_defaults(func=_cmd_deploy)
+    da = dsub2.add_parser("app", help="write the Flower App directory for `flwr run`")
+    da.add_argument("config", nargs="?", default=None, help="TOML config file")
+    da.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    da.add_argument("--sites", type=int, required=True, help="SuperNodes to wait for")
+    da.add_argument("--out", required=True, help="the run directory on the SuperLink's machine")
+    da.add_argument("--app", required=True, help="where to write the App (pyproject.toml)")
+    da.add_argument("--resume", action="store_true", help="continue the run in --out")
+    da.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the sites")
+    da.set_defaults(func=_cmd_deploy)
 
     m = sub.add_parser("methods", help="list the methods, their options and defaults")
     m.set_defaults(func=_cmd_methods)

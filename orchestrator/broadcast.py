@@ -17,7 +17,11 @@ Group = tuple[str, ...]
 
 
 class Broadcast:
-    def __init__(self) -> None:
+    """``put``: how an object is handed to many clients (``ClientPool.put``: the object
+    store; a deployment's sites get the object itself)."""
+
+    def __init__(self, put: Any = ray.put) -> None:
+        self.put = put
         self._resting: dict[Group, tuple[tuple[int, ...], Any]] = {}  # group -> versions, ref
 
     def downloads(
@@ -33,9 +37,9 @@ class Broadcast:
                 versions = tuple(holdings.version(k) for k in resting)
                 old = self._resting.get(resting)
                 if old is None or old[0] != versions:
-                    old = (versions, ray.put({k: params[k] for k in resting}))
+                    old = (versions, self.put({k: params[k] for k in resting}))
                 kept[resting] = old
                 ref = old[1]
-            out[names] = Download(ray.put({k: params[k] for k in moving}), ref)
+            out[names] = Download(self.put({k: params[k] for k in moving}), ref)
         self._resting = kept  # objects of groups no longer asked for are released
         return out

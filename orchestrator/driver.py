@@ -158,7 +158,7 @@ class Driver:
         self.holdings = Holdings(self.global_keys, [v.nbytes for v in self.params.values()])
         if state is not None:  # the server's, the strategy's (moments) and the holdings
             checkpoint.restore_round(state[2], self.round, self._servers(), HOLDINGS_STATE)
-        self.broadcast = Broadcast()
+        self.broadcast = Broadcast(self.pool.put)
         self.extra_shapes = declared_extras(cfg, method_cls, len(self.data.classes))
         self.partners = partners.Partners(
             cfg, method_cls, self.data.manifest, self.pool, self.strategy

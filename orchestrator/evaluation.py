@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
 
 from fedrs.actors.client import EvalTask
 from fedrs.actors.pool import ClientPool
@@ -52,6 +51,8 @@ class Evaluator:
     def _test_chunks(self, rnd: int, kind: str = "test") -> list[EvalTask]:
         """The global split in one chunk per actor."""
         n = self.data.test.num_examples
+        if n == 0:
+            return []
         step = -(-n // len(self.pool))
         return [EvalTask(kind, rnd, start=s, stop=min(s + step, n)) for s in range(0, n, step)]
 
@@ -91,7 +92,11 @@ class Evaluator:
             + [n_test for _ in on_global]
         )
         results, failures = self.pool.map(
-            "evaluate", ray.put(params), chunks + local + on_global, fed.round_timeout_s, costs
+            "evaluate",
+            self.pool.put(params),
+            chunks + local + on_global,
+            fed.round_timeout_s,
+            costs,
         )
         reduce, head = self.method_cls.reduce_eval, self.method_cls.headline
         glob = [results[i] for i in range(len(chunks)) if i in results]
@@ -149,7 +154,7 @@ class Evaluator:
         truth (methods that predict rows); the file name, or None."""
         tasks = self._test_chunks(rnd)
         results, failures = self.pool.map(
-            "predict", ray.put(params), tasks, self.cfg.federation.round_timeout_s
+            "predict", self.pool.put(params), tasks, self.cfg.federation.round_timeout_s
         )
         if failures or len(results) != len(tasks):
             log.info("no map.png: %s", next(iter(failures.values()), "no prediction"))

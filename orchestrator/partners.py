@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray
 
 from fedrs.actors.client import FitTask
 from fedrs.actors.dispatch import PerTask
@@ -159,7 +158,7 @@ class Partners:
             if refused:
                 why[cid] = refused
             else:
-                handles[cid] = ray.put(reply["payload"])  # one copy, read by each partner
+                handles[cid] = self.pool.put(reply["payload"])  # one copy, read by each partner
         out = lost(plan, set(handles), why)
         sent = {cid: plan.bytes_sent(cid) for cid in handles if cid not in out}
         skipped = [g for g in self.groups if set(g) & set(out)]

@@ -1,0 +1,407 @@
+"""Client sites on Flower's deployment runtime: the client-pool interface of ``ClientPool`` over
+a Flower ``Grid``, and the site side that answers it with the same ``ClientWorker`` the Ray
+actors run.
+
+A site is one SuperNode: an organisation's machine holding its own ``fedrs data build`` (its
+path given only in the SuperNode's ``--node-config``; the server never sees it) and the private
+state of the clients it serves. The driver calls ``SitePool.map("fit", ...)`` exactly as it
+calls ``ClientPool.map``; each task becomes one Flower ``Message`` to the site serving the
+task's client, carrying the global tensors (``ArrayRecord``) and the task (``ConfigRecord``);
+the reply carries the client's update the same way. Nothing is pickled across the boundary:
+``pack`` / ``unpack`` write JSON plus named arrays, and rebuild only the task classes listed
+in ``_CLASSES``, so a site cannot make the server run code by what it sends, and a reply whose
+tensors are malformed is rejected by the driver's own checks as in the simulation.
+
+Node config keys a site sets (``flower-supernode --node-config``)::
+
+    data-path = "/data/build"     # the site's own data build (required)
+    site = 0                      # its place in the federation's client numbering
+    clients = "0,1"               # partitions of its build it serves (default: all)
+    test-split = true             # it also evaluates the global model on its build's test split
+    state-dir = "/var/fedrs"      # where its clients' private state lives (default: beside data)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrs.actors.client import Download, EvalTask, FitTask
+from fedrs.core.config import from_dict
+from fedrs.errors import FedrsError, RunStopped
+from fedrs.methods.base import FitOptions
+
+log = logging.getLogger(__name__)
+
+# what the client side may be asked to do, by Flower message type
+CALLS = {"describe": "query", "init_global": "query", "fit": "train", "share": "train"}
+CALLS |= {"evaluate": "evaluate", "predict": "evaluate"}
+_CLASSES = {c.__name__: c for c in (FitTask, EvalTask, FitOptions)}
+POLL_S = 0.2  # how often the server asks the SuperLink for replies
+# keys of a data record that name files on the site's disk: never sent to the server
+_LOCAL_KEYS = ("shard", "sha256", "bytes", "sources", "skipped", "path")
+
+
+class SiteError(FedrsError):
+    """A site is missing, misconfigured, or disagrees with the others."""
+
+
+# ---------------------------------------------------------------------------- the codec
+def pack(obj: Any) -> Any:
+    """``obj`` as a Flower ``RecordDict``: every ndarray in an ``ArrayRecord`` (dtype and shape
+    kept), the rest as one JSON text; tuples, non-string dict keys, numpy scalars and the task
+    dataclasses survive ``unpack`` exactly."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+    arrays: dict[str, Array] = {}
+
+    def enc(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            key = str(len(arrays))
+            arrays[key] = Array(np.ascontiguousarray(x))
+            return {"__nd__": key}
+        if isinstance(x, np.generic):
+            return {"__np__": x.dtype.str, "v": x.item()}
+        if dataclasses.is_dataclass(x) and type(x).__name__ in _CLASSES:
+            fields = {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}
+            return {"__dc__": type(x).__name__, "f": fields}
+        if isinstance(x, dict):
+            if all(isinstance(k, str) for k in x) and not any(k.startswith("__") for k in x):
+                return {k: enc(v) for k, v in x.items()}
+            return {"__map__": [[enc(k), enc(v)] for k, v in x.items()]}
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if x is None or isinstance(x, bool | int | float | str):
+            return x
+        raise TypeError(f"cannot send a {type(x).__name__} to or from a site")
+
+    text = json.dumps(enc(obj))
+    return RecordDict({"arrays": ArrayRecord(arrays), "body": ConfigRecord({"json": text})})
+
+
+def unpack(content: Any) -> Any:
+    """The object ``pack`` wrote (a ``ValueError`` for anything else)."""
+    try:
+        text = content["body"]["json"]
+        arrays = content["arrays"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a fedrs message: missing {exc}") from None
+
+    def dec(x: Any) -> Any:
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        if "__nd__" in x:
+            return arrays[x["__nd__"]].numpy()
+        if "__np__" in x:
+            return np.dtype(x["__np__"]).type(x["v"])
+        if "__dc__" in x:
+            cls = _CLASSES.get(x["__dc__"])
+            if cls is None:
+                raise ValueError(f"unknown class {x['__dc__']!r} in a fedrs message")
+            return cls(**{k: dec(v) for k, v in x["f"].items()})
+        if "__map__" in x:
+            return {dec(k): dec(v) for k, v in x["__map__"]}
+        if "__tuple__" in x:
+            return tuple(dec(v) for v in x["__tuple__"])
+        return {k: dec(v) for k, v in x.items()}
+
+    return dec(json.loads(text))
+
+
+# ---------------------------------------------------------------------------- the server side
+@dataclass(frozen=True)
+class Site:
+    """One SuperNode as the server knows it: its node id, place, and what it serves."""
+
+    node_id: int
+    site: int
+    partitions: tuple[int, ...]  # of its own build, in the federation's order
+    first_client: int  # the federation's id of its first partition
+    test_split: bool
+    describe: dict[str, Any]
+
+
+def _task_client(task: Any) -> int:
+    return task.client_id if isinstance(task, FitTask | EvalTask) else -1
+
+
+class SitePool:
+    """The client pool of a deployment: ``map`` sends each task to the site serving its client
+    (a global-split evaluation to a site that holds the test split) and collects the replies;
+    a site that does not answer within the round's timeout, or answers with an error, is a
+    failure of that task, with its reason, as an actor failure is on Ray."""
+
+    steals = 0  # no work stealing between sites: a client's data is on one site only
+
+    def __init__(self, grid: Any, sites: list[Site], cfg: dict[str, Any], run_key: str) -> None:
+        self.grid, self.sites, self.cfg, self.run_key = grid, sites, cfg, run_key
+        self.by_client: dict[int, tuple[Site, int]] = {
+            s.first_client + i: (s, p) for s in sites for i, p in enumerate(s.partitions)
+        }
+        self.evaluators = [s for s in sites if s.test_split] or sites[:1]
+        self.sent = self.received = 0  # bytes of message content, both ways
+
+    @staticmethod
+    def put(obj: Any) -> Any:
+        """No object store between sites: what is sent is the object itself."""
+        return obj
+
+    def __len__(self) -> int:
+        return len(self.evaluators)  # the global test split is chunked over these
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"site": s.site, "node_id": s.node_id, **s.describe} for s in self.sites]
+
+    def shutdown(self) -> None:
+        """Sites are the organisations' own processes: nothing to stop here."""
+
+    def _message(self, call: str, site: Site, params: Any, task: Any, local: int) -> Any:
+        from flwr.app import Message
+
+        if isinstance(params, Download):  # the moving and resting parts, as one dict
+            params = {**(params.resting or {}), **params.moving}
+        body = {"call": call, "config": self.cfg, "run": self.run_key, "params": params}
+        body |= {"task": task, "partition": local}
+        return Message(pack(body), dst_node_id=site.node_id, message_type=CALLS[call])
+
+    def _route(self, i: int, task: Any) -> tuple[Site, int]:
+        cid = _task_client(task)
+        if cid >= 0:
+            return self.by_client[cid]
+        return self.evaluators[i % len(self.evaluators)], -1
+
+    def map(
+        self,
+        method: str,
+        shared: Any,
+        tasks: list[Any],
+        timeout_s: float,
+        costs: list[float] | None = None,
+        depth: int = 2,
+        affinity: list[Any] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[dict[int, Any], dict[int, str]]:
+        """``ClientPool.map`` over the sites (``costs``, ``depth`` and ``affinity`` do not
+        apply: each task has exactly one site that can run it)."""
+        from fedrs.actors.dispatch import PerTask
+
+        per = list(shared) if isinstance(shared, PerTask) else [shared] * len(tasks)
+        routes = [self._route(i, t) for i, t in enumerate(tasks)]
+        msgs = [
+            self._message(method, site, per[i], t, local)
+            for i, (t, (site, local)) in enumerate(zip(tasks, routes, strict=True))
+        ]
+        return self._exchange(msgs, [site for site, _ in routes], timeout_s, stop)
+
+    def _exchange(
+        self, msgs: list[Any], sites: list[Site], timeout_s: float, stop: threading.Event | None
+    ) -> tuple[dict[int, Any], dict[int, str]]:
+        ids = list(self.grid.push_messages(msgs))
+        if len(ids) != len(msgs):
+            raise SiteError(f"the SuperLink accepted {len(ids)} of {len(msgs)} messages")
+        index = {mid: i for i, mid in enumerate(ids)}
+        results: dict[int, Any] = {}
+        failures: dict[int, str] = {}
+        deadline = time.monotonic() + timeout_s
+        waiting = set(ids)
+        while waiting and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                raise RunStopped("stopped while sites were training")
+            for reply in self.grid.pull_messages(list(waiting)):
+                mid = reply.metadata.reply_to_message_id
+                if mid not in waiting:
+                    continue
+                waiting.discard(mid)
+                i = index[mid]
+                if reply.has_error():
+                    failures[i] = f"site {sites[i].site}: {reply.error.reason}"
+                    continue
+                try:
+                    results[i] = unpack(reply.content)
+                except ValueError as exc:
+                    failures[i] = f"site {sites[i].site} sent a malformed reply: {exc}"
+            if waiting:
+                time.sleep(POLL_S)
+        for mid in waiting:
+            i = index[mid]
+            failures[i] = f"site {sites[i].site} did not answer within {timeout_s:.0f} s"
+        return results, failures
+
+    def call_one(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """``method(*args)`` on the first evaluating site (e.g. ``init_global``)."""
+        site = self.evaluators[0]
+        body = {"call": method, "config": self.cfg, "run": self.run_key, "args": list(args)}
+        from flwr.app import Message
+
+        msg = Message(pack(body), dst_node_id=site.node_id, message_type=CALLS[method])
+        results, failures = self._exchange([msg], [site], timeout or 600.0, None)
+        if failures:
+            raise SiteError(f"{method} failed: {failures[0]}")
+        return results[0]
+
+
+def gather_sites(
+    grid: Any, expected: int, wait_s: float, cfg: dict[str, Any], run_key: str
+) -> SitePool:
+    """Wait for ``expected`` SuperNodes, ask each what it serves, number their clients in the
+    order of their ``site`` (then partition), and check they agree on the classes."""
+    from flwr.app import Message
+
+    deadline = time.monotonic() + wait_s
+    nodes: list[int] = []
+    while time.monotonic() < deadline:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            break
+        time.sleep(1.0)
+    if len(nodes) < expected:
+        raise SiteError(f"{len(nodes)} of {expected} sites connected within {wait_s:.0f} s")
+    body = {"call": "describe", "config": cfg, "run": run_key}
+    msgs = [Message(pack(body), dst_node_id=n, message_type="query") for n in nodes]
+    probe = SitePool(grid, [], cfg, run_key)
+    stand_in = [Site(n, n, (), 0, False, {}) for n in nodes]
+    results, failures = probe._exchange(msgs, stand_in, wait_s, None)
+    if failures:
+        raise SiteError("a site could not describe itself: " + next(iter(failures.values())))
+    described = sorted(
+        ((results[i], n) for i, n in enumerate(nodes)), key=lambda r: (r[0]["site"], r[1])
+    )
+    seen = [d["site"] for d, _ in described]
+    if len(set(seen)) != len(seen):
+        raise SiteError(f"two SuperNodes give the same site number: {seen}")
+    sites, first = [], 0
+    for d, node in described:
+        parts = tuple(int(c["partition"]) for c in d["clients"])
+        sites.append(Site(node, int(d["site"]), parts, first, bool(d["test"]), d))
+        first += len(parts)
+    classes = {json.dumps(d["classes"]) for d, _ in described}
+    if len(classes) != 1:
+        raise SiteError("the sites' data builds name different classes; build them alike")
+    versions = {d["fedrs"] for d, _ in described}
+    if len(versions) != 1:
+        raise SiteError(f"the sites run different fedrs versions: {sorted(versions)}")
+    return SitePool(grid, sites, cfg, run_key)
+
+
+def federation_manifest(pool: SitePool) -> dict[str, Any]:
+    """The federation's manifest as the server may know it: each site's client records (counts
+    and class histograms, never a path) in the federation's order, and the test split's
+    record from the first evaluating site (none: an empty split)."""
+    first = pool.sites[0].describe
+    clients = []
+    for s in pool.sites:
+        for i, rec in enumerate(s.describe["clients"]):
+            clients.append({**rec, "id": s.first_client + i, "site": s.site})
+    ev = pool.evaluators[0].describe
+    test = ev["test"] or {"num_examples": 0, "class_counts": []}
+    manifest = {**first["meta"], "classes": first["classes"], "clients": clients}
+    manifest["test"] = _placeholder(test, "test")
+    for c in manifest["clients"]:
+        c |= _placeholder(c, f"client {c['id']}")
+        c["local_test"] = _placeholder(c["local_test"], f"client {c['id']} local test")
+    return manifest
+
+
+def _placeholder(rec: dict[str, Any], name: str) -> dict[str, Any]:
+    """A shard record without its file: the server opens no shard."""
+    return {**rec, "shard": f"<at the site: {name}>", "bytes": 0, "sha256": ""}
+
+
+# ---------------------------------------------------------------------------- the site side
+def _strip(rec: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in rec.items() if k not in _LOCAL_KEYS}
+    if isinstance(out.get("local_test"), dict):
+        out["local_test"] = _strip(out["local_test"])
+    return out
+
+
+class SiteConfig:
+    """What a SuperNode's ``--node-config`` says about this site (``SiteError`` if unusable)."""
+
+    def __init__(self, node_config: dict[str, Any]) -> None:
+        from fedrs.datasets.manifest import FedDataset
+
+        path = node_config.get("data-path")
+        if not path:
+            raise SiteError("the SuperNode needs --node-config 'data-path=\"/its/data/build\"'")
+        self.data_path = str(Path(str(path)).resolve())
+        self.data = FedDataset(self.data_path, verify=False)
+        self.site = int(node_config.get("site", 0))
+        given = str(node_config.get("clients", "")).strip()
+        n = self.data.num_clients
+        self.partitions = [int(c) for c in given.split(",")] if given else list(range(n))
+        bad = [p for p in self.partitions if not 0 <= p < n]
+        if bad:
+            raise SiteError(f"clients {bad} are not partitions of {path} (it has {n})")
+        self.test_split = bool(node_config.get("test-split", False))
+        default_state = Path(self.data_path).parent / f"fedrs-site-{self.site}-state"
+        self.state_dir = Path(str(node_config.get("state-dir", default_state)))
+
+    def describe(self) -> dict[str, Any]:
+        from fedrs import __version__
+
+        m = self.data.manifest
+        clients = [{**_strip(m["clients"][p]), "partition": p, "id": p} for p in self.partitions]
+        meta = {
+            k: v
+            for k, v in m.items()
+            if k not in ("clients", "test", "classes", *_LOCAL_KEYS, "scene", "partners")
+        }
+        return {
+            "fedrs": __version__,
+            "site": self.site,
+            "classes": list(self.data.classes),
+            "clients": clients,
+            "test": _strip(m["test"]) if self.test_split else None,
+            "meta": meta,
+        }
+
+
+_WORKERS: dict[tuple[str, str, str], Any] = {}  # one per (config, data, state) and process
+
+
+def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
+    """Answer one message on a site: the ``ClientWorker`` call it names, on this site's data
+    and private state (a worker built once per process, with the backbone resident)."""
+    from fedrs.actors.client import ClientWorker
+    from fedrs.methods import method_class
+
+    site = SiteConfig(node_config)
+    call = body.get("call")
+    if call == "describe":
+        return site.describe()
+    if call not in CALLS:
+        raise SiteError(f"unknown call {call!r}")
+    cfg = body["config"]
+    run_key = str(body["run"])
+    if not run_key.isalnum():
+        raise SiteError(f"bad run key {run_key!r}")
+    state = str(site.state_dir / run_key)
+    key = (json.dumps(cfg, sort_keys=True), site.data_path, state)
+    worker = _WORKERS.get(key)
+    if worker is None:
+        method_cls = method_class(from_dict(cfg).method.name)
+        _WORKERS.clear()  # one run's worker at a time
+        worker = _WORKERS[key] = ClientWorker(cfg, method_cls, site.data_path, state)
+    if call == "init_global":
+        return worker.init_global(*body["args"])
+    task = body["task"]
+    cid = _task_client(task)
+    if cid >= 0:
+        local = int(body["partition"])
+        if local not in site.partitions:
+            raise SiteError(f"this site does not serve partition {local}")
+        worker.partitions[cid] = local
+    return getattr(worker, call)(body["params"], task)

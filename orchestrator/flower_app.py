@@ -1,0 +1,127 @@
+"""fedrs as a Flower App: ``server_app`` runs the fedrs driver (sampling, the strategy, the
+method's server step, checkpoints, metrics) with the sites as its client pool
+(``actors/sites.py``), ``client_app`` answers on each site with the same ``ClientWorker`` the
+Ray actors run. The App's config (``[tool.flwr.app.config]``, written by ``fedrs deploy app``)::
+
+    config = "<the run config as JSON>"   out = "/abs/run/dir"   sites = 2
+    wait-s = 300.0   (how long to wait for the sites to connect)   resume = false
+
+The run directory is the one ``fedrs run`` writes (config.json, metrics.jsonl, summary.json,
+checkpoint/, plots) plus ``federation/manifest.json``: what the sites said they hold (counts
+and class histograms, no path) and ``deploy.json`` (the run's key and status).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import traceback
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedrs.actors.sites import SiteError, federation_manifest, gather_sites, pack, serve, unpack
+from fedrs.core.config import RunConfig, from_dict, with_data_path
+from fedrs.errors import ConfigError
+from fedrs.io import write_json
+from fedrs.methods import method_class
+
+log = logging.getLogger(__name__)
+STATUS = "deploy.json"
+FEDERATION = "federation"
+CLIENT_APP_RAISED = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+def _status(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    path = run_dir / STATUS
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    new = {**old, **fields}
+    write_json(path, new)
+    return new
+
+
+def deploy_config(cfg: RunConfig) -> RunConfig:
+    """``cfg`` as a deployment runs it, or a one-line ``ConfigError``: the sites are the
+    clients (no virtual clients beyond the data's partitions), no simulated attacks or
+    faults (a real site misbehaves by itself)."""
+    if cfg.federation.num_clients:
+        raise ConfigError(
+            "federation.num_clients: a deployment's clients are the sites' partitions; leave it 0"
+        )
+    if cfg.attack.kind != "none":
+        raise ConfigError("attack.kind: simulated attacks are for `fedrs run`; set it to none")
+    if cfg.federation.faults:
+        raise ConfigError("federation.faults: injected faults are for `fedrs run`; leave empty")
+    return cfg
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """Wait for the sites, number their clients, and run the fedrs round loop over them."""
+    from fedrs.orchestrator.driver import Driver
+
+    rc = context.run_config
+    run_dir = Path(str(rc["out"]))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = bool(rc.get("resume", False))
+    old = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).is_file() else {}
+    key = old.get("run_key") if resume else None
+    key = key or secrets.token_hex(8)  # the sites keep private state under this key
+    _status(run_dir, state="starting", run_key=key, flower_run_id=context.run_id, error=None)
+    try:
+        cfg = deploy_config(from_dict(json.loads(str(rc["config"]))))
+        method_cls = method_class(cfg.method.name)
+        pool = gather_sites(grid, int(rc["sites"]), float(rc["wait-s"]), cfg.to_dict(), key)
+        fed = run_dir / FEDERATION
+        fed.mkdir(exist_ok=True)
+        write_json(fed / "manifest.json", federation_manifest(pool))
+        cfg = with_data_path(cfg, str(fed))
+        write_json(run_dir / "config.json", cfg.to_dict())
+        pool.cfg = cfg.to_dict()
+        driver = Driver(cfg, str(run_dir), str(fed), method_cls, resume=resume, pool=pool)
+        _status(run_dir, state="running", sites=pool.describe())
+        head = method_cls.headline
+        for rec in driver.run():
+            log.info("round %d: %s %s", rec["round"], head, rec.get(head))
+            _status(run_dir, round=rec["round"])
+        summary = driver.finish()
+        _status(run_dir, state="finished", rounds=summary["rounds_completed"])
+    except BaseException as exc:
+        _status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("fedrs server app failed:\n%s", traceback.format_exc())
+        raise
+
+
+def _answer(msg: Message, context: Context) -> Message:
+    try:
+        out = serve(dict(context.node_config), unpack(msg.content))
+        return Message(pack(out), reply_to=msg)
+    except Exception as exc:  # the server counts it as this client's failure, with why
+        log.warning("site failed: %s", traceback.format_exc())
+        why = str(exc) if isinstance(exc, SiteError) else f"{type(exc).__name__}: {exc}"
+        return Message(Error(CLIENT_APP_RAISED, why), reply_to=msg)
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    """``describe`` (what this site serves) and ``init_global``."""
+    return _answer(msg, context)
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    """``fit`` and ``share``: local training of one client on this site."""
+    return _answer(msg, context)
+
+
+@client_app.evaluate()
+def client_evaluate(msg: Message, context: Context) -> Message:
+    """``evaluate`` and ``predict``."""
+    return _answer(msg, context)
