@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,13 @@ class Site:
     describe: dict[str, Any]
 
 
+def flower_message(content: Any, node_id: int, message_type: str) -> Any:
+    """A Flower ``Message`` to ``node_id`` (inside a Flower run: it carries the run's id)."""
+    from flwr.app import Message
+
+    return Message(content, dst_node_id=node_id, message_type=message_type)
+
+
 def _task_client(task: Any) -> int:
     return task.client_id if isinstance(task, FitTask | EvalTask) else -1
 
@@ -145,8 +153,16 @@ class SitePool:
 
     steals = 0  # no work stealing between sites: a client's data is on one site only
 
-    def __init__(self, grid: Any, sites: list[Site], cfg: dict[str, Any], run_key: str) -> None:
+    def __init__(
+        self,
+        grid: Any,
+        sites: list[Site],
+        cfg: dict[str, Any],
+        run_key: str,
+        message: Callable[[Any, int, str], Any] = flower_message,
+    ) -> None:
         self.grid, self.sites, self.cfg, self.run_key = grid, sites, cfg, run_key
+        self.message = message
         self.by_client: dict[int, tuple[Site, int]] = {
             s.first_client + i: (s, p) for s in sites for i, p in enumerate(s.partitions)
         }
@@ -168,13 +184,11 @@ class SitePool:
         """Sites are the organisations' own processes: nothing to stop here."""
 
     def _message(self, call: str, site: Site, params: Any, task: Any, local: int) -> Any:
-        from flwr.app import Message
-
         if isinstance(params, Download):  # the moving and resting parts, as one dict
             params = {**(params.resting or {}), **params.moving}
         body = {"call": call, "config": self.cfg, "run": self.run_key, "params": params}
         body |= {"task": task, "partition": local}
-        return Message(pack(body), dst_node_id=site.node_id, message_type=CALLS[call])
+        return self.message(pack(body), site.node_id, CALLS[call])
 
     def _route(self, i: int, task: Any) -> tuple[Site, int]:
         cid = _task_client(task)
@@ -243,9 +257,7 @@ class SitePool:
         """``method(*args)`` on the first evaluating site (e.g. ``init_global``)."""
         site = self.evaluators[0]
         body = {"call": method, "config": self.cfg, "run": self.run_key, "args": list(args)}
-        from flwr.app import Message
-
-        msg = Message(pack(body), dst_node_id=site.node_id, message_type=CALLS[method])
+        msg = self.message(pack(body), site.node_id, CALLS[method])
         results, failures = self._exchange([msg], [site], timeout or 600.0, None)
         if failures:
             raise SiteError(f"{method} failed: {failures[0]}")
@@ -253,12 +265,15 @@ class SitePool:
 
 
 def gather_sites(
-    grid: Any, expected: int, wait_s: float, cfg: dict[str, Any], run_key: str
+    grid: Any,
+    expected: int,
+    wait_s: float,
+    cfg: dict[str, Any],
+    run_key: str,
+    message: Callable[[Any, int, str], Any] = flower_message,
 ) -> SitePool:
     """Wait for ``expected`` SuperNodes, ask each what it serves, number their clients in the
     order of their ``site`` (then partition), and check they agree on the classes."""
-    from flwr.app import Message
-
     deadline = time.monotonic() + wait_s
     nodes: list[int] = []
     while time.monotonic() < deadline:
@@ -269,8 +284,8 @@ def gather_sites(
     if len(nodes) < expected:
         raise SiteError(f"{len(nodes)} of {expected} sites connected within {wait_s:.0f} s")
     body = {"call": "describe", "config": cfg, "run": run_key}
-    msgs = [Message(pack(body), dst_node_id=n, message_type="query") for n in nodes]
-    probe = SitePool(grid, [], cfg, run_key)
+    msgs = [message(pack(body), n, "query") for n in nodes]
+    probe = SitePool(grid, [], cfg, run_key, message)
     stand_in = [Site(n, n, (), 0, False, {}) for n in nodes]
     results, failures = probe._exchange(msgs, stand_in, wait_s, None)
     if failures:
@@ -292,7 +307,7 @@ def gather_sites(
     versions = {d["fedrs"] for d, _ in described}
     if len(versions) != 1:
         raise SiteError(f"the sites run different fedrs versions: {sorted(versions)}")
-    return SitePool(grid, sites, cfg, run_key)
+    return SitePool(grid, sites, cfg, run_key, message)
 
 
 def federation_manifest(pool: SitePool) -> dict[str, Any]:

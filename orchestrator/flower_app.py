@@ -24,7 +24,15 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from fedrs.actors.sites import SiteError, federation_manifest, gather_sites, pack, serve, unpack
+from fedrs.actors.sites import (
+    SiteError,
+    federation_manifest,
+    flower_message,
+    gather_sites,
+    pack,
+    serve,
+    unpack,
+)
 from fedrs.core.config import RunConfig, from_dict, with_data_path
 from fedrs.errors import ConfigError
 from fedrs.io import write_json
@@ -62,23 +70,30 @@ def deploy_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-@server_app.main()
-def server_main(grid: Grid, context: Context) -> None:
-    """Wait for the sites, number their clients, and run the fedrs round loop over them."""
+def run_on_sites(
+    grid: Any,
+    cfg: RunConfig,
+    run_dir: Path,
+    sites: int,
+    wait_s: float = 300.0,
+    resume: bool = False,
+    run_id: int | None = None,
+    message: Any = flower_message,
+) -> dict[str, Any]:
+    """The fedrs round loop with the ``sites`` SuperNodes of ``grid`` as its clients; the run
+    directory as ``fedrs run`` writes it. Returns the summary. (``message`` makes a message
+    for a node: Flower's, inside a Flower run.)"""
     from fedrs.orchestrator.driver import Driver
 
-    rc = context.run_config
-    run_dir = Path(str(rc["out"]))
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = bool(rc.get("resume", False))
     old = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).is_file() else {}
     key = old.get("run_key") if resume else None
     key = key or secrets.token_hex(8)  # the sites keep private state under this key
-    _status(run_dir, state="starting", run_key=key, flower_run_id=context.run_id, error=None)
+    _status(run_dir, state="starting", run_key=key, flower_run_id=run_id, error=None)
     try:
-        cfg = deploy_config(from_dict(json.loads(str(rc["config"]))))
+        cfg = deploy_config(cfg)
         method_cls = method_class(cfg.method.name)
-        pool = gather_sites(grid, int(rc["sites"]), float(rc["wait-s"]), cfg.to_dict(), key)
+        pool = gather_sites(grid, sites, wait_s, cfg.to_dict(), key, message)
         fed = run_dir / FEDERATION
         fed.mkdir(exist_ok=True)
         write_json(fed / "manifest.json", federation_manifest(pool))
@@ -93,10 +108,26 @@ def server_main(grid: Grid, context: Context) -> None:
             _status(run_dir, round=rec["round"])
         summary = driver.finish()
         _status(run_dir, state="finished", rounds=summary["rounds_completed"])
+        return summary
     except BaseException as exc:
         _status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}")
         log.error("fedrs server app failed:\n%s", traceback.format_exc())
         raise
+
+
+@server_app.main()
+def server_main(grid: Grid, context: Context) -> None:
+    """The App's config (module docstring) -> ``run_on_sites``."""
+    rc = context.run_config
+    run_on_sites(
+        grid,
+        from_dict(json.loads(str(rc["config"]))),
+        Path(str(rc["out"])),
+        int(rc["sites"]),
+        float(rc["wait-s"]),
+        bool(rc.get("resume", False)),
+        context.run_id,
+    )
 
 
 def _answer(msg: Message, context: Context) -> Message:
