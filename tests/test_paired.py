@@ -218,3 +218,18 @@ def test_a_label_holding_colon_space_is_one_arm() -> None:
     c = Comparison.parse("arm=split: feddiff:split: HSI only")
     assert (c.axis, c.a, c.b) == ("arm", "split: feddiff", "split: HSI only")
     assert (Comparison.parse("arm=creff:fedavg").a, Comparison.parse("x=*:b").a) == ("creff", "*")
+
+
+def test_points_scale_fractions_and_leave_bytes_as_they_are() -> None:
+    from fedrs.orchestrator.sweep.paired import paired_markdown
+
+    data = [{**_row(0.1, "x", s, 0.5), "final_bytes": 1000.0 + s} for s in range(3)]
+    data += [{**_row(0.1, "y", s, 0.4), "final_bytes": 400.0} for s in range(3)]
+    results = paired_differences(
+        data, AXES, Comparison.parse("arm=x:y"), ["final_accuracy", "final_bytes"], is_seed_axis
+    )
+    text = paired_markdown(results, scale=100.0)
+    acc, nbytes = (line for line in text.splitlines() if line.startswith("| x - y"))
+    assert "+10.0000" in acc  # 0.1 of accuracy: 10 points
+    assert "+601.0000" in nbytes and "60100" not in nbytes  # bytes: not x100
+    assert "bytes and counts as they are" in text

@@ -209,11 +209,15 @@ def _num(v: float | None, digits: int) -> str:
 
 def paired_markdown(results: list[dict[str, Any]], scale: float = 1.0, digits: int = 4) -> str:
     """The comparisons as one markdown table, its meaning in the line above it. ``scale``
-    multiplies every difference (100: accuracy in points)."""
+    multiplies the differences of fractions (100: accuracy in points); a metric with a value
+    outside [-1, 1] (bytes, seconds) is shown unscaled."""
     if not results:
         return ""
     group_axes = list(dict.fromkeys(k for r in results for k in r["group"]))
     unit = " (x100: points)" if scale == 100 else "" if scale == 1 else f" (x{scale:g})"
+    counts = any(abs(v) > 1.0 for r in results for p in r["pairs"] for v in (p["a"], p["b"]))
+    if unit and counts:
+        unit = unit[:-1] + "; bytes and counts as they are)"
     head = ["A - B", *group_axes, "metric", f"mean ± 95% CI{unit}", "n", "> 0", "per pair"]
     lines = [
         f"Paired differences A - B, matched on every other axis, seeds included. {PM_PAIRED}; "
@@ -222,12 +226,15 @@ def paired_markdown(results: list[dict[str, Any]], scale: float = 1.0, digits: i
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for r in results:
-        mean = None if r["mean"] is None else r["mean"] * scale
-        ci = None if r["ci95"] is None else r["ci95"] * scale
+        # ``scale`` is for fractions (accuracy in points); a count such as bytes stays as is
+        values = [v for p in r["pairs"] for v in (p["a"], p["b"])]
+        k = scale if all(-1.0 <= v <= 1.0 for v in values) else 1.0
+        mean = None if r["mean"] is None else r["mean"] * k
+        ci = None if r["ci95"] is None else r["ci95"] * k
         cell = _num(mean, digits) + ("" if ci is None else f" ± {ci:.{digits}f}")
         if r["excludes_zero"]:
             cell = f"**{cell}**"
-        per = " / ".join(_num(p["diff"] * scale, digits) for p in r["pairs"]) or "-"
+        per = " / ".join(_num(p["diff"] * k, digits) for p in r["pairs"]) or "-"
         parsed = Comparison.parse(r["compare"])
         a, b = parsed.a, parsed.b
         lines.append(
