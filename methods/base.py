@@ -90,6 +90,7 @@ class FitOptions:
     momentum: float = 0.9
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
+    max_grad_norm: float = 0.0  # clip each step's gradient to this L2 norm; 0: off
     upload_keys: tuple[str, ...] = ()
     # what this client's partner organisations shared with it this round (``share``), by
     # partner id; empty without a partner exchange
@@ -116,6 +117,7 @@ class FitOptions:
             lr=c.lr,
             momentum=c.momentum,
             weight_decay=c.weight_decay,
+            max_grad_norm=c.max_grad_norm,
             **extra,
         )
 
@@ -433,7 +435,8 @@ def local_sgd(
     ``step_loss(rows)`` returns (loss, number correct) for a batch. With
     ``options.proximal_mu > 0`` FedProx's (mu / 2) ||w - w_global||^2 is added for the tensors
     named in ``global_keys`` (the ones received from the server; private tensors are never
-    anchored). Returns mean loss / accuracy of the last epoch.
+    anchored). ``options.max_grad_norm > 0`` clips each step's gradient to that L2 norm.
+    Returns mean loss / accuracy of the last epoch.
     """
     rng = np.random.default_rng(options.rng_seed)
     torch.manual_seed(int(rng.integers(2**31)))
@@ -461,6 +464,8 @@ def local_sgd(
                 loss = loss + proximal_term(params, anchor, options.proximal_mu)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if options.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), options.max_grad_norm)
             opt.step()
             loss_sum += float(loss.detach()) * len(rows)
             correct += n_correct

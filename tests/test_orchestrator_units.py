@@ -295,3 +295,30 @@ def test_the_multimodal_keys_live_in_their_own_table(tmp_path: Path) -> None:
     }
     trials = expand(load_sweep(sweeps / "fedrsclip_study.toml"))[:4]
     assert [stored[t.name] for t in trials] == [config_sha(t.cfg) for t in trials]
+
+
+def test_local_steps_clip_the_gradient_norm_when_asked() -> None:
+    """``client.max_grad_norm``: plain SGD (no momentum, no decay) moves a tensor by at most
+    lr x max_norm per step; off (0), a huge gradient moves it far."""
+    import dataclasses
+
+    import torch
+
+    from fedrs.methods.base import FitOptions, local_sgd
+
+    def moved(max_norm: float) -> float:
+        w = torch.nn.Parameter(torch.zeros(4))
+
+        def step(rows: np.ndarray) -> tuple[torch.Tensor, int]:
+            return (w * 1000.0).sum(), 0  # gradient 1000 per entry: norm 2000
+
+        sets = ["client.momentum=0", "client.weight_decay=0", "client.lr=0.1"]
+        cfg = from_dict({}, [*sets, f"client.max_grad_norm={max_norm}"])
+        options = dataclasses.replace(FitOptions.from_config(cfg, 1, 0), epochs=1, batch_size=4)
+        local_sgd({"w": w}, step, 12, options, ())  # 3 steps
+        return float(w.detach().norm())
+
+    assert moved(1.0) == pytest.approx(3 * 0.1 * 1.0, rel=1e-5)
+    assert moved(0.0) == pytest.approx(3 * 0.1 * 2000.0, rel=1e-5)
+    with pytest.raises(Exception, match="max_grad_norm must be >= 0"):
+        from_dict({}, ["client.max_grad_norm=-1"])

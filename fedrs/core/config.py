@@ -164,9 +164,14 @@ class ClientConfig:
     lr: float = 0.005  # CoOp uses 0.002 on pretrained CLIP; the random tiny default wants more
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # clip each local step's gradient to this L2 norm (over the trained tensors); 0: no clipping
+    max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.local_epochs >= 1, "client.local_epochs must be >= 1")
+        _check(
+            self.max_grad_norm >= 0, f"client.max_grad_norm must be >= 0, got {self.max_grad_norm}"
+        )
         _check(self.batch_size >= 1, "client.batch_size must be >= 1")
         _check(self.lr > 0, f"client.lr must be > 0, got {self.lr}")
 

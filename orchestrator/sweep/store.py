@@ -32,6 +32,9 @@ def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
         return {"status": "pending"}
 
 
+ADDED_KEYS = {("client", "max_grad_norm"): 0.0}
+
+
 def config_sha(cfg: RunConfig) -> str:
     """A trial's configuration, hashed as a stored row records it: paths reduced to their
     file names (a study re-run on another machine keeps its hashes)."""
@@ -43,6 +46,10 @@ def config_sha(cfg: RunConfig) -> str:
     for values in data.values():
         for name in [k for k, v in values.items() if isinstance(v, dict)]:
             values.update(values.pop(name))
+    # keys added since rows were stored count only when set: those rows keep their hashes
+    for (section, key), default in ADDED_KEYS.items():
+        if data[section].get(key) == default:
+            data[section].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
