@@ -100,6 +100,10 @@ class ClientPool:
         """``obj`` in the object store, once, for many tasks to read (an ObjectRef)."""
         return ray.put(obj)
 
+    def discard(self, client_ids: list[int], rnd: int) -> None:
+        """Nothing: the actors keep private state in the run's store, which the driver
+        discards itself (a deployment's sites keep their own: ``SitePool.discard``)."""
+
     def _alive(self, ai: int) -> bool:
         """False once an actor has died more often than Ray restarts it (-1: always)."""
         return self.max_restarts < 0 or self.deaths[ai] <= self.max_restarts

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # what the client side may be asked to do, by Flower message type
 CALLS = {"describe": "query", "init_global": "query", "fit": "train", "share": "train"}
-CALLS |= {"evaluate": "evaluate", "predict": "evaluate"}
+CALLS |= {"evaluate": "evaluate", "predict": "evaluate", "discard": "evaluate"}
 _CLASSES = {c.__name__: c for c in (FitTask, EvalTask, FitOptions)}
 POLL_S = 0.2  # how often the server asks the SuperLink for replies
 # keys of a data record that name files on the site's disk: never sent to the server
@@ -134,11 +134,18 @@ class Site:
     describe: dict[str, Any]
 
 
-def flower_message(content: Any, node_id: int, message_type: str) -> Any:
-    """A Flower ``Message`` to ``node_id`` (inside a Flower run: it carries the run's id)."""
+def flower_message(content: Any, node_id: int, message_type: str, ttl: float) -> Any:
+    """A Flower ``Message`` to ``node_id`` (inside a Flower run: it carries the run's id) that
+    expires after ``ttl`` seconds: a site that comes back later does not run stale work."""
     from flwr.app import Message
 
-    return Message(content, dst_node_id=node_id, message_type=message_type)
+    return Message(content, dst_node_id=node_id, message_type=message_type, ttl=ttl)
+
+
+def content_bytes(content: Any) -> int:
+    """Bytes of a message's content as packed: the arrays' data and the JSON text."""
+    arrays = content["arrays"]
+    return sum(len(arrays[k].data) for k in arrays) + len(content["body"]["json"])
 
 
 def _task_client(task: Any) -> int:
@@ -159,15 +166,14 @@ class SitePool:
         sites: list[Site],
         cfg: dict[str, Any],
         run_key: str,
-        message: Callable[[Any, int, str], Any] = flower_message,
+        message: Callable[[Any, int, str, float], Any] = flower_message,
     ) -> None:
         self.grid, self.sites, self.cfg, self.run_key = grid, sites, cfg, run_key
         self.message = message
-        self.by_client: dict[int, tuple[Site, int]] = {
-            s.first_client + i: (s, p) for s in sites for i, p in enumerate(s.partitions)
-        }
-        self.evaluators = [s for s in sites if s.test_split] or sites[:1]
-        self.sent = self.received = 0  # bytes of message content, both ways
+        self.ttl = float(cfg.get("federation", {}).get("round_timeout_s", 600.0))
+        self.sites = list(sites)
+        self._index()
+        self.wire = {"sent": 0, "received": 0}  # bytes of message content, both ways
 
     @staticmethod
     def put(obj: Any) -> Any:
@@ -188,7 +194,7 @@ class SitePool:
             params = {**(params.resting or {}), **params.moving}
         body = {"call": call, "config": self.cfg, "run": self.run_key, "params": params}
         body |= {"task": task, "partition": local}
-        return self.message(pack(body), site.node_id, CALLS[call])
+        return self.message(pack(body), site.node_id, CALLS[call], self.ttl)
 
     def _route(self, i: int, task: Any) -> tuple[Site, int]:
         cid = _task_client(task)
@@ -222,6 +228,10 @@ class SitePool:
     def _exchange(
         self, msgs: list[Any], sites: list[Site], timeout_s: float, stop: threading.Event | None
     ) -> tuple[dict[int, Any], dict[int, str]]:
+        self._rejoin(sites)
+        for m, site in zip(msgs, sites, strict=True):
+            m.metadata.dst_node_id = site.node_id  # where the site is now
+        self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
         ids = list(self.grid.push_messages(msgs))
         if len(ids) != len(msgs):
             raise SiteError(f"the SuperLink accepted {len(ids)} of {len(msgs)} messages")
@@ -243,8 +253,9 @@ class SitePool:
                     failures[i] = f"site {sites[i].site}: {reply.error.reason}"
                     continue
                 try:
+                    self.wire["received"] += content_bytes(reply.content)
                     results[i] = unpack(reply.content)
-                except ValueError as exc:
+                except (ValueError, KeyError, TypeError) as exc:
                     failures[i] = f"site {sites[i].site} sent a malformed reply: {exc}"
             if waiting:
                 time.sleep(POLL_S)
@@ -253,15 +264,76 @@ class SitePool:
             failures[i] = f"site {sites[i].site} did not answer within {timeout_s:.0f} s"
         return results, failures
 
+    def _rejoin(self, sites: list[Site]) -> None:
+        """A site whose SuperNode restarted under a new node id (no registered key keeps its
+        id) is found again by its site number; with registered keys the id stays."""
+        online = set(self.grid.get_node_ids())
+        gone = [s for s in self.sites if s.node_id not in online]
+        if not gone:
+            return
+        known = {s.node_id for s in self.sites}
+        new = sorted(online - known)
+        if not new:
+            return
+        body = {"call": "describe", "config": self.cfg, "run": self.run_key}
+        msgs = [self.message(pack(body), n, "query", self.ttl) for n in new]
+        stand_in = [Site(n, -1, (), 0, False, {}) for n in new]
+        ids = list(self.grid.push_messages(msgs))
+        replies = _wait(self.grid, ids, 30.0)
+        by_site = {}
+        for mid, n in zip(ids, new, strict=True):
+            reply = replies.get(mid)
+            if reply is not None and not reply.has_error():
+                by_site[int(unpack(reply.content)["site"])] = n
+        for i, s in enumerate(self.sites):
+            if s in gone and s.site in by_site:
+                self.sites[i] = dataclasses.replace(s, node_id=by_site[s.site])
+                log.info("site %d rejoined as node %d", s.site, by_site[s.site])
+        del stand_in
+        self._index()
+        for j, site in enumerate(sites):  # the caller's list: its sites where they are now
+            sites[j] = next((s for s in self.sites if s.site == site.site), site)
+
+    def _index(self) -> None:
+        self.by_client = {
+            s.first_client + i: (s, p) for s in self.sites for i, p in enumerate(s.partitions)
+        }
+        self.evaluators = [s for s in self.sites if s.test_split] or self.sites[:1]
+
+    def discard(self, client_ids: list[int], rnd: int) -> None:
+        """The private state these clients' sites saved in round ``rnd`` does not count (they
+        dropped out or were rejected): each site is told to drop it."""
+        msgs = []
+        for cid in client_ids:
+            if cid in self.by_client:
+                site, local = self.by_client[cid]
+                task = EvalTask("discard", rnd, client_id=cid)
+                msgs.append(self._message("discard", site, {}, task, local))
+        if msgs:  # no wait: a site that is down has nothing to drop, its message expires
+            self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
+            self.grid.push_messages(msgs)
+
     def call_one(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """``method(*args)`` on the first evaluating site (e.g. ``init_global``)."""
         site = self.evaluators[0]
         body = {"call": method, "config": self.cfg, "run": self.run_key, "args": list(args)}
-        msg = self.message(pack(body), site.node_id, CALLS[method])
+        msg = self.message(pack(body), site.node_id, CALLS[method], self.ttl)
         results, failures = self._exchange([msg], [site], timeout or 600.0, None)
         if failures:
             raise SiteError(f"{method} failed: {failures[0]}")
         return results[0]
+
+
+def _wait(grid: Any, ids: list[str], timeout_s: float) -> dict[str, Any]:
+    """The replies to ``ids`` that arrive within ``timeout_s``, by message id."""
+    out: dict[str, Any] = {}
+    end = time.monotonic() + timeout_s
+    while len(out) < len(ids) and time.monotonic() < end:
+        for reply in grid.pull_messages([i for i in ids if i not in out]):
+            out[reply.metadata.reply_to_message_id] = reply
+        if len(out) < len(ids):
+            time.sleep(POLL_S)
+    return out
 
 
 def gather_sites(
@@ -270,7 +342,7 @@ def gather_sites(
     wait_s: float,
     cfg: dict[str, Any],
     run_key: str,
-    message: Callable[[Any, int, str], Any] = flower_message,
+    message: Callable[[Any, int, str, float], Any] = flower_message,
 ) -> SitePool:
     """Wait for ``expected`` SuperNodes, ask each what it serves, number their clients in the
     order of their ``site`` (then partition), and check they agree on the classes."""
@@ -284,7 +356,7 @@ def gather_sites(
     if len(nodes) < expected:
         raise SiteError(f"{len(nodes)} of {expected} sites connected within {wait_s:.0f} s")
     body = {"call": "describe", "config": cfg, "run": run_key}
-    msgs = [message(pack(body), n, "query") for n in nodes]
+    msgs = [message(pack(body), n, "query", wait_s) for n in nodes]
     probe = SitePool(grid, [], cfg, run_key, message)
     stand_in = [Site(n, n, (), 0, False, {}) for n in nodes]
     results, failures = probe._exchange(msgs, stand_in, wait_s, None)
@@ -404,6 +476,11 @@ def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
     if not run_key.isalnum():
         raise SiteError(f"bad run key {run_key!r}")
     state = str(site.state_dir / run_key)
+    if call == "discard":  # a dropped or rejected client's state of that round
+        from fedrs.core.state_store import FileStateStore
+
+        FileStateStore(state).discard(body["task"].client_id, body["task"].round)
+        return {}
     key = (json.dumps(cfg, sort_keys=True), site.data_path, state)
     worker = _WORKERS.get(key)
     if worker is None:

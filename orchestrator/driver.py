@@ -191,6 +191,7 @@ class Driver:
             except RunStopped:  # the round in flight is abandoned: its private states too
                 for cid in self._sampled:
                     self.store.discard(cid, rnd)
+                self.pool.discard(self._sampled, rnd)
                 log.info("round %d abandoned: the run was asked to stop", rnd)
                 return
             yield record
@@ -321,6 +322,7 @@ class Driver:
             verb = "rejected" if cid in rejected else "dropped out"
             log.warning("round %d: client %d %s: %s", rnd, cid, verb, why)
             self.store.discard(cid, rnd)
+        self.pool.discard(list({**dropped, **rejected}), rnd)  # where the clients keep state
 
     def _advance(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, float]:
         """Make ``params`` the global tensors of round ``rnd``; how far the clients' tensors

@@ -41,6 +41,7 @@ from fedrs.methods import method_class
 log = logging.getLogger(__name__)
 STATUS = "deploy.json"
 FEDERATION = "federation"
+WIRE = "wire.jsonl"  # bytes of message content each round, both ways (the benchmark reads it)
 CLIENT_APP_RAISED = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 server_app = ServerApp()
@@ -89,6 +90,8 @@ def run_on_sites(
     old = json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).is_file() else {}
     key = old.get("run_key") if resume else None
     key = key or secrets.token_hex(8)  # the sites keep private state under this key
+    if not resume:
+        (run_dir / WIRE).unlink(missing_ok=True)
     _status(run_dir, state="starting", run_key=key, flower_run_id=run_id, error=None)
     try:
         cfg = deploy_config(cfg)
@@ -103,8 +106,13 @@ def run_on_sites(
         driver = Driver(cfg, str(run_dir), str(fed), method_cls, resume=resume, pool=pool)
         _status(run_dir, state="running", sites=pool.describe())
         head = method_cls.headline
+        sent = dict(pool.wire)
         for rec in driver.run():
             log.info("round %d: %s %s", rec["round"], head, rec.get(head))
+            wire = {k: v - sent[k] for k, v in pool.wire.items()}  # this round's messages
+            sent = dict(pool.wire)
+            with open(run_dir / WIRE, "a") as f:
+                f.write(json.dumps({"round": rec["round"], **wire}) + "\n")
             _status(run_dir, round=rec["round"])
         summary = driver.finish()
         _status(run_dir, state="finished", rounds=summary["rounds_completed"])
