@@ -47,6 +47,7 @@ CALLS = {"describe": "query", "init_global": "query", "fit": "train", "share": "
 CALLS |= {"evaluate": "evaluate", "predict": "evaluate", "discard": "evaluate"}
 _CLASSES = {c.__name__: c for c in (FitTask, EvalTask, FitOptions)}
 POLL_S = 0.2  # how often the server asks the SuperLink for replies
+FAILED = "__failed__"  # a task of a site's batch that raised, with why
 # keys of a data record that name files on the site's disk: never sent to the server
 _LOCAL_KEYS = ("shard", "sha256", "bytes", "sources", "skipped", "path")
 
@@ -148,6 +149,13 @@ def content_bytes(content: Any) -> int:
     return sum(len(arrays[k].data) for k in arrays) + len(content["body"]["json"])
 
 
+def _flat(params: Any) -> Any:
+    """A ``Download`` as one dict of tensors (its moving and resting parts)."""
+    if isinstance(params, Download):
+        return {**(params.resting or {}), **params.moving}
+    return params
+
+
 def _task_client(task: Any) -> int:
     return task.client_id if isinstance(task, FitTask | EvalTask) else -1
 
@@ -189,12 +197,6 @@ class SitePool:
     def shutdown(self) -> None:
         """Sites are the organisations' own processes: nothing to stop here."""
 
-    def _message(self, call: str, site: Site, params: Any, task: Any, local: int) -> Any:
-        if isinstance(params, Download):  # the moving and resting parts, as one dict
-            params = {**(params.resting or {}), **params.moving}
-        body = {"call": call, "config": self.cfg, "run": self.run_key, "params": params}
-        body |= {"task": task, "partition": local}
-        return self.message(pack(body), site.node_id, CALLS[call], self.ttl)
 
     def _route(self, i: int, task: Any) -> tuple[Site, int]:
         cid = _task_client(task)
@@ -214,16 +216,51 @@ class SitePool:
         stop: threading.Event | None = None,
     ) -> tuple[dict[int, Any], dict[int, str]]:
         """``ClientPool.map`` over the sites (``costs``, ``depth`` and ``affinity`` do not
-        apply: each task has exactly one site that can run it)."""
+        apply: each task has exactly one site that can run it). Each site gets one message
+        with all its tasks (Flower starts a process per message: the site's backbone loads
+        once per call, not once per client), each distinct tensor set in it once."""
         from fedrs.actors.dispatch import PerTask
 
         per = list(shared) if isinstance(shared, PerTask) else [shared] * len(tasks)
+        batches: dict[int, list[int]] = {}  # site number -> indices into tasks
         routes = [self._route(i, t) for i, t in enumerate(tasks)]
-        msgs = [
-            self._message(method, site, per[i], t, local)
-            for i, (t, (site, local)) in enumerate(zip(tasks, routes, strict=True))
-        ]
-        return self._exchange(msgs, [site for site, _ in routes], timeout_s, stop)
+        for i, (site, _) in enumerate(routes):
+            batches.setdefault(site.site, []).append(i)
+        msgs, sites = [], []
+        for members in batches.values():
+            distinct: dict[int, int] = {}  # id of a tensor set -> its place in the message
+            for i in members:
+                distinct.setdefault(id(per[i]), len(distinct))
+            params = {id(per[i]): per[i] for i in members}
+            body = {
+                "call": method,
+                "config": self.cfg,
+                "run": self.run_key,
+                "params": [_flat(params[k]) for k in distinct],
+                "tasks": [tasks[i] for i in members],
+                "uses": [distinct[id(per[i])] for i in members],
+                "partitions": [routes[i][1] for i in members],
+            }
+            site = routes[members[0]][0]
+            msgs.append(self.message(pack(body), site.node_id, CALLS[method], self.ttl))
+            sites.append(site)
+        replies, lost = self._exchange(msgs, sites, timeout_s, stop)
+        results: dict[int, Any] = {}
+        failures: dict[int, str] = {}
+        for b, members in enumerate(batches.values()):
+            if b in lost:
+                failures |= {i: lost[b] for i in members}
+                continue
+            answers = replies[b].get("results") if isinstance(replies[b], dict) else None
+            if not isinstance(answers, list) or len(answers) != len(members):
+                failures |= {i: f"site {sites[b].site} sent a malformed reply" for i in members}
+                continue
+            for i, answer in zip(members, answers, strict=True):
+                if isinstance(answer, dict) and FAILED in answer:
+                    failures[i] = f"site {sites[b].site}: {answer[FAILED]}"
+                else:
+                    results[i] = answer
+        return results, failures
 
     def _exchange(
         self, msgs: list[Any], sites: list[Site], timeout_s: float, stop: threading.Event | None
@@ -303,12 +340,16 @@ class SitePool:
     def discard(self, client_ids: list[int], rnd: int) -> None:
         """The private state these clients' sites saved in round ``rnd`` does not count (they
         dropped out or were rejected): each site is told to drop it."""
-        msgs = []
+        by_site: dict[int, list[int]] = {}
         for cid in client_ids:
             if cid in self.by_client:
-                site, local = self.by_client[cid]
-                task = EvalTask("discard", rnd, client_id=cid)
-                msgs.append(self._message("discard", site, {}, task, local))
+                by_site.setdefault(self.by_client[cid][0].site, []).append(cid)
+        msgs = []
+        for number, cids in by_site.items():
+            site = next(s for s in self.sites if s.site == number)
+            body = {"call": "discard", "config": self.cfg, "run": self.run_key}
+            body["tasks"] = [EvalTask("discard", rnd, client_id=c) for c in cids]
+            msgs.append(self.message(pack(body), site.node_id, "evaluate", self.ttl))
         if msgs:  # no wait: a site that is down has nothing to drop, its message expires
             self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
             self.grid.push_messages(msgs)
@@ -476,10 +517,12 @@ def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
     if not run_key.isalnum():
         raise SiteError(f"bad run key {run_key!r}")
     state = str(site.state_dir / run_key)
-    if call == "discard":  # a dropped or rejected client's state of that round
+    if call == "discard":  # dropped or rejected clients' state of that round
         from fedrs.core.state_store import FileStateStore
 
-        FileStateStore(state).discard(body["task"].client_id, body["task"].round)
+        store = FileStateStore(state)
+        for task in body["tasks"]:
+            store.discard(task.client_id, task.round)
         return {}
     key = (json.dumps(cfg, sort_keys=True), site.data_path, state)
     worker = _WORKERS.get(key)
@@ -489,11 +532,17 @@ def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
         worker = _WORKERS[key] = ClientWorker(cfg, method_cls, site.data_path, state)
     if call == "init_global":
         return worker.init_global(*body["args"])
-    task = body["task"]
-    cid = _task_client(task)
-    if cid >= 0:
-        local = int(body["partition"])
-        if local not in site.partitions:
-            raise SiteError(f"this site does not serve partition {local}")
-        worker.partitions[cid] = local
-    return getattr(worker, call)(body["params"], task)
+    results = []
+    for task, use, local in zip(body["tasks"], body["uses"], body["partitions"], strict=True):
+        try:
+            cid = _task_client(task)
+            if cid >= 0:
+                if local not in site.partitions:
+                    raise SiteError(f"this site does not serve partition {local}")
+                worker.partitions[cid] = local
+            results.append(getattr(worker, call)(body["params"][use], task))
+        except Exception as exc:  # this client fails; the site's other clients go on
+            log.warning("client task failed: %s", exc, exc_info=True)
+            why = str(exc) if isinstance(exc, SiteError) else f"{type(exc).__name__}: {exc}"
+            results.append({FAILED: why})
+    return {"results": results}

@@ -289,6 +289,7 @@ class Rehearsal:
     certs: Certs | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        self.site_configs: dict[int, dict[str, Any]] = {}
         self.procs = Processes(self.root / "logs")
         self.port = free_port()
         self.cli_home = self.root / "home" / "cli"
@@ -355,6 +356,36 @@ class Rehearsal:
                 argv += ["--auth-supernode-private-key", str(key)]
         self.procs.start(f"site-{i}", argv, self.root / "home" / f"site-{i}")
 
+    def start_sites(self, data: str, parts: list[list[int]]) -> None:
+        """Site i serves ``parts[i]`` of the build ``data`` (site 0 also the test split), its
+        key registered first unless insecure."""
+        for i, p in enumerate(parts):
+            self.site_configs[i] = {
+                "data-path": data,
+                "site": i,
+                "clients": ",".join(map(str, p)),
+                "test-split": i == 0,
+                "state-dir": str(self.root / f"site-{i}-state"),
+            }
+            key = None
+            if not self.insecure:
+                key = make_node_key(self.root / "keys" / f"site-{i}")
+                self.register(key)
+            self.start_site(i, self.site_configs[i], key)
+
+    def restart_site(self, i: int) -> None:
+        """Site i again, as it was started (its registered key, its data and state)."""
+        key = None if self.insecure else self.root / "keys" / f"site-{i}"
+        self.start_site(i, self.site_configs[i], key)
+
+    def submit(self, app: Path) -> str:
+        """``flwr run APP fedrs``: the Flower run id."""
+        started = self.flwr_json("run", str(app), CONNECTION, timeout=120)
+        run_id = started.get("run-id")
+        if not started.get("success") or run_id is None:
+            raise DeployError(f"flwr run failed: {started.get('error-message')}")
+        return str(run_id)
+
     def stop(self) -> None:
         self.procs.stop()
 
@@ -412,19 +443,8 @@ def local(
             )
         try:
             r.start_superlink()
-            for i, p in enumerate(parts):
-                key = None
-                if not insecure:
-                    key = make_node_key(root / "keys" / f"site-{i}")
-                    r.register(key)
-                config = {"data-path": data, "site": i, "clients": ",".join(map(str, p))}
-                config |= {"test-split": i == 0, "state-dir": str(root / f"site-{i}-state")}
-                r.start_site(i, config, key)
-            app = write_app(root / "app", cfg, run_dir, sites)
-            started = r.flwr_json("run", str(app), CONNECTION, timeout=120)
-            run_id = started.get("run-id")
-            if not started.get("success") or run_id is None:
-                raise DeployError(f"flwr run failed: {started.get('error-message')}")
+            r.start_sites(data, parts)
+            run_id = r.submit(write_app(root / "app", cfg, run_dir, sites))
             console.print(
                 f"[bold]fedrs deploy[/] {cfg.method.name}: Flower run {run_id} on {sites} sites "
                 f"({'insecure' if insecure else 'TLS, authenticated sites'}) -> {run_dir}"

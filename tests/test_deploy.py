@@ -4,6 +4,7 @@ loopback with a real SuperLink and SuperNodes, TLS and registered site keys."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -199,8 +200,9 @@ def test_a_tampered_or_silent_site_is_rejected_or_dropped_and_counted(
     from fedrs.orchestrator.flower_app import run_on_sites
 
     def poison(node: int, body: dict, out: Any) -> Any:
-        if body["call"] == "fit" and node == 103:  # site 0
-            out["params"] = {k: np.full_like(v, np.nan) for k, v in out["params"].items()}
+        if body["call"] == "fit" and node == 103:  # site 0: its clients' updates
+            for r in out["results"]:
+                r["params"] = {k: np.full_like(v, np.nan) for k, v in r["params"].items()}
         return out
 
     cfg = small_run(
@@ -256,6 +258,19 @@ def _ours(root: Path) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+def _left(root: Path, wait_s: float = 15.0) -> list[str]:
+    """The command lines of processes naming ``root`` still alive after ``wait_s`` (ones
+    already told to stop get that long to exit)."""
+    end = time.monotonic() + wait_s
+    while _ours(root) and time.monotonic() < end:
+        time.sleep(0.5)
+    out = []
+    for pid in _ours(root):
+        with contextlib.suppress(OSError):
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
+
+
 @pytest.mark.slow
 def test_deploy_local_with_tls_equals_fedrs_run_and_leaves_no_process(
     synth_data: Path, tmp_path: Path, ray_cluster: Any
@@ -273,7 +288,7 @@ def test_deploy_local_with_tls_equals_fedrs_run_and_leaves_no_process(
     for name in ("config.json", "metrics.jsonl", "summary.json", "accuracy.png"):
         assert (tmp_path / "dep" / name).is_file(), name
     assert (tmp_path / "dep" / "deploy" / "certs" / "ca.crt").is_file()  # TLS was on
-    assert _ours(tmp_path / "dep") == []
+    assert _left(tmp_path / "dep") == []
 
 
 @pytest.mark.slow
@@ -293,4 +308,56 @@ def test_an_unregistered_site_is_refused(synth_data: Path, tmp_path: Path) -> No
         assert "Failed to activate SuperNode" in log or "not registered" in log.lower(), log[-500:]
     finally:
         r.stop()
-    assert _ours(tmp_path / "link") == []
+    assert _left(tmp_path / "link") == []
+
+
+@pytest.mark.slow
+def test_a_site_killed_mid_run_is_dropped_then_rejoins(synth_data: Path, tmp_path: Path) -> None:
+    """Loopback, TLS, registered keys: site 1's SuperNode killed after round 1 (its round-2
+    work never answers: its clients drop out, counted), started again with its key (by the
+    last round everyone is back); every process gone at the end."""
+    from fedrs.orchestrator.deploy import Rehearsal, write_app
+    from fedrs.orchestrator.flower_app import STATUS
+
+    cfg = small_run(
+        synth_data,
+        **{
+            "federation.rounds": 4,
+            "federation.clients_per_round": 6,
+            "federation.round_timeout_s": 60.0,
+        },
+    )
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+
+    def rounds() -> list[dict]:
+        return [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+
+    def wait_for(n: int, limit: float = 300) -> None:
+        end = time.monotonic() + limit
+        while len(rounds()) < n and time.monotonic() < end:
+            state = (
+                json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
+            )
+            assert state.get("state") != "failed", state
+            time.sleep(0.5)
+        assert len(rounds()) >= n, f"{len(rounds())} rounds after {limit} s"
+
+    r = Rehearsal(tmp_path / "link")
+    try:
+        r.start_superlink()
+        r.start_sites(str(synth_data), [[0, 1, 2], [3, 4, 5]])
+        r.submit(write_app(tmp_path / "app", cfg, run_dir, 2))
+        wait_for(1)
+        r.procs.stop("site-1")  # gone before round 2's work reaches it
+        wait_for(2)
+        r.restart_site(1)
+        wait_for(4)
+    finally:
+        r.stop()
+    recs = rounds()
+    assert recs[0]["clients_ok"] == 6
+    assert recs[1]["clients_failed"] == 3 and recs[1]["clients_ok"] == 3
+    assert all(int(c) >= 3 for c in recs[1]["failures"])  # site 1 serves clients 3, 4, 5
+    assert recs[-1]["clients_ok"] == 6  # back, under the same registered key
+    assert _left(tmp_path / "link") == [] and _left(tmp_path / "run") == []
