@@ -468,6 +468,7 @@ BENCHMARKS = {
     "retrieval": "fedrs.benchmarks.retrieval",
     "sweep": "fedrs.benchmarks.sweep",
     "cross-org": "fedrs.benchmarks.cross_org",
+    "deploy": "fedrs.benchmarks.deploy",
 }
 
 

@@ -157,7 +157,13 @@ def write_app(
     from fedrs import __version__
 
     doc = {
-        "project": {"name": APP_NAME, "version": __version__, "dependencies": []},
+        "project": {
+            "name": APP_NAME,
+            "version": __version__,
+            "description": "fedrs on Flower's deployment runtime (fedrs deploy app)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
         "tool": {
             "flwr": {
                 "app": {
