@@ -197,7 +197,6 @@ class SitePool:
     def shutdown(self) -> None:
         """Sites are the organisations' own processes: nothing to stop here."""
 
-
     def _route(self, i: int, task: Any) -> tuple[Site, int]:
         cid = _task_client(task)
         if cid >= 0:
