@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from fedrs.actors.client import Download, EvalTask, FitTask
+from fedrs.actors.site_worker import state_dir_of
 from fedrs.core.config import from_dict
 from fedrs.errors import FedrsError, RunStopped
 from fedrs.methods.base import FitOptions
@@ -473,8 +474,7 @@ class SiteConfig:
         if bad:
             raise SiteError(f"clients {bad} are not partitions of {path} (it has {n})")
         self.test_split = bool(node_config.get("test-split", False))
-        default_state = Path(self.data_path).parent / f"fedrs-site-{self.site}-state"
-        self.state_dir = Path(str(node_config.get("state-dir", default_state)))
+        self.state_dir = state_dir_of(node_config)
 
     def describe(self) -> dict[str, Any]:
         from fedrs import __version__

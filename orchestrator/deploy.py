@@ -170,7 +170,7 @@ def write_app(
                     "publisher": "fedrs",
                     "components": {
                         "serverapp": "fedrs.orchestrator.flower_app:server_app",
-                        "clientapp": "fedrs.orchestrator.flower_app:client_app",
+                        "clientapp": "fedrs.orchestrator.flower_client:client_app",
                     },
                     "config": {
                         "config": json.dumps(cfg.to_dict()),

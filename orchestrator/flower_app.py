@@ -20,18 +20,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Error, Message
-from flwr.clientapp import ClientApp
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrs.actors.sites import (
-    SiteError,
     federation_manifest,
     flower_message,
     gather_sites,
-    pack,
-    serve,
-    unpack,
 )
 from fedrs.core.config import RunConfig, from_dict, with_data_path
 from fedrs.errors import ConfigError
@@ -44,8 +39,7 @@ FEDERATION = "federation"
 WIRE = "wire.jsonl"  # bytes of message content each round, both ways (the benchmark reads it)
 CLIENT_APP_RAISED = 2  # flwr's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
-server_app = ServerApp()
-client_app = ClientApp()
+server_app = ServerApp()  # the ClientApp: flower_client.py (light: a process per message)
 
 
 def _status(run_dir: Path, **fields: Any) -> dict[str, Any]:
@@ -136,31 +130,3 @@ def server_main(grid: Grid, context: Context) -> None:
         bool(rc.get("resume", False)),
         context.run_id,
     )
-
-
-def _answer(msg: Message, context: Context) -> Message:
-    try:
-        out = serve(dict(context.node_config), unpack(msg.content))
-        return Message(pack(out), reply_to=msg)
-    except Exception as exc:  # the server counts it as this client's failure, with why
-        log.warning("site failed: %s", traceback.format_exc())
-        why = str(exc) if isinstance(exc, SiteError) else f"{type(exc).__name__}: {exc}"
-        return Message(Error(CLIENT_APP_RAISED, why), reply_to=msg)
-
-
-@client_app.query()
-def client_query(msg: Message, context: Context) -> Message:
-    """``describe`` (what this site serves) and ``init_global``."""
-    return _answer(msg, context)
-
-
-@client_app.train()
-def client_train(msg: Message, context: Context) -> Message:
-    """``fit`` and ``share``: local training of one client on this site."""
-    return _answer(msg, context)
-
-
-@client_app.evaluate()
-def client_evaluate(msg: Message, context: Context) -> Message:
-    """``evaluate`` and ``predict``."""
-    return _answer(msg, context)
