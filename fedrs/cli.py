@@ -708,7 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub2.add_parser("local", help="rehearse: a SuperLink + N SuperNodes on 127.0.0.1")
     dl.add_argument("config", nargs="?", default=None, help="TOML config file")
     dl.add_argument("--sites", type=int, required=True, help="SuperNodes (organisations)")
-    dl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    dl.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     dl.add_argument("--out", default=None, help="run directory (default runs/<timestamp>)")
     dl.add_argument("--overwrite", action="store_true", help="with --out: replace a run there")
     dl.add_argument("--insecure", action="store_true", help="no TLS, no site authentication (loud)")
@@ -724,7 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     dk.set_defaults(func=_cmd_deploy)
     da = dsub2.add_parser("app", help="write the Flower App directory for `flwr run`")
     da.add_argument("config", nargs="?", default=None, help="TOML config file")
-    da.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    da.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
     da.add_argument("--sites", type=int, required=True, help="SuperNodes to wait for")
     da.add_argument("--out", required=True, help="the run directory on the SuperLink's machine")
     da.add_argument("--app", required=True, help="where to write the App (pyproject.toml)")
