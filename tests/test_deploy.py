@@ -361,3 +361,57 @@ def test_a_site_killed_mid_run_is_dropped_then_rejoins(synth_data: Path, tmp_pat
     assert all(int(c) >= 3 for c in recs[1]["failures"])  # site 1 serves clients 3, 4, 5
     assert recs[-1]["clients_ok"] == 6  # back, under the same registered key
     assert _left(tmp_path / "link") == [] and _left(tmp_path / "run") == []
+
+
+@pytest.mark.slow
+def test_the_server_app_resumes_after_a_superlink_restart(
+    synth_data: Path, tmp_path: Path, ray_cluster: Any
+) -> None:
+    """Loopback, TLS: the SuperLink stopped after round 1 (its server app goes with it),
+    started again on its database (the sites' registrations kept; the SuperNodes reconnect),
+    the App started with ``resume``: rounds 2 and 3 run, and the final tensors are those of
+    ``fedrs run`` straight through."""
+    from fedrs.orchestrator.deploy import Rehearsal, write_app
+    from fedrs.orchestrator.flower_app import STATUS
+    from fedrs.orchestrator.runner import run
+
+    cfg = small_run(synth_data, **{"federation.rounds": 3, "federation.clients_per_round": 2})
+    run_dir = tmp_path / "run"
+
+    def status() -> dict:
+        return json.loads((run_dir / STATUS).read_text()) if (run_dir / STATUS).exists() else {}
+
+    def until(done: Any, limit: float = 300) -> None:
+        end = time.monotonic() + limit
+        while not done() and time.monotonic() < end:
+            time.sleep(0.5)
+        assert done(), status()
+
+    r = Rehearsal(tmp_path / "link")
+    try:
+        r.start_superlink()
+        r.start_sites(str(synth_data), [[0, 1, 2], [3, 4, 5]])
+        r.submit(write_app(tmp_path / "app", cfg, run_dir, 2))
+        until(lambda: status().get("round") == 1)
+        first = (run_dir / "metrics.jsonl").read_text().splitlines()[0]
+        r.procs.stop("superlink")
+        r.start_superlink()
+        again = r.submit(write_app(tmp_path / "app2", cfg, run_dir, 2, resume=True))
+        until(
+            lambda: str(status().get("flower_run_id")) == again and status()["state"] == "finished"
+        )
+    finally:
+        r.stop()
+    assert [
+        json.loads(x)["round"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ] == [
+        1,
+        2,
+        3,
+    ]
+    # resumed, not run again: round 1's record is the one written before the restart
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[0] == first
+    run(cfg, out=str(tmp_path / "sim"), console=QUIET)
+    sim, dep = _tensors(tmp_path / "sim"), _tensors(run_dir)
+    assert all(np.array_equal(sim[k], dep[k]) for k in sim)
+    assert _left(tmp_path / "link") == []
