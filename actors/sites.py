@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.actors import secagg
 from fedrs.actors.client import Download, EvalTask, FitTask
 from fedrs.actors.site_worker import state_dir_of
 from fedrs.core.config import from_dict
@@ -183,6 +184,8 @@ class SitePool:
         self.sites = list(sites)
         self._index()
         self.wire = {"sent": 0, "received": 0}  # bytes of message content, both ways
+        # secure aggregation: sites keep their clients' tensors back (``actors/secagg.py``)
+        self.sealing = bool(cfg.get("secagg", {}).get("enabled", False))
 
     @staticmethod
     def put(obj: Any) -> Any:
@@ -240,6 +243,7 @@ class SitePool:
                 "tasks": [tasks[i] for i in members],
                 "uses": [distinct[id(per[i])] for i in members],
                 "partitions": [routes[i][1] for i in members],
+                "seal": method == "fit" and self.sealing,
             }
             site = routes[members[0]][0]
             msgs.append(self.message(pack(body), site.node_id, CALLS[method], self.ttl))
@@ -353,6 +357,29 @@ class SitePool:
         if msgs:  # no wait: a site that is down has nothing to drop, its message expires
             self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
             self.grid.push_messages(msgs)
+
+    def sum_sealed(
+        self, rnd: int, examples: dict[int, int], keys: list[str], timeout_s: float
+    ) -> tuple[dict[str, np.ndarray] | None, dict[int, str]]:
+        """The example-weighted mean of what the sites sealed for ``rnd`` (``update - global``
+        by tensor, float64), by secure aggregation; ``examples``: the sealed clients' example
+        counts. Also, by client, why a client's contribution is not in it."""
+        from fedrs.actors.secagg import secure_mean
+        from fedrs.core.config import SecAggConfig
+
+        by_node: dict[int, list[int]] = {}
+        for cid in examples:
+            by_node.setdefault(self.by_client[cid][0].node_id, []).append(cid)
+        weights = {n: sum(examples[c] for c in cids) for n, cids in by_node.items()}
+        fed = self.cfg.get("federation", {})
+        config = {"fedrs.run": self.run_key, "fedrs.round": rnd, "fedrs.keys": ",".join(keys)}
+        config["fedrs.seed"] = int(fed.get("seed", 0))
+        opts = SecAggConfig(**self.cfg.get("secagg", {}))
+        mean, nodes, why = secure_mean(self.grid, weights, config, opts, timeout_s, self.wire)
+        site = {s.node_id: s.site for s in self.sites}
+        missing = [(n, cids) for n, cids in by_node.items() if n not in nodes]
+        lost = {c: f"site {site[n]}: {why}" for n, cids in missing for c in cids}
+        return (None if mean is None else dict(zip(keys, mean, strict=True))), lost
 
     def call_one(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         """``method(*args)`` on the first evaluating site (e.g. ``init_global``)."""
@@ -509,13 +536,15 @@ def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
     call = body.get("call")
     if call == "describe":
         return site.describe()
-    if call not in CALLS:
+    if call not in (*CALLS, "sealed"):
         raise SiteError(f"unknown call {call!r}")
-    cfg = body["config"]
     run_key = str(body["run"])
     if not run_key.isalnum():
         raise SiteError(f"bad run key {run_key!r}")
     state = str(site.state_dir / run_key)
+    if call == "sealed":  # asked by this site's SecAgg+ stage for what the fit sealed
+        return secagg.sealed(state, run_key, int(body["round"]), list(body["keys"]))
+    cfg = body["config"]
     if call == "discard":  # dropped or rejected clients' state of that round
         from fedrs.core.state_store import FileStateStore
 
@@ -544,4 +573,23 @@ def serve(node_config: dict[str, Any], body: dict[str, Any]) -> Any:
             log.warning("client task failed: %s", exc, exc_info=True)
             why = str(exc) if isinstance(exc, SiteError) else f"{type(exc).__name__}: {exc}"
             results.append({FAILED: why})
+    if body.get("seal"):  # secure aggregation: tensors stay here, sealed for the secure sum
+        ok = [i for i, r in enumerate(results) if FAILED not in r]
+        tasks = [body["tasks"][i] for i in ok]
+        sent = [_flat(body["params"][body["uses"][i]]) for i in ok]
+        keys = sorted(tasks[0].options.upload_keys) if tasks else []
+        rnd = body["tasks"][0].options.round
+        sealed = secagg.seal(
+            type(worker.method),
+            from_dict(cfg),
+            state,
+            run_key,
+            rnd,
+            tasks,
+            sent,
+            [results[i] for i in ok],
+            keys,
+        )
+        for i, reply in zip(ok, sealed, strict=True):
+            results[i] = reply
     return {"results": results}

@@ -46,16 +46,19 @@ def combine(
     liars: set[int],
     rnd: int,
     cohort: float,
+    mean: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[ClientUpdate]]:
     """The new global tensors (strategy, then the method's ``server.update``) and the updates
     they came from (omniscient attacks replace the liars' with crafted ones). ``cohort``: the
-    expected number of clients per round, central DP's denominator."""
+    expected number of clients per round, central DP's denominator. ``mean``: the round's
+    mean computed elsewhere (a secure sum), the updates then carrying no tensors."""
     if cfg.attack.kind in OMNISCIENT:  # alie / ipm: crafted from the honest updates
         updates = omniscient(cfg.attack.kind, params, updates, liars, cfg.attack)
     if cfg.privacy.mode == "central":  # DP-FedAvg's noised mean, as the round's mean
         mean = central_estimate(
             params, updates, strategy.upload_keys, cfg.privacy, cohort, cfg.federation.seed, rnd
         )
+    if mean is not None:  # only mean-based strategies get here (``preflight``)
         new = strategy.aggregate(params, [ClientUpdate(-1, mean, 1)])
         return server.update(rnd, new, []), updates  # no individual update here
     if updates:

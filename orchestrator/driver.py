@@ -231,8 +231,12 @@ class Driver:
             self.params,
             self.spec,
             self.extra_shapes,
+            sealed=self.cfg.secagg.enabled,
         )
         dropped = {sampled[ti]: why for ti, why in failures.items()}
+        mean, secure = self._sum_sealed(rnd, updates)
+        dropped |= secure.pop("lost", {})
+        updates = [u for u in updates if u.client_id not in dropped]
         self._discard(rnd, dropped, rejected)
         check_quorum(
             self.cfg, self.strategy, rnd, len(sampled), len(updates), {**dropped, **rejected}
@@ -242,7 +246,15 @@ class Driver:
         t_server = time.perf_counter()
         liars = {sampled[ti] for ti, r in results.items() if r.get("attack")}
         params, updates = combine(
-            self.cfg, self.strategy, self.server, self.params, updates, liars, rnd, self.cohort
+            self.cfg,
+            self.strategy,
+            self.server,
+            self.params,
+            updates,
+            liars,
+            rnd,
+            self.cohort,
+            mean,
         )
         change = self._advance(rnd, params)
         server_s = time.perf_counter() - t_server  # on the server's own device
@@ -254,6 +266,7 @@ class Driver:
             **{f"server_{k}": v for k, v in self.server.metrics.items()},
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
             **shared,  # what partner organisations sent each other (none: nothing)
+            **secure,  # what secure aggregation moved (none: nothing)
         }
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
@@ -314,6 +327,25 @@ class Driver:
         for i in results:  # delivered (a task that failed may not have received its tensors)
             self.holdings.deliver(sampled[i], downs[i])
         return results, failures, shared
+
+    def _sum_sealed(
+        self, rnd: int, updates: list[Any]
+    ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any]]:
+        """Under ``secagg.enabled`` the round's mean of the sealed updates, summed securely
+        by the sites (``actors/secagg.py``), and for the record the bytes it moved and, under
+        ``lost``, the clients whose contribution it lacks; else nothing."""
+        if not self.cfg.secagg.enabled or not updates:
+            return None, {}
+        keys = sorted(self.strategy.upload_keys)
+        before = sum(self.pool.wire.values())
+        examples = {u.client_id: u.num_examples for u in updates}
+        delta, lost = self.pool.sum_sealed(rnd, examples, keys, self.cfg.federation.round_timeout_s)
+        info: dict[str, Any] = {"secagg_bytes": sum(self.pool.wire.values()) - before}
+        info["lost"] = lost
+        if delta is None:
+            return None, info
+        mean = {k: (self.params[k] + d).astype(self.params[k].dtype) for k, d in delta.items()}
+        return mean, info
 
     def _discard(self, rnd: int, dropped: dict[int, str], rejected: dict[int, str]) -> None:
         """Log each client that dropped out or was rejected; its private state of this round

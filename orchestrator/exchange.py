@@ -131,22 +131,45 @@ def accept_all(
     params: dict[str, np.ndarray],
     spec: dict[str, tuple[tuple[int, ...], Any]],
     extra_shapes: dict[str, tuple[int, ...]] | None,
+    sealed: bool = False,
 ) -> tuple[list[ClientUpdate], dict[int, str]]:
     """``accept`` for every reply of a round (``results`` by index into ``sampled``): the
-    updates accepted, in client order, and by client why the others were not."""
+    updates accepted, in client order, and by client why the others were not. ``sealed``:
+    under secure aggregation the sites ran ``accept`` and sent their verdicts
+    (``accept_sealed``)."""
     updates: list[ClientUpdate] = []
     rejected: dict[int, str] = {}
     for ti, reply in sorted(results.items()):
         ex, cid = exchanges[ti], sampled[ti]
-        sent = {k: params[k] for k in ex.down}
-        update, why = accept(
-            method_cls, cfg, cid, reply, sent, {k: spec[k] for k in ex.up}, extra_shapes
-        )
+        if sealed:
+            update, why = accept_sealed(cid, reply)
+        else:
+            sent = {k: params[k] for k in ex.down}
+            update, why = accept(
+                method_cls, cfg, cid, reply, sent, {k: spec[k] for k in ex.up}, extra_shapes
+            )
         if update is None:
             rejected[cid] = str(why)
         else:
             updates.append(update)
     return updates, rejected
+
+
+def accept_sealed(client_id: int, reply: dict[str, Any]) -> tuple[ClientUpdate | None, str]:
+    """A site's verdict on its client under secure aggregation (``actors/secagg.py``): an
+    update without tensors (they reach the server only summed), or why the site rejected
+    it; a reply that carries tensors, or no verdict, is rejected."""
+    if not isinstance(reply, dict):
+        return None, "the site sent no verdict"
+    if "rejected" in reply:
+        return None, f"rejected at its site: {reply['rejected']}"
+    if reply.get("sealed") is not True or "params" in reply or "extras" in reply:
+        return None, "the site sent tensors in the clear under secure aggregation"
+    n = reply.get("num_examples")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        return None, f"num_examples {n!r} is not a positive integer"
+    metrics = reply.get("metrics") if isinstance(reply.get("metrics"), dict) else {}
+    return ClientUpdate(client_id, {}, n, metrics), ""
 
 
 def upload_numbers(

@@ -62,6 +62,12 @@ def deploy_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError("attack.kind: simulated attacks are for `fedrs run`; set it to none")
     if cfg.federation.faults:
         raise ConfigError("federation.faults: injected faults are for `fedrs run`; leave empty")
+    from fedrs.core.strategies import STRATEGIES
+    from fedrs.orchestrator.preflight import check_composition
+
+    if cfg.strategy.name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy.name {cfg.strategy.name!r}; see `fedrs strategies`")
+    check_composition(cfg, method_class(cfg.method.name), STRATEGIES[cfg.strategy.name])
     return cfg
 
 

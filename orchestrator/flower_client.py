@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrs.actors import secagg
 from fedrs.actors.site_worker import WorkerError, forward
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,31 @@ def _answer(msg: Message, context: Context) -> Message:
         return Message(Error(CLIENT_APP_RAISED, str(exc)), reply_to=msg)
 
 
+def _sealed(node_config: dict) -> Any:
+    """What the site's worker sealed for a round, as SecAgg+ asks for it (``secagg.py``)."""
+
+    def fetch(config: dict) -> tuple[list, int]:
+        keys = [k for k in str(config["fedrs.keys"]).split(",") if k]
+        body = {"call": "sealed", "run": str(config["fedrs.run"]), "keys": keys}
+        body["round"] = int(config["fedrs.round"])
+        out, arrays = forward(node_config, json.dumps(body), {})
+        got = json.loads(out)
+        return [arrays[a["__nd__"]] for a in got["mean"]], int(got["weight"])
+
+    return fetch
+
+
+def _secure(msg: Message, context: Context) -> Message:
+    """One stage of Flower's SecAgg+ on this site (``secagg.enabled``)."""
+    node_config = dict(context.node_config)
+    try:
+        site = int(node_config.get("site", 0))
+        return secagg.client_stage(msg, context, _sealed(node_config), site)
+    except (WorkerError, KeyError, TypeError, ValueError, OSError) as exc:
+        log.warning("secure aggregation failed on this site: %s", exc)
+        return Message(Error(CLIENT_APP_RAISED, str(exc)), reply_to=msg)
+
+
 @client_app.query()
 def client_query(msg: Message, context: Context) -> Message:
     """``describe`` (what this site serves) and ``init_global``."""
@@ -42,7 +69,9 @@ def client_query(msg: Message, context: Context) -> Message:
 
 @client_app.train()
 def client_train(msg: Message, context: Context) -> Message:
-    """``fit`` and ``share``: local training of this site's clients."""
+    """``fit`` and ``share``: local training of this site's clients; the stages of SecAgg+."""
+    if secagg.STAGES in msg.content.config_records:
+        return _secure(msg, context)
     return _answer(msg, context)
 
 

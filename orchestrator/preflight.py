@@ -99,19 +99,7 @@ def resolve_names(
         global_keys=uploadable(method_cls, tuple(shapes["global"])),
         prompt_keys=method_cls.prompt_keys,
     )
-    sent_extras = method_cls.sent_extras(cfg) if cfg.privacy.mode != "none" else ()
-    if sent_extras:
-        raise ConfigError(
-            f"privacy.mode={cfg.privacy.mode} covers the tensors a client sends; method "
-            f"{method_cls.name} also sends extra payloads ({', '.join(sent_extras)}) "
-            f"that would leave unprotected"
-        )
-    if cfg.privacy.mode == "central" and not strategy.averages:
-        means = ", ".join(n for n, s in STRATEGIES.items() if s.averages)
-        raise ConfigError(
-            f"privacy.mode=central needs a mean aggregator ({means}): its noise is calibrated "
-            f"to the mean of clipped updates, not to strategy.name={cfg.strategy.name}"
-        )
+    check_composition(cfg, method_cls, type(strategy))
     need = strategy.min_clients()
     if cfg.federation.clients_per_round < need:
         raise ConfigError(
@@ -120,6 +108,45 @@ def resolve_names(
             f"{cfg.federation.clients_per_round}"
         )
     return method_cls, strategy, shapes
+
+
+def check_composition(
+    cfg: RunConfig, method_cls: type[Method], strategy_cls: type[Strategy]
+) -> None:
+    """What may run together (one-line ConfigErrors): DP and secure aggregation cover the
+    tensors a client sends, not a method's extra payloads; central DP's noise and a secure
+    sum both stand for the round's mean, so both need a mean aggregator
+    (``Strategy.averages``); central DP clips each update at the server, which a secure sum
+    never shows it."""
+    from fedrs.core.strategies import STRATEGIES
+
+    means = ", ".join(n for n, s in STRATEGIES.items() if s.averages)
+    covers = {"privacy.mode=" + cfg.privacy.mode: cfg.privacy.mode != "none"}
+    covers["secagg.enabled"] = cfg.secagg.enabled
+    sent_extras = method_cls.sent_extras(cfg) if any(covers.values()) else ()
+    if sent_extras:
+        what = " and ".join(k for k, on in covers.items() if on)
+        raise ConfigError(
+            f"{what} covers the tensors a client sends; method {method_cls.name} also sends "
+            f"extra payloads ({', '.join(sent_extras)}) that would leave unprotected"
+        )
+    if cfg.privacy.mode == "central" and not strategy_cls.averages:
+        raise ConfigError(
+            f"privacy.mode=central needs a mean aggregator ({means}): its noise is calibrated "
+            f"to the mean of clipped updates, not to strategy.name={cfg.strategy.name}"
+        )
+    if not cfg.secagg.enabled:
+        return
+    if not strategy_cls.averages:
+        raise ConfigError(
+            f"secagg.enabled: a secure sum gives the server only the round's mean, which "
+            f"strategy.name={cfg.strategy.name} cannot use; choose a mean aggregator ({means})"
+        )
+    if cfg.privacy.mode == "central":
+        raise ConfigError(
+            "secagg.enabled with privacy.mode=central: central DP clips each update at the "
+            "server, which secure aggregation never shows it; use privacy.mode=local"
+        )
 
 
 # ------------------------------------------------------------------------------- data
@@ -317,6 +344,11 @@ def preflight(
     if out is not None:
         check_room(cfg, out, shapes, registered)
     weights = check_weights(cfg.model.arch, cfg.model.pretrained, fetch=fetch_weights)
+    if cfg.secagg.enabled:
+        raise ConfigError(
+            "secagg.enabled: secure aggregation runs between sites on Flower's runtime "
+            "(`fedrs deploy local` / `fedrs deploy app`); a Ray run holds every update itself"
+        )
     check_cluster(cfg, connect)
     return Checked(cfg, method_cls, strategy, data, registered, weights)
 

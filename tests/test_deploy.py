@@ -5,6 +5,7 @@ loopback with a real SuperLink and SuperNodes, TLS and registered site keys."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import os
@@ -19,12 +20,23 @@ import pytest
 from rich.console import Console
 
 from conftest import small_run
+from fedrs.actors import secagg
 from fedrs.actors.client import EvalTask, FitTask
 from fedrs.actors.sites import SiteError, pack, serve, unpack
 from fedrs.methods.base import FitOptions
 from fedrs.orchestrator import checkpoint
 
 QUIET = Console(file=io.StringIO())
+
+
+@pytest.fixture(autouse=True)
+def _flower_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a Flower run the process knows its run (Flower's messages read it there)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 def test_the_codec_round_trips_tasks_arrays_and_types_without_pickle() -> None:
@@ -94,9 +106,13 @@ class FakeGrid:
     config (the code a SuperNode's ClientApp runs); ``tamper(node, body, out)`` may change an
     answer, nodes in ``silent`` never answer."""
 
-    def __init__(self, nodes: dict[int, dict], tamper: Any = None, silent: tuple = ()) -> None:
-        self.nodes, self.tamper, self.silent = nodes, tamper, silent
-        self.replies: dict[str, _Reply] = {}
+    def __init__(
+        self, nodes: dict[int, dict], tamper: Any = None, silent: tuple = (), leave: Any = None
+    ) -> None:
+        self.nodes, self.tamper, self.silent, self.leave = nodes, tamper, silent, leave
+        self.replies: dict[str, Any] = {}
+        self.contexts: dict[int, Any] = {}  # each site's Flower context (SecAgg+ keeps keys)
+        self.clear: list[int] = []  # arrays' bytes in each fit reply (secure: none)
 
     def get_node_ids(self) -> list[int]:
         return list(self.nodes)
@@ -108,6 +124,9 @@ class FakeGrid:
             ids.append(mid)
             if node in self.silent:
                 continue
+            if secagg.STAGES in getattr(m.content, "config_records", {}):
+                self.replies[mid] = self._stage(m, mid, node)
+                continue
             body = unpack(m.content)
             try:
                 out = serve(self.nodes[node], body)
@@ -117,10 +136,44 @@ class FakeGrid:
             if self.tamper is not None:
                 out = self.tamper(node, body, out)
             self.replies[mid] = _Reply(mid, content=pack(out))
+            if body["call"] == "fit":
+                self.clear.append(sum(a.nbytes for a in _arrays(out)))
         return ids
+
+    def _stage(self, m: Any, mid: str, node: int) -> Any:
+        """A SecAgg+ stage on a site, as its ClientApp answers it (``secagg.client_stage``
+        with the site's sealed contribution from ``serve``); ``leave(node, stage)`` true:
+        the site fails that stage."""
+        from flwr.app import Context, Error, Message, RecordDict
+
+        m = copy.deepcopy(m)  # a site gets its own copy (Flower's workflow reuses contents)
+        m.metadata.__dict__["_message_id"] = mid  # what Flower's grid sets when it pushes
+        cfg = self.nodes[node]
+        stage = m.content.config_records[secagg.STAGES]["stage"]
+        if self.leave is not None and self.leave(node, stage):
+            return Message(Error(2, "the site left"), reply_to=m)
+        ctx = self.contexts.setdefault(node, Context(1, node, cfg, RecordDict(), {}))
+
+        def fetch(c: dict) -> tuple[list, int]:
+            body = {"call": "sealed", "run": c["fedrs.run"], "round": int(c["fedrs.round"])}
+            got = serve(cfg, {**body, "keys": str(c["fedrs.keys"]).split(",")})
+            return got["mean"], got["weight"]
+
+        return secagg.client_stage(m, ctx, fetch, int(cfg["site"]))
 
     def pull_messages(self, ids: list[str]) -> list[_Reply]:
         return [self.replies.pop(i) for i in list(ids) if i in self.replies]
+
+
+def _arrays(x: Any) -> list[np.ndarray]:
+    """Every array in a reply, however nested."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    if isinstance(x, dict):
+        return [a for v in x.values() for a in _arrays(v)]
+    if isinstance(x, list | tuple):
+        return [a for v in x for a in _arrays(v)]
+    return []
 
 
 def _sites(data: Path, state: Path, per_site: int, n: int) -> dict[int, dict]:
@@ -140,6 +193,10 @@ def _sites(data: Path, state: Path, per_site: int, n: int) -> dict[int, dict]:
 
 def _tensors(run_dir: Path) -> dict[str, np.ndarray]:
     return checkpoint.load(run_dir)[1]
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "federation" / "manifest.json").read_text())
 
 
 @pytest.mark.parametrize("method", ["promptfl", "fedrsclip"])
@@ -229,6 +286,111 @@ def test_a_tampered_or_silent_site_is_rejected_or_dropped_and_counted(
     assert all("did not answer within 3 s" in " ".join(r["failures"].values()) for r in recs)
 
 
+# ---------------------------------------------------------------------------- secure aggregation
+def _round_one(run_dir: Path) -> dict[str, np.ndarray]:
+    return checkpoint.load(run_dir)[1]
+
+
+def test_secure_aggregation_gives_the_plain_mean_within_its_stated_tolerance(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """3 sites x 2 clients, one round of PromptFL: with SecAgg+ the server receives no client
+    tensor, and the new global context is the plain run's to within ``secagg.tolerance``
+    (quantization), not exactly (it is quantized); seeded rounding makes it reproducible."""
+    from fedrs.core.config import SecAggConfig
+    from fedrs.orchestrator.flower_app import run_on_sites
+
+    sets = {"federation.clients_per_round": 6, "federation.rounds": 1}
+    plain_cfg = small_run(synth_data, **sets)
+    secure_cfg = small_run(synth_data, **sets, **{"secagg.enabled": True})
+    nodes = _sites(synth_data, tmp_path, 2, 3)
+    plain_grid, grid = FakeGrid(nodes), FakeGrid(nodes)
+    run_on_sites(plain_grid, plain_cfg, tmp_path / "plain", 3, 5, message=_Msg)
+    run_on_sites(grid, secure_cfg, tmp_path / "secure", 3, 5, message=_Msg)
+    run_on_sites(FakeGrid(nodes), secure_cfg, tmp_path / "again", 3, 5, message=_Msg)
+    assert min(plain_grid.clear) > 0 and grid.clear == [0, 0, 0]  # no tensor in the clear
+    plain, secure = _round_one(tmp_path / "plain"), _round_one(tmp_path / "secure")
+    rec = json.loads((tmp_path / "secure" / "metrics.jsonl").read_text())
+    sizes = [c["num_examples"] for c in _manifest(tmp_path / "secure")["clients"]]
+    per_site = [sizes[0] + sizes[1], sizes[2] + sizes[3], sizes[4] + sizes[5]]
+    tol = secagg.tolerance(SecAggConfig(), per_site) + 1e-7  # + float32's cast
+    diff = np.abs(plain["prompt.ctx"].astype(np.float64) - secure["prompt.ctx"]).max()
+    body = {"call": "init_global", "config": plain_cfg.to_dict(), "run": "init", "args": [0]}
+    init = serve(next(iter(nodes.values())), body)["prompt.ctx"]
+    moved = np.abs(plain["prompt.ctx"] - init).max()
+    assert 0 < diff <= tol < moved / 100, (diff, tol, moved)  # quantized, and far below a step
+    again = _round_one(tmp_path / "again")
+    assert np.array_equal(again["prompt.ctx"], secure["prompt.ctx"])  # reproducible
+    assert rec["clients_ok"] == 6 and rec["secagg_bytes"] > 0
+
+
+def test_a_site_leaving_during_secure_aggregation_is_recovered_and_counted(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """Site 2 seals, then leaves before sending its masked vector: SecAgg+ recovers the sum
+    of the two others (their keys' shares), its clients count as dropped, and the mean is
+    the plain run's with that site gone (within the tolerance). With two sites nothing is
+    left to hide among: the round's clients drop, and the quorum fails the run."""
+    from fedrs.core.config import SecAggConfig
+    from fedrs.orchestrator.aggregate import RoundFailedError
+    from fedrs.orchestrator.flower_app import run_on_sites
+
+    sets = {"federation.clients_per_round": 6, "federation.rounds": 1}
+    sets["federation.min_clients"] = 2
+    nodes = _sites(synth_data, tmp_path, 2, 3)
+    site2 = next(n for n, c in nodes.items() if c["site"] == 2)
+    stage = "collect_masked_vectors"
+    grid = FakeGrid(nodes, leave=lambda n, s: n == site2 and s == stage)
+    secure_cfg = small_run(synth_data, **sets, **{"secagg.enabled": True})
+    run_on_sites(grid, secure_cfg, tmp_path / "secure", 3, 5, message=_Msg)
+    rec = json.loads((tmp_path / "secure" / "metrics.jsonl").read_text())
+    assert rec["clients_failed"] == 2 and rec["clients_ok"] == 4
+    assert all("left during secure aggregation" in w for w in rec["failures"].values())
+
+    class Gone(FakeGrid):  # site 2 does not answer its fit: the plain run without it
+        def push_messages(self, msgs: list[Any]) -> list[str]:
+            self.silent = (site2,) if unpack(msgs[0].content)["call"] == "fit" else ()
+            return super().push_messages(msgs)
+
+    plain_cfg = small_run(synth_data, **sets, **{"federation.round_timeout_s": 2.0})
+    run_on_sites(Gone(nodes), plain_cfg, tmp_path / "plain", 3, 5, message=_Msg)
+    sizes = [c["num_examples"] for c in _manifest(tmp_path / "secure")["clients"]]
+    tol = secagg.tolerance(SecAggConfig(), [sizes[0] + sizes[1], sizes[2] + sizes[3]]) + 1e-7
+    a, b = _round_one(tmp_path / "plain"), _round_one(tmp_path / "secure")
+    assert np.abs(a["prompt.ctx"].astype(np.float64) - b["prompt.ctx"]).max() <= tol
+
+    two = _sites(synth_data, tmp_path / "two", 3, 2)
+    leaver = next(n for n, c in two.items() if c["site"] == 1)
+    grid = FakeGrid(two, leave=lambda n, s: n == leaver and s == stage)
+    with pytest.raises(RoundFailedError, match="secure aggregation halted"):
+        run_on_sites(grid, secure_cfg, tmp_path / "two-run", 2, 5, message=_Msg)
+
+
+def test_secure_aggregation_rejects_at_the_site_and_refuses_what_cannot_compose(
+    synth_data: Path, tmp_path: Path
+) -> None:
+    """A client update outside ``[-clip, clip]`` is rejected by its site (counted), not
+    clipped; SecAgg+ is refused in one line with a non-mean aggregator, with central DP, and
+    in a Ray run."""
+    from fedrs.errors import ConfigError
+    from fedrs.orchestrator.aggregate import RoundFailedError
+    from fedrs.orchestrator.flower_app import deploy_config, run_on_sites
+    from fedrs.orchestrator.runner import run
+
+    on = {"secagg.enabled": True, "federation.clients_per_round": 6, "federation.rounds": 1}
+    tight = small_run(synth_data, **on, **{"secagg.clip": 1e-9})
+    nodes = _sites(synth_data, tmp_path, 2, 3)
+    with pytest.raises(RoundFailedError, match=r"rejected at its site: .* > secagg.clip=1e-09"):
+        run_on_sites(FakeGrid(nodes), tight, tmp_path / "tight", 3, 5, message=_Msg)
+    with pytest.raises(ConfigError, match="secagg.enabled: a secure sum .* strategy.name=median"):
+        deploy_config(small_run(synth_data, **on, **{"strategy.name": "median"}))
+    central = {"privacy.mode": "central", "privacy.noise_multiplier": 0.5}
+    with pytest.raises(ConfigError, match="privacy.mode=central: central DP clips each"):
+        deploy_config(small_run(synth_data, **on, **central))
+    with pytest.raises(ConfigError, match="secure aggregation runs between sites"):
+        run(small_run(synth_data, **on), out=str(tmp_path / "ray"), console=QUIET)
+
+
 def test_a_site_config_is_checked_in_one_line(synth_data: Path, tmp_path: Path) -> None:
     with pytest.raises(SiteError, match="data-path"):
         serve({}, {"call": "describe"})
@@ -289,6 +451,23 @@ def test_deploy_local_with_tls_equals_fedrs_run_and_leaves_no_process(
         assert (tmp_path / "dep" / name).is_file(), name
     assert (tmp_path / "dep" / "deploy" / "certs" / "ca.crt").is_file()  # TLS was on
     assert _left(tmp_path / "dep") == []
+
+    # SecAgg+ through the real ClientApp (its keys in Flower's per-run context state) and the
+    # sites' resident workers: the plain run's tensors to within the stated tolerance
+    from fedrs.actors.secagg import tolerance
+
+    one = two.replace(**{"federation.rounds": 1})
+    secure = one.replace(**{"secagg.enabled": True})
+    local(secure, 2, out=str(tmp_path / "sec"), console=QUIET, timeout_s=600)
+    run(one, out=str(tmp_path / "sim1"), console=QUIET)
+    rec = json.loads((tmp_path / "sec" / "metrics.jsonl").read_text())
+    sizes = {int(c): v["num_examples"] for c, v in rec["clients"].items()}
+    sites = [sum(n for c, n in sizes.items() if c < 3), sum(n for c, n in sizes.items() if c >= 3)]
+    tol = tolerance(secure.secagg, [w for w in sites if w]) + 1e-7
+    a, b = _tensors(tmp_path / "sim1"), _tensors(tmp_path / "sec")
+    assert rec["clients_ok"] == 2 and rec["secagg_bytes"] > 0
+    assert all(np.abs(a[k].astype(np.float64) - b[k]).max() <= tol for k in a)
+    assert _left(tmp_path / "sec") == []
 
 
 @pytest.mark.slow

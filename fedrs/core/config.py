@@ -319,6 +319,31 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SecAggConfig:
+    """Secure aggregation across deployed sites (Flower's SecAgg+, ``actors/secagg.py``): the
+    server learns only the example-weighted mean of the sites' updates. Each site sends its
+    clients' mean ``update - global`` quantized over ``[-clip, clip]`` in ``quantization``
+    levels; a client update with a value outside that range is rejected at its site (never
+    clipped silently). ``shares``: the fraction of the round's sites each shares its keys with;
+    ``threshold``: the fraction of those shares that recovers a site that drops out."""
+
+    enabled: bool = False
+    clip: float = 1.0
+    quantization: int = 1 << 22
+    shares: float = 1.0
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.clip > 0, f"secagg.clip must be > 0, got {self.clip}")
+        _check(
+            0 < self.quantization < 1 << 30,
+            f"secagg.quantization must be in [1, 2^30), got {self.quantization}",
+        )
+        _check(0 < self.shares <= 1, f"secagg.shares must be in (0, 1], got {self.shares}")
+        _check(0 < self.threshold <= 1, f"secagg.threshold must be in (0, 1], got {self.threshold}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -329,6 +354,7 @@ class RunConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         f = self.federation

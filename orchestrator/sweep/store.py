@@ -33,12 +33,16 @@ def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
 
 
 ADDED_KEYS = {("client", "max_grad_norm"): 0.0}
+ADDED_SECTIONS = ("secagg",)  # hashed only when set away from their defaults
 
 
 def config_sha(cfg: RunConfig) -> str:
     """A trial's configuration, hashed as a stored row records it: paths reduced to their
     file names (a study re-run on another machine keeps its hashes)."""
     data = cfg.to_dict()
+    for section in ADDED_SECTIONS:
+        if data[section] == RunConfig().to_dict()[section]:
+            data.pop(section)
     for section, key in (("data", "path"), ("model", "pretrained")):
         data[section][key] = Path(data[section][key]).name if data[section][key] else ""
     # sub-tables hashed flat (data.modal.patch_size as data.patch_size): rows stored before
