@@ -62,8 +62,7 @@ def seal(
     clients' weighted mean ``update - global`` kept for ``sealed`` (under ``where``, the
     site's state directory). ``sent[i]``: the tensors task i's client received; ``keys``:
     the tensors every client must send."""
-    from fedrs.core.validation import spec_of
-    from fedrs.orchestrator.exchange import accept
+    from fedrs.core.validation import accept, spec_of
 
     clip = cfg.secagg.clip
     total = {k: np.zeros(sent[0][k].shape, np.float64) for k in keys} if sent else {}

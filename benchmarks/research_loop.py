@@ -50,8 +50,7 @@ class SequentialLoop:
 
     def round(self, rnd: int) -> dict[str, Any]:
         from fedrs.core.sampling import sample_clients
-        from fedrs.core.validation import spec_of
-        from fedrs.orchestrator.exchange import accept
+        from fedrs.core.validation import accept, spec_of
 
         fed, method = self.cfg.federation, self.method
         with threads():

@@ -8,7 +8,9 @@ construction::
 
     exchange_for(...)  -> Exchange(down, up, extras)   what travels, per client and round
     fit_options(...)   -> FitOptions                   what the client is told to train
-    accept(...)        -> (ClientUpdate | None, why)   what the server takes from its reply
+    accept_all(...)    -> accepted updates, rejected   what the server takes from the replies
+                          (``fedrs.core.validation.accept``, the rule a site also runs under
+                          secure aggregation)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from fedrs.core.config import RunConfig
 from fedrs.core.strategies import ClientUpdate
-from fedrs.core.validation import validate_extras, validate_update
+from fedrs.core.validation import accept
 from fedrs.methods.base import FitOptions, Method
 
 
@@ -90,36 +92,6 @@ def payload_bytes(payload: Any) -> int:
 def reply_bytes(reply: dict[str, Any]) -> int:
     """Bytes a client's reply carried up: its tensors and its extra payloads."""
     return payload_bytes(reply.get("params")) + payload_bytes(reply.get("extras"))
-
-
-def accept(
-    method_cls: type[Method],
-    cfg: RunConfig,
-    client_id: int,
-    reply: dict[str, Any],
-    sent: dict[str, np.ndarray],
-    spec: dict[str, tuple[tuple[int, ...], Any]],
-    extra_shapes: dict[str, tuple[int, ...]] | None,
-) -> tuple[ClientUpdate | None, str | None]:
-    """The update the server takes from a client's ``reply``, or None and why not.
-
-    The extras are checked against what the method declares, compressed tensors are restored
-    (``decode_upload``, given ``sent``: the tensors the client received), then the tensors are
-    checked against ``spec`` (the names, shapes and dtypes it was to upload; finite values)."""
-    params, extras = reply.get("params"), reply.get("extras")
-    reason = validate_extras(extras, method_cls.extra_allowed, extra_shapes)
-    if reason is None and isinstance(params, dict):
-        try:  # compressed tensors (low-rank factors) restored, then validated
-            params, extras = method_cls.decode_upload(cfg, sent, params, extras)
-        except (KeyError, ValueError) as exc:
-            reason = f"cannot decode the upload: {exc}"
-    reason = reason or validate_update(params, reply.get("num_examples"), spec)
-    if reason is not None:
-        return None, reason
-    update = ClientUpdate(
-        client_id, params, int(reply["num_examples"]), reply.get("metrics", {}), extras or {}
-    )
-    return update, None
 
 
 def accept_all(

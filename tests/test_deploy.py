@@ -382,10 +382,10 @@ def test_secure_aggregation_rejects_at_the_site_and_refuses_what_cannot_compose(
     nodes = _sites(synth_data, tmp_path, 2, 3)
     with pytest.raises(RoundFailedError, match=r"rejected at its site: .* > secagg.clip=1e-09"):
         run_on_sites(FakeGrid(nodes), tight, tmp_path / "tight", 3, 5, message=_Msg)
-    with pytest.raises(ConfigError, match="secagg.enabled: a secure sum .* strategy.name=median"):
+    with pytest.raises(ConfigError, match=r"secagg.enabled: a secure sum .* strategy.name=median"):
         deploy_config(small_run(synth_data, **on, **{"strategy.name": "median"}))
     central = {"privacy.mode": "central", "privacy.noise_multiplier": 0.5}
-    with pytest.raises(ConfigError, match="privacy.mode=central: central DP clips each"):
+    with pytest.raises(ConfigError, match=r"privacy.mode=central: central DP clips each"):
         deploy_config(small_run(synth_data, **on, **central))
     with pytest.raises(ConfigError, match="secure aggregation runs between sites"):
         run(small_run(synth_data, **on), out=str(tmp_path / "ray"), console=QUIET)

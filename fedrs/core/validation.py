@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.core.strategies.base import ClientUpdate
+
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 
 
@@ -65,3 +67,34 @@ def validate_extras(
         if not np.isfinite(value).all():
             return f"extra payload {name} has non-finite values"
     return None
+
+
+def accept(
+    method_cls: Any,
+    cfg: Any,
+    client_id: int,
+    reply: dict[str, Any],
+    sent: dict[str, np.ndarray],
+    spec: dict[str, tuple[tuple[int, ...], Any]],
+    extra_shapes: dict[str, tuple[int, ...]] | None,
+) -> tuple[ClientUpdate | None, str | None]:
+    """The update the server takes from a client's ``reply``, or None and why not (the one
+    rule: the server runs it, and each site under secure aggregation).
+
+    The extras are checked against what the method declares, compressed tensors are restored
+    (``decode_upload``, given ``sent``: the tensors the client received), then the tensors are
+    checked against ``spec`` (the names, shapes and dtypes it was to upload; finite values)."""
+    params, extras = reply.get("params"), reply.get("extras")
+    reason = validate_extras(extras, method_cls.extra_allowed, extra_shapes)
+    if reason is None and isinstance(params, dict):
+        try:  # compressed tensors (low-rank factors) restored, then validated
+            params, extras = method_cls.decode_upload(cfg, sent, params, extras)
+        except (KeyError, ValueError) as exc:
+            reason = f"cannot decode the upload: {exc}"
+    reason = reason or validate_update(params, reply.get("num_examples"), spec)
+    if reason is not None:
+        return None, reason
+    update = ClientUpdate(
+        client_id, params, int(reply["num_examples"]), reply.get("metrics", {}), extras or {}
+    )
+    return update, None
