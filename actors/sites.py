@@ -10,7 +10,10 @@ task's client, carrying the global tensors (``ArrayRecord``) and the task (``Con
 the reply carries the client's update the same way. Nothing is pickled across the boundary:
 ``pack`` / ``unpack`` write JSON plus named arrays, and rebuild only the task classes listed
 in ``_CLASSES``, so a site cannot make the server run code by what it sends, and a reply whose
-tensors are malformed is rejected by the driver's own checks as in the simulation.
+tensors are malformed is rejected by the driver's own checks as in the simulation. Under
+``secagg.enabled`` a site checks its clients' replies itself with the same rule and sends
+only its verdicts; its tensors reach the server summed with the other sites' by SecAgg+
+(``actors/secagg.py``, ``SitePool.sum_sealed``).
 
 Node config keys a site sets (``flower-supernode --node-config``)::
 

@@ -295,6 +295,9 @@ def test_the_multimodal_keys_live_in_their_own_table(tmp_path: Path) -> None:
     }
     trials = expand(load_sweep(sweeps / "fedrsclip_study.toml"))[:4]
     assert [stored[t.name] for t in trials] == [config_sha(t.cfg) for t in trials]
+    # so do rows stored before [secagg] existed; set, it counts
+    secure = trials[0].cfg.replace(**{"secagg.enabled": True})
+    assert config_sha(secure) != config_sha(trials[0].cfg)
 
 
 def test_local_steps_clip_the_gradient_norm_when_asked() -> None:
