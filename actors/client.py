@@ -99,6 +99,20 @@ def _assigned_gpus() -> list[str]:
         return []
 
 
+class _Head:
+    """The first ``n`` examples of a shard."""
+
+    def __init__(self, shard: Any, n: int) -> None:
+        self.shard, self.n = shard, n
+        self.labels = shard.labels[:n]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["shard"], name)
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class ClientWorker:
     def __init__(
         self,
@@ -176,6 +190,25 @@ class ClientWorker:
 
     def init_global(self, seed: int) -> Params:
         return self.method.init_global(seed)
+
+    def example_flops(self, params: Params, upload_keys: tuple[str, ...]) -> float:
+        """FLOPs of training one example for one epoch (forward and backward), as torch's FLOP
+        counter counts the method's ``fit`` on the first batch of partition 0 (counted on a
+        second pass: what a shard computes once, e.g. frozen embeddings, is not training).
+        The virtual clock's unit of work (``fedrs/core/system.py``); nothing is saved."""
+        from fedrs.models.flops import count_flops
+
+        params, _ = self._received(params)
+        shard = self._view(self.data.clients[0].train)
+        head = _Head(shard, min(len(shard), self.cfg.client.batch_size))
+        options = dataclasses.replace(
+            FitOptions.from_config(self.cfg, 1, 0), epochs=1, upload_keys=tuple(upload_keys)
+        )
+        private = self.method.init_private(0, self.seed)
+        self.method.fit(params, private, head, options)
+        with count_flops() as count:
+            self.method.fit(params, private, head, options)
+        return count.total / len(head)
 
     def partition(self, client_id: int) -> int:
         """The data partition a registered client trains on (``federation.num_clients`` may

@@ -42,6 +42,7 @@ from fedrs.core.metrics import collapse, global_change
 from fedrs.core.sampling import registered_clients, sample_cohort
 from fedrs.core.state_store import FileStateStore
 from fedrs.core.strategies import make_strategy
+from fedrs.core.system import time_to_target
 from fedrs.core.validation import spec_of
 from fedrs.datasets.manifest import FedDataset
 from fedrs.errors import RunStopped
@@ -51,6 +52,7 @@ from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint, partners, records
 from fedrs.orchestrator.aggregate import check_quorum, combine
 from fedrs.orchestrator.broadcast import Broadcast
+from fedrs.orchestrator.clock import Clock
 from fedrs.orchestrator.evaluation import Evaluator, train_class_counts
 from fedrs.orchestrator.exchange import (
     Exchange,
@@ -166,6 +168,18 @@ class Driver:
         self.evaluator = Evaluator(
             cfg, method_cls, self.data, self.pool, self.num_registered, self.excluded
         )
+        self.clock = (  # system heterogeneity on a virtual clock
+            Clock(
+                cfg,
+                self.pool,
+                self.params,
+                self.strategy.upload_keys,
+                self.run_dir,
+                state is not None,
+            )
+            if cfg.clocked
+            else None
+        )
 
     def exchange(self, client_id: int, rnd: int) -> Exchange:
         """What this client receives and uploads in ``rnd`` (``exchange.exchange_for``)."""
@@ -211,16 +225,26 @@ class Driver:
         t0 = time.perf_counter()
         # fixed-size, or Poisson under privacy.mode (what the accountant assumes; may be empty)
         sampled = sample_cohort(  # partner organisations of a region join together
-            self.cfg, self.num_registered, self.data.num_clients, self.excluded, rnd, self.groups
+            self.clock.sampling() if self.clock else self.cfg,  # over-selection samples more
+            self.num_registered,
+            self.data.num_clients,
+            self.excluded,
+            rnd,
+            self.groups,
         )
         self._sampled = sampled  # whose private state an abandoned round discards
         exchanges = [self.exchange(cid, rnd) for cid in sampled]
         # a client is charged for the tensors it does not hold yet
-        bytes_down = sum(
-            self.holdings.cost(c, ex.down) for c, ex in zip(sampled, exchanges, strict=True)
-        )
+        costs = [self.holdings.cost(c, ex.down) for c, ex in zip(sampled, exchanges, strict=True)]
+        plan = self._plan(sampled, exchanges, costs)  # the virtual clock's verdict, if any
+        run = plan.kept if plan else list(range(len(sampled)))  # the others never run
+        bytes_down = sum(costs[i] for i in run)
         steals = self.pool.steals
-        results, failures, shared = self._fit(rnd, sampled, exchanges)
+        results, failures, shared = self._fit(
+            rnd, [sampled[i] for i in run], [exchanges[i] for i in run]
+        )
+        results = {run[ti]: r for ti, r in results.items()}  # by index into sampled
+        failures = {run[ti]: why for ti, why in failures.items()} | (plan.dropped if plan else {})
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         updates, rejected = accept_all(
             self.method_cls,
@@ -267,6 +291,7 @@ class Driver:
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
             **shared,  # what partner organisations sent each other (none: nothing)
             **secure,  # what secure aggregation moved (none: nothing)
+            **(self.clock.advance(sampled, plan) if self.clock and plan else {}),
         }
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
@@ -327,6 +352,15 @@ class Driver:
         for i in results:  # delivered (a task that failed may not have received its tensors)
             self.holdings.deliver(sampled[i], downs[i])
         return results, failures, shared
+
+    def _plan(self, sampled: list[int], exchanges: list[Exchange], costs: list[int]) -> Any:
+        """The round's schedule on the virtual clock (``orchestrator/clock.py``), or None."""
+        if self.clock is None:
+            return None
+        parts = self.data.num_clients
+        examples = [self.data.clients[c % parts].train.num_examples for c in sampled]
+        up = [sum(self.params[k].nbytes for k in ex.up) for ex in exchanges]
+        return self.clock.plan(sampled, examples, costs, up)
 
     def _sum_sealed(
         self, rnd: int, updates: list[Any]
@@ -429,6 +463,11 @@ class Driver:
                 sum(v.size for k, v in self.params.items() if k in self.strategy.upload_keys)
             ),
         )
+        if self.clock is not None:  # virtual time, and when the target was first reached
+            summary["virtual_time_s"] = self.clock.now
+            target = self.cfg.system.target_accuracy
+            if target:
+                summary["time_to_target_s"] = time_to_target(recs, head, target)
         counts = train_class_counts(self.data)
         tail = records.long_tail(recs, counts, fed.many_shot_above, fed.few_shot_below)
         if tail:  # long-tail view: per-class accuracy by training frequency

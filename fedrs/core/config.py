@@ -176,6 +176,9 @@ class ClientConfig:
         _check(self.lr > 0, f"client.lr must be > 0, got {self.lr}")
 
 
+POLICIES = ("sync", "deadline", "overselect")
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     rounds: int = 20
@@ -195,9 +198,24 @@ class FederationConfig:
     # many-shot above many_shot_above, few-shot below few_shot_below, medium-shot in between
     many_shot_above: int = 100
     few_shot_below: int = 20
+    # how a round ends on the virtual clock (fedrs/core/system.py): sync (every sampled client
+    # that finishes), deadline (those done by deadline_s), overselect (sample
+    # ceil(clients_per_round x overselect), keep the first clients_per_round to finish)
+    policy: str = "sync"
+    deadline_s: float = 0.0
+    overselect: float = 1.3
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
+        _check(
+            self.policy in POLICIES,
+            f"federation.policy {self.policy!r}: one of {', '.join(POLICIES)}",
+        )
+        _check(
+            self.policy != "deadline" or self.deadline_s > 0,
+            "federation.policy=deadline needs federation.deadline_s > 0 (virtual seconds)",
+        )
+        _check(self.overselect >= 1, f"federation.overselect must be >= 1, got {self.overselect}")
         _check(
             0 <= self.few_shot_below <= self.many_shot_above + 1,
             "federation.few_shot_below must be >= 0 and <= federation.many_shot_above + 1",
@@ -319,6 +337,47 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class SystemConfig:
+    """Clients' systems on a virtual clock (``fedrs/core/system.py``): compute speed (every
+    client ``gflops``, a log-normal spread of sigma ``spread`` around it, or a ``trace`` CSV
+    ``client,gflops[,up_mbps,down_mbps]``), link bandwidth (0: unlimited) and availability
+    (always, or ``onoff``: on a fraction ``on_fraction`` of the time, in cycles of ``cycle_s``
+    virtual seconds on average), all drawn from the run's seed. ``target_accuracy``: the
+    summary's time to reach it. Left at these defaults with ``federation.policy = sync``,
+    there is no clock."""
+
+    speed: str = "equal"  # equal | lognormal | trace
+    gflops: float = 10.0
+    spread: float = 0.0
+    trace: str = ""
+    up_mbps: float = 0.0
+    down_mbps: float = 0.0
+    availability: str = "always"  # always | onoff
+    on_fraction: float = 0.7
+    cycle_s: float = 600.0
+    target_accuracy: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.speed in ("equal", "lognormal", "trace"),
+            f"system.speed {self.speed!r}: equal, lognormal or trace",
+        )
+        _check(self.speed != "trace" or bool(self.trace), "system.speed=trace needs system.trace")
+        _check(self.gflops > 0, f"system.gflops must be > 0, got {self.gflops}")
+        _check(self.spread >= 0, f"system.spread must be >= 0, got {self.spread}")
+        _check(
+            self.up_mbps >= 0 and self.down_mbps >= 0, "system.*_mbps must be >= 0 (0: no limit)"
+        )
+        _check(
+            self.availability in ("always", "onoff"),
+            f"system.availability {self.availability!r}: always or onoff",
+        )
+        _check(0 < self.on_fraction <= 1, "system.on_fraction must be in (0, 1]")
+        _check(self.cycle_s > 0, "system.cycle_s must be > 0")
+        _check(0 <= self.target_accuracy <= 1, "system.target_accuracy must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class SecAggConfig:
     """Secure aggregation across deployed sites (Flower's SecAgg+, ``actors/secagg.py``): the
     server learns only the example-weighted mean of the sites' updates. Each site sends its
@@ -355,6 +414,12 @@ class RunConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+
+    @property
+    def clocked(self) -> bool:
+        """Whether the run keeps a virtual clock (``[system]`` or a round policy set)."""
+        return self.system != SystemConfig() or self.federation.policy != "sync"
 
     def __post_init__(self) -> None:
         f = self.federation

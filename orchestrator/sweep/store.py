@@ -32,8 +32,9 @@ def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
         return {"status": "pending"}
 
 
-ADDED_KEYS = {("client", "max_grad_norm"): 0.0}
-ADDED_SECTIONS = ("secagg",)  # hashed only when set away from their defaults
+ADDED_KEYS = {("client", "max_grad_norm"): 0.0, ("federation", "policy"): "sync"}
+ADDED_KEYS |= {("federation", "deadline_s"): 0.0, ("federation", "overselect"): 1.3}
+ADDED_SECTIONS = ("secagg", "system")  # hashed only when set away from their defaults
 
 
 def config_sha(cfg: RunConfig) -> str:

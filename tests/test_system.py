@@ -1,0 +1,149 @@
+"""System heterogeneity on the virtual clock (``fedrs/core/system.py``,
+``orchestrator/clock.py``): client profiles drawn from the seed, the round policies computed by
+hand, and runs whose virtual times and tensors do not depend on the actor count."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from conftest import small_run
+from fedrs.core.config import SystemConfig, from_dict
+from fedrs.core.system import Profiles, Task, read_trace, schedule
+from fedrs.errors import ConfigError
+from fedrs.orchestrator import checkpoint
+
+QUIET = Console(file=io.StringIO())
+
+
+def test_profiles_are_drawn_from_the_seed_with_the_stated_spread() -> None:
+    """Log-normal speeds: the same per (seed, client) on every call, another seed another
+    draw; over 20,000 clients the median is ``gflops`` and the log-spread ``spread``; on/off
+    availability is on ``on_fraction`` of the time."""
+    cfg = SystemConfig(speed="lognormal", gflops=5.0, spread=0.8)
+    a, b = Profiles(cfg, 0), Profiles(cfg, 1)
+    speeds = np.array([a.speed(c) for c in range(20_000)])
+    assert [a.speed(c) for c in range(5)] == list(speeds[:5])
+    assert not np.allclose(speeds[:5], [b.speed(c) for c in range(5)])
+    assert abs(np.median(speeds) / 5e9 - 1) < 0.03
+    assert abs(np.log(speeds).std() - 0.8) < 0.02
+    avail = Profiles(SystemConfig(availability="onoff", on_fraction=0.7, cycle_s=100.0), 3)
+    on = [avail.online(c, t)[0] for c in range(400) for t in (50.0, 500.0, 5000.0)]
+    assert abs(np.mean(on) - 0.7) < 0.05
+    state, until = avail.online(7, 123.0)
+    assert until > 123.0 and avail.online(7, until - 1e-6)[0] == state
+    assert avail.online(7, until + 1e-6)[0] != state  # the period ends where it says
+
+
+def test_the_round_policies_by_hand() -> None:
+    """Equal speed 1 GFLOP/s, 1 MB/s down, no upload limit: durations 1, 2, 3, 4 s (+1 s of
+    download for the last). sync ends at the last finish; a 2.5 s deadline drops two; over-
+    selection keeps the first two to finish."""
+    prof = Profiles(SystemConfig(gflops=1.0, down_mbps=8.0), 0)
+    tasks = [Task(c, (c + 1) * 1e9, 1_000_000 if c == 3 else 0, 123) for c in range(4)]
+    sync = schedule("sync", 10.0, tasks, prof, keep=4)
+    assert sync.kept == [0, 1, 2, 3] and sync.dropped == {}
+    assert sync.finish == {0: 11.0, 1: 12.0, 2: 13.0, 3: 15.0} and sync.end == 15.0
+    late = schedule("deadline", 10.0, tasks, prof, keep=4, deadline_s=2.5)
+    assert late.kept == [0, 1] and sorted(late.dropped) == [2, 3] and late.end == 12.5
+    assert "missed the deadline (3.0 s > 2.5 s)" in late.dropped[2]
+    over = schedule("overselect", 10.0, list(reversed(tasks)), prof, keep=2)
+    assert over.kept == [2, 3] and over.end == 12.0  # clients 1 and 0, in reversed order
+    assert "not among the first 2" in over.dropped[0]
+    flaky = Profiles(SystemConfig(gflops=1.0, availability="onoff", cycle_s=4.0), 0)
+    out = schedule("sync", 0.0, [Task(c, 1e9, 0, 0) for c in range(40)], flaky, keep=40)
+    for i, why in out.dropped.items():  # off at the start, or off before its 1 s task ends
+        on, until = flaky.online(i, 0.0)
+        assert (not on and "offline at t=0.0" in why) or (on and until < 1.0 and "went off" in why)
+    assert len(out.kept) + len(out.dropped) == 40 and out.kept and out.dropped
+
+
+def test_a_trace_and_bad_system_keys_are_one_line(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("client,gflops,up_mbps,down_mbps\n1,2.0,8,0\n0,4.0,0,16\n")
+    assert read_trace(str(trace)) == [(4.0, 0.0, 16.0), (2.0, 8.0, 0.0)]
+    prof = Profiles(SystemConfig(speed="trace", trace=str(trace)), 0)
+    assert prof.speed(2) == 4e9 and prof.link(1) == (1e6, math.inf)
+    trace.write_text("0,fast\n")
+    with pytest.raises(ConfigError, match="line 1: .* is not numbers"):
+        read_trace(str(trace))
+    with pytest.raises(ConfigError, match="federation.policy=deadline needs"):
+        from_dict({}, ["federation.policy=deadline"])
+    with pytest.raises(ConfigError, match="system.speed 'fast'"):
+        from_dict({}, ["system.speed=fast"])
+
+
+def _rounds(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_virtual_times_and_tensors_do_not_depend_on_the_actor_count(
+    synth_data: Path, tmp_path: Path, ray_cluster: Any
+) -> None:
+    """Log-normal speeds under sync: 1 and 2 actors give the same virtual times and tensors,
+    and those tensors are the run's without a clock (the FLOP probe changes nothing)."""
+    from fedrs.orchestrator.runner import run
+
+    hetero = {"system.speed": "lognormal", "system.spread": 1.0, "system.gflops": 0.05}
+    runs = {
+        "plain": small_run(synth_data),
+        "one": small_run(synth_data, **hetero, **{"resources.num_actors": 1}),
+        "two": small_run(synth_data, **hetero),
+    }
+    for name, cfg in runs.items():
+        run(cfg, out=str(tmp_path / name), console=QUIET)
+    t = {n: checkpoint.load(tmp_path / n)[1] for n in runs}
+    assert all(np.array_equal(t["plain"][k], t[n][k]) for n in ("one", "two") for k in t["plain"])
+    one, two = _rounds(tmp_path / "one"), _rounds(tmp_path / "two")
+    assert [r["virtual_task_s"] for r in one] == [r["virtual_task_s"] for r in two]
+    assert [r["virtual_time_s"] for r in one] == [r["virtual_time_s"] for r in two]
+    tasks = one[0]["virtual_task_s"]
+    assert one[0]["virtual_round_s"] == max(tasks.values()) > 0
+    assert len(set(tasks.values())) == len(tasks)  # every client its own speed
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["virtual_time_s"] == two[-1]["virtual_time_s"]
+
+
+def test_a_deadline_drops_the_late_unrun_and_counted_and_resumes_on_the_clock(
+    synth_data: Path, tmp_path: Path, ray_cluster: Any
+) -> None:
+    """With a deadline at the median task time, the late clients are dropped before they run
+    (no reply of theirs) and counted; over-selection samples 8 and keeps 6. A run stopped
+    after round 1 and resumed ends at the same virtual time with the same tensors."""
+    from fedrs.orchestrator.runner import run
+
+    hetero = {"system.speed": "lognormal", "system.spread": 1.0, "system.gflops": 0.05}
+    probe = small_run(synth_data, **hetero, **{"federation.rounds": 1})
+    run(probe, out=str(tmp_path / "probe"), console=QUIET)
+    times = sorted(_rounds(tmp_path / "probe")[0]["virtual_task_s"].values())
+    deadline = {"federation.policy": "deadline", "federation.deadline_s": times[3] + 1e-9}
+    cfg = small_run(synth_data, **hetero, **deadline, **{"federation.rounds": 3})
+    run(cfg, out=str(tmp_path / "late"), console=QUIET)
+    first = _rounds(tmp_path / "late")[0]
+    late = {c for c, s in first["virtual_task_s"].items() if s > times[3] + 1e-9}
+    assert len(late) == 2 and first["clients_late"] == 2 and first["clients_ok"] == 4
+    assert set(first["failures"]) == late and not late & set(first["clients"])  # never ran
+    assert all("missed the deadline" in first["failures"][c] for c in late)
+    assert first["virtual_round_s"] == pytest.approx(times[3])
+
+    run(cfg, out=str(tmp_path / "cut"), console=QUIET, stop_after=1)
+    run(resume=str(tmp_path / "cut"), console=QUIET)
+    a, b = _rounds(tmp_path / "late"), _rounds(tmp_path / "cut")
+    assert [r["virtual_time_s"] for r in a] == [r["virtual_time_s"] for r in b]
+    ta, tb = checkpoint.load(tmp_path / "late")[1], checkpoint.load(tmp_path / "cut")[1]
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+    over = {"federation.policy": "overselect", "federation.num_clients": 12}
+    run(small_run(synth_data, **hetero, **over), out=str(tmp_path / "over"), console=QUIET)
+    rec = _rounds(tmp_path / "over")[0]
+    assert rec["clients_sampled"] == 8 and rec["clients_ok"] == 6 and rec["clients_late"] == 2
+    kept = sorted(rec["virtual_task_s"][c] for c in rec["clients"])
+    dropped = [rec["virtual_task_s"][c] for c in rec["failures"]]
+    assert max(kept) <= min(dropped) and rec["virtual_round_s"] == pytest.approx(max(kept))
