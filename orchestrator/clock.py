@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from fedrs.core.config import RunConfig
-from fedrs.core.system import Profiles, Schedule, Task, cohort_size, schedule
+from fedrs.core.system import (
+    Aggregation,
+    AsyncSchedule,
+    AsyncTask,
+    Profiles,
+    Schedule,
+    Task,
+    cohort_size,
+    schedule,
+)
 from fedrs.orchestrator import records
 
 log = logging.getLogger(__name__)
@@ -77,3 +86,65 @@ class Clock:
             "clients_late": len(plan.dropped),
             "virtual_task_s": {str(sampled[i]): t - start for i, t in plan.finish.items()},
         }
+
+
+class AsyncRounds:
+    """FedBuff / FedAsync rounds (``federation.policy``; ``fedrs/core/system.py``:
+    ``AsyncSchedule``): a round is one aggregation. Before aggregation r the tasks that
+    started on version r - 1 train together on the pool (one wave: they all received the same
+    tensors), and their replies wait until the schedule says they arrive; each reply keeps the
+    version it trained from, so its update is ``reply - that version``, down-weighted by its
+    staleness (``staleness_weight``) when it reaches the strategy."""
+
+    STREAM = 4  # the seeded generator's stream for drawing clients
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        clock: Clock,
+        usable: Any,
+        task_of: Any,
+    ) -> None:
+        fed = cfg.federation
+        self.seed, self.usable = fed.seed, usable
+        buffer = 1 if fed.policy == "fedasync" else (fed.buffer or fed.clients_per_round)
+        self.schedule = AsyncSchedule(
+            clock.profiles, self._draw, task_of, fed.clients_per_round, buffer, clock.now
+        )
+        # seq -> (reply, why it failed, the version it trained from), until it arrives
+        self.replies: dict[int, tuple[dict[str, Any] | None, str, int]] = {}
+        self.versions: dict[int, dict[str, np.ndarray]] = {}  # what waiting replies trained from
+
+    def _draw(self, seq: int, busy: set[int]) -> int | None:
+        """Task ``seq``'s client: uniform over the usable registered clients not busy."""
+        rng = np.random.default_rng([self.seed, self.STREAM, seq])
+        n = len(self.usable)
+        for _ in range(64 + 4 * len(busy)):
+            c = self.usable[int(rng.integers(n))]
+            if c not in busy:
+                return c
+        return None
+
+    def wave(self, version: int) -> list[AsyncTask]:
+        """The tasks that start on ``version`` (known once the next aggregation is)."""
+        self.schedule.until(version + 1)
+        return list(self.schedule.started.get(version, []))
+
+    def hold(self, task: AsyncTask, reply: dict[str, Any] | None, why: str, params: Any) -> None:
+        """Keep a task's reply (or why it failed) and the version it trained from until it
+        arrives."""
+        self.replies[task.seq] = (reply, why, task.base)
+        self.versions.setdefault(task.base, params)
+
+    def take(self, version: int) -> tuple[Aggregation, list[tuple[AsyncTask, Any, str, Any]]]:
+        """Aggregation ``version`` and, for each of its arrivals and lost tasks, (task, reply,
+        why, the tensors it trained from); versions no waiting reply needs are let go."""
+        agg = self.schedule.until(version)
+        out = []
+        for task in agg.arrivals + agg.lost:
+            reply, why, _ = self.replies.pop(task.seq, (None, "never ran", task.base))
+            out.append((task, reply, task.lost or why, self.versions.get(task.base)))
+        needed = {base for _, _, base in self.replies.values()}
+        for v in [v for v in self.versions if v not in needed]:
+            del self.versions[v]
+        return agg, out

@@ -26,6 +26,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +38,22 @@ from fedrs.actors.dispatch import PerTask
 from fedrs.actors.placement import Placement
 from fedrs.actors.pool import ClientPool
 from fedrs.core import privacy
-from fedrs.core.config import RunConfig, with_data_path
+from fedrs.core.config import ASYNC_POLICIES, RunConfig, with_data_path
 from fedrs.core.metrics import collapse, global_change
 from fedrs.core.sampling import registered_clients, sample_cohort
 from fedrs.core.state_store import FileStateStore
 from fedrs.core.strategies import make_strategy
-from fedrs.core.system import time_to_target
+from fedrs.core.system import Task, stale_update, time_to_target
 from fedrs.core.validation import spec_of
 from fedrs.datasets.manifest import FedDataset
-from fedrs.errors import RunStopped
+from fedrs.errors import FedrsError, RunStopped
 from fedrs.faults import inject
 from fedrs.io import process_memory, write_json
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint, partners, records
 from fedrs.orchestrator.aggregate import check_quorum, combine
 from fedrs.orchestrator.broadcast import Broadcast
-from fedrs.orchestrator.clock import Clock
+from fedrs.orchestrator.clock import AsyncRounds, Clock
 from fedrs.orchestrator.evaluation import Evaluator, train_class_counts
 from fedrs.orchestrator.exchange import (
     Exchange,
@@ -70,6 +71,22 @@ from fedrs.orchestrator.plots import plot_classes, plot_curve
 
 log = logging.getLogger(__name__)
 STATE_DIR = "client_state"
+
+
+@dataclass
+class Gathered:
+    """A round's replies before the server takes them, by index into ``sampled``."""
+
+    sampled: list[int]
+    exchanges: list[Exchange]
+    results: dict[int, Any]
+    failures: dict[int, str]
+    shared: dict[str, Any]  # what partner organisations sent each other
+    bytes_down: int
+    sent: list[Any] | None = None  # asynchronous: the tensors each trained from
+    staleness: list[int] = field(default_factory=list)  # asynchronous: versions behind
+    rounds: list[int] | None = None  # asynchronous: the round each client's state is saved under
+    clock: dict[str, Any] = field(default_factory=dict)  # the virtual clock's record fields
 
 
 class Driver:
@@ -168,18 +185,37 @@ class Driver:
         self.evaluator = Evaluator(
             cfg, method_cls, self.data, self.pool, self.num_registered, self.excluded
         )
-        self.clock = (  # system heterogeneity on a virtual clock
-            Clock(
-                cfg,
-                self.pool,
-                self.params,
-                self.strategy.upload_keys,
-                self.run_dir,
-                state is not None,
+        self.clock = None  # system heterogeneity on a virtual clock
+        self.rounds: AsyncRounds | None = None  # asynchronous rounds (FedBuff, FedAsync)
+        if cfg.clocked:
+            keys, resumed = self.strategy.upload_keys, state is not None
+            self.clock = Clock(cfg, self.pool, self.params, keys, self.run_dir, resumed)
+        if cfg.federation.policy in ASYNC_POLICIES:
+            self.rounds = self._async_rounds(state is not None)
+
+    def _async_rounds(self, resumed: bool) -> AsyncRounds:
+        """The schedule of an asynchronous run (``clock.AsyncRounds``)."""
+        policy = self.cfg.federation.policy
+        if resumed:
+            raise FedrsError(f"federation.policy={policy}: resuming is not supported yet")
+        if self.groups:
+            raise FedrsError(
+                f"federation.policy={policy}: partner organisations train together; "
+                "their exchange needs synchronous rounds"
             )
-            if cfg.clocked
-            else None
-        )
+        parts, clock = self.data.num_clients, self.clock
+        assert clock is not None
+        usable = [c for c in range(self.num_registered) if c % parts not in self.excluded]
+        epochs = self.cfg.client.local_epochs
+
+        def task_of(c: int) -> Task:
+            ex = self.exchange(c, 1)
+            n = self.data.clients[c % parts].train.num_examples
+            down = sum(self.params[k].nbytes for k in ex.down)
+            up = sum(self.params[k].nbytes for k in ex.up)
+            return Task(c, clock.example_flops * n * epochs, down, up)
+
+        return AsyncRounds(self.cfg, clock, usable, task_of)
 
     def exchange(self, client_id: int, rnd: int) -> Exchange:
         """What this client receives and uploads in ``rnd`` (``exchange.exchange_for``)."""
@@ -223,28 +259,11 @@ class Driver:
         """One round: sample, send, fit, accept, aggregate + server step, evaluate, record."""
         fed = self.cfg.federation
         t0 = time.perf_counter()
-        # fixed-size, or Poisson under privacy.mode (what the accountant assumes; may be empty)
-        sampled = sample_cohort(  # partner organisations of a region join together
-            self.clock.sampling() if self.clock else self.cfg,  # over-selection samples more
-            self.num_registered,
-            self.data.num_clients,
-            self.excluded,
-            rnd,
-            self.groups,
-        )
-        self._sampled = sampled  # whose private state an abandoned round discards
-        exchanges = [self.exchange(cid, rnd) for cid in sampled]
-        # a client is charged for the tensors it does not hold yet
-        costs = [self.holdings.cost(c, ex.down) for c, ex in zip(sampled, exchanges, strict=True)]
-        plan = self._plan(sampled, exchanges, costs)  # the virtual clock's verdict, if any
-        run = plan.kept if plan else list(range(len(sampled)))  # the others never run
-        bytes_down = sum(costs[i] for i in run)
         steals = self.pool.steals
-        results, failures, shared = self._fit(
-            rnd, [sampled[i] for i in run], [exchanges[i] for i in run]
-        )
-        results = {run[ti]: r for ti, r in results.items()}  # by index into sampled
-        failures = {run[ti]: why for ti, why in failures.items()} | (plan.dropped if plan else {})
+        got = self._gather_async(rnd) if self.rounds is not None else self._gather(rnd)
+        sampled, exchanges, results = got.sampled, got.exchanges, got.results
+        failures = got.failures
+        self._sampled = sampled  # whose private state an abandoned round discards
         steals = self.pool.steals - steals  # tasks idle actors took from a straggler's queue
         updates, rejected = accept_all(
             self.method_cls,
@@ -256,12 +275,18 @@ class Driver:
             self.spec,
             self.extra_shapes,
             sealed=self.cfg.secagg.enabled,
+            sent=got.sent,
         )
+        if got.sent is not None:  # stale updates, as steps from today's tensors
+            updates = [
+                stale_update(u, self.params, got.sent[i], got.staleness[i])
+                for i, u in ((sampled.index(u.client_id), u) for u in updates)
+            ]
         dropped = {sampled[ti]: why for ti, why in failures.items()}
         mean, secure = self._sum_sealed(rnd, updates)
         dropped |= secure.pop("lost", {})
         updates = [u for u in updates if u.client_id not in dropped]
-        self._discard(rnd, dropped, rejected)
+        self._discard(rnd, dropped, rejected, got.rounds)
         check_quorum(
             self.cfg, self.strategy, rnd, len(sampled), len(updates), {**dropped, **rejected}
         )
@@ -289,9 +314,9 @@ class Driver:
             **privacy.spent(self.cfg, rnd, self.num_registered),
             **{f"server_{k}": v for k, v in self.server.metrics.items()},
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
-            **shared,  # what partner organisations sent each other (none: nothing)
+            **got.shared,  # what partner organisations sent each other (none: nothing)
             **secure,  # what secure aggregation moved (none: nothing)
-            **(self.clock.advance(sampled, plan) if self.clock and plan else {}),
+            **got.clock,  # the virtual clock's view of the round (none: nothing)
         }
         if rnd % fed.eval_every == 0 or rnd == fed.rounds:
             t_eval = time.perf_counter()
@@ -301,7 +326,7 @@ class Driver:
             record["eval_s"] = time.perf_counter() - t_eval  # spread over the actors
         record |= records.tally(sampled, updates, dropped, rejected, results) | {
             "bytes_up": sum(reply_bytes(r) for r in results.values()),
-            "bytes_down": bytes_down,
+            "bytes_down": got.bytes_down,
             "fit_s": fit_s,
             "server_s": server_s,
             "wall_s": time.perf_counter() - t0,
@@ -353,6 +378,73 @@ class Driver:
             self.holdings.deliver(sampled[i], downs[i])
         return results, failures, shared
 
+    def _gather(self, rnd: int) -> Gathered:
+        """A synchronous round's replies: sample (over-selection samples more), let the
+        virtual clock's policy drop the clients it would not wait for (they never run),
+        train the others."""
+        # fixed-size, or Poisson under privacy.mode (what the accountant assumes; may be empty)
+        sampled = sample_cohort(  # partner organisations of a region join together
+            self.clock.sampling() if self.clock else self.cfg,
+            self.num_registered,
+            self.data.num_clients,
+            self.excluded,
+            rnd,
+            self.groups,
+        )
+        self._sampled = sampled
+        exchanges = [self.exchange(cid, rnd) for cid in sampled]
+        # a client is charged for the tensors it does not hold yet
+        costs = [self.holdings.cost(c, ex.down) for c, ex in zip(sampled, exchanges, strict=True)]
+        plan = self._plan(sampled, exchanges, costs)  # the virtual clock's verdict, if any
+        run = plan.kept if plan else list(range(len(sampled)))  # the others never run
+        results, failures, shared = self._fit(
+            rnd, [sampled[i] for i in run], [exchanges[i] for i in run]
+        )
+        results = {run[ti]: r for ti, r in results.items()}  # by index into sampled
+        failures = {run[ti]: why for ti, why in failures.items()} | (plan.dropped if plan else {})
+        clock = self.clock.advance(sampled, plan) if self.clock and plan else {}
+        bytes_down = sum(costs[i] for i in run)
+        return Gathered(sampled, exchanges, results, failures, shared, bytes_down, clock=clock)
+
+    def _gather_async(self, rnd: int) -> Gathered:
+        """Aggregation ``rnd`` of an asynchronous run (``clock.AsyncRounds``): the tasks that
+        start on today's tensors (version rnd - 1) train now, as one wave; the arrivals the
+        schedule gives this aggregation are taken with the tensors each trained from."""
+        assert self.rounds is not None and self.clock is not None
+        version = rnd - 1
+        wave = [t for t in self.rounds.wave(version) if not t.lost]  # lost ones never run
+        exchanges = [self.exchange(t.client_id, rnd) for t in wave]
+        costs = [
+            self.holdings.cost(t.client_id, ex.down) for t, ex in zip(wave, exchanges, strict=True)
+        ]
+        results, failures, shared = self._fit(rnd, [t.client_id for t in wave], exchanges)
+        for i, task in enumerate(wave):
+            self.rounds.hold(task, results.get(i), failures.get(i, ""), self.params)
+        agg, taken = self.rounds.take(rnd)
+        sampled = [t.client_id for t, *_ in taken]
+        out = Gathered(
+            sampled,
+            [self.exchange(t.client_id, t.base + 1) for t, *_ in taken],
+            {i: r for i, (_, r, _, _) in enumerate(taken) if r is not None},
+            {i: why or "no reply" for i, (_, r, why, _) in enumerate(taken) if r is None},
+            shared,
+            sum(costs),
+            sent=[base for *_, base in taken],
+            staleness=[agg.version - 1 - t.base for t, *_ in taken],
+            rounds=[t.base + 1 for t, *_ in taken],
+        )
+        start, self.clock.now = self.clock.now, agg.time
+        stale = [s for i, s in enumerate(out.staleness) if i in out.results]
+        out.clock = {
+            "virtual_round_s": agg.time - start,
+            "virtual_time_s": agg.time,
+            "clients_late": len(agg.lost),
+            "staleness_mean": float(np.mean(stale)) if stale else 0.0,
+            "staleness_max": max(stale, default=0),
+            "virtual_task_s": {str(t.client_id): t.finish - t.start for t, *_ in taken},
+        }
+        return out
+
     def _plan(self, sampled: list[int], exchanges: list[Exchange], costs: list[int]) -> Any:
         """The round's schedule on the virtual clock (``orchestrator/clock.py``), or None."""
         if self.clock is None:
@@ -381,13 +473,20 @@ class Driver:
         mean = {k: (self.params[k] + d).astype(self.params[k].dtype) for k, d in delta.items()}
         return mean, info
 
-    def _discard(self, rnd: int, dropped: dict[int, str], rejected: dict[int, str]) -> None:
+    def _discard(
+        self,
+        rnd: int,
+        dropped: dict[int, str],
+        rejected: dict[int, str],
+        rounds: list[int] | None = None,
+    ) -> None:
         """Log each client that dropped out or was rejected; its private state of this round
-        does not count."""
+        does not count (``rounds``: per sampled client, the round its task saved under)."""
+        saved = dict(zip(self._sampled, rounds, strict=True)) if rounds else {}
         for cid, why in {**dropped, **rejected}.items():
             verb = "rejected" if cid in rejected else "dropped out"
             log.warning("round %d: client %d %s: %s", rnd, cid, verb, why)
-            self.store.discard(cid, rnd)
+            self.store.discard(cid, saved.get(cid, rnd))
         self.pool.discard(list({**dropped, **rejected}), rnd)  # where the clients keep state
 
     def _advance(self, rnd: int, params: dict[str, np.ndarray]) -> dict[str, float]:

@@ -104,11 +104,13 @@ def accept_all(
     spec: dict[str, tuple[tuple[int, ...], Any]],
     extra_shapes: dict[str, tuple[int, ...]] | None,
     sealed: bool = False,
+    sent: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[list[ClientUpdate], dict[int, str]]:
     """``accept`` for every reply of a round (``results`` by index into ``sampled``): the
     updates accepted, in client order, and by client why the others were not. ``sealed``:
     under secure aggregation the sites ran ``accept`` and sent their verdicts
-    (``accept_sealed``)."""
+    (``accept_sealed``). ``sent``: by index, the tensors each client trained from, where
+    they are not ``params`` (asynchronous rounds)."""
     updates: list[ClientUpdate] = []
     rejected: dict[int, str] = {}
     for ti, reply in sorted(results.items()):
@@ -116,9 +118,15 @@ def accept_all(
         if sealed:
             update, why = accept_sealed(cid, reply)
         else:
-            sent = {k: params[k] for k in ex.down}
+            base = params if sent is None else sent[ti]
             update, why = accept(
-                method_cls, cfg, cid, reply, sent, {k: spec[k] for k in ex.up}, extra_shapes
+                method_cls,
+                cfg,
+                cid,
+                reply,
+                {k: base[k] for k in ex.down},
+                {k: spec[k] for k in ex.up},
+                extra_shapes,
             )
         if update is None:
             rejected[cid] = str(why)

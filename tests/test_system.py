@@ -147,3 +147,79 @@ def test_a_deadline_drops_the_late_unrun_and_counted_and_resumes_on_the_clock(
     kept = sorted(rec["virtual_task_s"][c] for c in rec["clients"])
     dropped = [rec["virtual_task_s"][c] for c in rec["failures"]]
     assert max(kept) <= min(dropped) and rec["virtual_round_s"] == pytest.approx(max(kept))
+
+
+class _Fixed:
+    """Profiles stand-in: a task of ``flops`` takes ``flops`` seconds; always on."""
+
+    def duration(self, task: Task) -> float:
+        return task.flops
+
+    def online(self, client_id: int, t: float) -> tuple[bool, float]:
+        return True, math.inf
+
+
+def test_the_asynchronous_schedule_by_hand() -> None:
+    """FedAsync (a buffer of one), 2 clients at once, clients 0, 1, 2 taking 1, 2 and 4 s,
+    drawn in turn: aggregation 1 takes client 0 at t=1 (fresh), 2 client 1 at t=2 (1 version
+    stale), 3 client 0 again at t=3 (fresh), 4 client 2 at t=5 (2 stale; it ties with client
+    1's second task and started first). A client is never drawn while it trains."""
+    from fedrs.core.system import AsyncSchedule
+
+    def draw(seq: int, busy: set[int]) -> int | None:
+        return next((c for c in ((seq + i) % 3 for i in range(3)) if c not in busy), None)
+
+    sched = AsyncSchedule(
+        _Fixed(), draw, lambda c: Task(c, [1.0, 2.0, 4.0][c], 0, 0), concurrency=2, buffer=1
+    )
+    got = [sched.until(v) for v in (1, 2, 3, 4)]
+    assert [a.time for a in got] == [1.0, 2.0, 3.0, 5.0]
+    assert [[t.client_id for t in a.arrivals] for a in got] == [[0], [1], [0], [2]]
+    assert [[a.version - 1 - t.base for t in a.arrivals] for a in got] == [[0], [1], [0], [2]]
+    assert [t.client_id for t in sched.started[1]] == [2]  # started on version 1, at t=1
+    assert sched.until(2) is got[1]  # idempotent
+    buffered = AsyncSchedule(
+        _Fixed(), draw, lambda c: Task(c, [1.0, 2.0, 4.0][c], 0, 0), concurrency=3, buffer=2
+    )
+    first = buffered.until(1)
+    assert [t.client_id for t in first.arrivals] == [0, 1] and first.time == 2.0
+
+
+def test_a_stale_update_is_a_down_weighted_step_from_todays_tensors() -> None:
+    from fedrs.core.strategies.base import ClientUpdate
+    from fedrs.core.system import stale_update
+
+    base = {"w": np.array([1.0, 2.0], np.float32)}
+    today = {"w": np.array([3.0, 3.0], np.float32)}
+    u = ClientUpdate(7, {"w": np.array([2.0, 0.0], np.float32)}, 10)
+    out = stale_update(u, today, base, 3)  # w = 1 / sqrt(4) = 0.5
+    assert np.allclose(out.params["w"], [3.5, 2.0]) and out.params["w"].dtype == np.float32
+    assert np.array_equal(stale_update(u, today, base, 0).params["w"], [4.0, 1.0])
+    assert out.client_id == 7 and out.num_examples == 10
+
+
+def test_fedbuff_runs_the_same_at_any_actor_count(
+    synth_data: Path, tmp_path: Path, ray_cluster: Any
+) -> None:
+    """FedBuff with a buffer of 3 over 12 registered clients: 1 and 2 actors give the same
+    tensors, arrivals, staleness and virtual times; updates do arrive stale; every
+    aggregation takes 3 arrivals, each client once."""
+    from fedrs.orchestrator.runner import run
+
+    sets = {"system.speed": "lognormal", "system.spread": 1.0, "system.gflops": 0.05}
+    sets |= {"federation.policy": "fedbuff", "federation.buffer": 3, "federation.rounds": 4}
+    sets |= {"federation.num_clients": 12}
+    for n in (1, 2):
+        cfg = small_run(synth_data, **sets, **{"resources.num_actors": n})
+        run(cfg, out=str(tmp_path / f"a{n}"), console=QUIET)
+    a, b = _rounds(tmp_path / "a1"), _rounds(tmp_path / "a2")
+    keys = ("virtual_time_s", "virtual_task_s", "staleness_mean", "clients")
+    assert [[r[k] if k != "clients" else sorted(r[k]) for k in keys] for r in a] == [
+        [r[k] if k != "clients" else sorted(r[k]) for k in keys] for r in b
+    ]
+    ta, tb = checkpoint.load(tmp_path / "a1")[1], checkpoint.load(tmp_path / "a2")[1]
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+    assert all(r["clients_ok"] == 3 and len(r["clients"]) == 3 for r in a)
+    assert max(r["staleness_max"] for r in a) >= 1
+    times = [r["virtual_time_s"] for r in a]
+    assert times == sorted(times) and times[0] > 0

@@ -176,7 +176,8 @@ class ClientConfig:
         _check(self.lr > 0, f"client.lr must be > 0, got {self.lr}")
 
 
-POLICIES = ("sync", "deadline", "overselect")
+POLICIES = ("sync", "deadline", "overselect", "fedbuff", "fedasync")
+ASYNC_POLICIES = ("fedbuff", "fedasync")
 
 
 @dataclass(frozen=True)
@@ -200,10 +201,14 @@ class FederationConfig:
     few_shot_below: int = 20
     # how a round ends on the virtual clock (fedrs/core/system.py): sync (every sampled client
     # that finishes), deadline (those done by deadline_s), overselect (sample
-    # ceil(clients_per_round x overselect), keep the first clients_per_round to finish)
+    # ceil(clients_per_round x overselect), keep the first clients_per_round to finish),
+    # fedbuff (asynchronous: clients_per_round train at once, the server aggregates every
+    # `buffer` arrivals, 0: clients_per_round; a round is one aggregation), fedasync (a
+    # buffer of one)
     policy: str = "sync"
     deadline_s: float = 0.0
     overselect: float = 1.3
+    buffer: int = 0
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
@@ -216,6 +221,7 @@ class FederationConfig:
             "federation.policy=deadline needs federation.deadline_s > 0 (virtual seconds)",
         )
         _check(self.overselect >= 1, f"federation.overselect must be >= 1, got {self.overselect}")
+        _check(self.buffer >= 0, f"federation.buffer must be >= 0, got {self.buffer}")
         _check(
             0 <= self.few_shot_below <= self.many_shot_above + 1,
             "federation.few_shot_below must be >= 0 and <= federation.many_shot_above + 1",

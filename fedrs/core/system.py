@@ -31,6 +31,7 @@ The server's own time (aggregation, evaluation) is not on the clock.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +194,122 @@ def time_to_target(records: list[dict[str, Any]], metric: str, target: float) ->
         if value is not None and value >= target and "virtual_time_s" in r:
             return float(r["virtual_time_s"])
     return None
+
+
+# ------------------------------------------------------------------ asynchronous rounds
+@dataclass(frozen=True)
+class AsyncTask:
+    """One client's task in an asynchronous run: started at virtual ``start`` on global
+    version ``base``; it arrives at ``finish`` unless its client goes off first (``lost``)."""
+
+    seq: int
+    client_id: int
+    base: int
+    start: float
+    finish: float
+    lost: str = ""
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """The server's ``version``-th aggregation: at virtual ``time``, of ``arrivals`` (with
+    their staleness, ``version - 1 - base``), after ``lost`` tasks dropped since the last."""
+
+    version: int
+    time: float
+    arrivals: list[AsyncTask]
+    lost: list[AsyncTask]
+
+
+class AsyncSchedule:
+    """FedBuff (Nguyen et al., 2022) on the virtual clock: ``concurrency`` clients train at
+    once, each on the global version current when it starts; the server aggregates every
+    ``buffer`` arrivals (FedAsync, Xie et al., 2019: a buffer of one); a client that arrives
+    or is lost is replaced at once by a newly drawn one. Which client trains when, on which
+    version, and which arrivals each aggregation takes follow from the clients' task costs
+    alone, never from training results or wall time, so the whole schedule is computed ahead
+    (``until``) and is the same on every machine and actor count.
+
+    ``draw(seq, busy)``: the client of task ``seq``, not in ``busy`` (None: nobody left);
+    ``cost(client)``: its task's ``Task``. A client trains at most once per version."""
+
+    def __init__(
+        self,
+        profiles: Profiles,
+        draw: Any,
+        cost: Any,
+        concurrency: int,
+        buffer: int,
+        start: float = 0.0,
+    ) -> None:
+        self.profiles, self.draw, self.cost = profiles, draw, cost
+        self.buffer = buffer
+        self.version, self.seq = 0, 0
+        self.flying: list[AsyncTask] = []
+        self.started: dict[int, list[AsyncTask]] = {0: []}  # by base version
+        self.done: list[Aggregation] = []
+        self._pending: list[AsyncTask] = []
+        self._lost: list[AsyncTask] = []
+        self._busy_version: set[int] = set()  # clients that started on the current version
+        for _ in range(concurrency):
+            self._launch(start)
+
+    def _launch(self, t: float) -> None:
+        for _ in range(100):  # a drawn client that is off now is passed over
+            # one task per client at a time, none again on a version, none while its last
+            # arrival waits in the buffer: a client appears at most once per aggregation
+            waiting = self._pending + self._lost
+            busy = {x.client_id for x in self.flying + waiting} | self._busy_version
+            client = self.draw(self.seq, busy)
+            self.seq += 1
+            if client is None:
+                return
+            on, until = self.profiles.online(client, t)
+            if not on:
+                continue
+            finish = t + self.profiles.duration(self.cost(client))
+            lost = f"went offline at t={until:.1f} s, before finishing" if finish > until else ""
+            task = AsyncTask(self.seq - 1, client, self.version, t, min(finish, until), lost)
+            self.flying.append(task)
+            self.started.setdefault(self.version, []).append(task)
+            self._busy_version.add(client)
+            return
+
+    def until(self, version: int) -> Aggregation:
+        """Advance the schedule to the ``version``-th aggregation (idempotent)."""
+        while self.version < version:
+            if not self.flying:
+                raise RuntimeError("no client left to train: every client is busy or off")
+            task = min(self.flying, key=lambda x: (x.finish, x.seq))
+            self.flying.remove(task)
+            if task.lost:
+                self._lost.append(task)
+            else:
+                self._pending.append(task)
+            if len(self._pending) == self.buffer:
+                self.version += 1
+                agg = Aggregation(self.version, task.finish, self._pending, self._lost)
+                self.done.append(agg)
+                self._pending, self._lost, self._busy_version = [], [], set()
+                self.started.setdefault(self.version, [])
+            self._launch(task.finish)
+        return self.done[version - 1]
+
+
+def staleness_weight(staleness: int) -> float:
+    """FedBuff's down-weighting of an update ``staleness`` versions old: 1 / sqrt(1 + s)."""
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+def stale_update(update: Any, current: Any, base: Any, staleness: int) -> Any:
+    """An update trained from ``base`` (``staleness`` versions ago) as a step from ``current``:
+    ``current + w (update - base)``, ``w = staleness_weight(staleness)``; what the strategy
+    then combines like any round's updates (FedBuff's staleness-scaled buffered deltas)."""
+    w = staleness_weight(staleness)
+    params = {
+        k: (current[k].astype(np.float64) + w * (np.asarray(v, np.float64) - base[k])).astype(
+            current[k].dtype
+        )
+        for k, v in update.params.items()
+    }
+    return dataclasses.replace(update, params=params)
