@@ -102,6 +102,7 @@ def save_round(
     params: dict[str, np.ndarray],
     servers: tuple[Any, Any, Any],
     before: Any = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Round ``round_``'s global tensors with the state of ``servers`` (the method's server,
     the strategy, the driver's holdings), atomically; ``before()`` runs first (chaos runs
@@ -114,6 +115,7 @@ def save_round(
             server.state_dict()
             | {STRATEGY_PREFIX + k: v for k, v in strategy.state_dict().items()}
             | holdings.state_dict()
+            | (extra or {})  # the driver's own (under the holdings' prefix: not the method's)
         )
         save(run_dir, round_, params, state)
     except OSError as exc:  # the last complete checkpoint is untouched (atomic writes)

@@ -7,6 +7,7 @@ finds it there."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class AsyncRounds:
         self.seed, self.usable = fed.seed, usable
         buffer = 1 if fed.policy == "fedasync" else (fed.buffer or fed.clients_per_round)
         self.schedule = AsyncSchedule(
-            clock.profiles, self._draw, task_of, fed.clients_per_round, buffer, clock.now
+            clock.profiles, self._draw, task_of, fed.clients_per_round, buffer, 0.0
         )
         # seq -> (reply, why it failed, the version it trained from), until it arrives
         self.replies: dict[int, tuple[dict[str, Any] | None, str, int]] = {}
@@ -148,3 +149,44 @@ class AsyncRounds:
         for v in [v for v in self.versions if v not in needed]:
             del self.versions[v]
         return agg, out
+
+    # ------------------------------------------------------------------ checkpoint
+    PREFIX = "driver/async/"  # beside the holdings' state (``holdings.PREFIX``)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The replies waiting to arrive (tensors and the rest as JSON) and the versions they
+        trained from: what a resumed run cannot recompute. The schedule itself is not saved:
+        it is replayed from the seed."""
+        out: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {}
+        for seq, (reply, why, base) in self.replies.items():
+            fields = {k: v for k, v in (reply or {}).items() if k not in ("params", "extras")}
+            meta[str(seq)] = {"why": why, "base": base, "ran": reply is not None, "reply": fields}
+            for part in ("params", "extras"):
+                for k, v in ((reply or {}).get(part) or {}).items():
+                    out[f"{self.PREFIX}r{seq}/{part}/{k}"] = np.asarray(v)
+        for v, params in self.versions.items():
+            out |= {f"{self.PREFIX}v{v}/{k}": x for k, x in params.items()}
+        text = json.dumps(meta, default=str).encode()
+        out[self.PREFIX + "meta"] = np.frombuffer(text, dtype=np.uint8).copy()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any], version: int) -> None:
+        """Replay the schedule to aggregation ``version`` and restore what was waiting."""
+        self.schedule.until(version)
+        raw = state.get(self.PREFIX + "meta")
+        meta = json.loads(bytes(np.asarray(raw, dtype=np.uint8))) if raw is not None else {}
+        for seq, m in meta.items():
+            reply = None
+            if m["ran"]:
+                reply = dict(m["reply"])
+                for part in ("params", "extras"):
+                    head = f"{self.PREFIX}r{seq}/{part}/"
+                    reply[part] = {
+                        k[len(head) :]: v for k, v in state.items() if k.startswith(head)
+                    }
+            self.replies[int(seq)] = (reply, m["why"], int(m["base"]))
+        for key, x in state.items():
+            if key.startswith(self.PREFIX + "v"):
+                v, name = key[len(self.PREFIX) + 1 :].split("/", 1)
+                self.versions.setdefault(int(v), {})[name] = x

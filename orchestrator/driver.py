@@ -191,13 +191,13 @@ class Driver:
             keys, resumed = self.strategy.upload_keys, state is not None
             self.clock = Clock(cfg, self.pool, self.params, keys, self.run_dir, resumed)
         if cfg.federation.policy in ASYNC_POLICIES:
-            self.rounds = self._async_rounds(state is not None)
+            self.rounds = self._async_rounds()
+            if state is not None:  # what was waiting to arrive, and the schedule replayed
+                self.rounds.load_state_dict(state[2], self.round)
 
-    def _async_rounds(self, resumed: bool) -> AsyncRounds:
+    def _async_rounds(self) -> AsyncRounds:
         """The schedule of an asynchronous run (``clock.AsyncRounds``)."""
         policy = self.cfg.federation.policy
-        if resumed:
-            raise FedrsError(f"federation.policy={policy}: resuming is not supported yet")
         if self.groups:
             raise FedrsError(
                 f"federation.policy={policy}: partner organisations train together; "
@@ -515,6 +515,7 @@ class Driver:
             self.params,
             self._servers(),
             lambda: inject(faults, "checkpoint", rnd),
+            self.rounds.state_dict() if self.rounds is not None else None,
         )
 
     # ------------------------------------------------------------------ evaluation

@@ -223,3 +223,13 @@ def test_fedbuff_runs_the_same_at_any_actor_count(
     assert max(r["staleness_max"] for r in a) >= 1
     times = [r["virtual_time_s"] for r in a]
     assert times == sorted(times) and times[0] > 0
+
+    # stopped after aggregation 2 (replies still waiting to arrive) and resumed: the same run
+    cut = small_run(synth_data, **sets)
+    run(cut, out=str(tmp_path / "cut"), console=QUIET, stop_after=2)
+    run(resume=str(tmp_path / "cut"), console=QUIET)
+    c = _rounds(tmp_path / "cut")
+    assert [r["virtual_time_s"] for r in c] == times
+    assert [sorted(r["clients"]) for r in c] == [sorted(r["clients"]) for r in b]
+    tc = checkpoint.load(tmp_path / "cut")[1]
+    assert all(np.array_equal(tb[k], tc[k]) for k in tb)
