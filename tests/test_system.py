@@ -110,6 +110,14 @@ def test_virtual_times_and_tensors_do_not_depend_on_the_actor_count(
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["virtual_time_s"] == two[-1]["virtual_time_s"]
 
+    # the sweep report's curve against virtual time: drawn for clocked runs only
+    from fedrs.orchestrator.sweep.report import time_curves
+
+    rows = [{"status": "finished", "run_dir": str(tmp_path / n), "arm": n} for n in runs]
+    assert time_curves(rows, ["arm"], "accuracy", tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert not time_curves(rows[:1], ["arm"], "accuracy", tmp_path / "u.png")
+
 
 def test_a_deadline_drops_the_late_unrun_and_counted_and_resumes_on_the_clock(
     synth_data: Path, tmp_path: Path, ray_cluster: Any

@@ -183,6 +183,50 @@ def curves(
     save_figure(fig, path)
 
 
+def time_curves(
+    rows: list[dict[str, Any]], keys: list[str], metric: str, path: Path, points: int = 60
+) -> bool:
+    """Per group, the metric against virtual time (runs on the virtual clock,
+    ``fedrs/core/system.py``): each trial's curve as a step (a value holds until the next
+    evaluation), on a common grid from where every run has a value to the group's shortest
+    run; mean over seeds, band +-1 std. False (nothing drawn) when no trial kept a virtual clock."""
+    groups: dict[tuple, list[list[tuple[float, float]]]] = {}
+    for r in rows:
+        metrics = Path(str(r.get("run_dir", ""))) / "metrics.jsonl"
+        if r.get("status") != "finished" or not metrics.is_file():
+            continue
+        recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        steps = [
+            (float(rec["virtual_time_s"]), float(rec[metric]))
+            for rec in recs
+            if "virtual_time_s" in rec and as_number(rec.get(metric)) is not None
+        ]
+        if steps:
+            groups.setdefault(tuple(r.get(k) for k in keys), []).append(steps)
+    if not groups:
+        return False
+    fig, ax = new_figure(7.0, 4.0)
+    styles = line_styles(list(groups))
+    for values, runs in groups.items():
+        first, last = max(run[0][0] for run in runs), min(run[-1][0] for run in runs)
+        grid = np.linspace(first, max(first, last), points)  # where every run has a value
+        ys = np.array([[next(v for t, v in reversed(run) if t <= g) for g in grid] for run in runs])
+        mean = ys.mean(axis=0)
+        std = ys.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(points)
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
+        style = {**styles[values], "marker": None}
+        ax.plot(grid, mean, label=label or "all", **style)
+        ax.fill_between(grid, mean - std, mean + std, color=style["color"], alpha=0.12)
+    ax.set_xlabel("virtual time (s)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{metric} against virtual time: mean over seeds, band ±1 std", fontsize=9)
+    save_figure(fig, path)
+    return True
+
+
 # ------------------------------------------------------------------------------ the report
 def _whole_cells(rows: list[dict[str, Any]], keys: list[str], column: str) -> bool:
     """True when, in every cell, all finished trials have ``column`` or none has: a figure only
@@ -300,6 +344,9 @@ def report(
     out["curves"] = sweep_dir / "curves.png"
     curves(sweep_dir, rows, keys, metric or head, out["curves"])
     text.append("\n![curves](curves.png)\n")
+    if time_curves(rows, keys, metric or head, sweep_dir / "time_curves.png"):
+        out["time_curves"] = sweep_dir / "time_curves.png"
+        text.append("\n![against virtual time](time_curves.png)\n")
     with atomic_open(out["report"], "w") as fh:
         fh.write("\n".join(text))
     return out
