@@ -469,6 +469,7 @@ BENCHMARKS = {
     "sweep": "fedrs.benchmarks.sweep",
     "cross-org": "fedrs.benchmarks.cross_org",
     "deploy": "fedrs.benchmarks.deploy",
+    "system": "fedrs.benchmarks.system",
 }
 
 

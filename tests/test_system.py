@@ -71,6 +71,15 @@ def test_a_trace_and_bad_system_keys_are_one_line(tmp_path: Path) -> None:
     assert read_trace(str(trace)) == [(4.0, 0.0, 16.0), (2.0, 8.0, 0.0)]
     prof = Profiles(SystemConfig(speed="trace", trace=str(trace)), 0)
     assert prof.speed(2) == 4e9 and prof.link(1) == (1e6, math.inf)
+    on = tmp_path / "on.csv"
+    on.write_text("client,start_s,end_s\n0,0,10\n0,20,30\n1,5,6\n")
+    avail = Profiles(SystemConfig(availability="trace", availability_trace=str(on)), 0)
+    assert avail.online(0, 3.0) == (True, 10.0) and avail.online(0, 12.0) == (False, 20.0)
+    assert avail.online(2, 25.0) == (True, 30.0)  # client 2 follows the trace's client 0
+    assert avail.online(1, 7.0) == (False, math.inf)  # never on again
+    on.write_text("0,5,2\n")
+    with pytest.raises(ConfigError, match="needs 0 <= start < end"):
+        Profiles(SystemConfig(availability="trace", availability_trace=str(on)), 0)
     trace.write_text("0,fast\n")
     with pytest.raises(ConfigError, match=r"line 1: .* is not numbers"):
         read_trace(str(trace))

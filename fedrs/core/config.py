@@ -347,8 +347,9 @@ class SystemConfig:
     """Clients' systems on a virtual clock (``fedrs/core/system.py``): compute speed (every
     client ``gflops``, a log-normal spread of sigma ``spread`` around it, or a ``trace`` CSV
     ``client,gflops[,up_mbps,down_mbps]``), link bandwidth (0: unlimited) and availability
-    (always, or ``onoff``: on a fraction ``on_fraction`` of the time, in cycles of ``cycle_s``
-    virtual seconds on average), all drawn from the run's seed. ``target_accuracy``: the
+    (always; ``onoff``: on a fraction ``on_fraction`` of the time, in cycles of ``cycle_s``
+    virtual seconds on average; or ``trace``: a CSV ``client,start_s,end_s`` of on
+    intervals), all drawn from the run's seed. ``target_accuracy``: the
     summary's time to reach it. Left at these defaults with ``federation.policy = sync``,
     there is no clock."""
 
@@ -358,7 +359,8 @@ class SystemConfig:
     trace: str = ""
     up_mbps: float = 0.0
     down_mbps: float = 0.0
-    availability: str = "always"  # always | onoff
+    availability: str = "always"  # always | onoff | trace
+    availability_trace: str = ""  # CSV client,start_s,end_s: each client's on intervals
     on_fraction: float = 0.7
     cycle_s: float = 600.0
     target_accuracy: float = 0.0
@@ -375,8 +377,12 @@ class SystemConfig:
             self.up_mbps >= 0 and self.down_mbps >= 0, "system.*_mbps must be >= 0 (0: no limit)"
         )
         _check(
-            self.availability in ("always", "onoff"),
-            f"system.availability {self.availability!r}: always or onoff",
+            self.availability in ("always", "onoff", "trace"),
+            f"system.availability {self.availability!r}: always, onoff or trace",
+        )
+        _check(
+            self.availability != "trace" or bool(self.availability_trace),
+            "system.availability=trace needs system.availability_trace",
         )
         _check(0 < self.on_fraction <= 1, "system.on_fraction must be in (0, 1]")
         _check(self.cycle_s > 0, "system.cycle_s must be > 0")

@@ -14,8 +14,9 @@ drops is never run.
 
 Availability ``onoff``: alternating on and off periods, exponential with means
 ``on_fraction x cycle_s`` and ``(1 - on_fraction) x cycle_s``, starting on with probability
-``on_fraction``. A sampled client that is off when the round starts, or goes off before its
-task ends, drops out (counted, with when).
+``on_fraction``; ``trace``: each client's on intervals from a CSV (client c follows the
+trace's client c mod its clients). A sampled client that is off when the round starts, or
+goes off before its task ends, drops out (counted, with when).
 
 Round policies (``schedule``), from the round's virtual start:
 
@@ -62,6 +63,9 @@ class Profiles:
         self.trace: list[tuple[float, float, float]] = []
         if cfg.speed == "trace":
             self.trace = read_trace(cfg.trace)
+        self.intervals: list[list[tuple[float, float]]] = []
+        if cfg.availability == "trace":
+            self.intervals = read_intervals(cfg.availability_trace)
 
     def _rng(self, stream: int, client_id: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, stream, client_id])
@@ -92,6 +96,14 @@ class Profiles:
     def online(self, client_id: int, t: float) -> tuple[bool, float]:
         """Whether the client is on at virtual time ``t``, and when that period ends."""
         c = self.cfg
+        if self.intervals:  # client c follows the trace's client c mod its clients
+            later = math.inf
+            for start, end in self.intervals[client_id % len(self.intervals)]:
+                if start <= t < end:
+                    return True, end
+                if start > t:
+                    later = min(later, start)
+            return False, later
         if c.availability == "always" or c.on_fraction >= 1:
             return True, math.inf
         rng = self._rng(AVAILABILITY, client_id)
@@ -127,6 +139,33 @@ def read_trace(path: str) -> list[tuple[float, float, float]]:
     if not rows:
         raise ConfigError(f"system.trace {path}: no client rows")
     return [v for _, v in sorted(rows)]
+
+
+def read_intervals(path: str) -> list[list[tuple[float, float]]]:
+    """Rows ``client,start_s,end_s`` (a header row is allowed): each client's on intervals, by
+    client order; a one-line ``ConfigError`` for anything else."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"system.availability_trace {path}: {exc.strerror or exc}") from None
+    by_client: dict[int, list[tuple[float, float]]] = {}
+    for i, row in enumerate(csv.reader(text.splitlines())):
+        if not row or (i == 0 and not row[0].strip().isdigit()):
+            continue
+        try:
+            client, start, end = int(row[0]), float(row[1]), float(row[2])
+        except (ValueError, IndexError):
+            raise ConfigError(
+                f"system.availability_trace {path} line {i + 1}: {row!r} is not client,start,end"
+            ) from None
+        if not 0 <= start < end:
+            raise ConfigError(
+                f"system.availability_trace {path} line {i + 1}: needs 0 <= start < end"
+            )
+        by_client.setdefault(client, []).append((start, end))
+    if not by_client:
+        raise ConfigError(f"system.availability_trace {path}: no intervals")
+    return [sorted(v) for _, v in sorted(by_client.items())]
 
 
 @dataclass(frozen=True)
