@@ -55,7 +55,7 @@ def trial_row(sweep_dir: Path, trial: Trial, metric: str) -> dict[str, Any]:
     totals = summary.get("totals", {})
     row["rounds_completed"] = summary.get("rounds_completed", 0)
     if "time_to_target_s" in summary:  # [system] target_accuracy: virtual s (None: never)
-        row["time_to_target_s"] = as_number(summary["time_to_target_s"])
+        row["final_time_to_target_s"] = as_number(summary["time_to_target_s"])
     row["bytes_up"] = as_number(totals.get("bytes_up"))
     row["bytes_down"] = as_number(totals.get("bytes_down"))
     row["wall_s"] = as_number(status.get("wall_s"))
