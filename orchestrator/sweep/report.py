@@ -167,19 +167,29 @@ def curves(
         rounds = sorted(series)
         mean = np.array([np.mean(series[r]) for r in rounds])
         std = np.array([np.std(series[r], ddof=1) if len(series[r]) > 1 else 0 for r in rounds])
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
-        style = styles[values]
-        ax.plot(rounds, mean, ms=3, label=label or "all", **style)
-        ax.fill_between(rounds, mean - std, mean + std, color=style["color"], alpha=0.12)
+        _band(ax, keys, values, styles[values], rounds, mean, std, ms=3)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
+    _finish(fig, ax, path, "round", metric, f"{metric} per round")
+
+
+def _band(
+    ax: Any, keys: list[str], values: tuple, style: dict, x: Any, mean: Any, std: Any, **kw: Any
+) -> None:
+    """One group's mean line, labelled by its axis values, and its +-1 std band."""
+    label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
+    ax.plot(x, mean, label=label or "all", **{**style, **kw})
+    ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.12)
+
+
+def _finish(fig: Any, ax: Any, path: Path, xlabel: str, metric: str, what: str) -> None:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    ax.set_title(f"{metric} per round: mean over seeds, band ±1 std", fontsize=9)
+    ax.set_title(f"{what}: mean over seeds, band ±1 std", fontsize=9)
     save_figure(fig, path)
 
 
@@ -213,17 +223,8 @@ def time_curves(
         ys = np.array([[next(v for t, v in reversed(run) if t <= g) for g in grid] for run in runs])
         mean = ys.mean(axis=0)
         std = ys.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(points)
-        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values, strict=True))
-        style = {**styles[values], "marker": None}
-        ax.plot(grid, mean, label=label or "all", **style)
-        ax.fill_between(grid, mean - std, mean + std, color=style["color"], alpha=0.12)
-    ax.set_xlabel("virtual time (s)")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax.set_title(f"{metric} against virtual time: mean over seeds, band ±1 std", fontsize=9)
-    save_figure(fig, path)
+        _band(ax, keys, values, styles[values], grid, mean, std, marker=None)
+    _finish(fig, ax, path, "virtual time (s)", metric, f"{metric} against virtual time")
     return True
 
 
