@@ -18,7 +18,7 @@ times in one process.
        async ratio = wall per update (fedbuff) / wall per update (sync)     (target <= 1.10)
 
 2. registered clients: the same config with log-normal speeds (spread 1) and on/off
-   availability (70 %) under over-selection (sample 2 x ``clients_per_round``, keep the first
+   availability (70 %) under over-selection (sample 3 x ``clients_per_round``, keep the first
    ``clients_per_round`` to finish), at 100 and 10,000 registered clients (checked: the same
    count of accepted updates); the driver's median round wall time of rounds 2..R::
 
@@ -83,7 +83,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         "system.availability=onoff",
         "system.on_fraction=0.7",
         "federation.policy=overselect",
-        "federation.overselect=2.0",  # 12 sampled, ~8 on: the first 6 to finish, every round
+        "federation.overselect=3.0",  # 18 sampled, ~13 on: the first 6 to finish, every round
     ]
     recs: dict[str, list[list[dict[str, Any]]]] = {k: [] for k in arms}
     with tempfile.TemporaryDirectory(prefix="fedrs-system-") as tmp:
