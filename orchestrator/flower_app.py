@@ -62,6 +62,11 @@ def deploy_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError("attack.kind: simulated attacks are for `fedrs run`; set it to none")
     if cfg.federation.faults:
         raise ConfigError("federation.faults: injected faults are for `fedrs run`; leave empty")
+    if cfg.clocked:
+        raise ConfigError(
+            "[system] / federation.policy: the virtual clock simulates clients' systems for "
+            "`fedrs run`; real sites have their own"
+        )
     from fedrs.core.strategies import STRATEGIES
     from fedrs.orchestrator.preflight import check_composition
 

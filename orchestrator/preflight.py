@@ -135,8 +135,21 @@ def check_composition(
             f"privacy.mode=central needs a mean aggregator ({means}): its noise is calibrated "
             f"to the mean of clipped updates, not to strategy.name={cfg.strategy.name}"
         )
+    policy = cfg.federation.policy
+    if cfg.privacy.mode != "none" and policy in ("overselect", "fedbuff", "fedasync"):
+        raise ConfigError(
+            f"privacy.mode={cfg.privacy.mode} with federation.policy={policy}: the accountant "
+            "assumes each round's clients are Poisson-sampled at clients_per_round / "
+            "registered, which over-selection and asynchronous rounds are not (sync and "
+            "deadline are: a deadline only drops clients, which the bound still covers)"
+        )
     if not cfg.secagg.enabled:
         return
+    if policy in ("fedbuff", "fedasync"):
+        raise ConfigError(
+            f"secagg.enabled with federation.policy={policy}: stale updates are weighted "
+            "one by one, which a secure sum never shows the server"
+        )
     if not strategy_cls.averages:
         raise ConfigError(
             f"secagg.enabled: a secure sum gives the server only the round's mean, which "

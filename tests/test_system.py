@@ -89,6 +89,32 @@ def test_a_trace_and_bad_system_keys_are_one_line(tmp_path: Path) -> None:
         from_dict({}, ["system.speed=fast"])
 
 
+def test_what_cannot_run_on_the_clock_is_refused_in_one_line() -> None:
+    """DP's accountant assumes Poisson rounds (not over-selection or asynchronous ones);
+    a secure sum cannot weight stale updates one by one; real sites are not simulated."""
+    from fedrs.core.strategies import STRATEGIES
+    from fedrs.methods import method_class
+    from fedrs.orchestrator.flower_app import deploy_config
+    from fedrs.orchestrator.preflight import check_composition
+
+    fedavg, promptfl = STRATEGIES["fedavg"], method_class("promptfl")
+    dp = ["privacy.mode=central", "privacy.noise_multiplier=1.0"]
+    for policy in ("overselect", "fedbuff", "fedasync"):
+        cfg = from_dict({}, [*dp, f"federation.policy={policy}"])
+        with pytest.raises(ConfigError, match=f"policy={policy}: the accountant assumes"):
+            check_composition(cfg, promptfl, fedavg)
+    check_composition(  # a deadline only drops clients: the bound still holds
+        from_dict({}, [*dp, "federation.policy=deadline", "federation.deadline_s=5"]),
+        promptfl,
+        fedavg,
+    )
+    cfg = from_dict({}, ["secagg.enabled=true", "federation.policy=fedbuff"])
+    with pytest.raises(ConfigError, match="stale updates are weighted one by one"):
+        check_composition(cfg, promptfl, fedavg)
+    with pytest.raises(ConfigError, match="real sites have their own"):
+        deploy_config(from_dict({}, ["system.speed=lognormal", "system.spread=1"]))
+
+
 def _rounds(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
