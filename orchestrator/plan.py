@@ -102,6 +102,8 @@ def plan(cfg: RunConfig, method_cls: Any = None) -> dict[str, Any]:
             )
             if w
         ],
+        # what the plan cannot foresee (not a reason the run could not start)
+        "notes": [n for n in (_clocked(cfg),) if n],
     }
 
 
@@ -146,6 +148,18 @@ def _traffic(
             moved.update(ex.up)
         held.changed([k for k in glob if k in moved], rnd)
     return up_run, down_run, between
+
+
+def _clocked(cfg: RunConfig) -> str | None:
+    """What the plan cannot foresee under the virtual clock (``fedrs/core/system.py``)."""
+    if not cfg.clocked:
+        return None
+    return (
+        f"federation.policy={cfg.federation.policy} / [system]: the virtual clock decides "
+        "which sampled clients run (their speeds, links and availability, and the FLOPs the "
+        "run counts at its start); the bytes per run assume the synchronous draw with every "
+        "sampled client running"
+    )
 
 
 def _client_records(cfg: RunConfig) -> tuple[list[dict[str, Any]], list[list[int]] | None]:
@@ -205,4 +219,5 @@ def render(p: dict[str, Any]) -> str:
         for name, shape in p["tensors"][scope].items():
             lines.append(f"  {scope:7} {name:24} {'x'.join(map(str, shape))}")
     lines += [f"warning: this machine could not run it: {w}" for w in p["warnings"]]
+    lines += [f"note: {n}" for n in p.get("notes", [])]
     return "\n".join(lines)

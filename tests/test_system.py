@@ -113,6 +113,14 @@ def test_what_cannot_run_on_the_clock_is_refused_in_one_line() -> None:
         check_composition(cfg, promptfl, fedavg)
     with pytest.raises(ConfigError, match="real sites have their own"):
         deploy_config(from_dict({}, ["system.speed=lognormal", "system.spread=1"]))
+    # --dry-run says what it cannot foresee under the clock, and nothing without one
+    from fedrs.orchestrator.plan import plan
+
+    assert (
+        "the virtual clock decides"
+        in plan(from_dict({}, ["federation.policy=fedbuff"]))["notes"][0]
+    )
+    assert plan(from_dict({}, []))["notes"] == []
 
 
 def _rounds(run_dir: Path) -> list[dict[str, Any]]:
