@@ -148,12 +148,6 @@ def flower_message(content: Any, node_id: int, message_type: str, ttl: float) ->
     return Message(content, dst_node_id=node_id, message_type=message_type, ttl=ttl)
 
 
-def content_bytes(content: Any) -> int:
-    """Bytes of a message's content as packed: the arrays' data and the JSON text."""
-    arrays = content["arrays"]
-    return sum(len(arrays[k].data) for k in arrays) + len(content["body"]["json"])
-
-
 def _flat(params: Any) -> Any:
     """A ``Download`` as one dict of tensors (its moving and resting parts)."""
     if isinstance(params, Download):
@@ -275,7 +269,7 @@ class SitePool:
         self._rejoin(sites)
         for m, site in zip(msgs, sites, strict=True):
             m.metadata.dst_node_id = site.node_id  # where the site is now
-        self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
+        self.wire["sent"] += sum(secagg.record_bytes(m.content) for m in msgs)
         ids = list(self.grid.push_messages(msgs))
         if len(ids) != len(msgs):
             raise SiteError(f"the SuperLink accepted {len(ids)} of {len(msgs)} messages")
@@ -297,7 +291,7 @@ class SitePool:
                     failures[i] = f"site {sites[i].site}: {reply.error.reason}"
                     continue
                 try:
-                    self.wire["received"] += content_bytes(reply.content)
+                    self.wire["received"] += secagg.record_bytes(reply.content)
                     results[i] = unpack(reply.content)
                 except (ValueError, KeyError, TypeError) as exc:
                     failures[i] = f"site {sites[i].site} sent a malformed reply: {exc}"
@@ -358,7 +352,7 @@ class SitePool:
             body["tasks"] = [EvalTask("discard", rnd, client_id=c) for c in cids]
             msgs.append(self.message(pack(body), site.node_id, "evaluate", self.ttl))
         if msgs:  # no wait: a site that is down has nothing to drop, its message expires
-            self.wire["sent"] += sum(content_bytes(m.content) for m in msgs)
+            self.wire["sent"] += sum(secagg.record_bytes(m.content) for m in msgs)
             self.grid.push_messages(msgs)
 
     def sum_sealed(
