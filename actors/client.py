@@ -90,6 +90,25 @@ class ResidentTensors:
         return out
 
 
+HEAVY_MODULES = ("torch", "torchvision", "open_clip", "flwr")
+
+
+def startup_record(started_at: float, setup_at: float, **parts: float) -> dict[str, Any]:
+    """How an actor started, for ``summary.json``'s ``startup``: when its instance began
+    (``started_at``: process up and imports done; a warm actor keeps its first), when this
+    run's setup began and how long it took (``setup_s``), ``parts`` of it, and which heavy
+    modules the process holds."""
+    import sys
+
+    return {
+        "started_at": started_at,
+        "setup_at": setup_at,
+        "setup_s": time.time() - setup_at,
+        **parts,
+        "heavy_modules": [m for m in HEAVY_MODULES if m in sys.modules],
+    }
+
+
 def _assigned_gpus() -> list[str]:
     try:
         import ray
@@ -113,15 +132,60 @@ class _Head:
         return self.n
 
 
+class SetupBoard:
+    """What the warm client actors of a placement group run now (``orchestrator/warm.py``):
+    ``(config dict, method class, data path, state root)``. A worker reads it when it is
+    re-initialised for a sweep's next trial and when Ray restarts it (Ray replays the
+    constructor's arguments, which name the board, not the first trial's setup)."""
+
+    def __init__(self) -> None:
+        self.setup: tuple[dict[str, Any], type[Method], str, str] | None = None
+
+    def put(self, setup: tuple[dict[str, Any], type[Method], str, str]) -> None:
+        self.setup = setup
+
+    def get(self) -> tuple[dict[str, Any], type[Method], str, str]:
+        if self.setup is None:
+            raise RuntimeError("the setup board holds no run yet")
+        return self.setup
+
+
 class ClientWorker:
     def __init__(
+        self,
+        cfg: dict[str, Any] | None,
+        method_cls: type[Method] | None,
+        data_path: str,
+        state_root: str,
+        index: int = 0,
+        board: Any = None,
+    ) -> None:
+        """A worker for one run; with ``board`` (a ``SetupBoard`` actor) instead of the
+        setup, for whatever run the board names (warm actors: ``reinit``)."""
+        self.started_at = time.time()  # this instance's start: the process is up, imports done
+        self.board = board
+        if board is not None:
+            cfg, method_cls, data_path, state_root = ray.get(board.get.remote())
+        assert cfg is not None and method_cls is not None
+        self._setup(cfg, method_cls, data_path, state_root, index)
+
+    def reinit(self) -> None:
+        """Re-initialise in place for the run the board names now (a sweep's next trial):
+        every attribute of the last run is replaced; the process keeps its imports and the
+        frozen backbones it built (``models.backbone``'s cache, keyed by arch, weights and
+        device)."""
+        cfg, method_cls, data_path, state_root = ray.get(self.board.get.remote())
+        self._setup(cfg, method_cls, data_path, state_root, self.index)
+
+    def _setup(
         self,
         cfg: dict[str, Any],
         method_cls: type[Method],
         data_path: str,
         state_root: str,
-        index: int = 0,
+        index: int,
     ) -> None:
+        setup_at = time.time()
         known(method_cls)  # the class this actor runs, by the name its config gives
         self.cfg = with_data_path(from_dict(cfg), data_path)
         self.index = index
@@ -135,7 +199,9 @@ class ClientWorker:
             torch.backends.cudnn.deterministic = True  # non-deterministic convolutions
             torch.backends.cudnn.benchmark = False
         self.data = FedDataset(data_path)
-        self.method = method_cls(self.cfg, self.data.classes, self.device)
+        t_method = time.perf_counter()
+        self.method = method_cls(self.cfg, self.data.classes, self.device)  # builds a backbone
+        method_s = time.perf_counter() - t_method
         self.store = FileStateStore(state_root)
         self.seed = self.cfg.federation.seed
         # what the method computes once per shard (frozen embeddings, teacher outputs, ...):
@@ -153,6 +219,7 @@ class ClientWorker:
         self.attackers = (
             attackers(registered, a.fraction, a.seed) if a.kind != "none" else frozenset()
         )
+        self.startup = startup_record(self.started_at, setup_at, method_s=method_s)
 
     def _view(self, entry: ShardEntry) -> Shard | FeatureShard | CachedShard:
         """A shard as the method sees it: pixels, with the method's cached array in their place
@@ -186,6 +253,7 @@ class ClientWorker:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "torch_threads": torch.get_num_threads(),
             "allocator_tuned": self.allocator_tuned,
+            "startup": self.startup,
         }
 
     def init_global(self, seed: int) -> Params:

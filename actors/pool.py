@@ -49,9 +49,24 @@ class ClientPool:
         state_root: str,
         pg_timeout_s: float = 120.0,
         placement: Placement | None = None,
+        board: Any = None,
+        warm: list[Any] | None = None,
     ) -> None:
+        """``board`` (a ``SetupBoard`` actor holding this run's setup): the actors read their
+        setup from it and are kept warm for the next run (``orchestrator/warm.py`` owns them:
+        ``shutdown`` leaves them alive); ``warm``: such actors of an earlier run, re-initialised
+        in place instead of started."""
         res = cfg.resources
+        self.kept = board is not None
+        self.settling: list[ray.ObjectRef] = []  # warm actors' re-initialisation, checked once
+        if warm is not None:
+            self.pg = None
+            self._adopt(warm, res.max_actor_restarts)
+            self.settling = [a.reinit.remote() for a in warm]
+            return
         bundle = client_bundle(cfg)
+        if board is not None and placement is None:
+            raise ValueError("warm actors live in a placement group reserved elsewhere")
         if placement is None:  # a group of our own, removed by shutdown()
             self.pg = placement_group(
                 [dict(bundle) for _ in range(res.num_actors)], strategy=res.placement_strategy
@@ -68,17 +83,24 @@ class ClientPool:
         else:
             self.pg = None
         remote_cls = ray.remote(ClientWorker)
-        self.actors = [
+        setup = (cfg.to_dict(), method_cls, data_path, state_root)
+        if board is not None:  # read from the board (now, and whenever Ray restarts one)
+            setup = (None, None, "", "")
+        actors = [
             remote_cls.options(
                 num_cpus=res.num_cpus_per_client,
                 num_gpus=res.num_gpus_per_client,
                 max_restarts=res.max_actor_restarts,
                 max_task_retries=0,
                 scheduling_strategy=placement.strategy(placement.first_client_bundle + i),
-            ).remote(cfg.to_dict(), method_cls, data_path, state_root, i)
+            ).remote(*setup, i, board=board)
             for i in range(res.num_actors)
         ]
-        self.max_restarts = res.max_actor_restarts
+        self._adopt(actors, res.max_actor_restarts)
+
+    def _adopt(self, actors: list[Any], max_restarts: int) -> None:
+        self.actors = list(actors)
+        self.max_restarts = max_restarts
         self.deaths = [0] * len(self.actors)  # crashes and deadline kills, per actor
         self.steals = 0  # tasks an idle actor took from a busy one's queue
         self.home: dict[Hashable, int] = {}  # affinity key -> the actor that last ran it
@@ -88,12 +110,24 @@ class ClientPool:
     def of(cls, actors: list[Any], max_restarts: int) -> ClientPool:
         """A pool over actors created elsewhere (no placement group of its own)."""
         pool = cls.__new__(cls)
-        pool.pg, pool.actors, pool.max_restarts = None, list(actors), max_restarts
-        pool.deaths = [0] * len(pool.actors)
-        pool.steals = 0
-        pool.home = {}
-        pool.restarting = {}
+        pool.pg, pool.kept, pool.settling = None, False, []
+        pool._adopt(actors, max_restarts)
         return pool
+
+    def settle(self) -> None:
+        """Wait for warm actors' re-initialisation (once): the error of one that failed is
+        raised here, one line, before any task runs on a half-initialised worker."""
+        refs, self.settling = self.settling, []
+        if refs:
+            try:
+                ray.get(refs)
+            except (RayTaskError, RayActorError) as exc:
+                cause = getattr(exc, "cause", None)
+                if not isinstance(cause, FedrsError):
+                    cause = remote_error(exc) or FedrsError(
+                        f"client actor failed to re-initialise: {reason(exc)}"
+                    )
+                raise cause from None
 
     @staticmethod
     def put(obj: Any) -> Any:
@@ -112,9 +146,11 @@ class ClientPool:
         return len(self.actors)
 
     def describe(self) -> list[dict[str, Any]]:
+        self.settle()
         return ray.get([a.describe.remote() for a in self.actors])
 
     def call_one(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        self.settle()
         try:
             return ray.get(getattr(self.actors[0], method).remote(*args), timeout=timeout)
         except (RayTaskError, RayActorError, GetTimeoutError) as exc:
@@ -155,11 +191,16 @@ class ClientPool:
             raise ValueError(f"{len(costs)} costs for {len(tasks)} tasks")
         if affinity is not None and len(affinity) != len(tasks):
             raise ValueError(f"{len(affinity)} affinity keys for {len(tasks)} tasks")
+        self.settle()
         dispatch = Dispatch(self, method, shared, tasks, timeout_s, costs, affinity)
         return dispatch.run(depth, stop)
 
     def shutdown(self) -> None:
-        """Kill the actors and free the placement group; calling it again does nothing."""
+        """Kill the actors and free the placement group; calling it again does nothing.
+        Warm actors (``board``) are left alive: their owner keeps or ends them."""
+        if self.kept:
+            self.actors = []
+            return
         for actor in self.actors:
             with contextlib.suppress(RayError, ValueError):  # already gone
                 ray.kill(actor, no_restart=True)

@@ -470,6 +470,7 @@ BENCHMARKS = {
     "cross-org": "fedrs.benchmarks.cross_org",
     "deploy": "fedrs.benchmarks.deploy",
     "system": "fedrs.benchmarks.system",
+    "startup": "fedrs.benchmarks.startup",
 }
 
 

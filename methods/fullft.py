@@ -53,6 +53,9 @@ class FullFedAvg(ClipMethod):
     ) -> dict[str, dict[str, tuple[int, ...]]]:
         import open_clip
 
+        from fedrs.models.backbone import register_configs
+
+        register_configs()
         meta = open_clip.create_model(cfg.model.arch, device="meta")  # shapes only, no memory
         return {"global": {n: tuple(p.shape) for n, p in meta.named_parameters()}, "private": {}}
 

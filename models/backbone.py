@@ -48,12 +48,38 @@ def register_configs() -> None:
         _registered = True
 
 
-def model_config(arch: str) -> dict[str, Any]:
-    """open_clip's architecture config for ``arch`` (no weights are built)."""
-    register_configs()
-    import open_clip
+def _config_file(arch: str) -> dict[str, Any] | None:
+    """``arch``'s config as open_clip reads it from its own and fedrs's JSON files (a file
+    whose keys lack ``embed_dim``, ``vision_cfg`` or ``text_cfg`` is not a model), found
+    without importing open_clip: that import (torchvision, torch._dynamo) takes seconds, and
+    preflight and the driver only need the config."""
+    import importlib.util
+    import json
 
-    cfg = open_clip.get_model_config(arch)
+    spec = importlib.util.find_spec("open_clip")  # locates the package, does not import it
+    dirs = [CONFIG_DIR]  # fedrs's are added after open_clip's own: they win a clash
+    if spec is not None and spec.submodule_search_locations:
+        dirs.insert(0, Path(next(iter(spec.submodule_search_locations))) / "model_configs")
+    found = None
+    for folder in dirs:
+        path = folder / f"{arch}.json"
+        if path.is_file():
+            cfg = json.loads(path.read_text())
+            if all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+                found = cfg
+    return found
+
+
+def model_config(arch: str) -> dict[str, Any]:
+    """open_clip's architecture config for ``arch`` (no weights are built): read from the
+    config files when it is one of them, else asked of open_clip (``hf-hub:`` and
+    ``local-dir:`` names)."""
+    cfg = _config_file(arch) if ":" not in arch and "/" not in arch else None
+    if cfg is None:
+        register_configs()
+        import open_clip
+
+        cfg = open_clip.get_model_config(arch)
     if cfg is None:
         raise ConfigError(
             f"unknown model.arch {arch!r}; open_clip knows e.g. ViT-B-32, ViT-B-16, fedrs-tiny"
@@ -156,6 +182,7 @@ def _create(arch: str, pretrained: str, device: torch.device) -> nn.Module:
     import open_clip
 
     model_config(arch)
+    register_configs()  # open_clip builds fedrs's architectures by name
     if pretrained and os.path.sep not in pretrained and not os.path.exists(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if pretrained not in tags:

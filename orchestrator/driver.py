@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from fedrs.actors.client import FitTask
+from fedrs.actors.client import FitTask, startup_record
 from fedrs.actors.dispatch import PerTask
 from fedrs.actors.placement import Placement
 from fedrs.actors.pool import ClientPool
@@ -103,14 +103,22 @@ class Driver:
     ) -> None:
         """``pool``: client actors already started by the caller (``runner.spawn_driver``
         starts them while this actor starts, so the two start-ups overlap); else made here."""
+        self.started_at = getattr(self, "started_at", time.time())  # a warm process: its first
+        setup_at = time.time()
         try:
             self._start(cfg, run_dir, data_path, method_cls, resume, excluded, placement, pool)
+            self.startup = startup_record(self.started_at, setup_at, **self._first_params)
         except BaseException:  # a failed start must not leave actors or reserved resources
             if getattr(self, "pool", None) is not None:
                 self.pool.shutdown()
             elif pool is not None:
                 pool.shutdown()
             raise
+
+    def reinit(self, *args: Any) -> None:
+        """Start afresh for another run in this warm process (a sweep's next trial,
+        ``orchestrator/warm.py``): the constructor again, every attribute replaced."""
+        self.__init__(*args)  # type: ignore[misc]
 
     def _start(
         self,
@@ -128,6 +136,7 @@ class Driver:
         self.method_cls = method_cls
         self._stop = threading.Event()  # request_stop: Ctrl-C / SIGTERM in the caller
         self._sampled: list[int] = []
+        self._first_params: dict[str, float] = {}
         self.data = FedDataset(data_path, verify=False)
         if cfg.data.num_clients != self.data.num_clients and cfg.data.path:
             log.info(
@@ -159,7 +168,9 @@ class Driver:
         self.server = method_cls.Server(cfg, self.data.classes, "cuda:0" if gpus else "cpu")
         if state is None:
             self.round = 0
+            t = time.perf_counter()  # the first call to the client actors: waits for them
             self.params = self.pool.call_one("init_global", cfg.federation.seed)
+            self._first_params = {"first_params_s": time.perf_counter() - t}
         else:
             self.round, self.params, _ = state
             records.truncate(self.run_dir, self.round)
@@ -536,6 +547,10 @@ class Driver:
 
     def describe_actors(self) -> list[dict[str, Any]]:
         return self.pool.describe()
+
+    def describe_startup(self) -> dict[str, Any]:
+        """How this driver started (``actors.client.startup_record``)."""
+        return self.startup
 
     def node_id(self) -> str:
         """The Ray node this driver actor runs on."""

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from rich.console import Console
 from fedrs.actors.placement import Placement
 from fedrs.core.config import RunConfig
 from fedrs.errors import ConfigError, FedrsError, remote_error
-from fedrs.io import first_missing, fresh_path
+from fedrs.io import first_missing, fresh_path, write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
 from fedrs.orchestrator import checkpoint
+from fedrs.orchestrator import warm as warm_actors
 from fedrs.orchestrator.preflight import (
     SYNTH_DIR,
     Checked,
@@ -111,12 +113,14 @@ def run(
     placement: Placement | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    warm: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a federation; return the summary. ``stop_after`` ends early after that
     round, as an interruption would (tests use it to check resume). ``placement``: run the
     driver and client actors in bundles reserved elsewhere (a sweep trial's placement group);
     ``on_round`` sees every round's record as it arrives; ``stop``, once set, stops the run as
-    a first Ctrl-C does (a sweep's trials when the sweep is stopped).
+    a first Ctrl-C does (a sweep's trials when the sweep is stopped); ``warm`` (with
+    ``placement``): take over and leave warm actors in it (``orchestrator/warm.py``).
 
     Nothing is written before preflight passes. A run that fails before its first round
     leaves no new directory; one that fails later keeps its checkpoints for ``--resume``."""
@@ -157,6 +161,7 @@ def run(
                 placement,
                 on_round,
                 stop,
+                warm,
             )
     except RunDirBusyError:
         raise  # the folder is another run's: touch nothing
@@ -178,18 +183,28 @@ def _run_locked(
     placement: Placement | None,
     on_round: Callable[[dict[str, Any]], None] | None,
     stop: threading.Event | None = None,
+    keep_warm: bool = False,
 ) -> dict[str, Any]:
     """``run`` once the run directory is locked: preflight, the actors, the rounds."""
+    clock = StartupClock()
     checked = preflight(
-        cfg, run_dir if resume else None, method_cls, connect=connect_ray, out=run_dir
+        cfg, run_dir if resume else None, method_cls, connect=clock.timed(connect_ray), out=run_dir
     )
+    clock.mark("preflight")
     if overwrite and not resume:
         clear_run_files(run_dir)
     driver, pool = spawn_driver(
-        cfg, run_dir, checked.method_cls, bool(resume), checked=checked, placement=placement
+        cfg,
+        run_dir,
+        checked.method_cls,
+        bool(resume),
+        checked=checked,
+        placement=placement,
+        warm=keep_warm,
     )
+    clock.mark("spawn")
     try:
-        return _stream(driver, pool, checked, run_dir, stop_after, console, on_round, stop)
+        return _stream(driver, pool, checked, run_dir, stop_after, console, on_round, stop, clock)
     except StoppedByUser:
         raise  # the console said where it stopped and how to go on
     except BaseException:  # after the driver started: what can be resumed is said
@@ -207,10 +222,14 @@ def _stream(
     console: Console,
     on_round: Callable[[dict[str, Any]], None] | None,
     stop: threading.Event | None = None,
+    clock: StartupClock | None = None,
 ) -> dict[str, Any]:
-    """``_drive`` with the driver's errors as one line and its actors always released."""
+    """``_drive`` with the driver's errors as one line and its actors always released (or
+    kept warm for a sweep's next trial when the run ended cleanly)."""
+    summary = None
     try:
-        return _drive(driver, checked, run_dir, stop_after, console, on_round, stop)
+        summary = _drive(driver, checked, run_dir, stop_after, console, on_round, stop, clock)
+        return summary
     except KeyboardInterrupt:  # after a stop, or a second Ctrl-C: end the actors now
         ray.kill(driver)
         shutdown_pool(pool)
@@ -227,8 +246,10 @@ def _stream(
     finally:  # free the actors' reserved resources, also after a failed round
         with contextlib.suppress(ray.exceptions.RayError):
             ray.get(driver.shutdown.remote(), timeout=30)
-        ray.kill(driver)
-        shutdown_pool(pool)  # a driver that never started (or hung) released nothing
+        # kept for a sweep's next trial, or ended
+        if not warm_actors.give_back(driver, ok=summary is not None):
+            ray.kill(driver)
+            shutdown_pool(pool)  # a driver that never started (or hung) released nothing
 
 
 def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[[], int]) -> None:
@@ -248,10 +269,14 @@ def _drive(
     console: Console,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    clock: StartupClock | None = None,
 ) -> dict[str, Any]:
     """Stream the driver's rounds to the console; finish the run and return its summary."""
     cfg = checked.cfg
     actors = ray.get(driver.describe_actors.remote())
+    clock = clock or StartupClock()
+    clock.mark("actors_up")
+    driver_startup = ray.get(driver.describe_startup.remote())
     devices = sorted({a["device"] for a in actors})
     excluded = checked.data.excluded
     console.print(
@@ -293,6 +318,7 @@ def _drive(
                 )
                 continue
             console.print(_progress_line(rec, cfg.federation.rounds, head))
+            clock.round_started(float(rec.get("wall_s") or 0.0))
             if on_round is not None:
                 on_round(rec)
     finally:
@@ -308,6 +334,8 @@ def _drive(
         )
         raise StoppedByUser
     summary["run_dir"] = str(run_dir)
+    summary["startup"] = clock.split(driver_startup, actors)
+    write_json(run_dir / "summary.json", summary)  # with where the start went
     summary["actors"] = actors  # where they ran (node, placement group, device)
     summary["driver_placement_group_id"] = ray.get(driver.placement_group_id.remote())
     summary["driver_node_id"] = ray.get(driver.node_id.remote())
@@ -318,6 +346,63 @@ def _drive(
         f"down; files in {run_dir}"
     )
     return summary
+
+
+class StartupClock:
+    """Where a run's start went, by phase, for ``summary.json``'s ``startup``: ``preflight_s``
+    (checks and data reads, Ray excluded), ``ray_s`` (Ray joined or started), ``spawn_s`` (the
+    data built if needed, the config written, the actors asked for; warm: re-initialised),
+    ``actors_up_s`` (until every actor answered), ``until_round_1_s`` (everything before round
+    1 began); from the actors' own records, after ``spawn_s``: ``actor_process_s`` (the
+    slowest actor's process up and its imports done; 0 when warm), ``actor_setup_s`` (data
+    opened, method built), ``backbone_s`` (of which the backbone: open_clip's import and the
+    model built, or 0 when cached), ``driver_process_s`` and ``first_params_s`` (the driver's
+    first call to the actors: it waits for them)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time()
+        self.marks: dict[str, float] = {}
+        self.ray_s = 0.0
+        self.round_1: float | None = None
+
+    def timed(self, connect: Callable[[], None]) -> Callable[[], None]:
+        def call() -> None:
+            t = time.time()
+            connect()
+            self.ray_s += time.time() - t
+
+        return call
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.time()
+
+    def round_started(self, wall_s: float) -> None:
+        if self.round_1 is None:
+            self.round_1 = time.time() - wall_s
+
+    def split(self, driver: dict[str, Any], actors: list[dict[str, Any]]) -> dict[str, Any]:
+        m, t0 = self.marks, self.t0
+        spawned = m.get("spawn", t0)
+        starts = [a.get("startup") or {} for a in actors]
+
+        def slowest(values: list[float]) -> float:
+            return round(max(values, default=0.0), 3)
+
+        return {
+            "preflight_s": round(m.get("preflight", t0) - t0 - self.ray_s, 3),
+            "ray_s": round(self.ray_s, 3),
+            "spawn_s": round(spawned - m.get("preflight", t0), 3),
+            "actors_up_s": round(m.get("actors_up", spawned) - spawned, 3),
+            "until_round_1_s": round((self.round_1 or time.time()) - t0, 3),
+            "actor_process_s": slowest([max(0.0, s["started_at"] - spawned) for s in starts if s]),
+            "actor_setup_s": slowest([s["setup_s"] for s in starts if s]),
+            "backbone_s": slowest([s.get("method_s", 0.0) for s in starts if s]),
+            "driver_process_s": round(max(0.0, driver.get("started_at", t0) - spawned), 3),
+            "first_params_s": round(driver.get("first_params_s", 0.0), 3),
+            # what each process imported of torch, torchvision, open_clip, flwr
+            "driver_modules": driver.get("heavy_modules", []),
+            "actor_modules": sorted({m for s in starts for m in s.get("heavy_modules", [])}),
+        }
 
 
 def _fmt(value: float | None) -> str:

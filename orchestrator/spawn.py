@@ -16,6 +16,7 @@ from fedrs import reaper
 from fedrs.actors.placement import Placement
 from fedrs.core.config import RunConfig
 from fedrs.datasets.partition import PartitionSpec
+from fedrs.errors import FedrsError
 from fedrs.io import write_json
 from fedrs.methods import method_class
 from fedrs.methods.base import Method
@@ -110,11 +111,16 @@ def spawn_driver(
     resume: bool = False,
     checked: Checked | None = None,
     placement: Placement | None = None,
+    warm: bool = False,
 ) -> tuple[Any, Any]:
     """Preflight (unless already ``checked``), prepare the data, record the config, start the
     client actors and the driver actor that takes them over; returns (driver handle, client
     pool): the driver shuts the pool down, ``shutdown_pool`` is the caller's safety net.
-    ``run`` streams its rounds; benchmarks may call ``run_round`` one round at a time."""
+    ``run`` streams its rounds; benchmarks may call ``run_round`` one round at a time.
+
+    ``warm`` (with a ``placement``: a sweep trial): take over the actors an earlier run left
+    in the placement group, re-initialised in place, and leave them for the next
+    (``orchestrator/warm.py``; the caller hands them back with ``warm.give_back``)."""
     if checked is None:
         checked = preflight(
             cfg, run_dir if resume else None, method_cls, connect=connect_ray, out=run_dir
@@ -124,38 +130,86 @@ def spawn_driver(
     write_json(run_dir / "config.json", cfg.to_dict())
     connect_ray()
     from fedrs.actors.pool import ClientPool
-    from fedrs.orchestrator.driver import STATE_DIR, Driver
+    from fedrs.orchestrator.driver import STATE_DIR
 
     res = cfg.resources
+    state_root = str((run_dir / STATE_DIR).resolve())
+    args = (cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded)
+    if warm and placement is not None:
+        return _spawn_warm(cfg, method_cls, data_path, state_root, placement, args)
     # The client actors start now, while the driver actor starts: each start-up is a process
     # importing torch (and open_clip), seconds that would otherwise add up one after the other.
     # The driver takes the pool over (and shuts it down); should it fail to start, so do they.
-    pool = ClientPool(
-        cfg, method_cls, data_path, str((run_dir / STATE_DIR).resolve()), placement=placement
-    )
-    # two threads: request_stop (Ctrl-C) must run while run() streams rounds
-    driver = ray.remote(
-        num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus, max_concurrency=2
-    )(Driver)
+    pool = ClientPool(cfg, method_cls, data_path, state_root, placement=placement)
+    driver = _driver_class(res)
     if placement is not None:
         driver = driver.options(scheduling_strategy=placement.strategy(placement.driver_bundle))
     elif res.driver_node == "local" and (strategy := driver_strategy(res)) is not None:
         driver = driver.options(scheduling_strategy=strategy)
     try:
-        handle = driver.remote(
-            cfg,
-            str(run_dir.resolve()),
-            data_path,
-            method_cls,
-            resume,
-            checked.data.excluded,
-            placement,
-            pool,
-        )
+        handle = driver.remote(*args, placement, pool)
     except BaseException:
         pool.shutdown()
         raise
     return handle, pool
+
+
+def _driver_class(res: Any) -> Any:
+    # two threads: request_stop (Ctrl-C) must run while run() streams rounds
+    from fedrs.orchestrator.driver import Driver
+
+    return ray.remote(
+        num_cpus=res.server_num_cpus, num_gpus=res.server_num_gpus, max_concurrency=2
+    )(Driver)
+
+
+def _spawn_warm(
+    cfg: RunConfig,
+    method_cls: type[Method],
+    data_path: str,
+    state_root: str,
+    placement: Placement,
+    args: tuple[Any, ...],
+) -> tuple[Any, Any]:
+    """``spawn_driver`` for a sweep trial: the actors resting in its placement group when
+    they fit, re-initialised in place; else new ones, kept afterwards."""
+    from fedrs.actors.pool import ClientPool
+    from fedrs.orchestrator import warm
+
+    ws, reused = warm.take(cfg, placement)
+    try:
+        ray.get(ws.board.put.remote((cfg.to_dict(), method_cls, data_path, state_root)))
+        if reused:
+            pool = ClientPool(
+                cfg,
+                method_cls,
+                data_path,
+                state_root,
+                placement=placement,
+                board=ws.board,
+                warm=list(ws.actors),
+            )
+            try:
+                ray.get(ws.driver.reinit.remote(*args, placement, pool))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, FedrsError):  # one line, as a cold start says it
+                    raise exc.cause from None
+                raise
+        else:
+            pool = ClientPool(
+                cfg, method_cls, data_path, state_root, placement=placement, board=ws.board
+            )
+            ws.actors = tuple(pool.actors)
+            driver = _driver_class(cfg.resources).options(
+                scheduling_strategy=placement.strategy(placement.driver_bundle)
+            )
+            ws.driver = driver.remote(*args, placement, pool)
+    except BaseException:
+        ws.end()
+        raise
+    log.info("%s actors (run %d in this placement group)", "warm" if reused else "new", ws.runs + 1)
+    warm.lend(ws)
+    return ws.driver, pool
 
 
 def driver_strategy(res: Any) -> Any:

@@ -7,13 +7,13 @@
 
 The sweep file holds ``[base]`` (a run config exactly as a ``fedrs run`` TOML), ``[grid]``
 (dotted run-config keys -> lists of values; every combination is a trial), optionally
-``[random]`` (keys -> ``{choice = [...]}``, ``{uniform = [lo, hi]}``, ``{loguniform = [lo, hi]}``
-or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point), ``[build]``
-(``fedrs data build`` options: ``sources``, ``image_size``, ...; each trial's partition comes
-from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``, ``mode``,
-``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``). A grid value may be a table
-when the key is a section (``method = [{name = "A"}, {name = "B", option = 1}]``): it
-replaces that section of the base; under a free name (``arm = [{label = "fedprox",
+``[random]`` (keys -> ``{choice = [...]}``, ``{uniform = [lo, hi]}``, ``{loguniform = [lo,
+hi]}`` or ``{randint = [lo, hi]}``, drawn ``sweep.num_samples`` times per grid point),
+``[build]`` (``fedrs data build`` options: ``sources``, ``image_size``, ...; each trial's
+partition comes from its ``data.*`` keys and ``federation.seed``) and ``[sweep]`` (``metric``,
+``mode``, ``num_samples``, ``seed``, ``max_concurrent``, ``max_retries``, ``warm``). A grid
+value may be a table when the key is a section (``method = [{name = "A"}, {name = "B", option =
+1}]``): it replaces that section of the base; under a free name (``arm = [{label = "fedprox",
 "method.name" = "student", "strategy.name" = "fedprox"}, ...]``) its keys are set together.
 
 Trials are expanded once, deterministically, and stored in ``DIR/sweep.json``; Ray Tune only
@@ -21,11 +21,15 @@ schedules them. Each trial is a whole fedrs run (``DIR/trials/NAME``) whose driv
 actors live in the trial's own placement group (``actors.pool.trial_bundles``: fractional GPUs
 as in ``fedrs run``), so Tune starts as many trials at once as the cluster's free resources
 hold. A trial that fails is recorded with its one-line error (``DIR/status/NAME.json``) and the
-others go on; ``--resume`` submits only the trials that have not finished, continuing an
-interrupted one from its checkpoint. Trials that need the same data build share one, built once
-under a file lock in ``DIR/builds``. Results: ``DIR/results.parquet`` and ``.csv``, one row per
-trial (rewritten as trials end); TensorBoard event files per trial under ``DIR/tune`` (Tune's
-loggers); MLflow when asked (``--mlflow URI``).
+others go on. Tune reuses a trainable and its placement group for the next trial of the same
+shape, and with ``sweep.warm`` (the default) that trial also takes over the driver and client
+actors the last one left there, re-initialised in place (``orchestrator/warm.py``: no process
+start, import or backbone build again; results identical to cold trials). ``--resume`` submits
+only the trials that have not finished, continuing an interrupted one from its checkpoint.
+Trials that need the same data build share one, built once under a file lock in ``DIR/builds``.
+Results: ``DIR/results.parquet`` and ``.csv``, one row per trial (rewritten as trials end);
+TensorBoard event files per trial under ``DIR/tune`` (Tune's loggers); MLflow when asked
+(``--mlflow URI``).
 """
 
 from __future__ import annotations
@@ -63,9 +67,14 @@ log = logging.getLogger(__name__)
 
 
 def run_trial(
-    config: dict[str, Any], sweep_dir: str, trials: dict[str, Trial], build: dict[str, Any]
+    config: dict[str, Any],
+    sweep_dir: str,
+    trials: dict[str, Trial],
+    build: dict[str, Any],
+    warm: bool = True,
 ) -> None:
-    """Tune's trainable: one fedrs run in the trial's placement group."""
+    """Tune's trainable: one fedrs run in the trial's placement group; ``warm``: on the
+    actors the trainable's last trial left there when they fit (``orchestrator/warm.py``)."""
     import ray
     from rich.console import Console
 
@@ -105,6 +114,7 @@ def run_trial(
             on_round=clock.on_round,
             console=Console(quiet=True),
             stop=stop,
+            warm=warm and placement is not None,
         )
         record |= {
             "status": "finished",
@@ -267,7 +277,11 @@ def _tuner(sweep: Any, todo: list[Trial], sweep_dir: Path, callbacks: list[Any])
 
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, sweep_dir=str(sweep_dir), trials=by_name, build=sweep.build
+            run_trial,
+            sweep_dir=str(sweep_dir),
+            trials=by_name,
+            build=sweep.build,
+            warm=sweep.options.warm,
         ),
         resources,
     )

@@ -66,10 +66,13 @@ class SweepOptions:
     seed: int = 0  # of the random draws
     max_concurrent: int = 0  # 0: as many trials as the cluster's resources hold
     max_retries: int = 0  # Tune retries of a failed trial
+    warm: bool = True  # a trial takes over the actors of the last one in its placement group
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
             raise SweepError(f"sweep.mode must be 'max' or 'min', got {self.mode!r}")
+        if not isinstance(self.warm, bool):
+            raise SweepError(f"sweep.warm must be true or false, got {self.warm!r}")
         for key in ("num_samples", "max_concurrent", "max_retries"):
             if getattr(self, key) < (1 if key == "num_samples" else 0):
                 raise SweepError(f"sweep.{key} is out of range: {getattr(self, key)}")
