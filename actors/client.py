@@ -158,14 +158,15 @@ class ClientWorker:
         data_path: str,
         state_root: str,
         index: int = 0,
-        board: Any = None,
+        board: str | None = None,
     ) -> None:
-        """A worker for one run; with ``board`` (a ``SetupBoard`` actor) instead of the
-        setup, for whatever run the board names (warm actors: ``reinit``)."""
+        """A worker for one run; with ``board`` (the name of a ``SetupBoard`` actor: a name,
+        so that Ray keeps no object alive for a restart) instead of the setup, for whatever
+        run the board names (warm actors: ``reinit``)."""
         self.started_at = time.time()  # this instance's start: the process is up, imports done
         self.board = board
         if board is not None:
-            cfg, method_cls, data_path, state_root = ray.get(board.get.remote())
+            cfg, method_cls, data_path, state_root = ray.get(ray.get_actor(board).get.remote())
         assert cfg is not None and method_cls is not None
         self._setup(cfg, method_cls, data_path, state_root, index)
 
@@ -174,7 +175,7 @@ class ClientWorker:
         every attribute of the last run is replaced; the process keeps its imports and the
         frozen backbones it built (``models.backbone``'s cache, keyed by arch, weights and
         device)."""
-        cfg, method_cls, data_path, state_root = ray.get(self.board.get.remote())
+        cfg, method_cls, data_path, state_root = ray.get(ray.get_actor(self.board).get.remote())
         self._setup(cfg, method_cls, data_path, state_root, self.index)
 
     def _setup(

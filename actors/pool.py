@@ -49,13 +49,13 @@ class ClientPool:
         state_root: str,
         pg_timeout_s: float = 120.0,
         placement: Placement | None = None,
-        board: Any = None,
+        board: str | None = None,
         warm: list[Any] | None = None,
     ) -> None:
-        """``board`` (a ``SetupBoard`` actor holding this run's setup): the actors read their
-        setup from it and are kept warm for the next run (``orchestrator/warm.py`` owns them:
-        ``shutdown`` leaves them alive); ``warm``: such actors of an earlier run, re-initialised
-        in place instead of started."""
+        """``board`` (the name of a ``SetupBoard`` actor holding this run's setup): the actors
+        read their setup from it and are kept warm for the next run (``orchestrator/warm.py``
+        owns them: ``shutdown`` leaves them alive); ``warm``: such actors of an earlier run,
+        re-initialised in place instead of started."""
         res = cfg.resources
         self.kept = board is not None
         self.settling: list[ray.ObjectRef] = []  # warm actors' re-initialisation, checked once

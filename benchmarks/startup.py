@@ -191,7 +191,8 @@ def main(json_path: str | None = None, **options: Any) -> dict[str, Any]:
     same = [a["accuracy"] for a in warm] == [b["accuracy"] for b in cold]
     warm_ratio = warm[-1]["handover_start_s"] / floor["floor_s"]
     run_eff = run["sequential_s"] / (o["workers"] * run["run_s"])
-    rows = [{"part": f"run: {k}", "seconds": round(v, 3)} for k, v in run["startup"].items()] + [
+    parts = {k: v for k, v in run["startup"].items() if isinstance(v, float | int)}
+    rows = [{"part": f"run: {k}", "seconds": round(v, 3)} for k, v in parts.items()] + [
         {"part": "floor: Ray task importing torch", "seconds": round(floor["floor_s"], 3)},
         {"part": "run: whole run() call", "seconds": round(run["run_s"], 3)},
         {"part": "run: its rounds", "seconds": round(run["rounds_s"], 3)},

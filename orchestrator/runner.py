@@ -34,7 +34,7 @@ from fedrs.orchestrator.preflight import (
     preflight,
     resume_config,
 )
-from fedrs.orchestrator.spawn import connect_ray, shutdown_pool, spawn_driver
+from fedrs.orchestrator.spawn import connect_ray, ensure_data, shutdown_pool, spawn_driver
 from fedrs.runlock import LOCK, RunDirBusyError, locked
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,21 @@ def _run_locked(
 ) -> dict[str, Any]:
     """``run`` once the run directory is locked: preflight, the actors, the rounds."""
     clock = StartupClock()
-    checked = preflight(
-        cfg, run_dir if resume else None, method_cls, connect=clock.timed(connect_ray), out=run_dir
-    )
+    # the synthetic default is built while Ray starts (once the other checks have passed)
+    data = _Background(ensure_data, cfg, run_dir) if not cfg.data.path and not resume else None
+    try:
+        checked = preflight(
+            cfg,
+            run_dir if resume else None,
+            method_cls,
+            connect=clock.timed(connect_ray, before=data.start if data else None),
+            out=run_dir,
+        )
+    finally:  # a failed check: the build ends before the run's folder is cleaned up
+        if data is not None:
+            data.join()
+    if data is not None:
+        data.result()
     clock.mark("preflight")
     if overwrite and not resume:
         clear_run_files(run_dir)
@@ -350,7 +362,8 @@ def _drive(
 
 class StartupClock:
     """Where a run's start went, by phase, for ``summary.json``'s ``startup``: ``preflight_s``
-    (checks and data reads, Ray excluded), ``ray_s`` (Ray joined or started), ``spawn_s`` (the
+    (checks and data reads, Ray excluded; the synthetic default's build, which runs while Ray
+    starts, where it takes longer), ``ray_s`` (Ray joined or started), ``spawn_s`` (the
     data built if needed, the config written, the actors asked for; warm: re-initialised),
     ``actors_up_s`` (until every actor answered), ``until_round_1_s`` (everything before round
     1 began); from the actors' own records, after ``spawn_s``: ``actor_process_s`` (the
@@ -365,8 +378,14 @@ class StartupClock:
         self.ray_s = 0.0
         self.round_1: float | None = None
 
-    def timed(self, connect: Callable[[], None]) -> Callable[[], None]:
+    def timed(
+        self, connect: Callable[[], None], before: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
+        """``connect``, timed; ``before`` is called first (not timed)."""
+
         def call() -> None:
+            if before is not None:
+                before()
             t = time.time()
             connect()
             self.ray_s += time.time() - t
@@ -403,6 +422,34 @@ class StartupClock:
             "driver_modules": driver.get("heavy_modules", []),
             "actor_modules": sorted({m for s in starts for m in s.get("heavy_modules", [])}),
         }
+
+
+class _Background:
+    """``fn(*args)`` in a thread once ``start`` is called; ``result`` waits and re-raises."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.fn, self.args = fn, args
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        def work() -> None:
+            try:
+                self.fn(*self.args)
+            except BaseException as exc:  # re-raised by result()
+                self.error = exc
+
+        self.thread = threading.Thread(target=work, name="fedrs-data", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _fmt(value: float | None) -> str:

@@ -186,7 +186,7 @@ def _spawn_warm(
                 data_path,
                 state_root,
                 placement=placement,
-                board=ws.board,
+                board=ws.board_name,
                 warm=list(ws.actors),
             )
             try:
@@ -197,7 +197,7 @@ def _spawn_warm(
                 raise
         else:
             pool = ClientPool(
-                cfg, method_cls, data_path, state_root, placement=placement, board=ws.board
+                cfg, method_cls, data_path, state_root, placement=placement, board=ws.board_name
             )
             ws.actors = tuple(pool.actors)
             driver = _driver_class(cfg.resources).options(

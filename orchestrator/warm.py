@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ class WarmSet:
 
     key: tuple[Any, ...]
     board: Any  # SetupBoard actor
+    board_name: str
     driver: Any = None  # Driver actor
     actors: tuple[Any, ...] = ()  # ClientWorker actors
     runs: int = 0  # runs these actors served
@@ -96,12 +98,17 @@ def take(cfg: RunConfig, placement: Placement) -> tuple[WarmSet, bool]:
     if found is not None:
         log.info("warm actors of another shape or backbone ended")
         found.end()
+    name = f"fedrs-setup-{uuid.uuid4().hex}"
     board = (
         ray.remote(SetupBoard)
-        .options(num_cpus=0, scheduling_strategy=placement.strategy(placement.driver_bundle))
+        .options(
+            name=name,
+            num_cpus=0,
+            scheduling_strategy=placement.strategy(placement.driver_bundle),
+        )
         .remote()
     )
-    return WarmSet(key, board), False
+    return WarmSet(key, board, name), False
 
 
 def lend(ws: WarmSet) -> None:
