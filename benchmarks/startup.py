@@ -2,9 +2,9 @@
 
     fedrs bench startup [--set name=value ...] --json out.json
 
-Workload: the default run (PromptFL, ``fedrs-tiny``, the synthetic default data) cut to
-``rounds`` rounds, 2 client actors of 1 CPU; every side in a fresh child process with its own
-local Ray, one after the other.
+Workload: the default run (``fedrs run`` with no options: PromptFL, ``fedrs-tiny``, the
+synthetic default data, 20 rounds), 2 client actors of 1 CPU; every side in a fresh child
+process with its own local Ray, one after the other.
 
 - ``floor``: Ray up, then one Ray task that imports torch (its wall time, submit to result):
   the least any run on Ray pays before it can train.
@@ -27,7 +27,8 @@ local Ray, one after the other.
   Both sweeps compute the same trials: their final accuracies are compared
   (``same_results``).
 
-Options (``--set``): ``rounds`` (3), ``trials`` (4), ``workers`` (2).
+Options (``--set``): ``rounds`` (20: the default run's; the sweep's trials too), ``trials``
+(4), ``workers`` (2).
 """
 
 from __future__ import annotations
@@ -169,7 +170,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(json_path: str | None = None, **options: Any) -> dict[str, Any]:
-    o = {"rounds": 3, "trials": 4, "workers": 2}
+    o = {"rounds": 20, "trials": 4, "workers": 2}
     unknown = set(options) - set(o)
     if unknown:
         raise ValueError(f"unknown options {sorted(unknown)}; known: {sorted(o)}")

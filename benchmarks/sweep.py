@@ -12,7 +12,10 @@ either side is timed and shared by both).
 - sweep: ``fedrs sweep`` of the same trials, each with one client actor of one CPU, so Tune
   runs ``workers`` trials at once in the same total resources.
 
-    ratio = sequential seconds / sweep seconds      (>= 0.85 is the target; 1.0 = no loss)
+    ratio = sequential seconds / sweep seconds      (>= 2.5 is the target; 1.0 = no loss)
+
+The sweep's trials take over the actors of the trial before them (``sweep.warm``, the default:
+issue 33); the target was 0.85 before (issue 15).
 
 Both sides compute the same trials (same configs, data and seeds; only ``num_actors`` differs,
 which does not change results): ``final_accuracy`` per trial is compared. Beside the totals,
@@ -40,7 +43,7 @@ from fedrs.benchmarks.common import machine_info, print_table, write_result
 from fedrs.benchmarks.harness import machine_cpu
 
 log = logging.getLogger(__name__)
-TARGET = 0.85
+TARGET = 2.5
 
 
 def _list(value: Any, cast: type) -> list[Any]:
