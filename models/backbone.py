@@ -34,7 +34,7 @@ OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _registered = False
-_cache: dict[tuple[str, str, str], Backbone] = {}
+_cache: dict[tuple[Any, ...], Backbone] = {}
 _lock = threading.Lock()
 
 
@@ -265,7 +265,9 @@ def load_backbone(arch: str, pretrained: str = "", device: str | torch.device = 
     import open_clip
 
     device = torch.device(device)
-    key = (arch, pretrained, str(device))
+    # a local checkpoint rewritten in place (``fedrs pretrain`` again) is another backbone
+    stat = os.stat(pretrained) if pretrained and os.path.isfile(pretrained) else None
+    key = (arch, pretrained, str(device), stat and (stat.st_size, stat.st_mtime_ns))
     with _lock:
         if key not in _cache:
             model = _create(arch, pretrained, device)

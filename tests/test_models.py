@@ -162,3 +162,30 @@ def test_batch_first_attention_computes_open_clip_attention() -> None:
         grads.append((img, txt, prompts.grad))
     for ours, theirs in zip(*grads, strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_a_checkpoint_rewritten_in_place_is_loaded_again(tmp_path) -> None:
+    """The per-process backbone cache (what warm actors keep between sweep trials) is keyed by
+    the checkpoint's size and mtime too: ``fedrs pretrain`` writing the same path again gives
+    the new weights, an unchanged file the cached model."""
+    import os
+
+    import open_clip
+    import torch
+
+    from fedrs.models.backbone import load_backbone, register_configs, save_checkpoint
+
+    register_configs()
+    path = tmp_path / "w.pt"
+    torch.manual_seed(1)
+    save_checkpoint(open_clip.create_model("fedrs-tiny"), path)
+    first = load_backbone("fedrs-tiny", str(path))
+    assert load_backbone("fedrs-tiny", str(path)) is first
+    torch.manual_seed(2)
+    save_checkpoint(open_clip.create_model("fedrs-tiny"), path)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse clock: a new mtime
+    second = load_backbone("fedrs-tiny", str(path))
+    assert second is not first
+    a, b = (next(x.model.parameters()) for x in (first, second))
+    assert not torch.equal(a, b)
