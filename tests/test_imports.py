@@ -1,5 +1,6 @@
-"""What each process imports: nothing heavy where it is not used. The CLI's help and the data
-commands' help import none of torch, torchvision, open_clip, Ray or Flower; preflight and the
+"""What each process imports: nothing heavy where it is not used. The CLI's help, the data
+commands' help and a data build import none of torch, torchvision, open_clip, Ray or Flower;
+preflight and the
 driver (which check and aggregate, and never build a backbone) import no open_clip or
 torchvision (open_clip's import alone is seconds: torchvision, torch._dynamo); the client
 actors, which build the backbone, do."""
@@ -40,6 +41,17 @@ except SystemExit:
     pass
 """
     assert _imported(code) == []
+
+
+def test_a_data_build_imports_nothing_heavy(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "built"
+    code = f"""
+from fedrs.cli import main
+main(["data", "build", "--source", "s={tiny_folder}", "--num-clients", "2",
+      "--image-size", "16", "--out", "{out}"])
+"""
+    assert _imported(code) == []
+    assert (out / "manifest.json").is_file()
 
 
 def test_preflight_reads_model_configs_without_open_clip() -> None:
