@@ -20,14 +20,24 @@ class RoundFailedError(FedrsError):
 
 
 def check_quorum(
-    cfg: RunConfig, strategy: Strategy, rnd: int, sampled: int, ok: int, failed: dict[int, str]
+    cfg: RunConfig,
+    strategy: Strategy,
+    rnd: int,
+    sampled: int,
+    ok: int,
+    failed: dict[int, str],
+    unavailable: int = 0,
 ) -> None:
     """RoundFailedError when fewer updates were accepted than ``federation.min_clients`` or
-    the strategy needs (under privacy.mode Poisson cohorts vary: only faults fail)."""
+    the strategy needs (under privacy.mode Poisson cohorts vary: only faults fail). The
+    ``unavailable`` clients the virtual clock dropped (offline, gone offline, late,
+    over-selected: the simulated system, not a fault) do not count: a round whose every
+    sampled client was unavailable is empty, and the global model stays as it was."""
     fed = cfg.federation
     need = max(fed.min_clients, strategy.min_clients())
     if cfg.privacy.mode != "none":
         need = min(need, sampled)
+    need = min(need, sampled - unavailable)
     if ok < need:
         first = next(iter(failed.items()), (None, "no client sampled"))
         raise RoundFailedError(

@@ -87,6 +87,7 @@ class Gathered:
     staleness: list[int] = field(default_factory=list)  # asynchronous: versions behind
     rounds: list[int] | None = None  # asynchronous: the round each client's state is saved under
     clock: dict[str, Any] = field(default_factory=dict)  # the virtual clock's record fields
+    unavailable: int = 0  # sampled clients the virtual clock dropped (not faults: no quorum)
 
 
 class Driver:
@@ -299,7 +300,13 @@ class Driver:
         updates = [u for u in updates if u.client_id not in dropped]
         self._discard(rnd, dropped, rejected, got.rounds)
         check_quorum(
-            self.cfg, self.strategy, rnd, len(sampled), len(updates), {**dropped, **rejected}
+            self.cfg,
+            self.strategy,
+            rnd,
+            len(sampled),
+            len(updates),
+            {**dropped, **rejected},
+            got.unavailable,
         )
         fit_s = time.perf_counter() - t0
         inject(fed.faults, "aggregate", rnd)  # chaos runs only
@@ -415,7 +422,16 @@ class Driver:
         failures = {run[ti]: why for ti, why in failures.items()} | (plan.dropped if plan else {})
         clock = self.clock.advance(sampled, plan) if self.clock and plan else {}
         bytes_down = sum(costs[i] for i in run)
-        return Gathered(sampled, exchanges, results, failures, shared, bytes_down, clock=clock)
+        return Gathered(
+            sampled,
+            exchanges,
+            results,
+            failures,
+            shared,
+            bytes_down,
+            clock=clock,
+            unavailable=len(plan.dropped) if plan else 0,
+        )
 
     def _gather_async(self, rnd: int) -> Gathered:
         """Aggregation ``rnd`` of an asynchronous run (``clock.AsyncRounds``): the tasks that
@@ -443,6 +459,7 @@ class Driver:
             sent=[base for *_, base in taken],
             staleness=[agg.version - 1 - t.base for t, *_ in taken],
             rounds=[t.base + 1 for t, *_ in taken],
+            unavailable=len(agg.lost),
         )
         start, self.clock.now = self.clock.now, agg.time
         stale = [s for i, s in enumerate(out.staleness) if i in out.results]

@@ -191,6 +191,14 @@ def test_a_deadline_drops_the_late_unrun_and_counted_and_resumes_on_the_clock(
     ta, tb = checkpoint.load(tmp_path / "late")[1], checkpoint.load(tmp_path / "cut")[1]
     assert all(np.array_equal(ta[k], tb[k]) for k in ta)
 
+    # a deadline no client meets: every round is empty (the simulated system, not a fault):
+    # the run goes on with the global model unchanged instead of failing its quorum
+    never = {"federation.policy": "deadline", "federation.deadline_s": times[0] / 2}
+    run(small_run(synth_data, **hetero, **never), out=str(tmp_path / "never"), console=QUIET)
+    empty = _rounds(tmp_path / "never")
+    assert [(r["clients_ok"], r["clients_late"]) for r in empty] == [(0, 6), (0, 6)]
+    assert [r["global_change"] for r in empty] == [0.0, 0.0]
+
     over = {"federation.policy": "overselect", "federation.num_clients": 12}
     run(small_run(synth_data, **hetero, **over), out=str(tmp_path / "over"), console=QUIET)
     rec = _rounds(tmp_path / "over")[0]
