@@ -510,6 +510,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_table(args: argparse.Namespace) -> int:
+    from fedrs.benchmarks.table import render
+
+    print(render(args), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedrs", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -688,22 +695,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     bench = sub.add_parser("bench", help="re-runnable benchmarks that print figures and ratios")
-    bench.add_argument(
-        "name", choices=sorted(BENCHMARKS), help="which benchmark (README: benchmarks)"
-    )
-    bench.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--data", default=None, help="a built dataset directory (default: synthetic)"
     )
-    bench.add_argument("--json", default=None, help="write the result JSON here")
-    bench.add_argument("--cache", default=None, help="retrieval: builds / checkpoints cache")
-    bench.add_argument("--rounds", type=int, default=None, help="federated rounds")
-    bench.add_argument(
+    common.add_argument("--json", default=None, help="write the result JSON here")
+    common.add_argument("--cache", default=None, help="retrieval: builds / checkpoints cache")
+    common.add_argument("--rounds", type=int, default=None, help="federated rounds")
+    common.add_argument(
         "--set",
         action="append",
         metavar="NAME=VALUE",
         help="a benchmark-specific option (see the benchmark's docstring), e.g. --set clients=20",
     )
-    bench.set_defaults(func=_cmd_bench)
+    bsub = bench.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name in sorted(BENCHMARKS):
+        bsub.add_parser(name, parents=[common], help=f"the {name} benchmark (README: benchmarks)")
+    for child in bsub.choices.values():
+        child.set_defaults(func=_cmd_bench)
+    from fedrs.benchmarks.table import add_arguments
+
+    bt = bsub.add_parser(
+        "table",
+        help="a markdown table from stored results (--json files)",
+        description="A markdown table from stored benchmark results: --rows KEY --columns "
+        "a,b (records; several files add a first column) or --target 'PATH<=VALUE' (met?).",
+    )
+    add_arguments(bt)
+    bt.set_defaults(func=_cmd_bench_table)
 
     dp = sub.add_parser("deploy", help="run on Flower's deployment runtime (real sites, TLS)")
     dsub2 = dp.add_subparsers(dest="deploy_command", required=True)

@@ -233,3 +233,57 @@ def test_points_scale_fractions_and_leave_bytes_as_they_are() -> None:
     assert "+10.0000" in acc  # 0.1 of accuracy: 10 points
     assert "+601.0000" in nbytes and "60100" not in nbytes  # bytes: not x100
     assert "bytes and counts as they are" in text
+
+
+def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from fedrs.errors import ConfigError
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "results").mkdir()
+    for name, eff, ratio in (("new", [0.52, 0.55], 0.044), ("old", [0.51, 0.49], 1.7)):
+        record = {
+            "benchmark": "startup",
+            "ratios": {"warm": ratio},
+            "summary": [{"partition": "iid", "eff": eff, "total": {"s": 2.0 / 3.0}}],
+        }
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(record))
+    rows = (
+        "fedrs bench table results/new.json results/old.json --rows summary "
+        "--columns partition,eff,total.s"
+    )
+    target = "fedrs bench table results/new.json --target ratios.warm<=1.5 --target ratios.warm>1"
+    doc = tmp_path / "README.md"
+    doc.write_text(
+        f"<!-- table: {rows} -->\n<!-- /table -->\n<!-- table: {target} -->\n<!-- /table -->\n"
+    )
+    assert regenerate(doc) == [rows, target]
+    text = doc.read_text()
+    assert "| result | partition | eff | total.s |" in text
+    assert (
+        "| new | iid | 0.52, 0.55 | 0.6667 |" in text
+        and "| old | iid | 0.51, 0.49 | 0.6667 |" in text
+    )
+    assert "| ratios.warm | 0.044 | <= 1.5 | yes |" in text
+    assert "| ratios.warm | 0.044 | > 1 | no |" in text
+    assert regenerate(doc, check=True) == []
+    doc.write_text(text.replace("| 0.044 | <= 1.5 | yes |", "| 0.044 | <= 1.5 | no |"))
+    assert regenerate(doc, check=True) == [target]
+    # the stored result changed: the table no longer matches it
+    regenerate(doc)
+    (tmp_path / "results" / "new.json").write_text(
+        json.dumps({"benchmark": "startup", "ratios": {"warm": 2.0}, "summary": []})
+    )
+    assert regenerate(doc, check=True) == [rows, target]
+    for bad, message in (
+        ("fedrs bench table results/none.json --target a<=1", "missing"),
+        ("fedrs bench table results/new.json --target ratios.cold<=1", "no value at"),
+        ("fedrs bench table results/new.json --target ratios.warm=1", "expected PATH<=VALUE"),
+        ("fedrs bench table results/new.json --rows summary", "needs --columns"),
+    ):
+        doc.write_text(f"<!-- table: {bad} -->\n<!-- /table -->\n")
+        with pytest.raises(ConfigError, match=message):
+            regenerate(doc)

@@ -1,10 +1,15 @@
-"""Tables in a markdown file regenerated from stored sweep results: ``fedrs sweep tables``.
+"""Tables in a markdown file regenerated from stored results: ``fedrs sweep tables``.
 
 A table in benchmarks/README.md is never typed: it sits between two markers that name the
-command producing it from a study's stored ``results.csv`` (kept beside its sweep file)::
+command producing it from a study's stored ``results.csv`` (kept beside its sweep file) or from
+a benchmark's stored JSON (``benchmarks/results/``)::
 
     <!-- table: fedrs sweep report benchmarks/sweeps/NAME.results.csv --compare arm=a:b -->
     ...what that command prints...
+    <!-- /table -->
+
+    <!-- table: fedrs bench table benchmarks/results/NAME.json --rows rows --columns a,b -->
+    ...
     <!-- /table -->
 
 (each marker at the start of its own line).
@@ -21,6 +26,7 @@ import argparse
 import re
 import shlex
 from pathlib import Path
+from typing import Any
 
 from fedrs.io import atomic_open
 from fedrs.orchestrator.sweep.spec import SweepError
@@ -28,7 +34,8 @@ from fedrs.orchestrator.sweep.spec import SweepError
 BLOCK = re.compile(
     r"^(<!-- table: (?P<cmd>[^\n]+?) -->\n)(?P<body>.*?)^(<!-- /table -->)", re.S | re.M
 )
-PREFIX = ["fedrs", "sweep", "report"]
+REPORT = ["fedrs", "sweep", "report"]
+BENCH_TABLE = ["fedrs", "bench", "table"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,26 +55,42 @@ def _root(doc: Path) -> Path:
     return doc.resolve().parent
 
 
-def render(command: str, doc: Path) -> str:
-    """What ``command`` (``fedrs sweep report FILE.results.csv ...``) prints."""
-    from fedrs.orchestrator.sweep.report import stored_report
+def _resolve(name: str, doc: Path) -> Path:
+    path = Path(name)
+    if not path.is_absolute():
+        path = _root(doc) / path if (_root(doc) / path).exists() else doc.parent / path
+    return path
 
+
+def _parse(p: argparse.ArgumentParser, words: list[str], command: str, doc: Path) -> Any:
+    try:
+        return p.parse_args(words)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise SweepError(f"{doc}: cannot read the table command {command!r}: {exc}") from None
+
+
+def render(command: str, doc: Path) -> str:
+    """What ``command`` (``fedrs sweep report FILE.results.csv ...`` or ``fedrs bench table
+    FILE.json ...``) prints."""
     try:
         words = shlex.split(command)
     except ValueError as exc:
         raise SweepError(f"{doc}: cannot read the table command {command!r}: {exc}") from None
-    if words[:3] != PREFIX:
+    if words[:3] == BENCH_TABLE:
+        from fedrs.benchmarks import table
+
+        args = _parse(table.parser(), words[3:], command, doc)
+        args.files = [_resolve(f, doc) for f in args.files]
+        return table.render(args)
+    if words[:3] != REPORT:
         raise SweepError(
-            f"{doc}: a table's command must start with 'fedrs sweep report': {command}"
+            f"{doc}: a table's command must start with 'fedrs sweep report' or "
+            f"'fedrs bench table': {command}"
         )
-    try:
-        args = _parser().parse_args(words[3:])
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise SweepError(f"{doc}: cannot read the table command {command!r}: {exc}") from None
-    path = Path(args.path)
-    if not path.is_absolute():
-        path = _root(doc) / path if (_root(doc) / path).exists() else doc.parent / path
-    return stored_report(path, args.metric, args.also, args.compare, args.scale)
+    from fedrs.orchestrator.sweep.report import stored_report
+
+    args = _parse(_parser(), words[3:], command, doc)
+    return stored_report(_resolve(args.path, doc), args.metric, args.also, args.compare, args.scale)
 
 
 def regenerate(doc: str | Path, check: bool = False) -> list[str]:

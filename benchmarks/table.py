@@ -1,0 +1,131 @@
+"""Markdown tables from benchmarks' stored JSON results: ``fedrs bench table``.
+
+A benchmark run with ``--json FILE`` records its figures; stored under
+``benchmarks/results/``, such a file is the source of the README's speed tables, which sit
+between ``<!-- table: fedrs bench table ... -->`` and ``<!-- /table -->`` markers and are
+regenerated (and checked) by ``fedrs sweep tables``, like the study tables. Two forms:
+
+- rows: ``fedrs bench table A.json [B.json ...] --rows KEY --columns a,b,c`` prints the list of
+  records at ``KEY`` (a dotted path) as a table; with several files, a first column names the
+  file each row came from (its stem);
+- targets: ``fedrs bench table A.json --target 'ratios.warm_start_vs_floor<=1.5' ...`` prints,
+  per target, the value stored at the path, the target and whether the value meets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import operator
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fedrs.errors import ConfigError
+
+_TARGET = re.compile(r"^(?P<path>[\w.\-]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[-+0-9.eE]+)$")
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """A stored benchmark result; a clear error when it is missing or not a JSON object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing (no such benchmark result)") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not a benchmark result: {exc}") from None
+    if not isinstance(data, dict) or "benchmark" not in data:
+        raise ConfigError(f"{path}: not a benchmark result (no 'benchmark' key)")
+    return data
+
+
+def lookup(data: Any, path: str, source: str = "") -> Any:
+    """The value at a dotted path (``run.startup.ray_s``; list items by index)."""
+    value = data
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise ConfigError(f"{source}: no value at {path!r} (stopped at {part!r})")
+    return value
+
+
+def cell(value: Any) -> str:
+    """One table cell: floats to 4 significant digits, lists joined, booleans as yes/no."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if value is None:
+        return ""
+    return str(value)
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_table(files: Sequence[str | Path], key: str, columns: Sequence[str]) -> str:
+    """The records at ``key`` of each file, ``columns`` of each (a dotted path inside a record)."""
+    if not columns:
+        raise ConfigError("bench table --rows needs --columns a,b,c")
+    body = []
+    for f in files:
+        records = lookup(load(f), key, str(f))
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ConfigError(f"{f}: {key!r} is not a list of records")
+        for r in records:
+            row = [cell(lookup(r, c, f"{f} {key}")) for c in columns]
+            body.append(([Path(f).stem] if len(files) > 1 else []) + row)
+    return markdown((["result"] if len(files) > 1 else []) + list(columns), body)
+
+
+def targets_table(file: str | Path, targets: Sequence[str]) -> str:
+    """One row per ``PATH<=VALUE`` (or >=, <, >): the stored value, the target, met or not."""
+    data = load(file)
+    body = []
+    for text in targets:
+        m = _TARGET.match(text.strip())
+        if not m:
+            raise ConfigError(f"bench table --target {text!r}: expected PATH<=VALUE (or >=, <, >)")
+        measured = lookup(data, m["path"], str(file))
+        if not isinstance(measured, (int, float)) or isinstance(measured, bool):
+            raise ConfigError(f"{file}: {m['path']!r} is not a number: {measured!r}")
+        met = _OPS[m["op"]](measured, float(m["value"]))
+        body.append([m["path"], cell(float(measured)), f"{m['op']} {m['value']}", cell(met)])
+    return markdown(["figure", "measured", "target", "met?"], body)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's arguments (``fedrs bench table`` and the README's table markers)."""
+    p.add_argument("files", nargs="+", help="benchmark result JSON files")
+    p.add_argument("--rows", default=None, help="dotted path of a list of records, e.g. rows")
+    p.add_argument("--columns", default="", help="comma-separated fields of each record")
+    p.add_argument(
+        "--target", action="append", default=[], metavar="PATH<=VALUE", help="repeatable"
+    )
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="fedrs bench table", exit_on_error=False))
+
+
+def render(args: argparse.Namespace) -> str:
+    if bool(args.rows) == bool(args.target):
+        raise ConfigError("bench table: give either --rows KEY --columns ... or --target ...")
+    if args.target:
+        if len(args.files) != 1:
+            raise ConfigError("bench table --target reads one result file")
+        return targets_table(args.files[0], args.target)
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    return rows_table(args.files, args.rows, columns)
