@@ -94,11 +94,46 @@ class Dispatch:
         self.deadline = time.monotonic() + timeout_s
         self.credit = max(timeout_s, RESTART_GRACE_S)  # deadline extension left for restarts
 
+    def extend(
+        self, shared: list[Any], tasks: list[Any], costs: list[float], affinity: list[Hashable]
+    ) -> list[int]:
+        """More tasks for a dispatch kept open across calls (``ClientPool.stream``): queued
+        behind the pending ones, largest cost first among themselves; their task indices."""
+        assert isinstance(self.shared, PerTask) and self.costs is not None
+        assert self.affinity is not None
+        first = len(self.shared)
+        self.shared.extend(shared)
+        self.costs.extend(costs)
+        self.affinity.extend(affinity)
+        order = sorted(range(len(tasks)), key=lambda i: -costs[i])
+        self.pending.extend((first + i, tasks[i]) for i in order)
+        return [first + i for i in range(len(tasks))]
+
+    def open(self, until: set[int] | None) -> bool:
+        """Work left: any task at all (``until`` None), else any of ``until`` unsettled."""
+        if until is None:
+            return bool(self.pending or self.owner)
+        return any(ti not in self.results and ti not in self.failures for ti in until)
+
+    def drain(self, wait_s: float) -> None:
+        """Abandon what is left: pending tasks never go out, queued ones are cancelled, the
+        running ones (one per actor) are waited for, up to ``wait_s``; no result is kept."""
+        self.pending.clear()
+        self._cancel_all()
+        ray.wait(list(self.owner), num_returns=len(self.owner), timeout=wait_s)
+        self.owner.clear()
+        for queue in self.queues:
+            queue.clear()
+
     def run(
-        self, depth: int, stop: threading.Event | None
+        self, depth: int, stop: threading.Event | None, until: set[int] | None = None
     ) -> tuple[dict[int, Any], dict[int, str]]:
-        """Hand out, wait, settle, until every task has a result or a failure."""
-        while self.pending or self.owner:
+        """Hand out, wait, settle, until every task (or every task of ``until``: the others
+        keep running, for a later call) has a result or a failure. With ``until`` the
+        deadline is ``timeout_s`` from this call."""
+        if until is not None:
+            self.deadline = time.monotonic() + self.timeout_s
+        while self.open(until):
             if stop is not None and stop.is_set():
                 self._cancel_all()
                 left = len(self.owner) + len(self.pending)

@@ -31,7 +31,7 @@ from ray.exceptions import (
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from fedrs.actors.client import ClientWorker
-from fedrs.actors.dispatch import Dispatch, reason
+from fedrs.actors.dispatch import Dispatch, PerTask, reason
 from fedrs.actors.placement import Placement, SchedulingError, client_bundle
 from fedrs.core.config import RunConfig
 from fedrs.errors import FedrsError, remote_error
@@ -194,6 +194,13 @@ class ClientPool:
         self.settle()
         dispatch = Dispatch(self, method, shared, tasks, timeout_s, costs, affinity)
         return dispatch.run(depth, stop)
+
+    def stream(self, method: str, timeout_s: float) -> Dispatch:
+        """A dispatch kept open across calls, for work that overlaps the driver's steps
+        (asynchronous rounds): ``extend`` adds tasks, ``run(depth, stop, until=...)`` waits
+        for some while the rest keep the actors busy, ``drain`` abandons what is left."""
+        self.settle()
+        return Dispatch(self, method, PerTask(), [], timeout_s, [], [])
 
     def shutdown(self) -> None:
         """Kill the actors and free the placement group; calling it again does nothing.

@@ -91,11 +91,13 @@ class Clock:
 
 class AsyncRounds:
     """FedBuff / FedAsync rounds (``federation.policy``; ``fedrs/core/system.py``:
-    ``AsyncSchedule``): a round is one aggregation. Before aggregation r the tasks that
-    started on version r - 1 train together on the pool (one wave: they all received the same
-    tensors), and their replies wait until the schedule says they arrive; each reply keeps the
-    version it trained from, so its update is ``reply - that version``, down-weighted by its
-    staleness (``staleness_weight``) when it reaches the strategy."""
+    ``AsyncSchedule``): a round is one aggregation. Before aggregation r the tasks that start
+    on version r - 1 are handed to the pool (``start``) and keep training while the driver
+    goes on: aggregation r waits only for the tasks the schedule says arrive in it (``due``),
+    so the actors stay busy across aggregations (no barrier in wall time). Each reply keeps
+    the version it trained from until it arrives (``hold``, ``take``), so its update is
+    ``reply - that version``, down-weighted by its staleness (``staleness_weight``) when it
+    reaches the strategy."""
 
     STREAM = 4  # the seeded generator's stream for drawing clients
 
@@ -114,6 +116,11 @@ class AsyncRounds:
         )
         # seq -> (reply, why it failed, the version it trained from), until it arrives
         self.replies: dict[int, tuple[dict[str, Any] | None, str, int]] = {}
+        # seq -> (task, its index in the pool's stream, the tensors it received, their
+        # versions then): handed out, reply not collected yet
+        self.running: dict[int, tuple[AsyncTask, int, tuple[str, ...], np.ndarray]] = {}
+        # tasks a resumed run must hand out again (running when the checkpoint was written)
+        self.restarts: list[tuple[AsyncTask, tuple[str, ...], np.ndarray]] = []
         self.versions: dict[int, dict[str, np.ndarray]] = {}  # what waiting replies trained from
 
     def _draw(self, seq: int, busy: set[int]) -> int | None:
@@ -131,11 +138,28 @@ class AsyncRounds:
         self.schedule.until(version + 1)
         return list(self.schedule.started.get(version, []))
 
-    def hold(self, task: AsyncTask, reply: dict[str, Any] | None, why: str, params: Any) -> None:
-        """Keep a task's reply (or why it failed) and the version it trained from until it
-        arrives."""
-        self.replies[task.seq] = (reply, why, task.base)
+    def start(
+        self,
+        task: AsyncTask,
+        index: int,
+        params: dict[str, np.ndarray],
+        down: tuple[str, ...],
+        held_at: np.ndarray,
+    ) -> None:
+        """``task`` was handed to the pool's stream as ``index``, with ``params`` (its base
+        version; kept until its reply arrives)."""
+        self.running[task.seq] = (task, index, tuple(down), held_at)
         self.versions.setdefault(task.base, params)
+
+    def due(self, version: int) -> list[tuple[AsyncTask, int, tuple[str, ...], np.ndarray]]:
+        """The running tasks whose replies aggregation ``version`` takes: wait for these."""
+        agg = self.schedule.until(version)
+        return [self.running[t.seq] for t in agg.arrivals if t.seq in self.running]
+
+    def hold(self, task: AsyncTask, reply: dict[str, Any] | None, why: str) -> None:
+        """Keep a task's reply (or why it failed) until it arrives."""
+        self.running.pop(task.seq, None)
+        self.replies[task.seq] = (reply, why, task.base)
 
     def take(self, version: int) -> tuple[Aggregation, list[tuple[AsyncTask, Any, str, Any]]]:
         """Aggregation ``version`` and, for each of its arrivals and lost tasks, (task, reply,
@@ -146,6 +170,8 @@ class AsyncRounds:
             reply, why, _ = self.replies.pop(task.seq, (None, "never ran", task.base))
             out.append((task, reply, task.lost or why, self.versions.get(task.base)))
         needed = {base for _, _, base in self.replies.values()}
+        needed |= {t.base for t, *_ in self.running.values()}
+        needed |= {t.base for t, *_ in self.restarts}
         for v in [v for v in self.versions if v not in needed]:
             del self.versions[v]
         return agg, out
@@ -154,9 +180,10 @@ class AsyncRounds:
     PREFIX = "driver/async/"  # beside the holdings' state (``holdings.PREFIX``)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The replies waiting to arrive (tensors and the rest as JSON) and the versions they
-        trained from: what a resumed run cannot recompute. The schedule itself is not saved:
-        it is replayed from the seed."""
+        """The replies waiting to arrive (tensors and the rest as JSON), the tasks still
+        training (a resumed run trains them again: a fit depends only on its inputs) and the
+        versions they trained from: what a resumed run cannot recompute. The schedule itself
+        is not saved: it is replayed from the seed."""
         out: dict[str, np.ndarray] = {}
         meta: dict[str, Any] = {}
         for seq, (reply, why, base) in self.replies.items():
@@ -165,6 +192,9 @@ class AsyncRounds:
             for part in ("params", "extras"):
                 for k, v in ((reply or {}).get(part) or {}).items():
                     out[f"{self.PREFIX}r{seq}/{part}/{k}"] = np.asarray(v)
+        running = [(t, down, at) for t, _, down, at in self.running.values()] + self.restarts
+        for task, down, at in running:  # still training: a resumed run hands them out again
+            meta[str(task.seq)] = {"base": task.base, "down": list(down), "at": at.tolist()}
         for v, params in self.versions.items():
             out |= {f"{self.PREFIX}v{v}/{k}": x for k, x in params.items()}
         text = json.dumps(meta, default=str).encode()
@@ -172,11 +202,17 @@ class AsyncRounds:
         return out
 
     def load_state_dict(self, state: dict[str, Any], version: int) -> None:
-        """Replay the schedule to aggregation ``version`` and restore what was waiting."""
+        """Replay the schedule to aggregation ``version`` and restore what was waiting (and,
+        in ``restarts``, what was training)."""
         self.schedule.until(version)
         raw = state.get(self.PREFIX + "meta")
         meta = json.loads(bytes(np.asarray(raw, dtype=np.uint8))) if raw is not None else {}
+        started = {t.seq: t for tasks in self.schedule.started.values() for t in tasks}
         for seq, m in meta.items():
+            if "at" in m:  # was training
+                at = np.asarray(m["at"], dtype=np.int64)
+                self.restarts.append((started[int(seq)], tuple(m["down"]), at))
+                continue
             reply = None
             if m["ran"]:
                 reply = dict(m["reply"])

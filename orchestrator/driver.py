@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from fedrs.actors.client import FitTask, startup_record
+from fedrs.actors.client import Download, FitTask, startup_record
 from fedrs.actors.dispatch import PerTask
 from fedrs.actors.placement import Placement
 from fedrs.actors.pool import ClientPool
@@ -199,6 +199,7 @@ class Driver:
         )
         self.clock = None  # system heterogeneity on a virtual clock
         self.rounds: AsyncRounds | None = None  # asynchronous rounds (FedBuff, FedAsync)
+        self.stream: Any = None  # their tasks on the pool (``ClientPool.stream``)
         if cfg.clocked:
             keys, resumed = self.strategy.upload_keys, state is not None
             self.clock = Clock(cfg, self.pool, self.params, keys, self.run_dir, resumed)
@@ -245,20 +246,23 @@ class Driver:
             records.append(self.run_dir, record)
             yield record
             return
-        for rnd in range(self.round + 1, fed.rounds + 1):
-            if self._stop.is_set():
-                return
-            try:
-                record = self.run_round(rnd)
-            except RunStopped:  # the round in flight is abandoned: its private states too
-                for cid in self._sampled:
-                    self.store.discard(cid, rnd)
-                self.pool.discard(self._sampled, rnd)
-                log.info("round %d abandoned: the run was asked to stop", rnd)
-                return
-            yield record
-            if stop_after is not None and rnd >= stop_after:
-                return
+        try:
+            for rnd in range(self.round + 1, fed.rounds + 1):
+                if self._stop.is_set():
+                    return
+                try:
+                    record = self.run_round(rnd)
+                except RunStopped:  # the round in flight is abandoned: its private states too
+                    for cid in self._sampled:
+                        self.store.discard(cid, rnd)
+                    self.pool.discard(self._sampled, rnd)
+                    log.info("round %d abandoned: the run was asked to stop", rnd)
+                    return
+                yield record
+                if stop_after is not None and rnd >= stop_after:
+                    return
+        finally:
+            self._end_stream()  # asynchronous tasks still training: abandoned
 
     def request_stop(self) -> int:
         """Stop the run soon (runs beside ``run``: the driver actor has two threads): a round
@@ -355,13 +359,14 @@ class Driver:
         return record
 
     # ------------------------------------------------------------------ the round's steps
-    def _fit(
+    def _fit_tasks(
         self, rnd: int, sampled: list[int], exchanges: list[Exchange]
-    ) -> tuple[dict[int, Any], dict[int, str], dict[str, Any]]:
-        """Send each client its group's tensors (one object per distinct group; what the
-        last round left unchanged in one that actors keep resident), let partners share
-        (``partners.Partners``), train on the pool (a client stays on its actor, so per-actor
-        caches hit). Results and failures by index into ``sampled``; the partner traffic."""
+    ) -> tuple[list[int], list[Any], list[FitTask], dict[int, str], dict[str, Any]]:
+        """The round's fit tasks: each client's group of tensors (one object per distinct
+        group; what the last round left unchanged in one that actors keep resident), its
+        options and what its partners shared with it (``partners.Partners``). Returns the
+        indices into ``sampled`` that train, their downloads and tasks, the clients that lose
+        the round with why, and the partner traffic."""
         downs = [ex.down for ex in exchanges]
         groups = list(dict.fromkeys(downs))  # one object per distinct group
         downloads = self.broadcast.downloads(groups, self.params, self.holdings, self.round)
@@ -379,10 +384,20 @@ class Driver:
             )
             for i in active
         ]
+        failures = {i: lost[cid] for i, cid in enumerate(sampled) if cid in lost}
+        return active, [downloads[downs[i]] for i in active], tasks, failures, shared
+
+    def _fit(
+        self, rnd: int, sampled: list[int], exchanges: list[Exchange]
+    ) -> tuple[dict[int, Any], dict[int, str], dict[str, Any]]:
+        """Train the round's tasks (``_fit_tasks``) on the pool (a client stays on its
+        actor, so per-actor caches hit). Results and failures by index into ``sampled``; the
+        partner traffic."""
+        active, downloads, tasks, lost, shared = self._fit_tasks(rnd, sampled, exchanges)
         parts = self.data.num_clients  # registered client c trains on partition c % parts
         results, failures = self.pool.map(
             "fit",
-            PerTask(downloads[downs[i]] for i in active),
+            PerTask(downloads),
             tasks,
             self.cfg.federation.round_timeout_s,
             [self.data.clients[sampled[i] % parts].train.num_examples for i in active],
@@ -390,10 +405,9 @@ class Driver:
             stop=self._stop,  # a stop abandons the round while it trains (RunStopped)
         )
         results = {active[ti]: r for ti, r in results.items()}
-        failures = {active[ti]: why for ti, why in failures.items()}
-        failures |= {i: lost[cid] for i, cid in enumerate(sampled) if cid in lost}
+        failures = {active[ti]: why for ti, why in failures.items()} | lost
         for i in results:  # delivered (a task that failed may not have received its tensors)
-            self.holdings.deliver(sampled[i], downs[i])
+            self.holdings.deliver(sampled[i], exchanges[i].down)
         return results, failures, shared
 
     def _gather(self, rnd: int) -> Gathered:
@@ -435,18 +449,39 @@ class Driver:
 
     def _gather_async(self, rnd: int) -> Gathered:
         """Aggregation ``rnd`` of an asynchronous run (``clock.AsyncRounds``): the tasks that
-        start on today's tensors (version rnd - 1) train now, as one wave; the arrivals the
-        schedule gives this aggregation are taken with the tensors each trained from."""
+        start on today's tensors (version rnd - 1) are handed to the pool's stream, where
+        they train while the driver goes on; the arrivals the schedule gives this
+        aggregation are waited for and taken with the tensors each trained from."""
         assert self.rounds is not None and self.clock is not None
+        if self.stream is None:
+            self.stream = self.pool.stream("fit", self.cfg.federation.round_timeout_s)
+        self._restart_async()  # what a resumed run had in training
         version = rnd - 1
         wave = [t for t in self.rounds.wave(version) if not t.lost]  # lost ones never run
         exchanges = [self.exchange(t.client_id, rnd) for t in wave]
         costs = [
             self.holdings.cost(t.client_id, ex.down) for t, ex in zip(wave, exchanges, strict=True)
         ]
-        results, failures, shared = self._fit(rnd, [t.client_id for t in wave], exchanges)
-        for i, task in enumerate(wave):
-            self.rounds.hold(task, results.get(i), failures.get(i, ""), self.params)
+        clients = [t.client_id for t in wave]
+        active, downloads, tasks, lost, shared = self._fit_tasks(rnd, clients, exchanges)
+        at = self.holdings.snapshot()
+        # earliest virtual arrival first: what the next aggregations wait for trains first
+        ids = self.stream.extend(
+            downloads, tasks, [-wave[i].finish for i in active], [clients[i] for i in active]
+        )
+        for i, ti in zip(active, ids, strict=True):
+            self.rounds.start(wave[i], ti, self.params, exchanges[i].down, at)
+        for i, why in lost.items():
+            self.rounds.hold(wave[i], None, why)
+        due = self.rounds.due(rnd)
+        if due:
+            self.stream.run(2, self._stop, until={ti for _, ti, _, _ in due})
+        for task, ti, down, at in due:
+            reply, why = self.stream.results.pop(ti, None), self.stream.failures.pop(ti, "")
+            if reply is not None:  # delivered as they were when it was handed out
+                self.holdings.deliver(task.client_id, down, at)
+            self.rounds.hold(task, reply, why)
+        training = len(self.stream.owner) + len(self.stream.pending)
         agg, taken = self.rounds.take(rnd)
         sampled = [t.client_id for t, *_ in taken]
         out = Gathered(
@@ -470,8 +505,30 @@ class Driver:
             "staleness_mean": float(np.mean(stale)) if stale else 0.0,
             "staleness_max": max(stale, default=0),
             "virtual_task_s": {str(t.client_id): t.finish - t.start for t, *_ in taken},
+            "tasks_training": training,  # in wall time, while this aggregation was made
         }
         return out
+
+    def _restart_async(self) -> None:
+        """Hand out again the tasks a checkpoint found training (a resumed run): each with
+        the whole of its base version (not today's resident objects), as its round's task."""
+        assert self.rounds is not None and self.stream is not None
+        restarts, self.rounds.restarts = self.rounds.restarts, []
+        for task, down, at in restarts:
+            rnd, params = task.base + 1, self.rounds.versions[task.base]
+            ex = self.exchange(task.client_id, rnd)
+            download = Download(self.pool.put({k: params[k] for k in down}), None)
+            fit = FitTask(
+                task.client_id, fit_options(self.cfg, rnd, task.client_id, self.strategy, ex)
+            )
+            (ti,) = self.stream.extend([download], [fit], [-task.finish], [task.client_id])
+            self.rounds.start(task, ti, params, down, at)
+
+    def _end_stream(self) -> None:
+        """Abandon the asynchronous tasks still training when the run ends or stops."""
+        if self.stream is not None:
+            self.stream.drain(self.cfg.federation.round_timeout_s)
+            self.stream = None
 
     def _plan(self, sampled: list[int], exchanges: list[Exchange], costs: list[int]) -> Any:
         """The round's schedule on the virtual clock (``orchestrator/clock.py``), or None."""

@@ -38,11 +38,16 @@ class Holdings:
             return int(self.nbytes[rows].sum())
         return int(self.nbytes[rows][held[rows] != self.versions[rows]].sum())
 
-    def deliver(self, client: int, names: Iterable[str]) -> None:
-        """``client`` received ``names`` as they are now."""
+    def deliver(self, client: int, names: Iterable[str], at: np.ndarray | None = None) -> None:
+        """``client`` received ``names`` as they are now (``at``: as they were when a
+        ``snapshot`` was taken, for work handed out before the rounds since)."""
         held = self.held.setdefault(client, np.full(len(self.keys), -1, dtype=np.int64))
         rows = self._rows(names)
-        held[rows] = self.versions[rows]
+        held[rows] = (self.versions if at is None else at)[rows]
+
+    def snapshot(self) -> np.ndarray:
+        """Every tensor's version now (``deliver``'s ``at``)."""
+        return self.versions.copy()
 
     def changed(self, names: Iterable[str], round: int) -> None:
         self.versions[self._rows(names)] = round
