@@ -206,6 +206,10 @@ class Dispatch:
                 self.probes[ai] = self.pool.actors[ai].__ray_ready__.remote()
         for ti, _ in self.pending:
             self.failures[ti] = f"not started within {self.timeout_s:.0f}s"
+        self.pending.clear()  # settled: a dispatch kept open (``extend``) goes on without them
+        self.owner.clear()
+        for queue in self.queues:
+            queue.clear()
 
     def _check_probes(self, live: list[int]) -> None:
         """Forget the probes of actors back from a restart (or gone for good)."""
