@@ -11,7 +11,9 @@ times in one process.
 
 1. async vs sync, no heterogeneity (every client ``system.gflops``, always on): ``sync`` is
    today's round loop (no clock); ``fedbuff`` keeps ``clients_per_round`` clients training and
-   aggregates every ``clients_per_round`` arrivals. Both process ``rounds x clients_per_round``
+   aggregates every ``clients_per_round`` arrivals, its tasks streamed to the actors with no
+   barrier (``fedbuff_tasks_training_median``: tasks still training when an aggregation is
+   made). Both process ``rounds x clients_per_round``
    client updates (checked: the same count of accepted updates); the figure is the wall time
    of the rounds (the driver's ``wall_s``, start-up excluded) per processed update::
 

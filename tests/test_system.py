@@ -304,3 +304,13 @@ def test_fedbuff_runs_the_same_at_any_actor_count(
     assert [sorted(r["clients"]) for r in c] == [sorted(r["clients"]) for r in b]
     tc = checkpoint.load(tmp_path / "cut")[1]
     assert all(np.array_equal(tb[k], tc[k]) for k in tb)
+
+    # an actor killed while it trains a streamed task: that task fails at its arrival, the
+    # tasks queued behind it go to the other actor, the run completes
+    victim = sorted(a[0]["clients"])[0]
+    faults = {"federation.faults": f"fit@1:{victim}=exit", "resources.max_actor_restarts": -1}
+    run(small_run(synth_data, **sets, **faults), out=str(tmp_path / "chaos"), console=QUIET)
+    d = _rounds(tmp_path / "chaos")
+    assert [r["round"] for r in d] == [1, 2, 3, 4]
+    assert d[0]["failures"][victim].startswith("actor died"), d[0]["failures"]
+    assert all(r["clients_ok"] + r["clients_failed"] + r["clients_rejected"] == 3 for r in d)
