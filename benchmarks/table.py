@@ -24,7 +24,7 @@ from typing import Any
 
 from fedrs.errors import ConfigError
 
-_TARGET = re.compile(r"^(?P<path>[\w.\-]+)\s*(?P<op><=|>=|<|>)\s*(?P<value>[-+0-9.eE]+)$")
+_TARGET = re.compile(r"^(?P<path>[\w.\-/ ]+?)\s*(?P<op><=|>=|<|>)\s*(?P<value>[-+0-9.eE]+)$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
