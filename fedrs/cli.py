@@ -340,7 +340,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if len(target) != 2:
             print("fedrs: error: usage: fedrs sweep tables FILE.md [--check]", file=sys.stderr)
             return 2
-        from fedrs.orchestrator.sweep.tables import blocks, regenerate
+        from fedrs.benchmarks.tables import blocks, regenerate
 
         stale = regenerate(target[1], check=args.check)
         if args.check and stale:

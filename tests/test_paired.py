@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from fedrs.benchmarks.tables import blocks, regenerate
 from fedrs.orchestrator.sweep.paired import CompareError, Comparison, paired_differences
 from fedrs.orchestrator.sweep.report import stored_report
 from fedrs.orchestrator.sweep.results import read_stored
 from fedrs.orchestrator.sweep.spec import SweepError, is_seed_axis
-from fedrs.orchestrator.sweep.tables import blocks, regenerate
 
 T975 = {1: 12.706205, 2: 4.302653}  # two-sided 95 % Student-t quantiles, by degrees of freedom
 AXES = ["data.alpha", "arm", "federation.seed"]
