@@ -118,9 +118,13 @@ class Dispatch:
     def drain(self, wait_s: float) -> None:
         """Abandon what is left: pending tasks never go out, queued ones are cancelled, the
         running ones (one per actor) are waited for, up to ``wait_s``; no result is kept."""
-        self.pending.clear()
         self._cancel_all()
         ray.wait(list(self.owner), num_returns=len(self.owner), timeout=wait_s)
+        self._forget()
+
+    def _forget(self) -> None:
+        """No task pending or queued any more (each already settled or abandoned)."""
+        self.pending.clear()
         self.owner.clear()
         for queue in self.queues:
             queue.clear()
@@ -206,10 +210,7 @@ class Dispatch:
                 self.probes[ai] = self.pool.actors[ai].__ray_ready__.remote()
         for ti, _ in self.pending:
             self.failures[ti] = f"not started within {self.timeout_s:.0f}s"
-        self.pending.clear()  # settled: a dispatch kept open (``extend``) goes on without them
-        self.owner.clear()
-        for queue in self.queues:
-            queue.clear()
+        self._forget()  # settled: a dispatch kept open (``extend``) goes on without them
 
     def _check_probes(self, live: list[int]) -> None:
         """Forget the probes of actors back from a restart (or gone for good)."""
