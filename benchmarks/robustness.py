@@ -5,14 +5,14 @@
 Workload: CLIP2FL's client model trained from scratch (``method`` student: ResNet-8, widths x
 ``scaling``, FedAvg, no teacher) on the synthetic default data (10 classes, ``per_class``,
 ``image_size`` px) split over ``clients`` non-IID clients (Dirichlet, ``alpha``), all of them
-every round, ``rounds`` rounds of ``local_epochs`` at ``lr``, seeds ``seeds`` (each seed its
-own draw of the scenes and split). Clean FedAvg climbs from chance (round 0, 0.1) to about
-0.79 in 8 rounds without saturating, so an attack has something to destroy; the zero-shot
-arm evaluates the CLIP backbone (``arch``, ``pretrained``, or pretrained here for
-``pretrain_epochs`` epochs; random-init, the default, is at chance) on the same test split
-(``zeroshot_accuracy`` beside ``clean_accuracy``). ``--set method=fullft --set
-pretrain_epochs=3 --set lr=0.001`` fine-tunes a pretrained CLIP instead: there, reversed
-steps barely move it from its zero-shot accuracy and the precondition below refuses it.
+every round, ``rounds`` rounds of ``local_epochs`` at ``lr`` (SGD, ``momentum``), seeds
+``seeds`` (each seed its own draw of the scenes and split). Clean FedAvg climbs from chance
+(round 0, 0.1) to about 0.79 in 8 rounds without saturating, so an attack has something to
+destroy; the zero-shot arm evaluates the CLIP backbone (``arch``, ``pretrained``, or pretrained
+here for ``pretrain_epochs`` epochs; random-init, the default, is at chance) on the same test
+split (``zeroshot_accuracy`` beside ``clean_accuracy``). ``--set method=fullft --set
+pretrain_epochs=3 --set lr=0.001`` fine-tunes a pretrained CLIP instead: there, reversed steps
+barely move it from its zero-shot accuracy and the precondition below refuses it.
 
 Attacks (``fedrs/core/attacks.py``), each at every attacker fraction (``fractions``):
 
@@ -22,11 +22,13 @@ Attacks (``fedrs/core/attacks.py``), each at every attacker fraction (``fraction
   coordinate, z = ``alie_z`` (0: the paper's z_max from n and f);
 * ``ipm`` (Xie et al., 2019): every attacker sends -``ipm_epsilon`` x the honest mean update.
 
-Defences: ``defences`` (FedAvg first, the undefended reference); Krum / Bulyan assume
-``byzantine`` attackers (Bulyan needs ``clients >= 4 byzantine + 3``, else it is left out and
-said so); trimmed mean cuts ``trim_fraction`` per side; normclip's bound is ``clip_norm``
-(0, the default: the median of each round's update norms, an honest norm while attackers are
-under half).
+Defences: ``defences`` (FedAvg first, the undefended reference); Krum / Multi-Krum / Bulyan
+assume ``byzantine`` attackers (``multikrum``: Krum's ``multi_krum`` = clients - byzantine, the
+mean of the n - f best-scored updates, Blanchard et al. 2017; Bulyan needs ``clients >= 4
+byzantine + 3``, else it is left out and said so); trimmed mean cuts ``trim_fraction`` per
+side; normclip's bound is ``clip_norm`` (0, the default: the median of each round's update
+norms, an honest norm while attackers are under half); normfilter leaves out the updates longer
+than ``filter_factor`` x that median and averages the rest.
 
 Precondition, checked first in its own sweep (FedAvg clean and at 20 % boosted sign flip, and
 zero-shot, over ``seeds``): FedAvg's drop must be at least 10 points with a 95 % Student-t
@@ -38,26 +40,35 @@ Output: per attack and fraction, FedAvg's drop against clean FedAvg of the same 
 (``fedavg_drop_points``, ``fedavg_drop_ci95`` = [low, high]) and per defence its accuracy, drop
 (with interval) and ``recovered_fraction`` = (defended - attacked FedAvg) / (clean - attacked
 FedAvg), on the means over seeds; a ``verdict`` line says plainly where every defence fails.
-Headline: ``signflip_20_drop_points``, the best robust defence's drop at 20 % boosted sign flip
-(target: at most 2 points), beside ``signflip_20_fedavg_drop_points`` (at least 10). A heatmap
-of the drops sits beside the JSON.
+The floor: at every attacker fraction FedAvg also runs with those clients' updates left out
+(``attack.kind = "absent"``), what a perfect defence aggregates; their data is lost with them,
+so a defence cannot beat it: ``floor_drop_points`` per cell and, per defence,
+``beyond_floor_points`` (the floor's accuracy minus the defence's, paired by seed). Headline:
+``signflip_20_drop_points``, the best robust defence's drop at 20 % boosted sign flip
+(target: at most 2 points), beside ``signflip_20_fedavg_drop_points`` (at least 10),
+``signflip_20_floor_drop_points`` and that defence's ``signflip_20_beyond_floor_points``. A
+heatmap of the drops sits beside the JSON.
 
 Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on 2 cores;
-``--set keep=DIR`` keeps the sweeps so an interrupted benchmark resumes.
+``--set keep=DIR`` keeps the sweeps so an interrupted benchmark resumes; ``--set done=FILE`` takes
+the finished trials of a stored ``robustness.results.csv`` (the same setup: names and
+configurations are checked) as they are and runs only the rest, e.g. a defence added later.
 
 Options (``--set``): ``method`` (student), ``scaling`` (1), ``defences`` (fedavg,median,
-trimmed_mean,krum,normclip; also bulyan, ...), ``attacks`` (signflip,alie,ipm; also scale,
-noise, labelflip, collude), ``fractions`` (0.1,0.2,0.3), ``seeds`` (0,1,2), ``rounds`` (8),
-``clients`` (10), ``alpha`` (0.5), ``per_class`` (40), ``image_size`` (32), ``local_epochs``
-(2), ``lr`` (0.02), ``arch`` (fedrs-tiny), ``pretrained`` (""), ``pretrain_epochs`` (0),
-``boost`` (10), ``alie_z`` (0), ``ipm_epsilon`` (10), ``byzantine`` (3), ``trim_fraction``
-(0.3), ``clip_norm`` (0), ``keep`` (a folder for the sweeps).
+trimmed_mean,krum,normclip,normfilter; also multikrum, bulyan, ...), ``attacks`` (signflip,
+alie,ipm; also scale, noise, labelflip, collude), ``fractions`` (0.1,0.2,0.3), ``seeds``
+(0,1,2), ``rounds`` (8), ``clients`` (10), ``alpha`` (0.5), ``per_class`` (40), ``image_size``
+(32), ``local_epochs`` (2), ``lr`` (0.02), ``momentum`` (0.9), ``weight_decay`` (5e-4), ``arch``
+(fedrs-tiny), ``pretrained`` (""), ``pretrain_epochs`` (0), ``boost`` (10), ``alie_z`` (0),
+``ipm_epsilon`` (10), ``byzantine`` (3), ``trim_fraction`` (0.3), ``clip_norm`` (0),
+``filter_factor`` (3), ``keep`` (a folder for the sweeps), ``done`` (a stored results file).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,15 +83,24 @@ log = logging.getLogger(__name__)
 TARGET_POINTS = 2.0  # the best defence's drop at 20 % boosted sign flip, at most
 MIN_FEDAVG_DROP = 10.0  # the precondition: FedAvg's own drop there, at least
 HEADLINE = ("signflip", 0.2)
-ROBUST = ("median", "trimmed_mean", "krum", "bulyan", "normclip")
+ROBUST = ("median", "trimmed_mean", "krum", "multikrum", "bulyan", "normclip", "normfilter")
 RESNET8 = ("student", "creff", "clip2fl")  # methods whose client model ``scaling`` sizes
-CLEAN, ZEROSHOT, SEP = "clean", "zeroshot", " | "
+CLEAN, ZEROSHOT, SEP, ABSENT = "clean", "zeroshot", " | ", "absent"
 CHANCE = 0.1  # the synthetic default's 10 balanced test classes: a diverged model's accuracy
 PRETRAIN_SEED = 1000  # the pretraining draw of the synthetic scenes (runs use their own seeds)
 
 
 def cell_label(kind: str, fraction: float) -> str:
     return f"{kind} {round(100 * fraction)}%"
+
+
+def floor_cell(fraction: float) -> dict[str, Any]:
+    """FedAvg with the attackers' updates left out (``absent``): a perfect defence's result."""
+    return {
+        "label": cell_label(ABSENT, fraction),
+        "attack.kind": ABSENT,
+        "attack.fraction": fraction,
+    }
 
 
 def attack_cells(attacks: list[str], fractions: list[float]) -> list[dict[str, Any]]:
@@ -103,9 +123,16 @@ def defences(o: dict[str, Any]) -> tuple[list[str], list[str]]:
     return kept, skipped
 
 
-def arm(defence: str, cell: dict[str, Any]) -> dict[str, Any]:
+def strategy_of(defence: str, o: dict[str, Any]) -> dict[str, Any]:
+    """The ``strategy.*`` settings of a defence: its strategy's name, or a named variant."""
+    if defence == "multikrum":
+        return {"strategy.name": "krum", "strategy.multi_krum": o["clients"] - o["byzantine"]}
+    return {"strategy.name": defence}
+
+
+def arm(defence: str, cell: dict[str, Any], o: dict[str, Any]) -> dict[str, Any]:
     """One grid bundle: a defence under an attack cell, labelled ``defence | cell``."""
-    return {**cell, "strategy.name": defence, "label": f"{defence}{SEP}{cell['label']}"}
+    return {**cell, **strategy_of(defence, o), "label": f"{defence}{SEP}{cell['label']}"}
 
 
 def arms(o: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
@@ -116,10 +143,12 @@ def arms(o: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
     head = cell_label(*HEADLINE)
     if head not in {c["label"] for c in cells}:
         cells.append(attack_cells([HEADLINE[0]], [HEADLINE[1]])[1])
-    first = [arm("fedavg", c) for c in cells if c["label"] in (CLEAN, head)]
+    first = [arm("fedavg", c, o) for c in cells if c["label"] in (CLEAN, head)]
     first.append({"label": ZEROSHOT, "method": {"name": "zeroshot"}})  # the backbone alone
     done = {a["label"] for a in first}
-    rest = [arm(d, c) for d in names for c in cells if f"{d}{SEP}{c['label']}" not in done]
+    fractions = sorted({c["attack.fraction"] for c in cells if c["label"] != CLEAN})
+    rest = [arm("fedavg", floor_cell(f), o) for f in fractions]  # the floors
+    rest += [arm(d, c, o) for d in names for c in cells if f"{d}{SEP}{c['label']}" not in done]
     return first, rest, skipped
 
 
@@ -141,11 +170,19 @@ def base_config(o: dict[str, Any]) -> dict[str, Any]:
             "clients_per_round": o["clients"],
             "eval_every": o["rounds"],
         },
-        "client": {"local_epochs": o["local_epochs"], "lr": o["lr"]},
+        # the optimiser pinned: a method's run defaults (the student's plain SGD) must not
+        # change the workload under the stored results
+        "client": {
+            "local_epochs": o["local_epochs"],
+            "lr": o["lr"],
+            "momentum": o["momentum"],
+            "weight_decay": o["weight_decay"],
+        },
         "strategy": {
             "byzantine": o["byzantine"],
             "trim_fraction": o["trim_fraction"],
             "clip_norm": o["clip_norm"],
+            "filter_factor": o["filter_factor"],
         },
         "attack": {"boost": o["boost"], "alie_z": o["alie_z"], "ipm_epsilon": o["ipm_epsilon"]},
         "resources": {"num_actors": 1, "num_cpus_per_client": 1.0},
@@ -185,7 +222,10 @@ def interval(values: list[float]) -> dict[str, Any]:
 
 def diverged(row: dict[str, Any]) -> bool:
     """A trial that failed because every update of a round was non-finite: the attack drove
-    the global model to overflow, so no honest client could train it any more."""
+    the global model to overflow, so no honest client could train it any more (or a stored
+    row that says so)."""
+    if str(row.get("diverged") or 0) == "1":
+        return True
     return row.get("status") == "failed" and "non-finite" in str(row.get("error") or "")
 
 
@@ -227,9 +267,12 @@ def per_seed(rows: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
     return out
 
 
-def drop(accs: dict[str, dict[int, float]], label: str) -> dict[str, Any]:
-    """An arm's accuracy and drop against clean FedAvg of the same seed (points, paired)."""
-    clean = accs.get(f"fedavg{SEP}{CLEAN}", {})
+def drop(
+    accs: dict[str, dict[int, float]], label: str, against: str = f"fedavg{SEP}{CLEAN}"
+) -> dict[str, Any]:
+    """An arm's accuracy and drop against ``against`` (clean FedAvg) of the same seed (points,
+    paired by seed)."""
+    clean = accs.get(against, {})
     mine = accs.get(label, {})
     seeds = sorted(set(clean) & set(mine))
     d = interval([100 * (clean[s] - mine[s]) for s in seeds])
@@ -262,18 +305,24 @@ def precondition(accs: dict[str, dict[int, float]]) -> dict[str, Any]:
 def attack_table(
     accs: dict[str, dict[int, float]], names: list[str], cells: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Per attack cell: FedAvg's drop and interval; per defence its drop, interval and
-    recovered fraction; a verdict in words."""
+    """Per attack cell: FedAvg's drop and interval, the floor's (FedAvg with the attackers'
+    updates left out: what a perfect defence reaches without their data); per defence its
+    drop, interval, recovered fraction and distance to the floor; a verdict in words."""
     out: dict[str, dict[str, Any]] = {}
     for cell in cells:
         label = cell["label"]
         fed = drop(accs, f"fedavg{SEP}{label}")
+        floor_arm = f"fedavg{SEP}{cell_label(ABSENT, cell['attack.fraction'])}"
+        floor = drop(accs, floor_arm) if label != CLEAN else {}
         entry: dict[str, Any] = {
             "attack": cell["attack.kind"],
             "fraction": cell["attack.fraction"],
             "fedavg_accuracy": fed["accuracy"],
             "fedavg_drop_points": fed["drop_points"],
             "fedavg_drop_ci95": fed["drop_ci95"],
+            "floor_accuracy": floor.get("accuracy"),
+            "floor_drop_points": floor.get("drop_points"),
+            "floor_drop_ci95": floor.get("drop_ci95"),
             "defences": {},
         }
         for name in names:
@@ -288,11 +337,14 @@ def attack_table(
             rec = None
             if d["accuracy"] is not None and gap is not None and label != CLEAN and gap > 0.01:
                 rec = (d["accuracy"] - fed["accuracy"]) / gap
+            beyond = drop(accs, f"{name}{SEP}{label}", against=floor_arm) if floor else {}
             entry["defences"][name] = {
                 "accuracy": d["accuracy"],
                 "drop_points": d["drop_points"],
                 "drop_ci95": d["drop_ci95"],
                 "recovered_fraction": rec,
+                "beyond_floor_points": beyond.get("drop_points"),
+                "beyond_floor_ci95": beyond.get("drop_ci95"),
             }
         entry["verdict"] = verdict(entry) if label != CLEAN else "no attack"
         out[label] = entry
@@ -317,13 +369,21 @@ def verdict(entry: dict[str, Any]) -> str:
                 f"(interval {ci[0]:+.1f} to {ci[1]:+.1f})"
             )
         return f"does not hurt FedAvg here ({fed:+.1f} points)"
+    floor = entry.get("floor_drop_points")
+    if floor is not None and floor > TARGET_POINTS:
+        floor_text = (
+            f"; without the attackers' data FedAvg itself loses {floor:.1f} (the floor), so no "
+            f"defence can keep within {TARGET_POINTS:g} of clean here"
+        )
+    else:
+        floor_text = ""
     if not held:
         best = min(
             ((d["drop_points"], n) for n, d in entry["defences"].items() if d["drop_points"]),
             default=None,
         )
         tail = f"; the best, {best[1]}, loses {best[0]:.1f}" if best else ""
-        return f"every defence fails (FedAvg loses {fed:.1f} points{tail})"
+        return f"every defence fails (FedAvg loses {fed:.1f} points{tail}){floor_text}"
     return f"FedAvg loses {fed:.1f} points; within {TARGET_POINTS:g} of clean: {', '.join(held)}"
 
 
@@ -398,7 +458,7 @@ def pretrain_backbone(o: dict[str, Any], folder: Path) -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = {
     "method": "student",
     "scaling": 1,
-    "defences": ["fedavg", "median", "trimmed_mean", "krum", "normclip"],
+    "defences": ["fedavg", "median", "trimmed_mean", "krum", "normclip", "normfilter"],
     "attacks": ["signflip", "alie", "ipm"],
     "fractions": [0.1, 0.2, 0.3],
     "seeds": [0, 1, 2],
@@ -409,6 +469,8 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 32,
     "local_epochs": 2,
     "lr": 0.02,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
     "arch": "fedrs-tiny",
     "pretrained": "",
     "pretrain_epochs": 0,
@@ -418,7 +480,9 @@ DEFAULTS: dict[str, Any] = {
     "byzantine": 3,
     "trim_fraction": 0.3,
     "clip_norm": 0.0,
+    "filter_factor": 3.0,
     "keep": None,
+    "done": None,
 }
 
 
@@ -434,14 +498,50 @@ def options(**given: Any) -> dict[str, Any]:
     for key in ("rounds", "clients", "per_class", "image_size", "local_epochs", "byzantine"):
         o[key] = int(o[key])
     o["pretrain_epochs"], o["scaling"] = int(o["pretrain_epochs"]), int(o["scaling"])
-    for key in ("alpha", "lr", "boost", "alie_z", "ipm_epsilon", "trim_fraction", "clip_norm"):
+    floats = ("alpha", "lr", "boost", "alie_z", "ipm_epsilon", "trim_fraction", "clip_norm")
+    for key in (*floats, "filter_factor", "momentum", "weight_decay"):
         o[key] = float(o[key])
     o["pretrained"] = str(o["pretrained"] or "")
     return o
 
 
-def run_sweeps(sweeps: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Run (or resume) each sweep in turn; all their result rows."""
+def carried(done: str, table: dict[str, Any], folder: Path) -> str:
+    """The rows of the stored results file ``done`` that are trials of this sweep (same name,
+    arm and seed), as a results file of their own in ``folder`` (the stored file holds every
+    sweep's trials). A row stored before rows recorded their configuration hash is given its
+    trial's: it is matched by name, which hashes the trial's axes, so a changed benchmark
+    default goes unseen for such rows; a row with a hash is checked against it (``carry``)."""
+    import csv
+
+    from fedrs.io import atomic_open
+    from fedrs.orchestrator.sweep.spec import expand, parse_sweep
+    from fedrs.orchestrator.sweep.store import config_sha
+
+    trials = {t.name: t for t in expand(parse_sweep(table))}
+    with open(done, newline="") as fh:
+        reader = csv.DictReader(fh)
+        cols = list(reader.fieldnames or [])
+        rows = []
+        for r in reader:
+            t = trials.get(r.get("trial", ""))
+            same = t is not None and t.axes["arm"]["label"] == r.get("arm")
+            if same and str(t.axes["federation.seed"]) == r.get("federation.seed"):
+                r["config_sha"] = r.get("config_sha") or config_sha(t.cfg)
+                rows.append(r)
+    cols += [] if "config_sha" in cols else ["config_sha"]
+    path = folder / "carried.results.csv"
+    with atomic_open(path, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)
+
+
+def run_sweeps(
+    sweeps: list[tuple[Path, dict[str, Any]]], done: str | None = None
+) -> list[dict[str, Any]]:
+    """Run (or resume) each sweep in turn; all their result rows. ``done``: a stored results
+    file whose finished trials of these sweeps are taken, not run again."""
     from rich.console import Console
 
     from fedrs.orchestrator.sweep.results import read_results, write_results
@@ -454,7 +554,8 @@ def run_sweeps(sweeps: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]
         if not (folder / SPEC).is_file():  # a kept sweep resumes
             sweep = parse_sweep(table)
             write_spec(folder, sweep, expand(sweep))
-        run_sweep(resume=str(folder), console=Console(quiet=True))
+        stored = carried(done, table, folder) if done else None
+        run_sweep(resume=str(folder), console=Console(quiet=True), done=stored)
         _, trials = load_trials(folder)
         write_results(folder, trials, "accuracy")
         rows += read_results(folder)
@@ -476,11 +577,16 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
     names, _ = defences(o)
     result: dict[str, Any] = {
         "benchmark": "robustness",
-        "setup": {k: v for k, v in o.items() if k != "keep"},
+        "setup": {k: v for k, v in o.items() if k not in ("keep", "done")},
+        "carried_from": o["done"],
         "backbone": backbone,
         "skipped": skipped,
     }
-    rows = run_sweeps([(root / "precondition", sweep_spec(o, first))])
+    if o["done"]:  # copied first: the stored file may be the one this run rewrites
+        if not Path(o["done"]).is_file():
+            raise SystemExit(f"fedrs bench robustness: done={o['done']}: no such results file")
+        o["done"] = str(shutil.copyfile(o["done"], root / "done.results.csv"))
+    rows = run_sweeps([(root / "precondition", sweep_spec(o, first))], o["done"])
     stored = Path(json_path).with_suffix(".results.csv") if json_path else None
     if stored is not None:
         write_stored(rows, stored)
@@ -506,7 +612,7 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
             f"seeds (interval {ci}); it must lose >= {MIN_FEDAVG_DROP:g} with an interval "
             "excluding 0"
         )
-    rows += run_sweeps([(root / "grid", sweep_spec(o, rest))]) if rest else []
+    rows += run_sweeps([(root / "grid", sweep_spec(o, rest))], o["done"]) if rest else []
     if stored is not None:
         write_stored(rows, stored)
     accs = per_seed(rows)
@@ -523,6 +629,11 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "signflip_20_drop_points": best,
         "signflip_20_best_defence": best_name,
         "signflip_20_fedavg_drop_points": head["fedavg_drop_points"],
+        # the floor: FedAvg with the 20 % left out; how far the best defence stays above it
+        "signflip_20_floor_drop_points": head["floor_drop_points"],
+        "signflip_20_beyond_floor_points": (
+            head["defences"][best_name]["beyond_floor_points"] if best_name else None
+        ),
         "fedavg_drop_points": head["fedavg_drop_points"],
         "fedavg_drop_ci95": head["fedavg_drop_ci95"],
         "target_points": TARGET_POINTS,
@@ -530,7 +641,9 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "seeds, 95 % Student-t interval paired by seed); signflip_20_drop_points: the best "
         "robust defence at 20 % boosted sign flip (target <= 2) where FedAvg itself loses "
         "fedavg_drop_points (>= 10); recovered_fraction: (defended - attacked FedAvg) / "
-        "(clean - attacked FedAvg)",
+        "(clean - attacked FedAvg); floor_drop_points: FedAvg with the attackers' updates left "
+        "out (a perfect defence, their data lost with them); beyond_floor_points: a defence's "
+        "accuracy below that floor, paired by seed",
         "attacks": table,
         "trials": len(rows),
         "failed": sum(r.get("status") == "failed" for r in rows),

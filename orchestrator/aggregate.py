@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrs.core.attacks import OMNISCIENT, omniscient
+from fedrs.core.attacks import OMNISCIENT, omniscient, withheld
 from fedrs.core.config import RunConfig
 from fedrs.core.privacy import central_estimate
 from fedrs.core.strategies import ClientUpdate, Strategy
@@ -64,6 +64,7 @@ def combine(
     mean computed elsewhere (a secure sum), the updates then carrying no tensors."""
     if cfg.attack.kind in OMNISCIENT:  # alie / ipm: crafted from the honest updates
         updates = omniscient(cfg.attack.kind, params, updates, liars, cfg.attack)
+    updates = withheld(cfg.attack.kind, updates, liars)  # absent: a perfect defence's input
     if cfg.privacy.mode == "central":  # DP-FedAvg's noised mean, as the round's mean
         mean = central_estimate(
             params, updates, strategy.upload_keys, cfg.privacy, cohort, cfg.federation.seed, rnd

@@ -335,6 +335,7 @@ class Driver:
             **change,  # does the global model move at all? (per round, every method)
             **privacy.spent(self.cfg, rnd, self.num_registered),
             **{f"server_{k}": v for k, v in self.server.metrics.items()},
+            **{f"strategy_{k}": v for k, v in self.strategy.metrics.items()},
             **records.worker_counters(results, steals, self.cfg.attack.kind != "none"),
             **got.shared,  # what partner organisations sent each other (none: nothing)
             **secure,  # what secure aggregation moved (none: nothing)

@@ -140,6 +140,41 @@ def test_normclip_adaptive_bound_is_the_median_norm() -> None:
         StrategyConfig(clip_norm=-1.0)
 
 
+def test_normfilter_leaves_out_long_updates_and_keeps_example_weights() -> None:
+    from fedrs.core.config import StrategyConfig
+    from fedrs.core.strategies import make_strategy
+
+    current = {"w": np.zeros(2, "f4")}
+    # norms 1, 2, 5 (honest, 10 / 30 / 60 examples) and 50 (a boosted attacker): median 3.5
+    ups = [
+        ClientUpdate(i, {"w": np.array(r, "f4")}, n)
+        for i, (r, n) in enumerate(
+            [([1.0, 0.0], 10), ([0.0, 2.0], 30), ([3.0, 4.0], 60), ([30.0, 40.0], 10)]
+        )
+    ]
+
+    def strategy(factor: float):
+        return make_strategy(
+            "normfilter",
+            global_keys=("w",),
+            prompt_keys=(),
+            options=StrategyConfig(name="normfilter", filter_factor=factor),
+        )
+
+    s = strategy(3.0)  # bound 10.5: the attacker is out, the honest keep their weights
+    out = s.aggregate(current, ups)
+    honest = 10 * np.array([1.0, 0.0]) + 30 * np.array([0.0, 2.0]) + 60 * np.array([3.0, 4.0])
+    np.testing.assert_allclose(out["w"], honest / 100, rtol=1e-6)
+    assert s.metrics == {"bound": pytest.approx(10.5), "excluded": 1.0}
+    tight = strategy(1.0)  # bound 3.5: the norm-5 update goes too
+    np.testing.assert_allclose(tight.aggregate(current, ups)["w"], [0.25, 1.5], rtol=1e-6)
+    assert tight.metrics["excluded"] == 2.0
+    same = _updates([[1.0, 0.0], [0.0, 1.0]])  # equal norms: nothing left out
+    np.testing.assert_allclose(tight.aggregate(current, same)["w"], [0.5, 0.5], rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"strategy\.filter_factor"):
+        StrategyConfig(filter_factor=0.5)
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_bombs_are_rejected_and_counted(synth_data: Path, tmp_path: Path) -> None:
     from conftest import small_run

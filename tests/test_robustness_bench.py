@@ -5,6 +5,7 @@ Bulyan left out of a grid too small for it."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -25,22 +26,42 @@ from fedrs.benchmarks.robustness import (
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_boosted_signflip_lowers_fedavg_in_a_real_cell(tmp_path: Path) -> None:
+def test_boosted_signflip_lowers_fedavg_and_normfilter_reaches_the_floor(tmp_path: Path) -> None:
     """The benchmark's own cell configuration, tiny (5 clients, 20 images per class, 4 rounds):
-    the student from scratch, clean and with 1 of 5 clients sending ``w_g - 10 (w - w_g)``."""
+    the student from scratch, clean and with 1 of 5 clients sending ``w_g - 10 (w - w_g)``;
+    normfilter under that attack leaves out exactly the attacker every round, so it ends on the
+    same tensors as the floor (FedAvg with the attacker's updates left out, ``absent``)."""
+    import numpy as np
+
+    from fedrs.orchestrator import checkpoint
     from fedrs.orchestrator.runner import run
 
     o = options(rounds=4, clients=5, per_class=20, alpha=1.0, lr=0.05)
-    cells = {c["label"]: c for c in attack_cells(["signflip"], [0.2])}
-    acc = {}
-    for label in ("clean", "signflip 20%"):
-        cfg = run_config(o, {**cells[label], "strategy.name": "fedavg"}, 0)
+    cells = {c["label"]: c for c in attack_cells(["signflip", "absent"], [0.2])}
+    acc, final = {}, {}
+    for label, defence in [
+        ("clean", "fedavg"),
+        ("signflip 20%", "fedavg"),
+        ("signflip 20%", "normfilter"),
+        ("absent 20%", "fedavg"),
+    ]:
+        cfg = run_config(o, {**cells[label], "strategy.name": defence}, 0)
         cfg = cfg.replace(**{"resources.num_actors": 2})
         assert cfg.attack.boost == 10.0 and cfg.method.name == "student"
-        summary = run(cfg, out=str(tmp_path / label), console=Console(file=io.StringIO()))
-        acc[label] = summary["final"]["accuracy"]
-    assert acc["clean"] >= 0.3, acc  # the clean federation learns (chance: 0.1) ...
-    assert acc["signflip 20%"] <= acc["clean"] - 0.15, acc  # ... and the attack undoes it
+        out = tmp_path / f"{defence}-{label}"
+        summary = run(cfg, out=str(out), console=Console(file=io.StringIO()))
+        acc[defence, label] = summary["final"]["accuracy"]
+        final[defence, label] = checkpoint.load(out)[1]  # the last round's global tensors
+        if defence == "normfilter":
+            records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+            assert [r["strategy_excluded"] for r in records] == [1.0] * 4  # the attacker
+    assert acc["fedavg", "clean"] >= 0.3, acc  # the clean federation learns (chance: 0.1) ...
+    assert acc["fedavg", "signflip 20%"] <= acc["fedavg", "clean"] - 0.15, acc  # ... undone
+    floor, kept = final["fedavg", "absent 20%"], final["normfilter", "signflip 20%"]
+    assert sorted(floor) == sorted(kept)
+    for key in floor:
+        np.testing.assert_array_equal(kept[key], floor[key])
+    assert acc["normfilter", "signflip 20%"] == acc["fedavg", "absent 20%"]
 
 
 def _accs(clean: list[float], attacked: dict[str, list[float]]) -> dict[str, dict[int, float]]:
@@ -81,10 +102,18 @@ def test_drops_recovered_fraction_verdicts_and_headline() -> None:
             "median" + ipm: [0.50, 0.40],
             "krum" + ipm: [0.60, 0.50],
             "normclip" + ipm: [0.45, 0.35],
+            f"fedavg{SEP}absent 20%": [0.86, 0.78],  # the floor: 3 points below clean
         },
     )
     table = attack_table(accs, names, cells)
     s = table["signflip 20%"]
+    assert s["floor_drop_points"] == pytest.approx(3.0)
+    assert s["floor_accuracy"] == pytest.approx(0.82)
+    # median 0.89 / 0.79 against the floor 0.86 / 0.78: 2 points above it on average
+    assert s["defences"]["median"]["beyond_floor_points"] == pytest.approx(-2.0)
+    assert s["defences"]["krum"]["beyond_floor_points"] == pytest.approx(7.0)
+    ipm_floor = "without the attackers' data FedAvg itself loses 3.0 (the floor)"
+    assert ipm_floor in table["ipm 20%"]["verdict"]
     assert s["fedavg_drop_points"] == pytest.approx(50.0)
     assert s["defences"]["median"]["drop_points"] == pytest.approx(1.0)
     assert s["defences"]["median"]["recovered_fraction"] == pytest.approx(49 / 50)
@@ -114,6 +143,9 @@ def test_arms_split_the_precondition_from_the_grid_and_bulyan_needs_4f_plus_3() 
     ]
     assert skipped == ["bulyan needs clients >= 11, got 10"]
     assert [a["label"] for a in rest] == [
+        f"fedavg{SEP}absent 10%",  # the floors: FedAvg without the attackers, every fraction
+        f"fedavg{SEP}absent 20%",
+        f"fedavg{SEP}absent 30%",
         f"fedavg{SEP}alie 10%",
         f"fedavg{SEP}alie 30%",
         f"median{SEP}clean",
@@ -121,8 +153,11 @@ def test_arms_split_the_precondition_from_the_grid_and_bulyan_needs_4f_plus_3() 
         f"median{SEP}alie 30%",
         f"median{SEP}signflip 20%",
     ]
-    _, rest, skipped = arms({**o, "clients": 11})
+    assert rest[1]["attack.kind"] == "absent" and rest[1]["attack.fraction"] == 0.2
+    _, rest, skipped = arms({**o, "clients": 11, "defences": ["bulyan", "multikrum"]})
     assert not skipped and any(a["strategy.name"] == "bulyan" for a in rest)
+    mk = next(a for a in rest if a["label"] == f"multikrum{SEP}clean")
+    assert mk["strategy.name"] == "krum" and mk["strategy.multi_krum"] == 11 - 2  # n - f
     with pytest.raises(ValueError, match="unknown options"):
         options(methods="promptfl")
 
@@ -158,3 +193,46 @@ def test_the_stored_results_score_a_diverged_trial_at_chance_and_compare_to_clea
     diffs = [-60.0, 100 * CHANCE - 70.0, -50.0]
     assert " / ".join(f"{d:+.4f}" for d in diffs) in report
     assert "Unpaired" not in report
+
+
+def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) -> None:
+    """The stored file holds both sweeps' trials (their names both start at t000): each sweep
+    takes only the rows that are its own trials, a row without a configuration hash gets its
+    trial's, and one with a hash keeps it (so a changed configuration is still caught)."""
+    import csv
+
+    from fedrs.benchmarks.robustness import carried, sweep_spec
+    from fedrs.orchestrator.sweep.spec import expand, parse_sweep
+    from fedrs.orchestrator.sweep.store import config_sha
+
+    o = options(defences="median", attacks="signflip", fractions=0.2, seeds="0,1")
+    first, rest, _ = arms(o)
+    pre, grid = sweep_spec(o, first), sweep_spec(o, rest)
+    pre_trials, grid_trials = expand(parse_sweep(pre)), expand(parse_sweep(grid))
+    assert pre_trials[0].name[:4] == grid_trials[0].name[:4] == "t000"
+    rows = [
+        {
+            "trial": t.name,
+            "arm": t.axes["arm"]["label"],
+            "federation.seed": t.axes["federation.seed"],
+        }
+        | {"status": "finished", "final_accuracy": 0.5, "config_sha": ""}
+        for t in pre_trials + grid_trials
+    ]
+    rows[1]["config_sha"] = "kept-as-is"
+    rows.append(dict(rows[0], **{"federation.seed": 7}))  # a seed this sweep does not have
+    done = tmp_path / "robustness.results.csv"
+    with open(done, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for table, trials, folder in [(pre, pre_trials, "pre"), (grid, grid_trials, "grid")]:
+        (tmp_path / folder).mkdir()
+        with open(carried(str(done), table, tmp_path / folder), newline="") as fh:
+            got = list(csv.DictReader(fh))
+        assert [r["trial"] for r in got] == [t.name for t in trials]
+        by_name = {t.name: t for t in trials}
+        for r in got:
+            assert r["arm"] == by_name[r["trial"]].axes["arm"]["label"]
+            want = config_sha(by_name[r["trial"]].cfg)
+            assert r["config_sha"] == ("kept-as-is" if r["trial"] == rows[1]["trial"] else want)

@@ -18,7 +18,10 @@ tensors it received, ``w`` its honest result):
   update, marked as an attacker's): ``alie`` ("a little is enough", Baruch et al., 2019), every
   attacker sends ``mean - z std`` of the honest updates per coordinate; ``ipm`` (inner-product
   manipulation, Xie et al., 2019), every attacker sends ``w_g - epsilon x`` the honest mean
-  update (FedAvg's step turns against the honest mean once ``epsilon f > n - f``).
+  update (FedAvg's step turns against the honest mean once ``epsilon f > n - f``);
+* ``absent``: not an attack but its reference: the attackers' updates never reach the
+  aggregate (the driver leaves them out, ``withheld``), which is what a perfect defence would
+  aggregate; their data is lost with them, so no defence can do better (the floor).
 
 Extra payloads (per-class gradients) get the same treatment where it has a meaning
 (``signflip``: times ``-boost``, ``scale``: scaled, ``noise``, ``nan``); ``collude``,
@@ -38,6 +41,7 @@ from fedrs.core.strategies.base import ClientUpdate
 
 Params = dict[str, np.ndarray]
 OMNISCIENT = ("alie", "ipm")  # crafted by the driver from the round's honest updates
+ABSENT = "absent"  # the attackers' updates left out: a perfect defence's aggregate
 
 
 def attackers(num_registered: int, fraction: float, seed: int) -> frozenset[int]:
@@ -70,8 +74,8 @@ def tamper(
         elif kind == "collude" and g is not None:
             z = _gaussian([cfg.seed, round_, i], w.shape)
             new = g + cfg.scale * z / max(float(np.linalg.norm(z)), 1e-12)
-        else:  # labelflip acts on the data; collude leaves extras as they are; alie / ipm: the
-            # honest update, replaced by the driver (omniscient)
+        else:  # labelflip acts on the data; collude leaves extras as they are; alie / ipm /
+            # absent: the honest update, replaced or left out by the driver
             new = w64
         out[name] = new.astype(w.dtype)
     return out
@@ -83,6 +87,15 @@ def alie_z_max(n: int, f: int) -> float:
     ``z_max = Phi^-1((n - s) / n)`` (``s`` at least 1)."""
     s = max(math.floor(n / 2 + 1) - f, 1)
     return NormalDist().inv_cdf((n - s) / n)
+
+
+def withheld(
+    kind: str, updates: list[ClientUpdate], attacker_ids: set[int] | frozenset[int]
+) -> list[ClientUpdate]:
+    """The round's updates without the attackers' under ``absent`` (else all of them)."""
+    if kind != ABSENT:
+        return updates
+    return [u for u in updates if u.client_id not in attacker_ids]
 
 
 def omniscient(

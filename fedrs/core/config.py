@@ -288,6 +288,7 @@ class ResourcesConfig:
 
 
 ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude", "alie", "ipm")
+ATTACKS += ("absent",)  # the attackers' updates left out: the floor a defence is measured by
 
 
 @dataclass(frozen=True)

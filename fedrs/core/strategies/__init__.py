@@ -15,6 +15,7 @@ from fedrs.core.strategies.fedyogi import FedYogi
 from fedrs.core.strategies.krum import Krum
 from fedrs.core.strategies.median import Median
 from fedrs.core.strategies.normclip import NormClip
+from fedrs.core.strategies.normfilter import NormFilter
 from fedrs.core.strategies.prompt_avg import PromptAveraging
 from fedrs.core.strategies.trimmed_mean import TrimmedMean
 from fedrs.errors import ConfigError
@@ -34,6 +35,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Krum,
         Bulyan,
         NormClip,
+        NormFilter,
     )
 }
 

@@ -47,6 +47,9 @@ class Strategy(ABC):
 
     def __init__(self, upload_keys: tuple[str, ...]) -> None:
         self.upload_keys = upload_keys
+        # the last aggregate's diagnostics (a bound, updates left out), each round's record
+        # keeps them as ``strategy_<name>``
+        self.metrics: dict[str, float] = {}
 
     @classmethod
     def options_from(cls, section: Any) -> Any:

@@ -28,9 +28,14 @@ def _delta(current: Params, update: ClientUpdate) -> np.ndarray:
     )
 
 
+def update_norms(current: Params, updates: list[ClientUpdate]) -> np.ndarray:
+    """Each update's L2 norm of its delta, all its tensors together."""
+    return np.array([np.linalg.norm(_delta(current, u)) for u in updates])
+
+
 def median_norm(current: Params, updates: list[ClientUpdate]) -> float:
     """The median L2 norm of the updates' deltas (the adaptive bound, ``clip_norm = 0``)."""
-    return float(np.median([np.linalg.norm(_delta(current, u)) for u in updates]))
+    return float(np.median(update_norms(current, updates)))
 
 
 def clip_update(current: Params, update: ClientUpdate, c: float) -> ClientUpdate:
@@ -85,5 +90,6 @@ class NormClip(Strategy):
 
     def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
         self.bound = self.c if self.c > 0 else median_norm(current, updates)
+        self.metrics = {"bound": self.bound}
         clipped = [clip_update(current, u, self.bound) for u in updates]
         return average_keys(current, clipped, self.upload_keys)
