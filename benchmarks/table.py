@@ -9,7 +9,9 @@ regenerated (and checked) by ``fedrs sweep tables``, like the study tables. Two 
   records at ``KEY`` (a dotted path) as a table; with several files, a first column names the
   file each row came from (its stem);
 - targets: ``fedrs bench table A.json --target 'ratios.warm_start_vs_floor<=1.5' ...`` prints,
-  per target, the value stored at the path, the target and whether the value meets it.
+  per target, the value stored at the path, the target and whether the value meets it;
+- values: ``fedrs bench table A.json [B.json ...] --values ratio,speedup_alone`` prints the
+  value stored at each path (a figure without a target), one column per file.
 """
 
 from __future__ import annotations
@@ -56,11 +58,12 @@ def lookup(data: Any, path: str, source: str = "") -> Any:
 
 
 def cell(value: Any) -> str:
-    """One table cell: floats to 4 significant digits, lists joined, booleans as yes/no."""
+    """One table cell: floats to 4 significant digits (10,000 and above: whole, with thousands
+    separators), lists joined, booleans as yes/no."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     if isinstance(value, list):
         return ", ".join(cell(v) for v in value)
     if value is None:
@@ -105,6 +108,17 @@ def targets_table(file: str | Path, targets: Sequence[str]) -> str:
     return markdown(["figure", "measured", "target", "met?"], body)
 
 
+def values_table(files: Sequence[str | Path], paths: Sequence[str]) -> str:
+    """One row per dotted path, one column per file: the value stored there."""
+    data = [load(f) for f in files]
+    body = [
+        [path] + [cell(lookup(d, path, str(f))) for d, f in zip(data, files, strict=True)]
+        for path in paths
+    ]
+    header = ["figure"] + ([Path(f).stem for f in files] if len(files) > 1 else ["value"])
+    return markdown(header, body)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The command's arguments (``fedrs bench table`` and the README's table markers)."""
     p.add_argument("files", nargs="+", help="benchmark result JSON files")
@@ -113,6 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--target", action="append", default=[], metavar="PATH<=VALUE", help="repeatable"
     )
+    p.add_argument("--values", default="", help="comma-separated dotted paths of figures")
     return p
 
 
@@ -121,8 +136,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def render(args: argparse.Namespace) -> str:
-    if bool(args.rows) == bool(args.target):
-        raise ConfigError("bench table: give either --rows KEY --columns ... or --target ...")
+    if sum(map(bool, (args.rows, args.target, args.values))) != 1:
+        raise ConfigError(
+            "bench table: give one of --rows KEY --columns ..., --target ... or --values ..."
+        )
+    if args.values:
+        return values_table(args.files, [v.strip() for v in args.values.split(",") if v.strip()])
     if args.target:
         if len(args.files) != 1:
             raise ConfigError("bench table --target reads one result file")

@@ -256,12 +256,16 @@ def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
         "--columns partition,eff,total.s"
     )
     target = "fedrs bench table results/new.json --target ratios.warm<=1.5 --target ratios.warm>1"
+    values = "fedrs bench table results/new.json results/old.json --values ratios.warm,benchmark"
     doc = tmp_path / "README.md"
     doc.write_text(
         f"<!-- table: {rows} -->\n<!-- /table -->\n<!-- table: {target} -->\n<!-- /table -->\n"
+        f"<!-- table: {values} -->\n<!-- /table -->\n"
     )
-    assert regenerate(doc) == [rows, target]
+    assert regenerate(doc) == [rows, target, values]
     text = doc.read_text()
+    assert "| figure | new | old |" in text and "| ratios.warm | 0.044 | 1.7 |" in text
+    assert "| benchmark | startup | startup |" in text
     assert "| result | partition | eff | total.s |" in text
     assert (
         "| new | iid | 0.52, 0.55 | 0.6667 |" in text
@@ -277,8 +281,10 @@ def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
     (tmp_path / "results" / "new.json").write_text(
         json.dumps({"benchmark": "startup", "ratios": {"warm": 2.0}, "summary": []})
     )
-    assert regenerate(doc, check=True) == [rows, target]
+    assert regenerate(doc, check=True) == [rows, target, values]
     for bad, message in (
+        ("fedrs bench table results/new.json --values ratios.cold", "no value at"),
+        ("fedrs bench table results/new.json --values a --target b<=1", "give one of"),
         ("fedrs bench table results/none.json --target a<=1", "missing"),
         ("fedrs bench table results/new.json --target ratios.cold<=1", "no value at"),
         ("fedrs bench table results/new.json --target ratios.warm=1", "expected PATH<=VALUE"),
