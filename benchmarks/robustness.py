@@ -657,12 +657,18 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "robustness: drop vs clean FedAvg (points)",
         [
             {"attack": label, "defence": "fedavg", "drop_points": e["fedavg_drop_points"]}
-            | {"recovered": None}
+            | {"recovered": None, "beyond_floor": None}
             for label, e in table.items()
         ]
         + [
+            {"attack": label, "defence": "floor (absent)", "drop_points": e["floor_drop_points"]}
+            | {"recovered": None, "beyond_floor": None}
+            for label, e in table.items()
+            if label != CLEAN
+        ]
+        + [
             {"attack": label, "defence": n, "drop_points": d["drop_points"]}
-            | {"recovered": d["recovered_fraction"]}
+            | {"recovered": d["recovered_fraction"], "beyond_floor": d["beyond_floor_points"]}
             for label, e in table.items()
             for n, d in e["defences"].items()
         ],
@@ -671,10 +677,13 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         if label != CLEAN:
             log.info("%s: %s", label, e["verdict"])
     log.info(
-        "signflip_20_drop_points %s (%s; target <= %s), FedAvg's own drop %s",
+        "signflip_20_drop_points %s (%s; target <= %s; %s above the floor, itself %s), "
+        "FedAvg's own drop %s",
         best,
         best_name,
         TARGET_POINTS,
+        result["signflip_20_beyond_floor_points"],
+        result["signflip_20_floor_drop_points"],
         head["fedavg_drop_points"],
     )
     write_result(result, json_path)
