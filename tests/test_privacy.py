@@ -159,7 +159,7 @@ def test_dp_refuses_what_it_cannot_protect(synth_data: Path) -> None:
     resolve_names(RunConfig().replace(**fedrsclip), 10)
     with pytest.raises(ConfigError, match=r"extra payloads \(prompt\.visual\)"):
         resolve_names(RunConfig().replace(**fedrsclip, **{"method.share_visual_mean": True}), 10)
-    for name in ("median", "trimmed_mean", "krum", "bulyan", "normclip"):
+    for name in ("median", "trimmed_mean", "krum", "bulyan", "normclip", "normfilter"):
         with pytest.raises(ConfigError, match=r"privacy\.mode=central needs a mean"):
             resolve_names(RunConfig().replace(**base, **{"strategy.name": name}), 10)
     for name in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"):
