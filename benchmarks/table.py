@@ -58,12 +58,14 @@ def lookup(data: Any, path: str, source: str = "") -> Any:
 
 
 def cell(value: Any) -> str:
-    """One table cell: floats to 4 significant digits (10,000 and above: whole, with thousands
-    separators), lists joined, booleans as yes/no."""
+    """One table cell: floats to 4 significant digits (numbers from 10,000: whole, with
+    thousands separators), lists joined, booleans as yes/no."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
     if isinstance(value, list):
         return ", ".join(cell(v) for v in value)
     if value is None:
