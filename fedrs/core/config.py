@@ -287,8 +287,19 @@ class ResourcesConfig:
         )
 
 
-ATTACKS = ("none", "signflip", "scale", "noise", "labelflip", "nan", "collude", "alie", "ipm")
-ATTACKS += ("absent",)  # the attackers' updates left out: the floor a defence is measured by
+# "absent": the attackers' updates left out, the floor a defence is measured by
+ATTACKS = (
+    "none",
+    "signflip",
+    "scale",
+    "noise",
+    "labelflip",
+    "nan",
+    "collude",
+    "alie",
+    "ipm",
+    "absent",
+)
 
 
 @dataclass(frozen=True)

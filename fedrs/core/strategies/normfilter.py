@@ -24,12 +24,6 @@ from fedrs.core.strategies.fedavg import average_keys
 from fedrs.core.strategies.normclip import update_norms
 
 
-def kept_by_norm(norms: np.ndarray, factor: float) -> np.ndarray:
-    """Indices of the norms at most ``factor`` x their median (never empty: the median's own
-    update is kept)."""
-    return np.flatnonzero(norms <= factor * float(np.median(norms)))
-
-
 @dataclass(frozen=True)
 class NormFilterOptions:
     # updates longer than this x the round's median update norm are left out
@@ -60,9 +54,7 @@ class NormFilter(Strategy):
 
     def aggregate(self, current: Params, updates: list[ClientUpdate]) -> Params:
         norms = update_norms(current, updates)
-        kept = kept_by_norm(norms, self.factor)
-        self.metrics = {
-            "bound": self.factor * float(np.median(norms)),
-            "excluded": float(len(updates) - len(kept)),
-        }
+        bound = self.factor * float(np.median(norms))  # >= the median: never empty
+        kept = np.flatnonzero(norms <= bound)
+        self.metrics = {"bound": bound, "excluded": float(len(updates) - len(kept))}
         return average_keys(current, [updates[i] for i in kept], self.upload_keys)
