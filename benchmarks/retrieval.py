@@ -9,8 +9,8 @@ and federated, over seeds, with a backbone that never saw UCM-Captions images.
    images captioned by templates from their class names (cached under ``--cache``).
 2. Build UCM-Captions at 96 px, its own 1,680 / 210 split: one IID client (centralized) and
    ``num_clients`` clients by Dirichlet(``alpha``) over the images' scene classes
-   (``--caption-classes``: UCM-Captions image k is image k-1 of ``class_folder`` in sorted
-   (class, file) order, the table written into the cache from that folder).
+   (``--caption-classes folder:class_folder``: UCM-Captions image k is the k-th file of
+   ``class_folder`` in sorted (class, file) order).
 3. Every method x setting x seed, each run resumable: a finished run (its ``summary.json``) is
    read back, not run again. The federated runs train every client every round, so both
    settings see the same epochs over the data (``rounds x local_epochs``).
@@ -30,7 +30,6 @@ import io
 import itertools
 import json
 import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -68,27 +67,11 @@ METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
 PAPER_ORDER = ("zeroshot", "coop", "fullft", "mrs_hmmc")  # the paper's mR, rising
 
 
-def class_table(class_folder: str, out: Path) -> Path:
-    """``k.jpg,class`` for image k = the (k-1)-th file of ``class_folder`` in sorted
-    (class, file) order: UCM-Captions' numbering of UC Merced."""
-    rows = [
-        (c, f)
-        for c in sorted(os.listdir(class_folder))
-        if os.path.isdir(os.path.join(class_folder, c))
-        for f in sorted(os.listdir(os.path.join(class_folder, c)))
-    ]
-    from fedrs.io import write_bytes
-
-    write_bytes(out, "".join(f"{i + 1}.jpg,{c}\n" for i, (c, _) in enumerate(rows)).encode())
-    return out
-
-
 def builds(
     captions: str, class_folder: str, cache: Path, num_clients: int, alpha: float, seed: int
 ) -> dict[str, str]:
     from fedrs.datasets.partition import PartitionSpec
 
-    table = class_table(class_folder, cache / "ucm_caption_classes.csv")
     parts = {
         "centralized": PartitionSpec(scheme="iid", num_clients=1, seed=seed, min_examples=1),
         "federated": PartitionSpec(
@@ -101,7 +84,7 @@ def builds(
             sources=(("ucmcap", captions),),
             image_size=IMAGE_SIZE,
             partition=part,
-            caption_classes=str(table),
+            caption_classes=f"folder:{Path(class_folder).resolve()}",
         )
         for setting, part in parts.items()
     }

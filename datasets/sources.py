@@ -105,10 +105,15 @@ def load_class_map(path: str | os.PathLike[str] | None) -> dict[str, str]:
 def load_caption_classes(spec: str | None) -> Any:
     """The image -> class mapping of caption datasets (``--caption-classes``): ``re:PATTERN``,
     a regular expression on the image file name whose group ``class`` (or first group) is the
-    class; or a file mapping file names to classes, a JSON object or ``filename,class`` lines.
-    Returns a callable ``filename -> class or None``; None when not given."""
+    class; ``folder:DIR``, an ImageFolder tree the captions number: image ``k.<ext>`` is the
+    k-th file (from 1) of DIR in sorted (class, file) order, as UCM-Captions numbers UC Merced
+    and Sydney-Captions numbers Sydney; or a file mapping file names to classes, a JSON object
+    or ``filename,class`` lines. Returns a callable ``filename -> class or None``; None when
+    not given."""
     if spec is None:
         return None
+    if spec.startswith("folder:"):
+        return numbered_folder_classes(spec[len("folder:") :])
     if spec.startswith("re:"):
         try:
             pattern = re.compile(spec[3:])
@@ -148,6 +153,25 @@ def load_caption_classes(spec: str | None) -> Any:
             f'--caption-classes {spec} must map file names to classes: {{"1.jpg": "x"}}'
         )
     return table.get
+
+
+def numbered_folder_classes(root: str) -> Any:
+    """``k.<ext> -> class`` for the k-th file (from 1) of the ImageFolder ``root`` in sorted
+    (class, file) order; ``--caption-classes folder:DIR``."""
+    base = Path(root)
+    if not base.is_dir():
+        raise DataError(f"--caption-classes folder:{root}: not a folder")
+    classes = sorted(c for c in os.listdir(base) if (base / c).is_dir())
+    order = [c for c in classes for _ in sorted(os.listdir(base / c))]
+    if not order:
+        raise DataError(f"--caption-classes folder:{root}: no class folders with files")
+
+    def by_number(filename: str) -> str | None:
+        stem = Path(filename).stem
+        k = int(stem) if stem.isdigit() else 0
+        return order[k - 1] if 1 <= k <= len(order) else None
+
+    return by_number
 
 
 def parse_source_arg(arg: str) -> tuple[str, str]:

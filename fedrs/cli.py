@@ -547,9 +547,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--caption-classes",
         default=None,
-        metavar="FILE|re:PATTERN",
+        metavar="FILE|re:PATTERN|folder:DIR",
         help="caption data: each image's scene class, from a file (JSON {filename: class} or "
-        "'filename,class' lines) or a regex on the file name with a (?P<class>...) group; "
+        "'filename,class' lines), a regex on the file name with a (?P<class>...) group, or "
+        "folder:DIR, the ImageFolder the captions number (image k = DIR's k-th file in sorted "
+        "(class, file) order, as UCM-Captions numbers UC Merced); "
         "enables label-skewed partitions of image-caption pairs",
     )
     b.add_argument(

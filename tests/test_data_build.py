@@ -339,6 +339,7 @@ def test_caption_images_get_scene_classes_for_label_skew(tmp_path: Path) -> None
     """``--caption-classes``: a file or a file-name rule gives caption images their classes,
     so image-caption pairs can be split over clients by scene class (Dirichlet)."""
     from fedrs.datasets.builder import BuildSpec, build
+    from fedrs.datasets.sources import load_caption_classes
     from fedrs.errors import DataError
 
     src = make_caption_dataset(tmp_path / "cap", n=30, n_test=6)
@@ -370,6 +371,29 @@ def test_caption_images_get_scene_classes_for_label_skew(tmp_path: Path) -> None
         build(
             BuildSpec.from_args([f"c={src}"], str(tmp_path / "d"), caption_classes="re:jpg", **spec)
         )
+    # folder:DIR: image k is the k-th file of an ImageFolder in sorted (class, file) order
+    folder = tmp_path / "ucm"
+    for i in range(30):
+        cls = ("river", "forest", "beach")[i // 10]  # 10 files each; sorted: beach, forest, river
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        (folder / cls / f"{cls}{i % 10:02d}.tif").write_bytes(b"")
+    by_number = load_caption_classes(f"folder:{folder}")
+    assert [by_number(f"{k}.jpg") for k in (1, 10, 11, 21, 30)] == [
+        "beach",
+        "beach",
+        "forest",
+        "river",
+        "river",
+    ]
+    assert by_number("31.jpg") is None and by_number("x.jpg") is None
+    numbered = build(
+        BuildSpec.from_args(
+            [f"c={src}"], str(tmp_path / "e"), caption_classes=f"folder:{folder}", **spec
+        )
+    )
+    assert numbered.classes == ["beach", "forest", "river"]
+    with pytest.raises(DataError, match="not a folder"):
+        load_caption_classes(f"folder:{tmp_path / 'nowhere'}")
 
 
 def test_exclude_near_leaves_out_another_builds_test_images(tmp_path: Path) -> None:

@@ -254,6 +254,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def _absolute(value: str) -> str:
+    if value.startswith("folder:"):
+        return "folder:" + str(Path(value[len("folder:") :]).resolve())
     return value if not value or value.startswith("re:") else str(Path(value).resolve())
 
 
