@@ -18,11 +18,12 @@ exchange)::
     overhead = median round wall (exchange) / median round wall (alone)   (target <= 1.25)
 
 Both arms do the same work besides the exchange (checked: the same clients train the same
-number of examples in every round); the exchange arm's ``partner_bytes`` per round and its
-share phase are reported beside the ratio.
+number of examples in every round); the exchange arm's ``partner_bytes`` per round and each
+arm's phases (median share, local training, aggregation and evaluation seconds; a round
+evaluates every ``eval_every`` rounds) are reported beside the ratio.
 
 Options (``--set``): ``regions`` (4), ``size`` (64), ``rounds`` (4), ``diffusion_rounds`` (1),
-``rank`` (8), ``local_epochs`` (2), ``repeats`` (2).
+``rank`` (8), ``local_epochs`` (2), ``repeats`` (2), ``eval_every`` (1).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         "rank": 8,
         "local_epochs": 2,
         "repeats": 2,
+        "eval_every": 1,
     }
     unknown = set(options) - set(o)
     if unknown:
@@ -92,12 +94,15 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
         "federation.rounds": stage1 + o["rounds"],
         "federation.clients_per_round": o["regions"],
         "client.local_epochs": o["local_epochs"],
+        "federation.eval_every": o["eval_every"],
         "resources.num_actors": 2,
     }
     arms = {"exchange": {}, "alone": {"method.exchange": "false"}}
     walls: dict[str, list[float]] = {a: [] for a in arms}
     fits: dict[str, list[float]] = {a: [] for a in arms}  # share + local training
     shares: dict[str, list[float]] = {a: [] for a in arms}  # the share phase alone
+    evals: dict[str, list[float]] = {a: [] for a in arms}  # evaluation (joint / alone)
+    servers: dict[str, list[float]] = {a: [] for a in arms}  # aggregation
     work: dict[str, list[Any]] = {a: [] for a in arms}
     extra: dict[str, Any] = {}
     quiet = Console(file=io.StringIO())
@@ -112,6 +117,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 walls[arm] += [r["wall_s"] for r in recs]
                 fits[arm] += [r["fit_s"] for r in recs]
                 shares[arm] += [r.get("share_s", 0.0) for r in recs]
+                evals[arm] += [r.get("eval_s", 0.0) for r in recs]
+                servers[arm] += [r["server_s"] for r in recs]
                 work[arm].append(
                     [{c: v.get("num_examples") for c, v in r["clients"].items()} for r in recs]
                 )
@@ -131,6 +138,8 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             "median_round_s": medians[a],
             "median_share_s": med(shares[a]),
             "median_train_s": med(f - sh for f, sh in zip(fits[a], shares[a], strict=True)),
+            "median_server_s": med(servers[a]),
+            "median_eval_s": med(evals[a]),
             "rounds": len(walls[a]),
         }
         for a in arms
