@@ -40,7 +40,7 @@ BENCH_TABLE = ["fedrs", "bench", "table"]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedrs sweep report", add_help=False, exit_on_error=False)
-    p.add_argument("path")
+    p.add_argument("paths", nargs="+")
     p.add_argument("--metric", default=None)
     p.add_argument("--also", action="append", default=[])
     p.add_argument("--compare", action="append", default=[])
@@ -90,7 +90,8 @@ def render(command: str, doc: Path) -> str:
     from fedrs.orchestrator.sweep.report import stored_report
 
     args = _parse(_parser(), words[3:], command, doc)
-    return stored_report(_resolve(args.path, doc), args.metric, args.also, args.compare, args.scale)
+    paths = [_resolve(p, doc) for p in args.paths]
+    return stored_report(paths, args.metric, args.also, args.compare, args.scale)
 
 
 def regenerate(doc: str | Path, check: bool = False) -> list[str]:

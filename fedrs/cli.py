@@ -317,13 +317,17 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     target = list(args.target)
     if target[:1] == ["report"]:
-        if len(target) != 2:
-            print("fedrs: error: usage: fedrs sweep report DIR | FILE.results.csv", file=sys.stderr)
+        stored = len(target) > 1 and all(t.endswith(".csv") for t in target[1:])
+        if len(target) != 2 and not stored:
+            print(
+                "fedrs: error: usage: fedrs sweep report DIR | FILE.results.csv [FILE ...]",
+                file=sys.stderr,
+            )
             return 2
         from fedrs.orchestrator.sweep.report import report, stored_report
 
-        if target[1].endswith(".csv"):  # a study's stored results: the markdown, on stdout
-            print(stored_report(target[1], args.metric, args.also, args.compare, args.scale))
+        if stored:  # a study's stored results (one or several files): the markdown, on stdout
+            print(stored_report(target[1:], args.metric, args.also, args.compare, args.scale))
             return 0
         for name, path in report(
             target[1],
@@ -632,14 +636,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="many runs as Ray Tune trials (grid / random axes, seeds); `sweep report DIR`",
         description="fedrs sweep SWEEP.toml [--set k=v] [--out DIR] | fedrs sweep --resume DIR "
-        "| fedrs sweep report DIR|FILE.results.csv [--x AXIS --y AXIS --metric M --compare "
-        "AXIS=A:B] | fedrs sweep tables FILE.md [--check]",
+        "| fedrs sweep report DIR|FILE.results.csv [FILE ...] [--x AXIS --y AXIS --metric M "
+        "--compare AXIS=A:B] | fedrs sweep tables FILE.md [--check]",
     )
     sw.add_argument(
         "target",
         nargs="*",
         metavar="SWEEP.toml | report DIR | tables FILE.md",
-        help="a sweep file, report DIR (or a stored FILE.results.csv), or tables FILE.md",
+        help="a sweep file, report DIR (or stored FILE.results.csv files: pooled into one "
+        "study, compared across files), or tables FILE.md",
     )
     sw.add_argument(
         "--set",

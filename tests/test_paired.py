@@ -191,6 +191,33 @@ def test_tables_regenerate_from_stored_results_and_a_hand_edit_fails_the_check(
     assert proc.returncode == 2 and "missing" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_results_of_two_sweep_files_pool_into_one_study(tmp_path: Path) -> None:
+    """An arm run later in its own sweep file: `fedrs sweep report A.csv B.csv` pairs it with
+    the first file's arms on the shared axes; different axes or a trial twice are refused."""
+    first = [r for r in rows() if r["arm"] == "fedavg"]
+    later = [r for r in rows() if r["arm"] == "creff"]
+    _write_csv(tmp_path / "a.results.csv", first)
+    _write_csv(tmp_path / "b.results.csv", later)
+    (tmp_path / "a.toml").write_text('[report]\ncompare = ["arm=creff:fedavg"]\nscale = 100.0\n')
+    text = stored_report([tmp_path / "a.results.csv", tmp_path / "b.results.csv"])
+    # the same pairs as from one file: alpha 0.1, -4.0 / -2.7 / -1.3 points
+    assert "creff - fedavg | 0.1 | final_accuracy | -2.6667 ± 3.3544 | 3 | 0/3" in text
+    with pytest.raises(CompareError, match="has no value 'creff'"):  # one file: one side only
+        stored_report(tmp_path / "a.results.csv")
+    bad = tmp_path / "c.results.csv"  # another axis: "extra"
+    _write_csv(bad, [{"trial": r["trial"], "extra": 1, **r} for r in later])
+    with pytest.raises(SweepError, match="differ from"):
+        stored_report([tmp_path / "a.results.csv", bad])
+    (tmp_path / "pyproject.toml").write_text("")  # a README table of the pooled study
+    doc = tmp_path / "README.md"
+    doc.write_text(
+        "<!-- table: fedrs sweep report a.results.csv b.results.csv -->\n<!-- /table -->\n"
+    )
+    assert regenerate(doc) and "-2.6667 ± 3.3544" in doc.read_text()
+    with pytest.raises(SweepError, match="in the results twice"):
+        stored_report([tmp_path / "a.results.csv", tmp_path / "a.results.csv"])
+
+
 def test_a_report_table_in_the_sweep_file_is_validated() -> None:
     from fedrs.orchestrator.sweep.spec import parse_sweep
 
