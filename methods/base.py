@@ -352,7 +352,9 @@ class Method(ABC):
         loss, ``accuracy_<v>`` (and ``test_loss_<v>`` from a ``loss_<v>`` sum) for each
         ``correct_<v>`` count a method adds (another head, a
         teacher), and with per-class counts ``per_class_accuracy``, ``balanced_accuracy`` and
-        (with per-class predictions) Cohen's ``kappa``."""
+        (with per-class predictions) Cohen's ``kappa``; a variant with its own per-class
+        counts (``class_correct_<v>``, ``class_pred_<v>``) gets ``balanced_accuracy_<v>`` and
+        ``kappa_<v>`` too."""
         n = sum(p["n"] for p in partials)
         out: dict[str, Any] = {
             "accuracy": sum(p["correct"] for p in partials) / n if n else None,
@@ -382,6 +384,20 @@ class Method(ABC):
                     sum(np.asarray(p["class_n"], float) for p in counted),
                     sum(np.asarray(p["class_pred"], float) for p in counted),
                 )
+            class_n = sum(np.asarray(p["class_n"], float) for p in counted)
+            for key in sorted(variants):
+                v = key[len("correct_") :]
+                if not all(f"class_correct_{v}" in p for p in counted):
+                    continue
+                hits = sum(np.asarray(p[f"class_correct_{v}"], float) for p in counted)
+                seen_v = [a for a in class_accuracy(hits, class_n) if a is not None]
+                out[f"balanced_accuracy_{v}"] = float(np.mean(seen_v)) if seen_v else None
+                if all(f"class_pred_{v}" in p for p in counted):
+                    out[f"kappa_{v}"] = cohen_kappa(
+                        sum(p[key] for p in counted),
+                        class_n,
+                        sum(np.asarray(p[f"class_pred_{v}"], float) for p in counted),
+                    )
         return out
 
 

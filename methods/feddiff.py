@@ -66,8 +66,9 @@ Where the paper is silent, the standard reading, documented here:
   a deployment would keep them after the first).
 
 Evaluation: ``accuracy`` (OA), ``balanced_accuracy`` (AA), ``kappa``, per-class accuracy;
-beside them ``accuracy_<m>`` (one modality's head alone) and, for paired examples,
-``accuracy_fused`` (the three fusion heads alone).
+beside them ``accuracy_<m>``, ``balanced_accuracy_<m>`` and ``kappa_<m>`` (one modality's head
+alone: across organisations, an organisation whose partner is absent at test time) and, for
+paired examples, the same three of ``fused`` (the three fusion heads alone).
 
 ``early_fusion``: one CNN over the modalities' bands concatenated (patches resized to the
 largest), FedAvg; ``modalities = ["hsi"]`` makes it single-modality FedAvg.
@@ -412,7 +413,9 @@ class _PixelMethod(Method):
         out = batched_eval(lambda r: once(r)[0], rows, labels, EVAL_BATCH)
         for variant in once(rows[:EVAL_BATCH])[1] if len(rows) else {}:
             part = batched_eval(lambda r, v=variant: once(r)[1][v], rows, labels, EVAL_BATCH)
-            out[f"correct_{variant}"] = part["correct"]
+            out[f"correct_{variant}"] = part["correct"]  # OA, AA and kappa of each head alone
+            out[f"class_correct_{variant}"] = part["class_correct"]
+            out[f"class_pred_{variant}"] = part["class_pred"]
         return out
 
 

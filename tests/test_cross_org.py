@@ -247,6 +247,10 @@ def test_organisations_exchange_features_and_train_the_fusion(tmp_path: Path) ->
     assert planned == [by_hand] * 3
     assert all(r["clients_ok"] == 4 and r["regions_skipped"] == 0 for r in rounds)
     assert rounds[-1]["accuracy"] > rounds[-1]["accuracy_hsi"]  # the exchange helps here
+    # each organisation alone (its partner absent at test time): OA, AA and kappa
+    for m in ("hsi", "lidar"):
+        assert rounds[-1][f"balanced_accuracy_{m}"] is not None, m
+        assert -1 <= rounds[-1][f"kappa_{m}"] < rounds[-1]["kappa"], m
     _, trained, _ = checkpoint.load(tmp_path / "x")
     assert np.abs(trained["fuse.heads.0.weight"]).sum() > 0  # organisations train the fusion
     # each organisation alone: nothing crosses, nobody trains the fusion heads
@@ -263,6 +267,44 @@ def test_organisations_exchange_features_and_train_the_fusion(tmp_path: Path) ->
     assert [r["regions_skipped"] for r in hit] == [0, 1, 0]
     assert hit[1]["clients_ok"] == 2 and set(hit[1]["failures"]) == {"0", "1"}
     assert set(hit[1]["partner_bytes_by_client"]) == {"2", "3"}  # only what was relayed
+
+
+def test_each_head_alone_gets_oa_aa_and_kappa_from_its_own_counts() -> None:
+    """Per-variant AA and kappa, by hand: 6 test pixels of 3 classes over two partials; the
+    HSI head alone says class 0 four times and class 1 twice."""
+    from fedrs.methods.feddiff import FedDiff
+
+    first = {  # labels 0, 0, 1, 2
+        "correct": 3.0,
+        "loss_sum": 1.0,
+        "n": 4.0,
+        "class_correct": np.array([1.0, 1, 1]),
+        "class_n": np.array([2.0, 1, 1]),
+        "class_pred": np.array([1.0, 2, 1]),
+        "correct_hsi": 2.0,
+        "class_correct_hsi": np.array([2.0, 0, 0]),
+        "class_pred_hsi": np.array([4.0, 0, 0]),
+        "correct_teacher": 1.0,  # a variant without per-class counts: OA only
+    }
+    second = {  # labels 1, 2
+        "correct": 2.0,
+        "loss_sum": 1.0,
+        "n": 2.0,
+        "class_correct": np.array([0.0, 1, 1]),
+        "class_n": np.array([0.0, 1, 1]),
+        "class_pred": np.array([0.0, 1, 1]),
+        "correct_hsi": 1.0,
+        "class_correct_hsi": np.array([0.0, 1, 0]),
+        "class_pred_hsi": np.array([0.0, 2, 0]),
+        "correct_teacher": 0.0,
+    }
+    out = FedDiff.reduce_eval([first, second])
+    assert out["accuracy_hsi"] == 0.5
+    assert out["balanced_accuracy_hsi"] == 0.5  # per class 2/2, 1/2, 0/2
+    # p_o = 1/2, p_e = (2 x 4 + 2 x 2 + 2 x 0) / 36 = 1/3: kappa = (1/2 - 1/3) / (2/3) = 1/4
+    assert out["kappa_hsi"] == pytest.approx(0.25)
+    assert out["accuracy_teacher"] == pytest.approx(1 / 6)
+    assert "balanced_accuracy_teacher" not in out and "kappa_teacher" not in out
 
 
 def test_a_mat_scene_of_our_own_splits_across_organisations(tmp_path: Path) -> None:
