@@ -274,30 +274,30 @@ def test_each_head_alone_gets_oa_aa_and_kappa_from_its_own_counts() -> None:
     HSI head alone says class 0 four times and class 1 twice."""
     from fedrs.methods.feddiff import FedDiff
 
-    first = {  # labels 0, 0, 1, 2
-        "correct": 3.0,
-        "loss_sum": 1.0,
-        "n": 4.0,
-        "class_correct": np.array([1.0, 1, 1]),
-        "class_n": np.array([2.0, 1, 1]),
-        "class_pred": np.array([1.0, 2, 1]),
-        "correct_hsi": 2.0,
-        "class_correct_hsi": np.array([2.0, 0, 0]),
-        "class_pred_hsi": np.array([4.0, 0, 0]),
-        "correct_teacher": 1.0,  # a variant without per-class counts: OA only
-    }
-    second = {  # labels 1, 2
-        "correct": 2.0,
-        "loss_sum": 1.0,
-        "n": 2.0,
-        "class_correct": np.array([0.0, 1, 1]),
-        "class_n": np.array([0.0, 1, 1]),
-        "class_pred": np.array([0.0, 1, 1]),
-        "correct_hsi": 1.0,
-        "class_correct_hsi": np.array([0.0, 1, 0]),
-        "class_pred_hsi": np.array([0.0, 2, 0]),
-        "correct_teacher": 0.0,
-    }
+    def partial(labels: list[int], joint: list[int], hsi: list[int], teacher: int) -> dict:
+        y = np.array(labels)
+
+        def counts(pred: list[int]) -> tuple[float, np.ndarray, np.ndarray]:
+            hit = (np.array(pred) == y).astype(float)
+            return hit.sum(), np.bincount(y, hit, 3), np.bincount(pred, minlength=3) * 1.0
+
+        correct, class_correct, class_pred = counts(joint)
+        correct_hsi, class_correct_hsi, class_pred_hsi = counts(hsi)
+        return {
+            "correct": correct,
+            "loss_sum": 1.0,
+            "n": float(len(y)),
+            "class_correct": class_correct,
+            "class_n": np.bincount(y, minlength=3) * 1.0,
+            "class_pred": class_pred,
+            "correct_hsi": correct_hsi,
+            "class_correct_hsi": class_correct_hsi,
+            "class_pred_hsi": class_pred_hsi,
+            "correct_teacher": float(teacher),  # a variant without per-class counts: OA only
+        }
+
+    first = partial([0, 0, 1, 2], joint=[0, 1, 1, 2], hsi=[0, 0, 0, 0], teacher=1)
+    second = partial([1, 2], joint=[1, 2], hsi=[1, 1], teacher=0)
     out = FedDiff.reduce_eval([first, second])
     assert out["accuracy_hsi"] == 0.5
     assert out["balanced_accuracy_hsi"] == 0.5  # per class 2/2, 1/2, 0/2
