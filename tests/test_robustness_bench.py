@@ -236,3 +236,42 @@ def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) 
             assert r["arm"] == by_name[r["trial"]].axes["arm"]["label"]
             want = config_sha(by_name[r["trial"]].cfg)
             assert r["config_sha"] == ("kept-as-is" if r["trial"] == rows[1]["trial"] else want)
+
+
+def test_an_invalid_workload_exits_1_in_one_line_before_the_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the attack does not hurt undefended FedAvg (here: it loses 2 points), the
+    benchmark writes its JSON with ``workload_valid: false``, runs no defence and exits 1."""
+    import json
+
+    from fedrs.benchmarks import robustness
+
+    swept: list[str] = []
+
+    def fake_sweeps(sweeps: list, done: str | None = None) -> list[dict]:
+        swept.extend(folder.name for folder, _ in sweeps)
+        rows = []
+        for seed in (0, 1, 2):
+            for arm, acc in (("fedavg | clean", 0.80), ("fedavg | signflip 20%", 0.78)):
+                rows.append(
+                    {"trial": f"{arm}{seed}", "arm": arm, "federation.seed": seed}
+                    | {"status": "finished", "error": None, "final_accuracy": acc + seed / 100}
+                )
+            rows.append(
+                {"trial": f"z{seed}", "arm": "zeroshot", "federation.seed": seed}
+                | {"status": "finished", "error": None, "final_accuracy": 0.1}
+            )
+        return rows
+
+    monkeypatch.setattr(robustness, "run_sweeps", fake_sweeps)
+    out = tmp_path / "robustness.json"
+    with pytest.raises(SystemExit) as exit_:
+        robustness.main(str(out), keep=str(tmp_path / "keep"))
+    message = str(exit_.value.code)
+    assert "the workload is invalid" in message and "\n" not in message
+    assert swept == ["precondition"]  # no defence ran
+    result = json.loads(out.read_text())
+    assert result["workload_valid"] is False
+    assert result["precondition"]["fedavg_drop_points"] == pytest.approx(2.0)
+    assert "signflip_20_drop_points" not in result
