@@ -20,7 +20,8 @@ exchange)::
 Both arms do the same work besides the exchange (checked: the same clients train the same
 number of examples in every round); the exchange arm's ``partner_bytes`` per round and each
 arm's phases (median share, local training, aggregation and evaluation seconds; a round
-evaluates every ``eval_every`` rounds) are reported beside the ratio.
+evaluates every ``eval_every`` rounds) and one organisation's median local fit (what
+training the fusion heads the exchange makes possible adds) are reported beside the ratio.
 
 Options (``--set``): ``regions`` (4), ``size`` (64), ``rounds`` (4), ``diffusion_rounds`` (1),
 ``rank`` (8), ``local_epochs`` (2), ``repeats`` (2), ``eval_every`` (1).
@@ -103,6 +104,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
     shares: dict[str, list[float]] = {a: [] for a in arms}  # the share phase alone
     evals: dict[str, list[float]] = {a: [] for a in arms}  # evaluation (joint / alone)
     servers: dict[str, list[float]] = {a: [] for a in arms}  # aggregation
+    clients: dict[str, list[float]] = {a: [] for a in arms}  # one organisation's local fit
     work: dict[str, list[Any]] = {a: [] for a in arms}
     extra: dict[str, Any] = {}
     quiet = Console(file=io.StringIO())
@@ -119,6 +121,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
                 shares[arm] += [r.get("share_s", 0.0) for r in recs]
                 evals[arm] += [r.get("eval_s", 0.0) for r in recs]
                 servers[arm] += [r["server_s"] for r in recs]
+                clients[arm] += [c["fit_s"] for r in recs for c in r["clients"].values()]
                 work[arm].append(
                     [{c: v.get("num_examples") for c, v in r["clients"].items()} for r in recs]
                 )
@@ -138,6 +141,7 @@ def main(json_path: str | None = None, data: str | None = None, **options: Any) 
             "median_round_s": medians[a],
             "median_share_s": med(shares[a]),
             "median_train_s": med(f - sh for f, sh in zip(fits[a], shares[a], strict=True)),
+            "median_client_fit_s": med(clients[a]),
             "median_server_s": med(servers[a]),
             "median_eval_s": med(evals[a]),
             "rounds": len(walls[a]),
