@@ -53,10 +53,12 @@ so a defence cannot beat it: ``floor_drop_points`` per cell and, per defence,
 ``signflip_20_floor_drop_points`` and that defence's ``signflip_20_beyond_floor_points``. A
 heatmap of the drops sits beside the JSON.
 
-Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on 2 cores;
-``--set keep=DIR`` keeps the sweeps so an interrupted benchmark resumes; ``--set done=FILE`` takes
-the finished trials of a stored ``robustness.results.csv`` (the same setup: names and
-configurations are checked) as they are and runs only the rest, e.g. a defence added later.
+Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on 2 cores
+(the default grid, 192 trials, takes hours there: about 2 minutes a trial; a cluster runs as
+many at once as it has CPUs); ``--set keep=DIR`` keeps the sweeps so an interrupted
+benchmark resumes; ``--set done=FILE`` takes the finished trials of a stored
+``robustness.results.csv`` (the same setup: names and configurations are checked) as they
+are and runs only the rest, e.g. a defence added later.
 
 Options (``--set``): ``method`` (student), ``scaling`` (1), ``defences`` (fedavg,median,
 trimmed_mean,krum,normclip,normfilter; also multikrum, bulyan, ...), ``attacks`` (signflip,
