@@ -273,6 +273,40 @@ def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[
             return
 
 
+def _sigint_as_flag(
+    ended: threading.Event,
+    stopping: threading.Event,
+    stop_soon: Callable[[], int],
+    console: Console,
+) -> Callable[[], None]:
+    """The first Ctrl-C while rounds stream sets a flag that a watcher thread turns into
+    ``stop_soon`` (an exception raised inside Ray's blocking calls could be lost there, and a
+    lost Ctrl-C left a run going); a second Ctrl-C raises at once. Main thread only; returns
+    what puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    import signal
+
+    asked = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if asked.is_set() or stopping.is_set():
+            raise KeyboardInterrupt  # the second: at once
+        asked.set()
+
+    def say_and_stop() -> int:
+        last = stop_soon()
+        console.print(
+            f"stopping: the round in flight is abandoned unless already aggregated; the run "
+            f"ends after round {last} or the next (Ctrl-C again to exit at once)"
+        )
+        return last
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    threading.Thread(target=_stop_on, args=(asked, ended, say_and_stop), daemon=True).start()
+    return lambda: signal.signal(signal.SIGINT, previous)
+
+
 def _drive(
     driver: Any,
     checked: Checked,
@@ -313,6 +347,7 @@ def _drive(
     ended = threading.Event()
     if stop is not None:  # set from elsewhere (a sweep being stopped): as a first Ctrl-C
         threading.Thread(target=_stop_on, args=(stop, ended, stop_soon), daemon=True).start()
+    restore = _sigint_as_flag(ended, stopping, stop_soon, console)
     rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
     try:
         while True:
@@ -335,6 +370,7 @@ def _drive(
                 on_round(rec)
     finally:
         ended.set()
+        restore()
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
