@@ -273,6 +273,10 @@ def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[
             return
 
 
+def _nothing() -> None:
+    return None
+
+
 def _sigint_as_flag(
     ended: threading.Event,
     stopping: threading.Event,
@@ -281,11 +285,15 @@ def _sigint_as_flag(
 ) -> Callable[[], None]:
     """The first Ctrl-C while rounds stream sets a flag that a watcher thread turns into
     ``stop_soon`` (an exception raised inside Ray's blocking calls could be lost there, and a
-    lost Ctrl-C left a run going); a second Ctrl-C raises at once. Main thread only; returns
-    what puts the previous handler back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+    lost Ctrl-C left a run going); a second Ctrl-C raises at once. Main thread of a process
+    whose handler is Python's only (not a sweep's trial: it has its own ``stop``); returns what
+    puts the previous handler back."""
     import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing
+    if not callable(signal.getsignal(signal.SIGINT)):  # not Python's: leave it alone
+        return _nothing
 
     asked = threading.Event()
 
@@ -347,7 +355,7 @@ def _drive(
     ended = threading.Event()
     if stop is not None:  # set from elsewhere (a sweep being stopped): as a first Ctrl-C
         threading.Thread(target=_stop_on, args=(stop, ended, stop_soon), daemon=True).start()
-    restore = _sigint_as_flag(ended, stopping, stop_soon, console)
+    restore = _sigint_as_flag(ended, stopping, stop_soon, console) if stop is None else _nothing
     rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
     try:
         while True:
