@@ -371,9 +371,9 @@ class Method(ABC):
                 out["test_" + loss] = sum(p[loss] for p in partials) / n if n else None
         counted = [p for p in partials if len(p.get("class_n", ()))]  # chunks with examples
         if counted and len(counted) == sum(1 for p in partials if p["n"]):
+            class_n = sum(np.asarray(p["class_n"], float) for p in counted)
             per_class = class_accuracy(
-                sum(np.asarray(p["class_correct"], float) for p in counted),
-                sum(np.asarray(p["class_n"], float) for p in counted),
+                sum(np.asarray(p["class_correct"], float) for p in counted), class_n
             )
             seen = [a for a in per_class if a is not None]
             out["per_class_accuracy"] = per_class
@@ -381,10 +381,9 @@ class Method(ABC):
             if all(len(p.get("class_pred", ())) for p in counted):
                 out["kappa"] = cohen_kappa(
                     sum(p["correct"] for p in counted),
-                    sum(np.asarray(p["class_n"], float) for p in counted),
+                    class_n,
                     sum(np.asarray(p["class_pred"], float) for p in counted),
                 )
-            class_n = sum(np.asarray(p["class_n"], float) for p in counted)
             for key in sorted(variants):
                 v = key[len("correct_") :]
                 if not all(f"class_correct_{v}" in p for p in counted):

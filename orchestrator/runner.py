@@ -278,10 +278,7 @@ def _nothing() -> None:
 
 
 def _sigint_as_flag(
-    ended: threading.Event,
-    stopping: threading.Event,
-    stop_soon: Callable[[], int],
-    console: Console,
+    ended: threading.Event, stopping: threading.Event, stop_soon: Callable[[], int]
 ) -> Callable[[], None]:
     """The first Ctrl-C while rounds stream sets a flag that a watcher thread turns into
     ``stop_soon`` (an exception raised inside Ray's blocking calls could be lost there, and a
@@ -302,16 +299,8 @@ def _sigint_as_flag(
             raise KeyboardInterrupt  # the second: at once
         asked.set()
 
-    def say_and_stop() -> int:
-        last = stop_soon()
-        console.print(
-            f"stopping: the round in flight is abandoned unless already aggregated; the run "
-            f"ends after round {last} or the next (Ctrl-C again to exit at once)"
-        )
-        return last
-
     previous = signal.signal(signal.SIGINT, on_sigint)
-    threading.Thread(target=_stop_on, args=(asked, ended, say_and_stop), daemon=True).start()
+    threading.Thread(target=_stop_on, args=(asked, ended, stop_soon), daemon=True).start()
     return lambda: signal.signal(signal.SIGINT, previous)
 
 
@@ -352,10 +341,18 @@ def _drive(
         stopping.set()
         return ray.get(driver.request_stop.remote())
 
+    def stop_and_say() -> int:  # a user's Ctrl-C / SIGTERM
+        last = stop_soon()
+        console.print(
+            f"stopping: the round in flight is abandoned unless already aggregated; the run "
+            f"ends after round {last} or the next (Ctrl-C again to exit at once)"
+        )
+        return last
+
     ended = threading.Event()
     if stop is not None:  # set from elsewhere (a sweep being stopped): as a first Ctrl-C
         threading.Thread(target=_stop_on, args=(stop, ended, stop_soon), daemon=True).start()
-    restore = _sigint_as_flag(ended, stopping, stop_soon, console) if stop is None else _nothing
+    restore = _sigint_as_flag(ended, stopping, stop_and_say) if stop is None else _nothing
     rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
     try:
         while True:
@@ -366,11 +363,7 @@ def _drive(
             except KeyboardInterrupt:  # the first Ctrl-C / SIGTERM: stop soon, keep what is done
                 if stopping.is_set():
                     raise  # the second: at once (the last checkpoint is whole: atomic writes)
-                last = stop_soon()
-                console.print(
-                    f"stopping: the round in flight is abandoned unless already aggregated; the "
-                    f"run ends after round {last} or the next (Ctrl-C again to exit at once)"
-                )
+                stop_and_say()
                 continue
             console.print(_progress_line(rec, cfg.federation.rounds, head))
             clock.round_started(float(rec.get("wall_s") or 0.0))

@@ -376,7 +376,7 @@ def stored_report(
             )
         rows += more
     seen: set[tuple[str, ...]] = set()
-    for r in rows:
+    for r in rows if len(paths) > 1 else []:  # pooled files must not hold the same trial
         key = tuple(str(r.get(a)) for a in axes)
         if key in seen:
             cell = ", ".join(f"{a}={v}" for a, v in zip(axes, key, strict=True))
