@@ -20,6 +20,7 @@ import ray
 import torch
 
 from fedrs.actors.allocator import retain_freed_memory
+from fedrs.actors.placement import WARM_NAMESPACE
 from fedrs.core.attacks import LabelFlipped, attackers, tamper
 from fedrs.core.config import from_dict, with_data_path
 from fedrs.core.privacy import privatize_local
@@ -150,6 +151,11 @@ class SetupBoard:
         return self.setup
 
 
+def _board(name: str) -> Any:
+    """A ``SetupBoard`` by name (boards live in the warm actors' namespace)."""
+    return ray.get_actor(name, namespace=WARM_NAMESPACE)
+
+
 class ClientWorker:
     def __init__(
         self,
@@ -166,7 +172,7 @@ class ClientWorker:
         self.started_at = time.time()  # this instance's start: the process is up, imports done
         self.board = board
         if board is not None:
-            cfg, method_cls, data_path, state_root = ray.get(ray.get_actor(board).get.remote())
+            cfg, method_cls, data_path, state_root = ray.get(_board(board).get.remote())
         assert cfg is not None and method_cls is not None
         self._setup(cfg, method_cls, data_path, state_root, index)
 
@@ -175,7 +181,7 @@ class ClientWorker:
         every attribute of the last run is replaced; the process keeps its imports and the
         frozen backbones it built (``models.backbone``'s cache, keyed by arch, weights and
         device)."""
-        cfg, method_cls, data_path, state_root = ray.get(ray.get_actor(self.board).get.remote())
+        cfg, method_cls, data_path, state_root = ray.get(_board(self.board).get.remote())
         self._setup(cfg, method_cls, data_path, state_root, self.index)
 
     def _setup(

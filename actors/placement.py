@@ -12,6 +12,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from fedrs.core.config import RunConfig
 from fedrs.errors import FedrsError
 
+# where warm actors, their setup boards and the registry of sets kept across runs are named
+WARM_NAMESPACE = "fedrs-warm"
+
 
 class SchedulingError(FedrsError):
     """The cluster cannot host the requested client actors."""

@@ -51,11 +51,13 @@ class ClientPool:
         placement: Placement | None = None,
         board: str | None = None,
         warm: list[Any] | None = None,
+        extra: list[dict[str, Any]] | None = None,
     ) -> None:
         """``board`` (the name of a ``SetupBoard`` actor holding this run's setup): the actors
         read their setup from it and are kept warm for the next run (``orchestrator/warm.py``
         owns them: ``shutdown`` leaves them alive); ``warm``: such actors of an earlier run,
-        re-initialised in place instead of started."""
+        re-initialised in place instead of started; ``extra``: more Ray options per actor
+        (a name, a lifetime)."""
         res = cfg.resources
         self.kept = board is not None
         self.settling: list[ray.ObjectRef] = []  # warm actors' re-initialisation, checked once
@@ -93,6 +95,7 @@ class ClientPool:
                 max_restarts=res.max_actor_restarts,
                 max_task_retries=0,
                 scheduling_strategy=placement.strategy(placement.first_client_bundle + i),
+                **(extra[i] if extra else {}),
             ).remote(*setup, i, board=board)
             for i in range(res.num_actors)
         ]

@@ -80,6 +80,7 @@ class _NoTokenNotice(logging.Filter):
 def connect_ray() -> None:
     """Join ``RAY_ADDRESS``'s cluster if set, else start a local one on loopback (once per
     process). An address where nothing answers is one line within seconds."""
+    global _started_here
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -101,7 +102,22 @@ def connect_ray() -> None:
             include_dashboard=False,
             log_to_driver=True,
         )
+        _started_here = True
     _sigterm_as_ctrl_c()
+
+
+_started_here = False  # connect_ray started a local Ray that ends with this process
+
+
+def _ray_outlives_run() -> bool:
+    """Whether actors kept after this run could serve another (``resources.keep_warm_s``):
+    not on the local Ray this process started (it ends with the process)."""
+    if _started_here:
+        log.warning(
+            "resources.keep_warm_s: this run's Ray ends with it, so nothing is kept; join a "
+            "cluster that stays up (RAY_ADDRESS, ray job submit) to keep actors warm"
+        )
+    return not _started_here
 
 
 def spawn_driver(
@@ -135,8 +151,10 @@ def spawn_driver(
     res = cfg.resources
     state_root = str((run_dir / STATE_DIR).resolve())
     args = (cfg, str(run_dir.resolve()), data_path, method_cls, resume, checked.data.excluded)
-    if warm and placement is not None:
+    if warm and placement is not None:  # a sweep trial
         return _spawn_warm(cfg, method_cls, data_path, state_root, placement, args)
+    if placement is None and res.keep_warm_s > 0 and _ray_outlives_run():
+        return _spawn_warm(cfg, method_cls, data_path, state_root, None, args)
     # The client actors start now, while the driver actor starts: each start-up is a process
     # importing torch (and open_clip), seconds that would otherwise add up one after the other.
     # The driver takes the pool over (and shuts it down); should it fail to start, so do they.
@@ -168,15 +186,21 @@ def _spawn_warm(
     method_cls: type[Method],
     data_path: str,
     state_root: str,
-    placement: Placement,
+    placement: Placement | None,
     args: tuple[Any, ...],
 ) -> tuple[Any, Any]:
-    """``spawn_driver`` for a sweep trial: the actors resting in its placement group when
-    they fit, re-initialised in place; else new ones, kept afterwards."""
+    """``spawn_driver`` on warm actors: a sweep trial's (``placement``: resting in its
+    placement group) or a run's kept across runs (no ``placement``: the cluster's registry),
+    re-initialised in place when they fit; else new ones, kept afterwards."""
     from fedrs.actors.pool import ClientPool
     from fedrs.orchestrator import warm
 
-    ws, reused = warm.take(cfg, placement)
+    if placement is None:
+        ws, reused = warm.take_shared(cfg)
+        placement = ws.placement
+        assert placement is not None
+    else:
+        ws, reused = warm.take(cfg, placement)
     try:
         ray.get(ws.board.put.remote((cfg.to_dict(), method_cls, data_path, state_root)))
         if reused:
@@ -189,6 +213,9 @@ def _spawn_warm(
                 board=ws.board_name,
                 warm=list(ws.actors),
             )
+            # settled here: the driver actor may belong to another job, which cannot read
+            # objects this process owns once it has them (Ray reports their owner dead)
+            pool.settle()
             try:
                 ray.get(ws.driver.reinit.remote(*args, placement, pool))
             except ray.exceptions.RayTaskError as exc:
@@ -197,17 +224,29 @@ def _spawn_warm(
                 raise
         else:
             pool = ClientPool(
-                cfg, method_cls, data_path, state_root, placement=placement, board=ws.board_name
+                cfg,
+                method_cls,
+                data_path,
+                state_root,
+                placement=placement,
+                board=ws.board_name,
+                extra=[ws.options(f"client-{i}") for i in range(cfg.resources.num_actors)],
             )
             ws.actors = tuple(pool.actors)
             driver = _driver_class(cfg.resources).options(
-                scheduling_strategy=placement.strategy(placement.driver_bundle)
+                scheduling_strategy=placement.strategy(placement.driver_bundle),
+                **ws.options("driver"),
             )
             ws.driver = driver.remote(*args, placement, pool)
     except BaseException:
         ws.end()
         raise
-    log.info("%s actors (run %d in this placement group)", "warm" if reused else "new", ws.runs + 1)
+    log.info(
+        "%s actors (run %d on them%s)",
+        "warm" if reused else "new",
+        ws.runs + 1,
+        ", kept across runs" if ws.sid else " in this placement group",
+    )
     warm.lend(ws)
     return ws.driver, pool
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SWEEP = """
 [base]
@@ -89,3 +90,95 @@ def test_warm_trials_reuse_actors_and_equal_cold_trials(ray_cluster, tmp_path: P
         assert set(warm_params[arm]) == set(params), arm
         for key, value in params.items():
             assert np.array_equal(warm_params[arm][key], value), (arm, key)
+
+
+def _run(data: Path, out: Path, **sets: object) -> tuple[dict, dict]:
+    """(summary, final tensors) of a 2-round run on ``data`` in ``out``."""
+    from rich.console import Console
+
+    from fedrs.orchestrator import checkpoint, runner
+    from tests.conftest import small_run
+
+    cfg = small_run(data, **{"resources.num_actors": 1, **sets})
+    summary = runner.run(cfg, out=str(out), console=Console(quiet=True))
+    state = checkpoint.load(out)
+    assert state is not None and state[0] == 2
+    return summary, state[1]
+
+
+def _resting() -> list[dict]:
+    import ray
+
+    from fedrs.orchestrator import warm
+
+    reg = warm.registry(create=False)
+    return [] if reg is None else [s for s in ray.get(reg.list.remote()) if s["state"] == "resting"]
+
+
+def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
+    ray_cluster, synth_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """``resources.keep_warm_s``: a run's actors outlive it, detached, and the next run of the
+    same shape and code (in this process or another job) re-initialises them in place; the
+    results equal a cold run's; a failed run ends its set; an idle set ends after keep_warm_s;
+    other code never takes a set over."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from fedrs.orchestrator import warm
+
+    keep = {"resources.keep_warm_s": 60}
+    a, _ = _run(synth_data, tmp_path / "a", **keep)
+    assert len(_resting()) == 1
+    pid = a["actors"][0]["pid"]
+    b, warm_b = _run(synth_data, tmp_path / "b", **keep, **{"method.name": "fedrsclip"})
+    assert b["actors"][0]["pid"] == pid  # another method on the same process
+    assert b["startup"]["actor_process_s"] == 0.0
+    cold_b_summary, cold_b = _run(synth_data, tmp_path / "b-cold", **{"method.name": "fedrsclip"})
+    assert cold_b_summary["actors"][0]["pid"] != pid
+    assert set(cold_b) == set(warm_b)
+    for key, value in cold_b.items():
+        assert np.array_equal(warm_b[key], value), key
+
+    # another job (a `fedrs run` process joining this cluster) takes the set over
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}  # the session's auth mode
+    job = subprocess.run(
+        [sys.executable, "-m", "fedrs.cli", "run", "--out", str(tmp_path / "job"),
+         "--set", f"data.path={synth_data}", "--set", "federation.rounds=2",
+         "--set", "federation.clients_per_round=6", "--set", "client.local_epochs=1",
+         "--set", "resources.num_actors=1", "--set", "resources.keep_warm_s=60"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr[-3000:]
+    summary = json.loads((tmp_path / "job" / "summary.json").read_text())
+    assert summary["startup"]["actor_process_s"] == 0.0
+    assert "warm actors (run 3 on them, kept across runs)" in job.stderr
+
+    # other code (a changed fedrs file) never runs on these actors
+    monkeypatch.setattr(warm, "_code_identity", lambda: "other code")
+    other, _ = _run(synth_data, tmp_path / "other", **keep)
+    assert other["actors"][0]["pid"] != pid
+    assert len(_resting()) == 2
+    monkeypatch.undo()
+
+    # a run that fails ends its set; the next starts afresh
+    with pytest.raises(Exception, match="injected fault"):
+        _run(synth_data, tmp_path / "fail", **keep, **{"federation.faults": "aggregate@2=raise"})
+    assert len(_resting()) == 1  # only the other code's
+    others = {s["sid"] for s in _resting()}
+    after, _ = _run(synth_data, tmp_path / "after", **{"resources.keep_warm_s": 1})
+    assert after["actors"][0]["pid"] != pid
+    (sid,) = {s["sid"] for s in _resting()} - others
+    # an idle set ends keep_warm_s after its run: its actors are gone
+    t = time.time()
+    while len(_resting()) > 1 and time.time() - t < 20:
+        time.sleep(0.5)
+    assert len(_resting()) == 1
+    with pytest.raises(ValueError):
+        ray.get_actor(warm._name(sid, "client-0"), namespace=warm.NAMESPACE)
+    ray.get(warm.registry().end_resting.remote())
+    assert _resting() == []

@@ -261,12 +261,18 @@ class ResourcesConfig:
     # default), so losing a worker node never takes the run's state with it; "any", or a driver
     # with server_num_cpus / server_num_gpus: wherever Ray places it
     driver_node: str = "local"
+    # on a cluster that outlives the run (RAY_ADDRESS, `ray job submit`): keep the driver and
+    # client actors and their placement group this many seconds after a clean run, for the
+    # next run of the same shape, backbone and code to take over re-initialised in place
+    # (orchestrator/warm.py); 0: end them with the run. Sweep trials keep theirs anyway.
+    keep_warm_s: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.num_actors >= 1, f"resources.num_actors must be >= 1, got {self.num_actors}")
         _check(self.num_cpus_per_client > 0, "resources.num_cpus_per_client must be > 0")
         _check(self.placement_timeout_s > 0, "resources.placement_timeout_s must be > 0")
         _check(self.autoscale_wait_s >= 0, "resources.autoscale_wait_s must be >= 0")
+        _check(self.keep_warm_s >= 0, "resources.keep_warm_s must be >= 0")
         _check(self.server_num_cpus >= 0, "resources.server_num_cpus must be >= 0")
         _check(
             self.driver_node in ("local", "any"),
