@@ -431,6 +431,36 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     return _print_registry("strategy.name         what the server does", rows)
 
 
+def _cmd_warm(args: argparse.Namespace) -> int:
+    import ray
+
+    from fedrs.orchestrator import warm
+    from fedrs.orchestrator.preflight import check_ray_address
+
+    if not os.environ.get("RAY_ADDRESS"):
+        raise FedrsError(
+            "fedrs warm: set RAY_ADDRESS to the cluster whose kept actors to show (a Ray "
+            "started by `fedrs run` itself ends with the run and keeps none)"
+        )
+    check_ray_address()
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    reg = warm.registry(create=False)
+    if reg is None:
+        print("no actors kept on this cluster (resources.keep_warm_s was never set)")
+        return 0
+    if args.end:
+        print(f"ended {ray.get(reg.end_resting.remote())} resting set(s)")
+    sets = ray.get(reg.list.remote())
+    print(f"{len(sets)} set(s) of actors kept (resources.keep_warm_s)")
+    for w in sets:
+        when = "in use by a run" if w["state"] == "lent" else f"ends in {w['ends_in_s']:.0f} s"
+        print(
+            f"  {w['sid']}  {w['state']:8} {w['actors']} client actor(s) of {w['arch']}, "
+            f"{w['runs']} run(s) served, {when}"
+        )
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from fedrs.core.config import load_config, to_toml
 
@@ -768,6 +798,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=_cmd_methods)
     st = sub.add_parser("strategies", help="list the aggregation strategies and their options")
     st.set_defaults(func=_cmd_strategies)
+    w = sub.add_parser(
+        "warm", help="the actors runs kept on this cluster (resources.keep_warm_s); --end them"
+    )
+    w.add_argument("--end", action="store_true", help="end every resting set now")
+    w.set_defaults(func=_cmd_warm)
     c = sub.add_parser("config", help="print every config key with its value, as TOML")
     c.add_argument("config", nargs="?", default=None, help="TOML config file")
     c.add_argument(

@@ -230,7 +230,7 @@ class WarmRegistry:
     resting ones, ended ``keep_s`` after their run, and lent ones, ended when their run stops
     renewing its lease. Records are plain dicts: ``sid``, ``key``, ``roles`` (actor role
     names), ``pg``, ``driver_bundle``, ``first_client_bundle``, ``runs``, ``keep_s``,
-    ``until`` (when it is ended), ``lent``."""
+    ``actors`` and ``arch`` (to list them), ``until`` (when it is ended), ``lent``."""
 
     def __init__(self) -> None:
         self.sets: dict[str, dict[str, Any]] = {}
@@ -297,8 +297,8 @@ class WarmRegistry:
                 {
                     "sid": s["sid"],
                     "state": "lent" if s["lent"] else "resting",
-                    "actors": s["key"][0],
-                    "arch": s["key"][8],
+                    "actors": s["actors"],
+                    "arch": s["arch"],
                     "runs": s["runs"],
                     "ends_in_s": round(s["until"] - now, 1),
                 }
@@ -406,6 +406,8 @@ def take_shared(cfg: RunConfig) -> tuple[WarmSet, bool]:
                 "first_client_bundle": first,
                 "runs": 0,
                 "keep_s": res.keep_warm_s,
+                "actors": res.num_actors,
+                "arch": cfg.model.arch,
             }
         )
     )

@@ -114,6 +114,13 @@ def test_unreachable_ray_address(workdir: Path) -> None:
     assert list(workdir.iterdir()) == []
 
 
+def test_warm_needs_a_cluster_that_stays_up(workdir: Path) -> None:
+    proc = fedrs(workdir, "warm")
+    assert_one_line_error(proc, "set RAY_ADDRESS")
+    proc = fedrs(workdir, "warm", env={"RAY_ADDRESS": "127.0.0.1:1"}, timeout=60)
+    assert_one_line_error(proc, "RAY_ADDRESS=127.0.0.1:1", "no Ray cluster answers")
+
+
 def fake_run(run_dir: Path, rounds_done: int, rounds: int = 2, finished: bool = True) -> Path:
     """A run directory as `fedrs run` leaves it (config, checkpoint pointer, metrics, summary),
     without spending a Ray start on it: what the CLI must not touch."""

@@ -157,6 +157,12 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["startup"]["actor_process_s"] == 0.0
     assert "warm actors (run 3 on them, kept across runs)" in job.stderr
+    shown = subprocess.run(
+        [sys.executable, "-m", "fedrs.cli", "warm"], env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "resting  1 client actor(s) of fedrs-tiny, 3 run(s) served" in shown.stdout
 
     # other code (a changed fedrs file) never runs on these actors
     monkeypatch.setattr(warm, "_code_identity", lambda: "other code")
