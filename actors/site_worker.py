@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from fedrs.io import contiguous
+
 log = logging.getLogger(__name__)
 IDLE_S = 900.0  # the worker exits after this long without a message
 START_S = 300.0  # how long a message waits for a starting worker
@@ -49,7 +51,7 @@ class _Arr:
 
 def _to_bytes(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    np.save(buf, contiguous(a), allow_pickle=False)
     return buf.getvalue()
 
 

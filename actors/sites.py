@@ -43,6 +43,7 @@ from fedrs.actors.client import Download, EvalTask, FitTask
 from fedrs.actors.site_worker import state_dir_of
 from fedrs.core.config import from_dict
 from fedrs.errors import FedrsError, RunStopped
+from fedrs.io import contiguous
 from fedrs.methods.base import FitOptions
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def pack(obj: Any) -> Any:
     def enc(x: Any) -> Any:
         if isinstance(x, np.ndarray):
             key = str(len(arrays))
-            arrays[key] = Array(np.ascontiguousarray(x))
+            arrays[key] = Array(contiguous(x))
             return {"__nd__": key}
         if isinstance(x, np.generic):
             return {"__np__": x.dtype.str, "v": x.item()}

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from fedrs.benchmarks.harness import max_abs_diff
 from fedrs.benchmarks.harness_proc import local_ray_args
+from fedrs.io import contiguous
 
 
 def backend_config(cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def flower_apps(
         )
         if out.private:
             context.state["private"] = ArrayRecord(
-                {k: Array(np.ascontiguousarray(v)) for k, v in out.private.items()}
+                {k: Array(contiguous(v)) for k, v in out.private.items()}
             )
         metrics = {
             "num-examples": out.num_examples,

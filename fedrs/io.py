@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from fedrs.errors import FedrsError
 
 
@@ -163,3 +165,11 @@ def fresh_path(parent: str | os.PathLike[str], stem: str = "") -> Path:
         k += 1
         path = base.with_name(f"{base.name}-{k}")
     return path
+
+
+def contiguous(a: Any) -> np.ndarray:
+    """``a`` as a C-contiguous array of its own shape, for safetensors and ``np.save``
+    (``np.ascontiguousarray`` returns at least 1-d: a scalar parameter, CLIP's logit scale,
+    came back from a checkpoint as shape (1,) and failed the resumed run)."""
+    arr = np.asarray(a)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr).reshape(arr.shape)

@@ -20,7 +20,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from fedrs.errors import FedrsError
-from fedrs.io import write_bytes, write_json
+from fedrs.io import contiguous, write_bytes, write_json
 
 SERVER_PREFIX = "server/"
 STRATEGY_PREFIX = "strategy/"  # a server optimiser's moments, beside the method server's state
@@ -35,9 +35,9 @@ def save(
     run_dir: Path, round_: int, params: dict[str, np.ndarray], server_state: dict[str, Any]
 ) -> None:
     folder = run_dir / DIR
-    tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    tensors = {k: contiguous(v) for k, v in params.items()}
     tensors |= {
-        SERVER_PREFIX + k: np.ascontiguousarray(v)
+        SERVER_PREFIX + k: contiguous(v)
         for k, v in server_state.items()
         if isinstance(v, np.ndarray)
     }

@@ -233,6 +233,24 @@ def test_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert len(list((tmp_path / "checkpoint").glob("round_*.safetensors"))) == 2
 
 
+def test_scalars_and_strided_arrays_keep_their_shape_through_every_store(tmp_path: Path) -> None:
+    """A 0-d parameter (CLIP's logit scale, trained by full fine-tuning) comes back 0-d from a
+    checkpoint, a client's private state and a deployment site's wire format: a resumed
+    retrieval_fullft run failed its first round on a (1,) logit scale."""
+    from fedrs.actors.site_worker import _from_bytes, _to_bytes
+
+    scale = np.array(4.6, np.float32)
+    strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]  # not contiguous
+    checkpoint.save(tmp_path, 1, {"logit_scale": scale, "w": strided}, {"s": scale})
+    _, params, server = checkpoint.load(tmp_path)
+    assert params["logit_scale"].shape == () and server["s"].shape == ()
+    assert np.array_equal(params["w"], strided)
+    store = FileStateStore(tmp_path / "private")
+    store.save(0, 1, {"logit_scale": scale})
+    assert store.load(0, before_round=2)["logit_scale"].shape == ()
+    assert _from_bytes(_to_bytes(scale)).shape == ()
+
+
 def test_fit_options_from_config_carry_client_settings_and_strategy_options() -> None:
     from fedrs.core.strategies import make_strategy
     from fedrs.methods.base import FitOptions

@@ -30,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedrs.io import write_bytes
+from fedrs.io import contiguous, write_bytes
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"r(\d+)\.safetensors")
@@ -91,7 +91,7 @@ class FileStateStore:
         if not params:
             return
         folder = self._folder(client_id)
-        blob = st_save({k: np.ascontiguousarray(v) for k, v in params.items()})
+        blob = st_save({k: contiguous(v) for k, v in params.items()})
         path = os.path.join(folder, f"r{round_}.safetensors")
         write_bytes(path, blob, fsync)  # makes the client's folder on its first state
         for old in self.versions(client_id)[: -self.keep]:
