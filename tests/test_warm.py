@@ -164,12 +164,17 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "resting  1 client actor(s) of fedrs-tiny, 3 run(s) served" in shown.stdout
 
-    # other code (a changed fedrs file) never runs on these actors
+    # other code (a changed fedrs file) never takes these actors over: a new set for it
+    from tests.conftest import small_run
+
     monkeypatch.setattr(warm, "_code_identity", lambda: "other code")
-    other, _ = _run(synth_data, tmp_path / "other", **keep)
-    assert other["actors"][0]["pid"] != pid
-    assert len(_resting()) == 2
+    other, reused = warm.take_shared(small_run(synth_data, **{"resources.num_actors": 1}, **keep))
+    assert not reused and other.board is not None
+    other.renewing.set()
     monkeypatch.undo()
+    assert len(_resting()) == 1  # ours still rests; the other is lent
+    ray.get(warm.registry().rest.remote(other.sid))
+    assert len(_resting()) == 2
 
     # a run that fails ends its set; the next starts afresh
     with pytest.raises(Exception, match="injected fault"):
@@ -184,7 +189,17 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     while len(_resting()) > 1 and time.time() - t < 20:
         time.sleep(0.5)
     assert len(_resting()) == 1
-    with pytest.raises(ValueError):
-        ray.get_actor(warm._name(sid, "client-0"), namespace=warm.NAMESPACE)
+
+    def gone() -> bool:
+        try:
+            ray.get_actor(warm._name(sid, "client-0"), namespace=warm.NAMESPACE)
+        except ValueError:
+            return True
+        return False
+
+    t = time.time()
+    while not gone() and time.time() - t < 20:  # ray.kill is asynchronous
+        time.sleep(0.5)
+    assert gone()
     ray.get(warm.registry().end_resting.remote())
     assert _resting() == []
