@@ -35,6 +35,7 @@ def trial_status(sweep_dir: Path, name: str) -> dict[str, Any]:
 ADDED_KEYS = {("client", "max_grad_norm"): 0.0, ("federation", "policy"): "sync"}
 ADDED_KEYS |= {("federation", "deadline_s"): 0.0, ("federation", "overselect"): 1.3}
 ADDED_KEYS |= {("federation", "buffer"): 0, ("strategy", "filter_factor"): 3.0}
+ADDED_KEYS |= {("resources", "keep_warm_s"): 0.0}
 ADDED_SECTIONS = ("secagg", "system")  # hashed only when set away from their defaults
 
 
