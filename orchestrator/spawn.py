@@ -233,9 +233,11 @@ def _spawn_warm(
                 extra=[ws.options(f"client-{i}") for i in range(cfg.resources.num_actors)],
             )
             ws.actors = tuple(pool.actors)
+            strategy = placement.strategy(placement.driver_bundle)
+            if ws.sid and cfg.resources.driver_node == "local":  # kept across runs: as a run's
+                strategy = driver_strategy(cfg.resources) or strategy
             driver = _driver_class(cfg.resources).options(
-                scheduling_strategy=placement.strategy(placement.driver_bundle),
-                **ws.options("driver"),
+                scheduling_strategy=strategy, **ws.options("driver")
             )
             ws.driver = driver.remote(*args, placement, pool)
     except BaseException:
