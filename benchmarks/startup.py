@@ -147,7 +147,7 @@ def _kept(spec: dict[str, Any]) -> dict[str, Any]:
         )
         ray.shutdown()  # the next run joins the cluster again, as a new `fedrs run` would
     ray.init(address=spec["address"])
-    ray.get(warm.registry().end_resting.remote())
+    ray.get(warm.registry().evict.remote())
     ray.shutdown()
     seq = run_sequential(cfg, spec["data"])
     return {

@@ -449,7 +449,7 @@ def _cmd_warm(args: argparse.Namespace) -> int:
         print("no actors kept on this cluster (resources.keep_warm_s was never set)")
         return 0
     if args.end:
-        print(f"ended {ray.get(reg.end_resting.remote())} resting set(s)")
+        print(f"ended {ray.get(reg.evict.remote())} resting set(s)")
     sets = ray.get(reg.list.remote())
     print(f"{len(sets)} set(s) of actors kept (resources.keep_warm_s)")
     for w in sets:

@@ -97,13 +97,11 @@ def _weights_identity(pretrained: str) -> Any:
     return pretrained
 
 
-def warm_key(cfg: RunConfig, placement: Placement) -> tuple[Any, ...]:
-    """What must be equal for a run to take over another's actors."""
+def _shape(cfg: RunConfig) -> tuple[Any, ...]:
+    """The actor shape (``resources``: actors, CPUs and GPUs each, the driver's, restarts,
+    allocator) and the backbone (arch and weights, so one process never holds two)."""
     r = cfg.resources
     return (
-        placement.pg.id.hex(),
-        placement.driver_bundle,
-        placement.first_client_bundle,
         r.num_actors,
         r.num_cpus_per_client,
         r.num_gpus_per_client,
@@ -114,6 +112,12 @@ def warm_key(cfg: RunConfig, placement: Placement) -> tuple[Any, ...]:
         cfg.model.arch,
         _weights_identity(cfg.model.pretrained),
     )
+
+
+def warm_key(cfg: RunConfig, placement: Placement) -> tuple[Any, ...]:
+    """What must be equal for a run to take over another's actors in a placement group."""
+    pg = placement.pg.id.hex()
+    return (pg, placement.driver_bundle, placement.first_client_bundle, *_shape(cfg))
 
 
 def take(cfg: RunConfig, placement: Placement) -> tuple[WarmSet, bool]:
@@ -205,24 +209,11 @@ def _code_identity() -> str:
 
 def shared_key(cfg: RunConfig) -> tuple[Any, ...]:
     """What must be equal for a run to take over a set another run kept: the actor shape and
-    backbone (as ``warm_key``, the placement strategy instead of a group), the code and the
-    job's runtime environment."""
-    r = cfg.resources
+    backbone, the placement strategy, the code and the job's runtime environment."""
     env = ray.get_runtime_context().runtime_env
-    return (
-        r.num_actors,
-        r.num_cpus_per_client,
-        r.num_gpus_per_client,
-        r.server_num_cpus,
-        r.server_num_gpus,
-        r.placement_strategy,
-        r.max_actor_restarts,
-        r.retain_freed_memory,
-        cfg.model.arch,
-        _weights_identity(cfg.model.pretrained),
-        _code_identity(),
-        json.dumps(dict(env), sort_keys=True, default=str),
-    )
+    code = _code_identity()
+    runtime = json.dumps(dict(env), sort_keys=True, default=str)
+    return (*_shape(cfg), cfg.resources.placement_strategy, code, runtime)
 
 
 class WarmRegistry:
@@ -276,8 +267,9 @@ class WarmRegistry:
         if rec is not None:
             _end(rec)
 
-    def evict(self, key: tuple[Any, ...]) -> int:
-        """End the resting sets of other keys (their resources are wanted); how many."""
+    def evict(self, key: tuple[Any, ...] | None = None) -> int:
+        """End the resting sets of keys other than ``key`` (their resources are wanted; all
+        of them without a key: ``fedrs warm --end``); how many."""
         with self.lock:
             out = [s for s in self.sets.values() if not s["lent"] and s["key"] != key]
             for s in out:
@@ -285,10 +277,6 @@ class WarmRegistry:
         for s in out:
             _end(s)
         return len(out)
-
-    def end_resting(self) -> int:
-        """End every resting set (``fedrs warm --end``); how many."""
-        return self.evict(("", "no key"))
 
     def list(self) -> list[dict[str, Any]]:
         now = time.time()

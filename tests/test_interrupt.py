@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-FEDRS = [sys.executable, "-m", "fedrs.cli"]
+# `fedrs` as a terminal's foreground job gets it: Ctrl-C delivered to Python. A process started
+# in the background by a non-interactive shell (`cmd &`, as CI runners may start the suite)
+# inherits SIGINT ignored, and fedrs, like any Unix program, keeps ignoring it.
+FEDRS = [
+    sys.executable,
+    "-c",
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('fedrs.cli', run_name='__main__', alter_sys=True)",
+]
 
 
 def _start(workdir: Path) -> tuple[subprocess.Popen, Path]:

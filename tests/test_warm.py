@@ -96,8 +96,8 @@ def _run(data: Path, out: Path, **sets: object) -> tuple[dict, dict]:
     """(summary, final tensors) of a 2-round run on ``data`` in ``out``."""
     from rich.console import Console
 
+    from conftest import small_run
     from fedrs.orchestrator import checkpoint, runner
-    from tests.conftest import small_run
 
     cfg = small_run(data, **{"resources.num_actors": 1, **sets})
     summary = runner.run(cfg, out=str(out), console=Console(quiet=True))
@@ -165,7 +165,7 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     assert "resting  1 client actor(s) of fedrs-tiny, 3 run(s) served" in shown.stdout
 
     # other code (a changed fedrs file) never takes these actors over: a new set for it
-    from tests.conftest import small_run
+    from conftest import small_run
 
     monkeypatch.setattr(warm, "_code_identity", lambda: "other code")
     other, reused = warm.take_shared(small_run(synth_data, **{"resources.num_actors": 1}, **keep))
@@ -201,5 +201,5 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     while not gone() and time.time() - t < 20:  # ray.kill is asynchronous
         time.sleep(0.5)
     assert gone()
-    ray.get(warm.registry().end_resting.remote())
+    ray.get(warm.registry().evict.remote())
     assert _resting() == []
