@@ -203,16 +203,21 @@ def _spawn_warm(
         ws, reused = warm.take(cfg, placement)
     try:
         ray.get(ws.board.put.remote((cfg.to_dict(), method_cls, data_path, state_root)))
+        n = cfg.resources.num_actors
+        pool = ClientPool(
+            cfg,
+            method_cls,
+            data_path,
+            state_root,
+            placement=placement,
+            board=ws.board_name,
+            **(
+                {"warm": list(ws.actors)}  # re-initialised in place
+                if reused
+                else {"extra": [ws.options(f"client-{i}") for i in range(n)]}  # started
+            ),
+        )
         if reused:
-            pool = ClientPool(
-                cfg,
-                method_cls,
-                data_path,
-                state_root,
-                placement=placement,
-                board=ws.board_name,
-                warm=list(ws.actors),
-            )
             # settled here: the driver actor may belong to another job, which cannot read
             # objects this process owns once it has them (Ray reports their owner dead)
             pool.settle()
@@ -223,15 +228,6 @@ def _spawn_warm(
                     raise exc.cause from None
                 raise
         else:
-            pool = ClientPool(
-                cfg,
-                method_cls,
-                data_path,
-                state_root,
-                placement=placement,
-                board=ws.board_name,
-                extra=[ws.options(f"client-{i}") for i in range(cfg.resources.num_actors)],
-            )
             ws.actors = tuple(pool.actors)
             strategy = placement.strategy(placement.driver_bundle)
             if ws.sid and cfg.resources.driver_node == "local":  # kept across runs: as a run's
