@@ -203,3 +203,35 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     assert gone()
     ray.get(warm.registry().evict.remote())
     assert _resting() == []
+
+
+def test_the_registry_lends_rests_evicts_and_ends_sets_whose_run_died(monkeypatch) -> None:
+    """``WarmRegistry`` alone (no Ray): a set is taken only by its key, resting sets of other
+    keys are evicted for room, and a lent set whose run stops renewing its lease is ended."""
+    import time
+
+    from fedrs.orchestrator import warm
+
+    ended: list[str] = []
+    monkeypatch.setattr(warm, "_end", lambda rec: ended.append(rec["sid"]))
+    monkeypatch.setattr(warm, "LEASE_S", 0.5)
+    reg = warm.WarmRegistry()
+
+    def rec(sid: str, key: tuple) -> dict:
+        base = {"roles": [], "pg": None, "driver_bundle": 0, "first_client_bundle": 0}
+        return {**base, "sid": sid, "key": key, "runs": 0, "keep_s": 60.0, "actors": 1, "arch": ""}
+
+    reg.lend(rec("a", ("k1",)))
+    assert reg.take(("k1",)) is None  # lent: not taken twice
+    reg.rest("a")
+    assert reg.take(("k2",)) is None
+    assert reg.take(("k1",))["runs"] == 1
+    reg.rest("a")
+    reg.lend(rec("b", ("k3",)))
+    assert reg.renew("b")
+    assert reg.evict(("k2",)) == 1 and ended == ["a"]  # resting, another key: ended
+    assert [s["sid"] for s in reg.list()] == ["b"]  # lent sets are never evicted
+    deadline = time.time() + 5
+    while "b" not in ended and time.time() < deadline:  # b's run stopped renewing its lease
+        time.sleep(0.1)
+    assert ended == ["a", "b"] and reg.list() == [] and not reg.renew("b")
