@@ -273,37 +273,6 @@ def _stop_on(stop: threading.Event, ended: threading.Event, stop_soon: Callable[
             return
 
 
-def _nothing() -> None:
-    return None
-
-
-def _sigint_as_flag(
-    ended: threading.Event, stopping: threading.Event, stop_soon: Callable[[], int]
-) -> Callable[[], None]:
-    """The first Ctrl-C while rounds stream sets a flag that a watcher thread turns into
-    ``stop_soon`` (an exception raised inside Ray's blocking calls could be lost there, and a
-    lost Ctrl-C left a run going); a second Ctrl-C raises at once. Main thread of a process
-    whose handler is Python's only (not a sweep's trial: it has its own ``stop``); returns what
-    puts the previous handler back."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return _nothing
-    if not callable(signal.getsignal(signal.SIGINT)):  # not Python's: leave it alone
-        return _nothing
-
-    asked = threading.Event()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if asked.is_set() or stopping.is_set():
-            raise KeyboardInterrupt  # the second: at once
-        asked.set()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    threading.Thread(target=_stop_on, args=(asked, ended, stop_soon), daemon=True).start()
-    return lambda: signal.signal(signal.SIGINT, previous)
-
-
 def _drive(
     driver: Any,
     checked: Checked,
@@ -341,18 +310,9 @@ def _drive(
         stopping.set()
         return ray.get(driver.request_stop.remote())
 
-    def stop_and_say() -> int:  # a user's Ctrl-C / SIGTERM
-        last = stop_soon()
-        console.print(
-            f"stopping: the round in flight is abandoned unless already aggregated; the run "
-            f"ends after round {last} or the next (Ctrl-C again to exit at once)"
-        )
-        return last
-
     ended = threading.Event()
     if stop is not None:  # set from elsewhere (a sweep being stopped): as a first Ctrl-C
         threading.Thread(target=_stop_on, args=(stop, ended, stop_soon), daemon=True).start()
-    restore = _sigint_as_flag(ended, stopping, stop_and_say) if stop is None else _nothing
     rounds = iter(driver.run.options(num_returns="streaming").remote(stop_after))
     try:
         while True:
@@ -363,7 +323,11 @@ def _drive(
             except KeyboardInterrupt:  # the first Ctrl-C / SIGTERM: stop soon, keep what is done
                 if stopping.is_set():
                     raise  # the second: at once (the last checkpoint is whole: atomic writes)
-                stop_and_say()
+                last = stop_soon()
+                console.print(
+                    f"stopping: the round in flight is abandoned unless already aggregated; the "
+                    f"run ends after round {last} or the next (Ctrl-C again to exit at once)"
+                )
                 continue
             console.print(_progress_line(rec, cfg.federation.rounds, head))
             clock.round_started(float(rec.get("wall_s") or 0.0))
@@ -371,7 +335,6 @@ def _drive(
                 on_round(rec)
     finally:
         ended.set()
-        restore()
     if stop_after is not None:
         return {"stopped_after": stop_after, "run_dir": str(run_dir)}
     summary = ray.get(driver.finish.remote())
