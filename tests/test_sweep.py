@@ -45,6 +45,20 @@ def test_grid_expands_to_every_combination_with_stable_names() -> None:
     assert trials[0].seed_axes == ["federation.seed"]
 
 
+def test_base_keys_may_be_written_dotted_as_grid_axes_are() -> None:
+    """``"federation.rounds" = 3`` in [base] (a quoted dotted key, as grid axes are written)
+    sets the path it names, beside the section it belongs to; the same trials as nested."""
+    dotted = {**BASE, "federation": {"clients_per_round": 2}, "federation.rounds": 3}
+    nested = {**BASE, "federation": {"clients_per_round": 2, "rounds": 3}}
+    grid = {"federation.seed": [0, 1]}
+    a = expand(parse_sweep({"base": dotted, "grid": grid}))
+    b = expand(parse_sweep({"base": nested, "grid": grid}))
+    assert [t.cfg.federation.rounds for t in a] == [3, 3]
+    assert [(t.name, t.cfg) for t in a] == [(t.name, t.cfg) for t in b]
+    with pytest.raises(SweepError, match="not a section"):
+        parse_sweep({"base": {**BASE, "client.local_epochs.x": 1}})
+
+
 def test_random_axes_are_drawn_reproducibly_within_bounds() -> None:
     spec = {
         "base": BASE,

@@ -142,6 +142,8 @@ def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Swe
             "[random], [build], [sweep] and [report]"
         )
     base = data.get("base", {})
+    if isinstance(base, dict):
+        base = _spread_dotted(base)
     grid = data.get("grid", {})
     rand = data.get("random", {})
     build = data.get("build", {})
@@ -319,6 +321,19 @@ def _draw(dist: dict[str, Any], rng: random.Random) -> Any:
     if kind == "loguniform":
         return math.exp(rng.uniform(math.log(arg[0]), math.log(arg[1])))
     return rng.randint(int(arg[0]), int(arg[1]))
+
+
+def _spread_dotted(table: dict[str, Any]) -> dict[str, Any]:
+    """``table`` with its quoted dotted keys (``"federation.rounds" = 2``, as grid axes are
+    written) set as the paths they name, like TOML's bare dotted keys."""
+    out = json.loads(json.dumps({k: v for k, v in table.items() if "." not in k}))
+    for key, value in table.items():
+        if "." in key:
+            try:
+                _set_dotted(out, key, json.loads(json.dumps(value)))
+            except ConfigError as exc:
+                raise SweepError(f"[base] {exc}") from None
+    return out
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
