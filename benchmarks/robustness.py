@@ -512,28 +512,31 @@ def options(**given: Any) -> dict[str, Any]:
 
 
 def carried(done: str, table: dict[str, Any], folder: Path) -> str:
-    """The rows of the stored results file ``done`` that are trials of this sweep (same name,
-    arm and seed), as a results file of their own in ``folder`` (the stored file holds every
-    sweep's trials). A row stored before rows recorded their configuration hash is given its
-    trial's: it is matched by name, which hashes the trial's axes, so a changed benchmark
+    """The rows of the stored results file ``done`` that are trials of this sweep (same axes:
+    ``trial_finder``, so a run of other attacks, fractions or defences carries the cells they
+    share; same arm and seed), renamed to this sweep's trials, as a results file of their own
+    in ``folder`` (the stored file holds every sweep's trials). A row stored before rows
+    recorded their configuration hash is given its trial's: it is matched by the digest of
+    its trial's axes, so a changed benchmark
     default goes unseen for such rows; a row with a hash is checked against it (``carry``)."""
     import csv
 
     from fedrs.io import atomic_open
+    from fedrs.orchestrator.sweep.results import trial_finder
     from fedrs.orchestrator.sweep.spec import expand, parse_sweep
     from fedrs.orchestrator.sweep.store import config_sha
 
-    trials = {t.name: t for t in expand(parse_sweep(table))}
+    find = trial_finder(expand(parse_sweep(table)))
     with open(done, newline="") as fh:
         reader = csv.DictReader(fh)
         cols = list(reader.fieldnames or [])
         rows = []
         for r in reader:
-            t = trials.get(r.get("trial", ""))
+            t = find(r.get("trial", ""))
             same = t is not None and t.axes["arm"]["label"] == r.get("arm")
             if same and str(t.axes["federation.seed"]) == r.get("federation.seed"):
                 r["config_sha"] = r.get("config_sha") or config_sha(t.cfg)
-                rows.append(r)
+                rows.append({**r, "trial": t.name})
     cols += [] if "config_sha" in cols else ["config_sha"]
     path = folder / "carried.results.csv"
     with atomic_open(path, "w") as fh:

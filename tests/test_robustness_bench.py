@@ -236,6 +236,25 @@ def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) 
             assert r["arm"] == by_name[r["trial"]].axes["arm"]["label"]
             want = config_sha(by_name[r["trial"]].cfg)
             assert r["config_sha"] == ("kept-as-is" if r["trial"] == rows[1]["trial"] else want)
+    # a run with another defence listed first: the median cells have other indices there,
+    # and still carry into this grid, renamed to its trials (the axes' digest matches)
+    o2 = options(defences="trimmed_mean,median", attacks="signflip", fractions=0.2, seeds="0,1")
+    wider = expand(parse_sweep(sweep_spec(o2, arms(o2)[1])))
+    wide = [
+        {"trial": t.name, "arm": t.axes["arm"]["label"]}
+        | {"federation.seed": t.axes["federation.seed"], "status": "finished"}
+        for t in wider
+    ]
+    moved = {r["trial"] for r in wide if "median" in r["arm"]}
+    assert moved.isdisjoint(t.name for t in grid_trials)
+    with open(done, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(wide[0]))
+        writer.writeheader()
+        writer.writerows(wide)
+    (tmp_path / "wide").mkdir()
+    with open(carried(str(done), grid, tmp_path / "wide"), newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert sorted(r["trial"] for r in got) == sorted(t.name for t in grid_trials)
 
 
 def test_an_invalid_workload_exits_1_in_one_line_before_the_grid(

@@ -443,6 +443,13 @@ def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones
     store([{**rows[0], "status": "pending"}, rows[1]])
     assert list(carry(trials, stored)) == [trials[1].name]  # only finished rows carry
     store(rows)
+    # a value added to the grid before them moves their index: still theirs, by the axes'
+    # digest in the name, and renamed to the new sweep's trials
+    grown = expand(parse_sweep({**spec, "grid": {"federation.seed": [5, 0, 1]}}))
+    moved = carry(grown, stored)
+    assert [n.split("-")[0] for n in moved] == ["t001", "t002"]
+    assert [r["trial"] for r in moved.values()] == [t.name for t in grown[1:]]
+    assert [r["final_accuracy"] for r in moved.values()] == [0.5, 1.5]
     quiet = Console(file=io.StringIO())
     result = run_sweep(
         str(tmp_path / "s.toml"), out=str(tmp_path / "sw"), done=str(stored), console=quiet

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,35 @@ def read_stored(path: str | Path) -> tuple[list[dict[str, Any]], list[str], dict
     return rows, axes, settings
 
 
+def trial_finder(trials: list[Trial]) -> Callable[[str], Trial | None]:
+    """``find(name)``: the trial of this sweep a stored row's name (``t007-3f9a2c``) is, by
+    its full name, else by its axes' digest (the part after the index) when one trial has it:
+    a trial keeps its stored row when values added to the grid (or a grid cut to one cell)
+    move its index."""
+    names = {t.name: t for t in trials}
+    digests: dict[str, list[Trial]] = {}
+    for t in trials:
+        digests.setdefault(t.name.partition("-")[2], []).append(t)
+
+    def find(name: str) -> Trial | None:
+        found = digests.get(name.partition("-")[2], [])
+        return names.get(name) or (found[0] if len(found) == 1 else None)
+
+    return find
+
+
 def carry(trials: list[Trial], stored: str | Path) -> dict[str, dict[str, Any]]:
     """The finished rows of a stored ``results.csv`` that are trials of this sweep: the same
-    name, axes and configuration (``config_sha``); a finished row of the same name with
+    axes (``trial_finder``: the name, or the axes' digest in it) and configuration
+    (``config_sha``), renamed to this sweep's trial; a finished row of the same axes with
     another configuration is a SweepError (the sweep file changed since)."""
     from fedrs.orchestrator.sweep.results import read_stored
 
     rows, _, _ = read_stored(stored)
-    by_name = {t.name: t for t in trials}
+    find = trial_finder(trials)
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
-        trial = by_name.get(str(row["trial"]))
+        trial = find(str(row["trial"]))
         if trial is None or row.get("status") != "finished":
             continue
         if row.get("config_sha") != config_sha(trial.cfg):
@@ -159,5 +178,6 @@ def carry(trials: list[Trial], stored: str | Path) -> dict[str, dict[str, Any]]:
                 f"another configuration (config_sha {row.get('config_sha') or 'missing'}, now "
                 f"{config_sha(trial.cfg)}); run it again"
             )
+        row = {**row, "trial": trial.name}
         out[trial.name] = row
     return out
