@@ -402,6 +402,33 @@ def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:
     assert placement_problem(spread, [{"CPU": 4}] * 3, driver_in_group=True) is None
 
 
+def test_a_stored_config_sha_that_reads_as_a_number_still_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hash of hex digits only ("418061091865", about 1 in 300 trials) or one that reads as
+    a float ("123e45678901") is text when a stored results table is read back: --done
+    carries the trial instead of calling its own configuration another one."""
+    import csv
+
+    from fedrs.orchestrator.sweep import results
+
+    spec = {"base": BASE, "grid": {"federation.seed": [0, 1]}}
+    trials = expand(parse_sweep(spec))
+    sha = {0: "418061091865", 1: "123e45678901"}
+    monkeypatch.setattr(results, "config_sha", lambda cfg: sha[cfg.federation.seed])
+    stored = tmp_path / "s.results.csv"
+    with stored.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["trial", "federation.seed", "status", "config_sha"])
+        writer.writeheader()
+        writer.writerows(
+            {"trial": t.name, "federation.seed": i, "status": "finished", "config_sha": sha[i]}
+            for i, t in enumerate(trials)
+        )
+    rows, _, _ = results.read_stored(stored)
+    assert [r["config_sha"] for r in rows] == ["418061091865", "123e45678901"]
+    assert list(results.carry(trials, stored)) == [t.name for t in trials]
+
+
 def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones(
     tmp_path: Path,
 ) -> None:

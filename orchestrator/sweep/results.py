@@ -103,6 +103,11 @@ def read_results(sweep_dir: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
+# columns that are text even when they read as numbers (a config_sha of hex digits only,
+# "418061091865", or "123e45678901")
+TEXT = ("trial", "status", "error", "run_dir", "config_sha")
+
+
 def _typed(text: str) -> Any:
     """A CSV cell as it was written: empty -> None, numbers -> int / float, else the text."""
     if text == "":
@@ -124,7 +129,7 @@ def read_stored(path: str | Path) -> tuple[list[dict[str, Any]], list[str], dict
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         cols = list(reader.fieldnames or [])
-        rows = [{k: _typed(v) for k, v in r.items()} for r in reader]
+        rows = [{k: v if k in TEXT and v else _typed(v) for k, v in r.items()} for r in reader]
     if cols[:1] != ["trial"] or "status" not in cols:
         raise SweepError(f"{path}: not a sweep's results.csv (no trial / status columns)")
     axes = cols[1 : cols.index("status")]
