@@ -154,6 +154,15 @@ def test_a_stored_results_csv_reports_groups_and_comparisons(tmp_path: Path) -> 
     # at alpha 0.5 no trial reports kappa: that metric is not compared there (not "unpaired")
     assert "| 0.5 | final_kappa" not in text and "has no final_kappa" not in text
     assert "federation.seed=3 (fedavg absent)" in text
+    # [report] compare_also: the comparisons pair the headline alone; kappa stays a column
+    (tmp_path / "study.toml").write_text(
+        '[sweep]\nmetric = "accuracy"\n[report]\ncompare = ["arm=creff:fedavg"]\n'
+        'also = ["kappa"]\ncompare_also = []\nscale = 100.0\n'
+    )
+    text = stored_report(path)
+    assert "| creff - fedavg | 0.1 | final_accuracy | -2.6667 ± 3.3544 | 3 | 0/3 |" in text
+    groups, paired = text.split("Paired comparisons")
+    assert "final_kappa" in groups and "final_kappa" not in paired
 
 
 def test_tables_regenerate_from_stored_results_and_a_hand_edit_fails_the_check(

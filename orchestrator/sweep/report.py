@@ -250,9 +250,11 @@ def report_text(
     compare: list[str] | None = None,
     scale: float = 1.0,
     title: bool = True,
+    compare_also: list[str] | None = None,
 ) -> tuple[str, list[str], list[dict[str, Any]]]:
     """The report's markdown (groups over seeds, then the paired comparisons), the metric
-    columns and the comparisons' results (``orchestrator/paired.py``)."""
+    columns and the comparisons' results (``orchestrator/paired.py``). Comparisons pair the
+    headline and ``compare_also`` (None: every metric of ``also``)."""
     from fedrs.orchestrator.sweep.paired import Comparison, paired_differences, paired_markdown
 
     keys = [a for a in axes if not is_seed_axis(a)]
@@ -289,7 +291,8 @@ def report_text(
         text += [f"- {r['trial']}: {r['error']}" for r in failed]
     results: list[dict[str, Any]] = []
     for spec in compare or []:
-        cmp_metrics = [final, *(f"final_{a}" for a in also or [])]
+        more = also if compare_also is None else compare_also
+        cmp_metrics = [final, *(f"final_{a}" for a in more or [])]
         cmp_metrics = [m for m in cmp_metrics if any(r.get(m) is not None for r in rows)]
         results += paired_differences(rows, axes, Comparison.parse(spec), cmp_metrics, is_seed_axis)
     if results:
@@ -326,7 +329,15 @@ def report(
     axes = sweep.axes
     keys = [a for a in axes if not is_seed_axis(a)]
     body, _, results = report_text(
-        sweep_dir.name, rows, axes, head, metric, also, compare, scale or opts.get("scale", 1.0)
+        sweep_dir.name,
+        rows,
+        axes,
+        head,
+        metric,
+        also,
+        compare,
+        scale or opts.get("scale", 1.0),
+        compare_also=opts.get("compare_also"),
     )
     text = [body]
     out = {"report": sweep_dir / "report.md"}
@@ -391,6 +402,15 @@ def stored_report(
     )
     name = " + ".join(Path(p).name.removesuffix(".csv").removesuffix(".results") for p in paths)
     text, _, _ = report_text(
-        name, rows, axes, head, metric, also, compare, scale or opts.get("scale", 1.0), False
+        name,
+        rows,
+        axes,
+        head,
+        metric,
+        also,
+        compare,
+        scale or opts.get("scale", 1.0),
+        False,
+        opts.get("compare_also"),
     )
     return text

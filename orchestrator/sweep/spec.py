@@ -202,12 +202,22 @@ def parse_sweep(data: dict[str, Any], overrides: list[str] | None = None) -> Swe
     return Sweep(base, grid, rand, build, opts, only, report)
 
 
-REPORT_KEYS = {"x": str, "y": str, "metric": str, "also": list, "compare": list, "scale": float}
+REPORT_KEYS = {
+    "x": str,
+    "y": str,
+    "metric": str,
+    "also": list,
+    "compare": list,
+    "compare_also": list,
+    "scale": float,
+}
 
 
 def check_report_table(table: Any) -> dict[str, Any]:
     """The ``[report]`` table: ``fedrs sweep report``'s defaults for this sweep (``x``, ``y``,
-    ``metric``, ``also = [...]``, ``compare = ["AXIS=A:B", ...]``, ``scale``)."""
+    ``metric``, ``also = [...]``, ``compare = ["AXIS=A:B", ...]``, ``compare_also = [...]``:
+    the metrics besides the headline that comparisons pair, when not all of ``also``,
+    ``scale``)."""
     if not isinstance(table, dict):
         raise SweepError("[report] must be a table")
     for key, value in table.items():
