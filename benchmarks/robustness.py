@@ -56,9 +56,10 @@ heatmap of the drops sits beside the JSON.
 Every trial is a sweep trial (``orchestrator/sweep.py``): Tune runs two at a time on 2 cores
 (the default grid, 192 trials, takes hours there: about 2 minutes a trial; a cluster runs as
 many at once as it has CPUs); ``--set keep=DIR`` keeps the sweeps so an interrupted
-benchmark resumes; ``--set done=FILE`` takes the finished trials of a stored
-``robustness.results.csv`` (the same setup: names and configurations are checked) as they
-are and runs only the rest, e.g. a defence added later.
+benchmark resumes; ``--set done=FILE[,FILE...]`` takes the finished trials of stored
+``robustness.results.csv`` files (the same setup: axes and configurations are checked) as
+they are and runs only the rest, e.g. a defence added later, or the grid after a run of its
+headline cell alone.
 
 Options (``--set``): ``method`` (student), ``scaling`` (1), ``defences`` (fedavg,median,
 trimmed_mean,krum,normclip,normfilter; also multikrum, bulyan, ...), ``attacks`` (signflip,
@@ -67,7 +68,8 @@ alie,ipm; also scale, noise, labelflip, collude), ``fractions`` (0.1,0.2,0.3), `
 (32), ``local_epochs`` (2), ``lr`` (0.02), ``momentum`` (0.9), ``weight_decay`` (5e-4), ``arch``
 (fedrs-tiny), ``pretrained`` (""), ``pretrain_epochs`` (0), ``boost`` (10), ``alie_z`` (0),
 ``ipm_epsilon`` (10), ``byzantine`` (3), ``trim_fraction`` (0.3), ``clip_norm`` (0),
-``filter_factor`` (3), ``keep`` (a folder for the sweeps), ``done`` (a stored results file).
+``filter_factor`` (3), ``keep`` (a folder for the sweeps), ``done`` (stored results files,
+comma-separated).
 """
 
 from __future__ import annotations
@@ -511,14 +513,15 @@ def options(**given: Any) -> dict[str, Any]:
     return o
 
 
-def carried(done: str, table: dict[str, Any], folder: Path) -> str:
-    """The rows of the stored results file ``done`` that are trials of this sweep (same axes:
+def carried(done: list[str], table: dict[str, Any], folder: Path) -> str:
+    """The rows of the stored results files ``done`` that are trials of this sweep (same axes:
     ``trial_finder``, so a run of other attacks, fractions or defences carries the cells they
     share; same arm and seed), renamed to this sweep's trials, as a results file of their own
-    in ``folder`` (the stored file holds every sweep's trials). A row stored before rows
-    recorded their configuration hash is given its trial's: it is matched by the digest of
-    its trial's axes, so a changed benchmark
-    default goes unseen for such rows; a row with a hash is checked against it (``carry``)."""
+    in ``folder`` (a stored file holds every sweep's trials; the first file with a trial
+    finished gives its row). A row stored before rows recorded their configuration hash is
+    given its trial's: it is matched by the digest of its trial's axes, so a changed
+    benchmark default goes unseen for such rows; a row with a hash is checked against it
+    (``carry``)."""
     import csv
 
     from fedrs.io import atomic_open
@@ -527,30 +530,32 @@ def carried(done: str, table: dict[str, Any], folder: Path) -> str:
     from fedrs.orchestrator.sweep.store import config_sha
 
     find = trial_finder(expand(parse_sweep(table)))
-    with open(done, newline="") as fh:
-        reader = csv.DictReader(fh)
-        cols = list(reader.fieldnames or [])
-        rows = []
-        for r in reader:
-            t = find(r.get("trial", ""))
-            same = t is not None and t.axes["arm"]["label"] == r.get("arm")
-            if same and str(t.axes["federation.seed"]) == r.get("federation.seed"):
-                r["config_sha"] = r.get("config_sha") or config_sha(t.cfg)
-                rows.append({**r, "trial": t.name})
+    cols: list[str] = []
+    rows = []
+    for path in done:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols += [c for c in reader.fieldnames or [] if c not in cols]
+            for r in reader:
+                t = find(r.get("trial", ""))
+                same = t is not None and t.axes["arm"]["label"] == r.get("arm")
+                if same and str(t.axes["federation.seed"]) == r.get("federation.seed"):
+                    r["config_sha"] = r.get("config_sha") or config_sha(t.cfg)
+                    rows.append({**r, "trial": t.name})
     cols += [] if "config_sha" in cols else ["config_sha"]
-    path = folder / "carried.results.csv"
-    with atomic_open(path, "w") as fh:
+    out = folder / "carried.results.csv"
+    with atomic_open(out, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         writer.writerows(rows)
-    return str(path)
+    return str(out)
 
 
 def run_sweeps(
-    sweeps: list[tuple[Path, dict[str, Any]]], done: str | None = None
+    sweeps: list[tuple[Path, dict[str, Any]]], done: list[str] | None = None
 ) -> list[dict[str, Any]]:
-    """Run (or resume) each sweep in turn; all their result rows. ``done``: a stored results
-    file whose finished trials of these sweeps are taken, not run again."""
+    """Run (or resume) each sweep in turn; all their result rows. ``done``: stored results
+    files whose finished trials of these sweeps are taken, not run again."""
     from rich.console import Console
 
     from fedrs.orchestrator.sweep.results import read_results, write_results
@@ -591,11 +596,12 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "backbone": backbone,
         "skipped": skipped,
     }
-    if o["done"]:  # copied first: the stored file may be the one this run rewrites
-        if not Path(o["done"]).is_file():
-            raise SystemExit(f"fedrs bench robustness: done={o['done']}: no such results file")
-        o["done"] = str(shutil.copyfile(o["done"], root / "done.results.csv"))
-    rows = run_sweeps([(root / "precondition", sweep_spec(o, first))], o["done"])
+    done = [f for f in str(o["done"] or "").split(",") if f]
+    for i, path in enumerate(done):  # copied first: a stored file may be the one this run rewrites
+        if not Path(path).is_file():
+            raise SystemExit(f"fedrs bench robustness: done={path}: no such results file")
+        done[i] = str(shutil.copyfile(path, root / f"done{i or ''}.results.csv"))
+    rows = run_sweeps([(root / "precondition", sweep_spec(o, first))], done)
     stored = Path(json_path).with_suffix(".results.csv") if json_path else None
     if stored is not None:
         write_stored(rows, stored)
@@ -621,7 +627,7 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
             f"seeds (interval {ci}); it must lose >= {MIN_FEDAVG_DROP:g} with an interval "
             "excluding 0"
         )
-    rows += run_sweeps([(root / "grid", sweep_spec(o, rest))], o["done"]) if rest else []
+    rows += run_sweeps([(root / "grid", sweep_spec(o, rest))], done) if rest else []
     if stored is not None:
         write_stored(rows, stored)
     accs = per_seed(rows)

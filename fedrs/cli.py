@@ -687,10 +687,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", default=None, metavar="DIR", help="run the unfinished trials")
     sw.add_argument(
         "--done",
+        action="append",
         default=None,
         metavar="FILE.results.csv",
         help="take this sweep's trials finished in a stored results table as done (a study "
-        "continued on another machine); their rows are copied, not re-run",
+        "continued on another machine); their rows are copied, not re-run (repeatable: the "
+        "first file that has a trial finished gives its row)",
     )
     sw.add_argument("--mlflow", default=None, metavar="URI", help="also log to MLflow at URI")
     sw.add_argument("--x", default=None, help="report: heatmap columns axis")

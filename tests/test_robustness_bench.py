@@ -228,7 +228,7 @@ def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) 
         writer.writerows(rows)
     for table, trials, folder in [(pre, pre_trials, "pre"), (grid, grid_trials, "grid")]:
         (tmp_path / folder).mkdir()
-        with open(carried(str(done), table, tmp_path / folder), newline="") as fh:
+        with open(carried([str(done)], table, tmp_path / folder), newline="") as fh:
             got = list(csv.DictReader(fh))
         assert [r["trial"] for r in got] == [t.name for t in trials]
         by_name = {t.name: t for t in trials}
@@ -247,14 +247,20 @@ def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) 
     ]
     moved = {r["trial"] for r in wide if "median" in r["arm"]}
     assert moved.isdisjoint(t.name for t in grid_trials)
-    with open(done, "w", newline="") as fh:
+    # two stored files (the grid's first run, then the wider one): their rows together
+    wide_file = tmp_path / "wide.results.csv"
+    with open(wide_file, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(wide[0]))
         writer.writeheader()
-        writer.writerows(wide)
+        writer.writerows(wide[:2] + [r for r in wide if "median" in r["arm"]])
     (tmp_path / "wide").mkdir()
-    with open(carried(str(done), grid, tmp_path / "wide"), newline="") as fh:
+    with open(carried([str(wide_file)], grid, tmp_path / "wide"), newline="") as fh:
         got = list(csv.DictReader(fh))
     assert sorted(r["trial"] for r in got) == sorted(t.name for t in grid_trials)
+    (tmp_path / "both").mkdir()
+    with open(carried([str(done), str(wide_file)], grid, tmp_path / "both"), newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert sorted(r["trial"] for r in got) == sorted(t.name for t in grid_trials * 2)
 
 
 def test_an_invalid_workload_exits_1_in_one_line_before_the_grid(

@@ -477,6 +477,14 @@ def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones
     assert [n.split("-")[0] for n in moved] == ["t001", "t002"]
     assert [r["trial"] for r in moved.values()] == [t.name for t in grown[1:]]
     assert [r["final_accuracy"] for r in moved.values()] == [0.5, 1.5]
+    # several stored files (--done repeated): the first that has a trial finished gives it
+    first = tmp_path / "first.results.csv"
+    with first.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow({**rows[0], "final_accuracy": 9.0})
+    both = carry(trials, [first, stored])
+    assert [r["final_accuracy"] for r in both.values()] == [9.0, 1.5]
     quiet = Console(file=io.StringIO())
     result = run_sweep(
         str(tmp_path / "s.toml"), out=str(tmp_path / "sw"), done=str(stored), console=quiet

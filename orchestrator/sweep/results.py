@@ -163,26 +163,27 @@ def trial_finder(trials: list[Trial]) -> Callable[[str], Trial | None]:
     return find
 
 
-def carry(trials: list[Trial], stored: str | Path) -> dict[str, dict[str, Any]]:
-    """The finished rows of a stored ``results.csv`` that are trials of this sweep: the same
-    axes (``trial_finder``: the name, or the axes' digest in it) and configuration
-    (``config_sha``), renamed to this sweep's trial; a finished row of the same axes with
-    another configuration is a SweepError (the sweep file changed since)."""
+def carry(trials: list[Trial], stored: str | Path | list[str | Path]) -> dict[str, dict[str, Any]]:
+    """The finished rows of stored ``results.csv`` files that are trials of this sweep: the
+    same axes (``trial_finder``: the name, or the axes' digest in it) and configuration
+    (``config_sha``), renamed to this sweep's trial; the first file that has a trial finished
+    gives its row. A finished row of the same axes with another configuration is a
+    SweepError (the sweep file changed since)."""
     from fedrs.orchestrator.sweep.results import read_stored
 
-    rows, _, _ = read_stored(stored)
     find = trial_finder(trials)
     out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        trial = find(str(row["trial"]))
-        if trial is None or row.get("status") != "finished":
-            continue
-        if row.get("config_sha") != config_sha(trial.cfg):
-            raise SweepError(
-                f"--done {stored}: trial {trial.name} ({axes_text(trial.axes)}) was run with "
-                f"another configuration (config_sha {row.get('config_sha') or 'missing'}, now "
-                f"{config_sha(trial.cfg)}); run it again"
-            )
-        row = {**row, "trial": trial.name}
-        out[trial.name] = row
+    for path in [stored] if isinstance(stored, str | Path) else stored:
+        rows, _, _ = read_stored(path)
+        for row in rows:
+            trial = find(str(row["trial"]))
+            if trial is None or row.get("status") != "finished" or trial.name in out:
+                continue
+            if row.get("config_sha") != config_sha(trial.cfg):
+                raise SweepError(
+                    f"--done {path}: trial {trial.name} ({axes_text(trial.axes)}) was run "
+                    f"with another configuration (config_sha {row.get('config_sha') or 'missing'}"
+                    f", now {config_sha(trial.cfg)}); run it again"
+                )
+            out[trial.name] = {**row, "trial": trial.name}
     return out

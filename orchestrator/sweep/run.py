@@ -153,10 +153,10 @@ def run_sweep(
     overrides: list[str] | None = None,
     mlflow: str | None = None,
     console: Any = None,
-    done: str | None = None,
+    done: str | list[str] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep; return where it is and how many trials finished or failed.
-    Results are written as trials end. ``done``: a stored ``results.csv`` of this sweep (a
+    Results are written as trials end. ``done``: stored ``results.csv`` files of this sweep (a
     study run across machines) whose finished trials are taken as they are, not run again."""
     from rich.console import Console
 
