@@ -202,6 +202,36 @@ def test_runs_on_an_up_cluster_take_over_the_actors_a_run_kept(
     while not gone() and time.time() - t < 20:  # ray.kill is asynchronous
         time.sleep(0.5)
     assert gone()
+
+    # a new set that cannot be placed beside a resting set of another key ends that set
+    # (after 5 s) and takes its room
+    from fedrs.actors.placement import trial_bundles
+
+    def cpus(cfg: object) -> float:
+        return sum(b.get("CPU", 0.0) for b in trial_bundles(cfg)[0])
+
+    (resting,) = _resting()
+    held = cpus(small_run(synth_data, **{"resources.num_actors": 1}))
+    total = ray.cluster_resources()["CPU"]
+    t = time.time()  # the ended set's placement group goes asynchronously
+    while ray.available_resources().get("CPU", 0.0) < total - held and time.time() - t < 20:
+        time.sleep(0.5)
+    free = ray.available_resources().get("CPU", 0.0)
+    assert free == total - held
+    per = 0.25
+    n = int((free + held / 2) / per) + 1  # more than is free, no more than with its room
+    big_cfg = small_run(
+        synth_data,
+        **{"resources.num_actors": n, "resources.num_cpus_per_client": per},
+        **{**keep, "resources.placement_timeout_s": 30},
+    )
+    assert free < cpus(big_cfg) <= free + held
+    big, reused = warm.take_shared(big_cfg)
+    try:
+        assert not reused
+        assert resting["sid"] not in {s["sid"] for s in ray.get(warm.registry().list.remote())}
+    finally:
+        big.end()
     ray.get(warm.registry().evict.remote())
     assert _resting() == []
 
