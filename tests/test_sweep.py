@@ -382,6 +382,35 @@ def test_a_trial_whose_process_died_is_recorded_as_failed(tmp_path: Path) -> Non
     assert progress.failed == 1
 
 
+def test_progress_says_the_time_left_at_the_rate_trials_end(tmp_path: Path) -> None:
+    """Nothing before a trial ends; then the trials left at the rate trials end in this
+    process (2 running side by side, one ended after 600 s: 3 left take 30 min)."""
+    from types import SimpleNamespace
+
+    from fedrs.io import write_json
+    from fedrs.orchestrator.sweep.progress import SweepProgress
+    from fedrs.orchestrator.sweep.spec import STATUS
+
+    trials = expand(parse_sweep({"base": BASE, "grid": {"federation.seed": [0, 1, 2, 3]}}))
+    out = io.StringIO()
+    tmp = tmp_path
+    progress = SweepProgress(Console(file=out, width=300), trials, tmp, "accuracy", "max")
+    now = [100.0]
+    progress.clock = lambda: now[0]
+    for t in trials[:2]:
+        progress.on_trial_start(0, [], SimpleNamespace(config={"trial": t.name}))
+    assert "left" not in out.getvalue()
+    now[0] = 700.0
+    write_json(tmp / STATUS / f"{trials[0].name}.json", {"status": "finished"})
+    progress.on_trial_complete(0, [], SimpleNamespace(config={"trial": trials[0].name}))
+    assert out.getvalue().splitlines()[-1].endswith("| ~30 min left")
+    now[0] = 800.0  # a failure ends a trial too: 2 ended in 700 s, 2 left
+    progress.on_trial_error(
+        0, [], SimpleNamespace(config={"trial": trials[1].name}, error_msg="boom", path=None)
+    )
+    assert out.getvalue().splitlines()[-1].endswith("| ~12 min left")
+
+
 def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:
     from fedrs.orchestrator.preflight import placement_problem
 

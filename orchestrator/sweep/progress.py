@@ -76,8 +76,19 @@ def is_finished(sweep_dir: Path, trial: Trial) -> bool:
         return False
 
 
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.4 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class SweepProgress(Callback):
-    """Console progress from Tune's trial events: done / running / failed and best so far."""
+    """Console progress from Tune's trial events: done / running / failed, the best so far
+    and, once a trial has ended in this process, the time left at the rate trials end here
+    (trials ended / time since the first started, so concurrency counts)."""
 
     def __init__(
         self, console: Any, trials: list[Trial], sweep_dir: Path, metric: str, mode: str
@@ -90,6 +101,9 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.failed = 0
         self.best: tuple[float, str] | None = None
+        self.clock = time.monotonic
+        self.first_start: float | None = None  # of the trials this process runs
+        self.ended = 0  # trials of this process that ended (finished or failed)
         for t in trials:  # a resumed sweep: the best round of the trials already finished
             if is_finished(sweep_dir, t):
                 with contextlib.suppress(OSError, ValueError):
@@ -121,10 +135,19 @@ class SweepProgress(Callback):
         )
         self.console.print(
             f"[{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed] "
-            f"{what} | {best}",
+            f"{what} | {best}{self.left()}",
             soft_wrap=True,
             highlight=False,
         )
+
+    def left(self) -> str:
+        """`` | ~12 min left``: the trials not yet ended at the rate trials end in this
+        process; empty before one has ended."""
+        todo = self.total - self.done - self.failed
+        if todo <= 0 or not self.ended or self.first_start is None:
+            return ""
+        rate = self.ended / max(self.clock() - self.first_start, 1e-9)
+        return f" | ~{duration(todo / rate)} left"
 
     def _table(self) -> None:
         """Rewrite the results table as each trial ends (an interrupted sweep keeps it)."""
@@ -136,6 +159,8 @@ class SweepProgress(Callback):
             log.warning("could not update the results table: %s", exc)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.first_start is None:
+            self.first_start = self.clock()
         self.running.add(trial.config["trial"])
         self.line(f"started {trial.config['trial']}")
 
@@ -153,6 +178,7 @@ class SweepProgress(Callback):
         state = trial_status(self.sweep_dir, name).get("status")
         if state == "finished":
             self.done += 1
+            self.ended += 1
         what = {"finished": "finished", "stopped": "stopped"}.get(state, "not started")
         self.line(f"{what} {name}")
         self._table()
@@ -161,6 +187,7 @@ class SweepProgress(Callback):
         name = trial.config["trial"]
         self.running.discard(name)
         self.failed += 1
+        self.ended += 1
         status = trial_status(self.sweep_dir, name)
         if status.get("status") != "failed":  # its process died: it could not say so itself
             lines = str(getattr(trial, "error_msg", "") or "").strip().splitlines()
