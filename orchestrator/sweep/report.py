@@ -240,6 +240,24 @@ def _whole_cells(rows: list[dict[str, Any]], keys: list[str], column: str) -> bo
     return all(len(v) == 1 for v in cells.values())
 
 
+def with_defaults(
+    opts: dict[str, Any],
+    metric: str | None,
+    also: list[str] | None,
+    compare: list[str] | None,
+    scale: float | None,
+) -> dict[str, Any]:
+    """``report_text``'s options: the command line's over the sweep file's ``[report]`` table
+    (``opts``); ``also`` and ``compare`` add up."""
+    return {
+        "metric": metric or opts.get("metric"),
+        "also": list(dict.fromkeys([*opts.get("also", []), *(also or [])])),
+        "compare": list(dict.fromkeys([*opts.get("compare", []), *(compare or [])])),
+        "scale": scale or opts.get("scale", 1.0),
+        "compare_also": opts.get("compare_also"),
+    }
+
+
 def report_text(
     name: str,
     rows: list[dict[str, Any]],
@@ -321,24 +339,14 @@ def report(
     from fedrs.orchestrator.sweep.spec import headline
 
     opts = sweep.report
-    x, y, metric = x or opts.get("x"), y or opts.get("y"), metric or opts.get("metric")
-    also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
-    compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
+    x, y = x or opts.get("x"), y or opts.get("y")
+    given = with_defaults(opts, metric, also, compare, scale)
+    metric = given["metric"]
     head = sweep.options.metric or headline(trials[0].cfg)
     rows = write_results(sweep_dir, trials, head)  # fresh: also counts trials still running
     axes = sweep.axes
     keys = [a for a in axes if not is_seed_axis(a)]
-    body, _, results = report_text(
-        sweep_dir.name,
-        rows,
-        axes,
-        head,
-        metric,
-        also,
-        compare,
-        scale or opts.get("scale", 1.0),
-        compare_also=opts.get("compare_also"),
-    )
+    body, _, results = report_text(sweep_dir.name, rows, axes, head, **given)
     text = [body]
     out = {"report": sweep_dir / "report.md"}
     if results:
@@ -393,24 +401,10 @@ def stored_report(
             cell = ", ".join(f"{a}={v}" for a, v in zip(axes, key, strict=True))
             raise SweepError(f"{cell} is in the results twice: pool files of different arms")
         seen.add(key)
-    opts = settings.get("report", {})
-    metric = metric or opts.get("metric")
-    also = list(dict.fromkeys([*opts.get("also", []), *(also or [])]))
-    compare = list(dict.fromkeys([*opts.get("compare", []), *(compare or [])]))
+    given = with_defaults(settings.get("report", {}), metric, also, compare, scale)
     head = settings.get("sweep", {}).get("metric") or next(
         (c[len("best_") :] for c in columns(rows) if c.startswith("best_")), "accuracy"
     )
     name = " + ".join(Path(p).name.removesuffix(".csv").removesuffix(".results") for p in paths)
-    text, _, _ = report_text(
-        name,
-        rows,
-        axes,
-        head,
-        metric,
-        also,
-        compare,
-        scale or opts.get("scale", 1.0),
-        False,
-        opts.get("compare_also"),
-    )
+    text, _, _ = report_text(name, rows, axes, head, title=False, **given)
     return text
