@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -86,6 +85,7 @@ import numpy as np
 
 from fedrs.benchmarks.common import machine_info, print_table, write_result
 from fedrs.benchmarks.sweep import _list
+from fedrs.io import write_bytes
 
 log = logging.getLogger(__name__)
 TARGET_POINTS = 2.0  # the best defence's drop at 20 % boosted sign flip, at most
@@ -551,6 +551,23 @@ def carried(done: list[str], table: dict[str, Any], folder: Path) -> str:
     return str(out)
 
 
+def copy_done(text: str | None, root: Path) -> list[str]:
+    """The ``done`` option's files (comma-separated), copied into ``root`` first: a stored file
+    may be the one this run rewrites, or a copy an earlier run left there. All are read before
+    any copy is written."""
+    paths = [p.strip() for p in str(text or "").split(",") if p.strip()]
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"fedrs bench robustness: done={path}: no such results file")
+    blobs = [Path(p).read_bytes() for p in paths]
+    out = []
+    for i, blob in enumerate(blobs):
+        copy = root / f"done{i or ''}.results.csv"
+        write_bytes(copy, blob)
+        out.append(str(copy))
+    return out
+
+
 def run_sweeps(
     sweeps: list[tuple[Path, dict[str, Any]]], done: list[str] | None = None
 ) -> list[dict[str, Any]]:
@@ -596,11 +613,7 @@ def main(json_path: str | None = None, data: str | None = None, **given: Any) ->
         "backbone": backbone,
         "skipped": skipped,
     }
-    done = [f for f in str(o["done"] or "").split(",") if f]
-    for i, path in enumerate(done):  # copied first: a stored file may be the one this run rewrites
-        if not Path(path).is_file():
-            raise SystemExit(f"fedrs bench robustness: done={path}: no such results file")
-        done[i] = str(shutil.copyfile(path, root / f"done{i or ''}.results.csv"))
+    done = copy_done(o["done"], root)
     rows = run_sweeps([(root / "precondition", sweep_spec(o, first))], done)
     stored = Path(json_path).with_suffix(".results.csv") if json_path else None
     if stored is not None:

@@ -263,6 +263,21 @@ def test_done_carries_each_sweeps_own_rows_by_name_arm_and_seed(tmp_path: Path) 
     assert sorted(r["trial"] for r in got) == sorted(t.name for t in grid_trials * 2)
 
 
+def test_done_files_are_read_before_any_copy_is_written(tmp_path: Path) -> None:
+    """``done=A, B`` (spaces allowed): each file copied into the benchmark's folder, all read
+    first, so a file that is itself an earlier copy there is not overwritten before it is read;
+    a missing file is one line."""
+    from fedrs.benchmarks.robustness import copy_done
+
+    (tmp_path / "a.csv").write_text("A")
+    (tmp_path / "done.results.csv").write_text("left by an earlier run")
+    got = copy_done(f" {tmp_path}/a.csv , {tmp_path}/done.results.csv ", tmp_path)
+    assert [Path(p).read_text() for p in got] == ["A", "left by an earlier run"]
+    assert copy_done("", tmp_path) == []
+    with pytest.raises(SystemExit, match="no such results file"):
+        copy_done(f"{tmp_path}/missing.csv", tmp_path)
+
+
 def test_an_invalid_workload_exits_1_in_one_line_before_the_grid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,6 +57,8 @@ def test_base_keys_may_be_written_dotted_as_grid_axes_are() -> None:
     assert [(t.name, t.cfg) for t in a] == [(t.name, t.cfg) for t in b]
     with pytest.raises(SweepError, match="not a section"):
         parse_sweep({"base": {**BASE, "client.local_epochs.x": 1}})
+    with pytest.raises(SweepError, match=r"federation\.rounds is set twice"):
+        parse_sweep({"base": {**nested, "federation.rounds": 4}})
 
 
 def test_random_axes_are_drawn_reproducibly_within_bounds() -> None:
@@ -383,8 +385,8 @@ def test_a_trial_whose_process_died_is_recorded_as_failed(tmp_path: Path) -> Non
 
 
 def test_progress_says_the_time_left_at_the_rate_trials_end(tmp_path: Path) -> None:
-    """Nothing before a trial ends; then the trials left at the rate trials end in this
-    process (2 running side by side, one ended after 600 s: 3 left take 30 min)."""
+    """Nothing before a trial finishes; then the trials left at the rate trials finish in
+    this process (2 running side by side, one finished after 600 s: 3 left take 30 min)."""
     from types import SimpleNamespace
 
     from fedrs.io import write_json
@@ -404,11 +406,11 @@ def test_progress_says_the_time_left_at_the_rate_trials_end(tmp_path: Path) -> N
     write_json(tmp / STATUS / f"{trials[0].name}.json", {"status": "finished"})
     progress.on_trial_complete(0, [], SimpleNamespace(config={"trial": trials[0].name}))
     assert out.getvalue().splitlines()[-1].endswith("| ~30 min left")
-    now[0] = 800.0  # a failure ends a trial too: 2 ended in 700 s, 2 left
+    now[0] = 800.0  # a quick failure is no rate: 1 finished in 700 s, 2 left
     progress.on_trial_error(
         0, [], SimpleNamespace(config={"trial": trials[1].name}, error_msg="boom", path=None)
     )
-    assert out.getvalue().splitlines()[-1].endswith("| ~12 min left")
+    assert out.getvalue().splitlines()[-1].endswith("| ~23 min left")
 
 
 def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:
@@ -514,6 +516,18 @@ def test_done_carries_finished_trials_of_a_stored_table_and_refuses_changed_ones
         writer.writerow({**rows[0], "final_accuracy": 9.0})
     both = carry(trials, [first, stored])
     assert [r["final_accuracy"] for r in both.values()] == [9.0, 1.5]
+    # a row of another cell whose digest is the same (6 hex digits can collide) is not it
+    other = {**rows[0], "trial": "t009-" + trials[1].name.split("-")[1], "config_sha": "x"}
+    with first.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerow(other)  # federation.seed 0 under seed 1's digest
+    assert list(carry(trials, first)) == []
+    # `fedrs sweep --done A --done B` hands both files on
+    from fedrs.cli import build_parser
+
+    args = build_parser().parse_args(["sweep", "s.toml", "--done", "a.csv", "--done", "b.csv"])
+    assert args.done == ["a.csv", "b.csv"]
     quiet = Console(file=io.StringIO())
     result = run_sweep(
         str(tmp_path / "s.toml"), out=str(tmp_path / "sw"), done=str(stored), console=quiet

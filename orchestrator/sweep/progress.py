@@ -88,7 +88,7 @@ def duration(seconds: float) -> str:
 class SweepProgress(Callback):
     """Console progress from Tune's trial events: done / running / failed, the best so far
     and, once a trial has ended in this process, the time left at the rate trials end here
-    (trials ended / time since the first started, so concurrency counts)."""
+    (trials finished / time since the first started, so concurrency counts)."""
 
     def __init__(
         self, console: Any, trials: list[Trial], sweep_dir: Path, metric: str, mode: str
@@ -103,7 +103,7 @@ class SweepProgress(Callback):
         self.best: tuple[float, str] | None = None
         self.clock = time.monotonic
         self.first_start: float | None = None  # of the trials this process runs
-        self.ended = 0  # trials of this process that ended (finished or failed)
+        self.ended = 0  # trials of this process that finished (a quick failure is no rate)
         for t in trials:  # a resumed sweep: the best round of the trials already finished
             if is_finished(sweep_dir, t):
                 with contextlib.suppress(OSError, ValueError):
@@ -141,8 +141,8 @@ class SweepProgress(Callback):
         )
 
     def left(self) -> str:
-        """`` | ~12 min left``: the trials not yet ended at the rate trials end in this
-        process; empty before one has ended."""
+        """`` | ~12 min left``: the trials not yet ended at the rate trials finish in this
+        process; empty before one has finished."""
         todo = self.total - self.done - self.failed
         if todo <= 0 or not self.ended or self.first_start is None:
             return ""
@@ -187,7 +187,6 @@ class SweepProgress(Callback):
         name = trial.config["trial"]
         self.running.discard(name)
         self.failed += 1
-        self.ended += 1
         status = trial_status(self.sweep_dir, name)
         if status.get("status") != "failed":  # its process died: it could not say so itself
             lines = str(getattr(trial, "error_msg", "") or "").strip().splitlines()

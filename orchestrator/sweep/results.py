@@ -163,6 +163,15 @@ def trial_finder(trials: list[Trial]) -> Callable[[str], Trial | None]:
     return find
 
 
+def same_axes(row: dict[str, Any], trial: Trial) -> bool:
+    """A stored row's axis columns name ``trial``'s values (as ``trial_row`` wrote them)."""
+    return all(
+        label(row[k]) == label(label(v) if isinstance(v, dict) else v)
+        for k, v in trial.axes.items()
+        if k in row
+    )
+
+
 def carry(trials: list[Trial], stored: str | Path | list[str | Path]) -> dict[str, dict[str, Any]]:
     """The finished rows of stored ``results.csv`` files that are trials of this sweep: the
     same axes (``trial_finder``: the name, or the axes' digest in it) and configuration
@@ -179,6 +188,8 @@ def carry(trials: list[Trial], stored: str | Path | list[str | Path]) -> dict[st
             trial = find(str(row["trial"]))
             if trial is None or row.get("status") != "finished" or trial.name in out:
                 continue
+            if trial.name != row["trial"] and not same_axes(row, trial):
+                continue  # another cell whose axes share the digest
             if row.get("config_sha") != config_sha(trial.cfg):
                 raise SweepError(
                     f"--done {path}: trial {trial.name} ({axes_text(trial.axes)}) was run "

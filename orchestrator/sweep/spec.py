@@ -339,6 +339,11 @@ def _spread_dotted(table: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps({k: v for k, v in table.items() if "." not in k}))
     for key, value in table.items():
         if "." in key:
+            node: Any = out
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                raise SweepError(f"[base] {key} is set twice (dotted and in its section)")
             try:
                 _set_dotted(out, key, json.loads(json.dumps(value)))
             except ConfigError as exc:
