@@ -586,7 +586,8 @@ def run_sweeps(
             sweep = parse_sweep(table)
             write_spec(folder, sweep, expand(sweep))
         stored = carried(done, table, folder) if done else None
-        run_sweep(resume=str(folder), console=Console(quiet=True), done=stored)
+        # a line per trial (started / finished, the best so far, the time left) on stderr
+        run_sweep(resume=str(folder), console=Console(stderr=True), done=stored, round_lines=False)
         _, trials = load_trials(folder)
         write_results(folder, trials, "accuracy")
         rows += read_results(folder)

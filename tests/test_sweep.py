@@ -411,6 +411,14 @@ def test_progress_says_the_time_left_at_the_rate_trials_end(tmp_path: Path) -> N
         0, [], SimpleNamespace(config={"trial": trials[1].name}, error_msg="boom", path=None)
     )
     assert out.getvalue().splitlines()[-1].endswith("| ~23 min left")
+    # round lines: by default one per trial round; off (a long benchmark's log), none
+    running = SimpleNamespace(config={"trial": trials[2].name})
+    progress.on_trial_result(0, [], running, {"round": 1, "accuracy": 0.5})
+    assert out.getvalue().splitlines()[-1].startswith("[1/4 done, 0 running, 1 failed] t002")
+    quiet = io.StringIO()
+    terse = SweepProgress(Console(file=quiet), trials, tmp, "accuracy", "max", round_lines=False)
+    terse.on_trial_result(0, [], running, {"round": 1, "accuracy": 0.5})
+    assert quiet.getvalue() == "" and terse.best == (0.5, trials[2].name)
 
 
 def test_the_driver_bundle_counts_when_a_trial_is_placed() -> None:

@@ -91,9 +91,16 @@ class SweepProgress(Callback):
     (trials finished / time since the first started, so concurrency counts)."""
 
     def __init__(
-        self, console: Any, trials: list[Trial], sweep_dir: Path, metric: str, mode: str
+        self,
+        console: Any,
+        trials: list[Trial],
+        sweep_dir: Path,
+        metric: str,
+        mode: str,
+        round_lines: bool = True,
     ) -> None:
         self.console, self.total, self.metric, self.mode = console, len(trials), metric, mode
+        self.round_lines = round_lines  # a line per trial round too, not only per trial event
         self.sweep_dir = sweep_dir
         self.axes = {t.name: t.axes for t in trials}
         self.trials = trials
@@ -169,7 +176,7 @@ class SweepProgress(Callback):
     ) -> None:
         name = trial.config["trial"]
         self.seen(name, result)
-        if result.get("round") is not None:
+        if self.round_lines and result.get("round") is not None:
             self.line(f"{name} round {int(result['round'])}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -154,10 +154,12 @@ def run_sweep(
     mlflow: str | None = None,
     console: Any = None,
     done: str | list[str] | None = None,
+    round_lines: bool = True,
 ) -> SweepResult:
     """Run (or resume) a sweep; return where it is and how many trials finished or failed.
     Results are written as trials end. ``done``: stored ``results.csv`` files of this sweep (a
-    study run across machines) whose finished trials are taken as they are, not run again."""
+    study run across machines) whose finished trials are taken as they are, not run again.
+    ``round_lines``: a progress line per trial round too (else per trial event only)."""
     from rich.console import Console
 
     from fedrs.orchestrator.sweep.results import write_results
@@ -185,7 +187,9 @@ def run_sweep(
     if not todo:
         write_results(sweep_dir, trials, metric)
         return SweepResult(sweep_dir, len(trials), len(trials), 0)
-    callbacks: list[Any] = [SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode)]
+    callbacks: list[Any] = [
+        SweepProgress(console, trials, sweep_dir, metric, sweep.options.mode, round_lines)
+    ]
     if mlflow:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
