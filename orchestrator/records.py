@@ -114,8 +114,11 @@ def truncate(run_dir: Path, last_round: int) -> None:
 
 
 def read(run_dir: Path) -> list[dict[str, Any]]:
-    """Every round's record, in order."""
-    return [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines() if x.strip()]
+    """Every round's record, in order (none before round 1 is written: a run stopped then)."""
+    path = run_dir / METRICS
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def summarize(records: list[dict[str, Any]], head: str, **fields: Any) -> dict[str, Any]:

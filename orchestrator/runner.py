@@ -343,6 +343,8 @@ def _drive(
         console.print(
             f"stopped after round {done} of {cfg.federation.rounds}: summary.json and plots "
             f"written; continue with: fedrs run --resume {run_dir}"
+            if done
+            else "stopped before round 1 ended: nothing to resume (a new run's folder is removed)"
         )
         raise StoppedByUser
     summary["run_dir"] = str(run_dir)

@@ -155,3 +155,33 @@ def test_ctrl_c_stops_a_sweep_gracefully_and_resume_finishes_it(tmp_path: Path) 
     assert [r["status"] for r in rows.values()] == ["finished", "finished"]
     lines = (sweep / "trials" / stopped / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["round"] for x in lines] == list(range(1, 21))  # resumed, not rerun
+
+
+def test_a_run_stopped_before_its_first_round_ends_as_stopped_not_failed(
+    ray_cluster, synth_data: Path, tmp_path: Path
+) -> None:
+    """Stopped before round 1 ended (a sweep stopped while a trial starts): the run ends as a
+    stopped run (StoppedByUser, so a sweep counts the trial stopped and runs it again on
+    resume), not as a crash on its missing metrics file; nothing to resume, no folder left."""
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from conftest import small_run
+    from fedrs.orchestrator.runner import StoppedByUser, run
+
+    stop = threading.Event()
+    stop.set()
+    # round 1's clients sleep: the stop lands while it trains, whatever the machine's speed
+    slow = {"resources.num_actors": 1, "federation.faults": "fit@1:p1.0=sleep:5"}
+    said = io.StringIO()
+    with pytest.raises(StoppedByUser):
+        run(
+            small_run(synth_data, **slow),
+            out=str(tmp_path / "r"),
+            console=Console(file=said),
+            stop=stop,
+        )
+    assert "stopped before round 1 ended: nothing to resume" in said.getvalue()
+    assert not (tmp_path / "r").exists()
