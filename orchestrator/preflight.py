@@ -320,7 +320,7 @@ def check_federation(cfg: RunConfig, data: DataCheck) -> int:
             raise ConfigError(
                 f"federation.clients_per_round={fed.clients_per_round} exceeds the data's "
                 f"{data.regions} regions (with partner organisations it counts regions, each "
-                f"joining with all its organisations)"
+                f"joining with all its organisations); set it to {data.regions} or less"
             )
         return registered
     left_out = f" ({registered - usable} left out with damaged shards)" if data.excluded else ""

@@ -346,3 +346,13 @@ def test_dp_with_partner_organisations_is_refused_in_one_line(tmp_path: Path) ->
         plan(_cfg(data, **dp), method_cls=Plain)
     paired = _orgs(tmp_path / "paired", "hsi+lidar")
     assert plan(_cfg(paired, **dp), method_cls=Plain)["clients"]["sampling"] == "poisson"
+
+
+def test_more_regions_per_round_than_the_data_has_is_one_line(tmp_path: Path) -> None:
+    """``clients_per_round`` counts regions with partner organisations: the default (4) on a
+    build of 2 regions says so, and what to set."""
+    from fedrs.orchestrator.plan import plan
+
+    data = _orgs(tmp_path / "orgs")
+    with pytest.raises(ConfigError, match=r"exceeds the data's 2 regions .* set it to 2 or less"):
+        plan(_cfg(data, **{"federation.clients_per_round": 4}))
