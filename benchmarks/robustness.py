@@ -525,7 +525,7 @@ def carried(done: list[str], table: dict[str, Any], folder: Path) -> str:
     import csv
 
     from fedrs.io import atomic_open
-    from fedrs.orchestrator.sweep.results import trial_finder
+    from fedrs.orchestrator.sweep.results import same_axes, trial_finder
     from fedrs.orchestrator.sweep.spec import expand, parse_sweep
     from fedrs.orchestrator.sweep.store import config_sha
 
@@ -538,8 +538,7 @@ def carried(done: list[str], table: dict[str, Any], folder: Path) -> str:
             cols += [c for c in reader.fieldnames or [] if c not in cols]
             for r in reader:
                 t = find(r.get("trial", ""))
-                same = t is not None and t.axes["arm"]["label"] == r.get("arm")
-                if same and str(t.axes["federation.seed"]) == r.get("federation.seed"):
+                if t is not None and same_axes(r, t):  # arm and seed
                     r["config_sha"] = r.get("config_sha") or config_sha(t.cfg)
                     rows.append({**r, "trial": t.name})
     cols += [] if "config_sha" in cols else ["config_sha"]
