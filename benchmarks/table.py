@@ -7,7 +7,9 @@ regenerated (and checked) by ``fedrs sweep tables``, like the study tables. Two 
 
 - rows: ``fedrs bench table A.json [B.json ...] --rows KEY --columns a,b,c`` prints the list of
   records at ``KEY`` (a dotted path) as a table; with several files, a first column names the
-  file each row came from (its stem);
+  file each row came from (its stem). ``KEY`` may also hold records by name (an object of
+  objects): a first column gives each name. A column ``label=path`` heads ``path`` with
+  ``label`` (``median=defences.median.drop_points``);
 - targets: ``fedrs bench table A.json --target 'ratios.warm_start_vs_floor<=1.5' ...`` prints,
   per target, the value stored at the path, the target and whether the value meets it;
 - values: ``fedrs bench table A.json [B.json ...] --values ratio,speedup_alone`` prints the
@@ -79,19 +81,31 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _records(value: Any, source: str, key: str) -> tuple[list[str] | None, list[dict]]:
+    """A list of records (no names), or records by name (their names, in stored order)."""
+    if isinstance(value, list) and all(isinstance(r, dict) for r in value):
+        return None, value
+    if isinstance(value, dict) and value and all(isinstance(r, dict) for r in value.values()):
+        return list(value), list(value.values())
+    raise ConfigError(f"{source}: {key!r} is not a list of records nor records by name")
+
+
 def rows_table(files: Sequence[str | Path], key: str, columns: Sequence[str]) -> str:
-    """The records at ``key`` of each file, ``columns`` of each (a dotted path inside a record)."""
+    """The records at ``key`` of each file, ``columns`` of each (a dotted path inside a record,
+    or ``label=path``); records stored by name get a first column of their names."""
     if not columns:
         raise ConfigError("bench table --rows needs --columns a,b,c")
-    body = []
+    heads, paths = zip(*(c.split("=", 1) if "=" in c else (c, c) for c in columns), strict=True)
+    body, named = [], False
     for f in files:
-        records = lookup(load(f), key, str(f))
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise ConfigError(f"{f}: {key!r} is not a list of records")
-        for r in records:
-            row = [cell(lookup(r, c, f"{f} {key}")) for c in columns]
-            body.append(([Path(f).stem] if len(files) > 1 else []) + row)
-    return markdown((["result"] if len(files) > 1 else []) + list(columns), body)
+        names, records = _records(lookup(load(f), key, str(f)), str(f), key)
+        named = named or names is not None
+        for i, r in enumerate(records):
+            row = [cell(lookup(r, c.strip(), f"{f} {key}")) for c in paths]
+            name = [] if names is None else [names[i]]
+            body.append(([Path(f).stem] if len(files) > 1 else []) + name + row)
+    first = (["result"] if len(files) > 1 else []) + ([key.rsplit(".", 1)[-1]] if named else [])
+    return markdown(first + [h.strip() for h in heads], body)
 
 
 def targets_table(file: str | Path, targets: Sequence[str]) -> str:
@@ -125,7 +139,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The command's arguments (``fedrs bench table`` and the README's table markers)."""
     p.add_argument("files", nargs="+", help="benchmark result JSON files")
     p.add_argument("--rows", default=None, help="dotted path of a list of records, e.g. rows")
-    p.add_argument("--columns", default="", help="comma-separated fields of each record")
+    p.add_argument(
+        "--columns",
+        default="",
+        help="comma-separated fields of each record (label=path: headed label)",
+    )
     p.add_argument(
         "--target", action="append", default=[], metavar="PATH<=VALUE", help="repeatable"
     )

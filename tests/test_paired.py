@@ -285,6 +285,10 @@ def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
             "benchmark": "startup",
             "ratios": {"warm": ratio},
             "summary": [{"partition": "iid", "eff": eff, "total": {"s": 2.0 / 3.0}}],
+            "attacks": {
+                "ipm 20%": {"defences": {"median": {"drop": ratio}}},
+                "clean": {"defences": {"median": {"drop": None}}},
+            },
         }
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(record))
     rows = (
@@ -293,6 +297,11 @@ def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
     )
     target = "fedrs bench table results/new.json --target ratios.warm<=1.5 --target ratios.warm>1"
     values = "fedrs bench table results/new.json results/old.json --values ratios.warm,benchmark"
+    # records by name (a first column of names), a column headed by its label
+    named = (
+        "fedrs bench table results/new.json --rows attacks "
+        "--columns 'the median=defences.median.drop'"
+    )
     doc = tmp_path / "README.md"
     doc.write_text(
         f"<!-- table: {rows} -->\n<!-- /table -->\n<!-- table: {target} -->\n<!-- /table -->\n"
@@ -300,6 +309,11 @@ def test_bench_tables_come_from_stored_json_and_a_hand_edit_fails_the_check(
     )
     assert regenerate(doc) == [rows, target, values]
     text = doc.read_text()
+    doc.write_text(text + f"<!-- table: {named} -->\n<!-- /table -->\n")
+    assert regenerate(doc) == [named]
+    table = "| attacks | the median |\n|---|---|\n| ipm 20% | 0.044 |\n| clean |  |\n"
+    assert table in doc.read_text()
+    doc.write_text(text)
     assert "| figure | new | old |" in text and "| ratios.warm | 0.044 | 1.7 |" in text
     assert "| benchmark | startup | startup |" in text
     assert "| result | partition | eff | total.s |" in text
