@@ -288,8 +288,10 @@ def test_fedbuff_runs_the_same_at_any_actor_count(
     )
 
     # no barrier in wall time: an aggregation waits only for its own arrivals (6 start on
-    # version 0, the first 3 to arrive are aggregated while the others still train)
-    assert a[0]["tasks_training"] >= 2 and b[0]["tasks_training"] >= 1
+    # version 0, the first 3 to arrive are aggregated while the others still train). Checked
+    # on one actor, where the later tasks cannot have run yet; on two, an idle machine can
+    # finish all 6 before the driver takes the third (seen once in CI: 0 training)
+    assert a[0]["tasks_training"] >= 2
 
     # stopped after aggregation 2 (replies waiting to arrive, tasks still training) and
     # resumed: the same run
