@@ -95,17 +95,18 @@ def rows_table(files: Sequence[str | Path], key: str, columns: Sequence[str]) ->
     or ``label=path``); records stored by name get a first column of their names."""
     if not columns:
         raise ConfigError("bench table --rows needs --columns a,b,c")
-    heads, paths = zip(*(c.split("=", 1) if "=" in c else (c, c) for c in columns), strict=True)
+    pairs = [c.split("=", 1) if "=" in c else (c, c) for c in columns]
+    heads, paths = [h.strip() for h, _ in pairs], [c.strip() for _, c in pairs]
     body, named = [], False
     for f in files:
         names, records = _records(lookup(load(f), key, str(f)), str(f), key)
         named = named or names is not None
         for i, r in enumerate(records):
-            row = [cell(lookup(r, c.strip(), f"{f} {key}")) for c in paths]
+            row = [cell(lookup(r, c, f"{f} {key}")) for c in paths]
             name = [] if names is None else [names[i]]
             body.append(([Path(f).stem] if len(files) > 1 else []) + name + row)
     first = (["result"] if len(files) > 1 else []) + ([key.rsplit(".", 1)[-1]] if named else [])
-    return markdown(first + [h.strip() for h in heads], body)
+    return markdown(first + heads, body)
 
 
 def targets_table(file: str | Path, targets: Sequence[str]) -> str:
